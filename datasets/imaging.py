@@ -1,0 +1,105 @@
+"""Image loading, resizing and input normalisation.
+
+This module depends on Pillow and NumPy only: it is copied verbatim into every downloaded
+model archive so that the standalone script preprocesses exactly as the server does.
+"""
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff"})
+RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
+# Refuse decompression bombs well before they exhaust memory (about 16k x 16k pixels).
+Image.MAX_IMAGE_PIXELS = 256_000_000
+
+
+def load_image(source: str | BinaryIO, channels: int) -> Image.Image:
+    """Open an image, apply its EXIF orientation, composite transparency on white, and
+    convert to RGB (channels=3) or L (channels=1). Raises ValueError with a reason."""
+    try:
+        with Image.open(source) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("P", "PA"):
+                img = img.convert("RGBA")
+            if img.mode in ("RGBA", "LA"):
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                background.alpha_composite(img.convert("RGBA"))
+                img = background
+            if img.mode.startswith("I;16") or img.mode == "I":
+                # 16-bit images: map the full 16-bit range onto 8 bits.
+                arr = np.asarray(img, dtype=np.float64)
+                scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+                img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
+            return img.convert("RGB" if channels == 3 else "L")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image too large ({exc})") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from exc
+
+
+def _noise(size: tuple[int, int], mode: str, rng: np.random.Generator) -> Image.Image:
+    w, h = size
+    shape = (h, w, 3) if mode == "RGB" else (h, w)
+    return Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode)
+
+
+def resize_image(img: Image.Image, width: int, height: int, mode: str = "squash", seed: int = 0) -> Image.Image:
+    """Resize with DIGITS semantics.
+
+    squash: stretch to the size. crop: keep aspect, cover, centre-crop. fill: keep aspect,
+    fit inside, pad with uniform noise. half_crop: scale by the mean of the two ratios,
+    crop the long side and noise-pad the short side.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    iw, ih = img.size
+    if mode == "squash" or (iw, ih) == (width, height):
+        return img.resize((width, height), Image.Resampling.BILINEAR)
+    rw, rh = width / iw, height / ih
+    if mode == "crop":
+        scale = max(rw, rh)
+    elif mode == "fill":
+        scale = min(rw, rh)
+    else:
+        scale = (rw + rh) / 2
+    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+    scaled = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    # Crop whatever overflows, centred.
+    left, top = max(0, (nw - width) // 2), max(0, (nh - height) // 2)
+    scaled = scaled.crop((left, top, left + min(nw, width), top + min(nh, height)))
+    if scaled.size == (width, height):
+        return scaled
+    canvas = _noise((width, height), img.mode, np.random.default_rng(seed))
+    canvas.paste(scaled, ((width - scaled.size[0]) // 2, (height - scaled.size[1]) // 2))
+    return canvas
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    """HxWxC uint8."""
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def to_input(arr: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """The network input for one HxWxC uint8 image: CxHxW float32, mean-subtracted, /255."""
+    x = arr.astype(np.float32)
+    if mean is not None:
+        x -= mean.astype(np.float32)
+    return np.ascontiguousarray((x / 255.0).transpose(2, 0, 1))
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return to_array(img)

@@ -1,0 +1,15 @@
+"""Test settings: real Postgres and a dedicated Redis database, data in a temp folder."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
+os.environ.setdefault("DIGITS_DATA_DIR", tempfile.mkdtemp(prefix="digits-test-"))
+os.environ.setdefault("DIGITS_DATA_ROOTS", os.path.join(os.environ["DIGITS_DATA_DIR"], "images"))
+os.environ.setdefault("DIGITS_CHANNEL_PREFIX", "digits-test")
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,48 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+
+from datasets import api as datasets_api
+from datasets import views as datasets_views
+from frontend import views as frontend_views
+from models_app import api as models_api
+from models_app import views as models_views
+from workers import api as workers_api
+
+api_patterns = [
+    path("token/", obtain_auth_token, name="api_token"),
+    path("jobs/", workers_api.JobListApi.as_view(), name="api_jobs"),
+    path("datasets/", datasets_api.DatasetListApi.as_view(), name="api_datasets"),
+    path("datasets/<int:pk>/", datasets_api.DatasetDetailApi.as_view(), name="api_dataset"),
+    path("datasets/<int:pk>/abort/", datasets_api.DatasetAbortApi.as_view(), name="api_dataset_abort"),
+    path("models/", models_api.ModelListApi.as_view(), name="api_models"),
+    path("models/<int:pk>/", models_api.ModelDetailApi.as_view(), name="api_model"),
+    path("models/<int:pk>/abort/", models_api.ModelAbortApi.as_view(), name="api_model_abort"),
+    path("models/<int:pk>/metrics/", models_api.ModelMetricsApi.as_view(), name="api_model_metrics"),
+    path("models/<int:pk>/classify/", models_api.ModelClassifyApi.as_view(), name="api_model_classify"),
+    path("models/<int:pk>/download/", models_api.ModelDownloadApi.as_view(), name="api_model_download"),
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+]
+
+urlpatterns = [
+    path("", frontend_views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("profile/", frontend_views.profile, name="profile"),
+    path("profile/token/", frontend_views.profile_token, name="profile_token"),
+    path("datasets/new/", datasets_views.dataset_new, name="dataset_new"),
+    path("datasets/<int:pk>/", datasets_views.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:pk>/mean.png", datasets_views.dataset_mean_image, name="dataset_mean_image"),
+    path("datasets/<int:pk>/abort/", datasets_views.dataset_abort, name="dataset_abort"),
+    path("datasets/<int:pk>/delete/", datasets_views.dataset_remove, name="dataset_delete"),
+    path("models/new/", models_views.model_new, name="model_new"),
+    path("models/<int:pk>/", models_views.model_detail, name="model_detail"),
+    path("models/<int:pk>/classify/", models_views.model_classify, name="model_classify"),
+    path("models/<int:pk>/abort/", models_views.model_abort, name="model_abort"),
+    path("models/<int:pk>/delete/", models_views.model_remove, name="model_delete"),
+    path("api/", include(api_patterns)),
+    path("admin/", admin.site.urls),
+]

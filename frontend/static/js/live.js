@@ -1,0 +1,62 @@
+// Live job updates over the Channels websocket, shared by every page that shows jobs.
+// The server only pushes what it has already stored, so after a reconnect a page can
+// simply reload its state over HTTP.
+(function () {
+  "use strict";
+
+  function formatDuration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
+    seconds = Math.round(seconds);
+    const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+    if (h) return h + "h " + String(m).padStart(2, "0") + "m";
+    if (m) return m + "m " + String(s).padStart(2, "0") + "s";
+    return s + "s";
+  }
+
+  function connect(path, onMessage, onReconnect) {
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    let delay = 1000;
+    let opened = false;
+    function open() {
+      const socket = new WebSocket(scheme + window.location.host + path);
+      socket.onopen = function () {
+        if (opened && onReconnect) onReconnect();
+        opened = true;
+        delay = 1000;
+        document.body.dataset.live = "connected";
+      };
+      socket.onmessage = function (event) { onMessage(JSON.parse(event.data)); };
+      socket.onclose = function (event) {
+        document.body.dataset.live = "disconnected";
+        if (event.code >= 4400) return;  // not allowed or gone: do not retry
+        setTimeout(open, delay);
+        delay = Math.min(delay * 2, 15000);
+      };
+    }
+    open();
+  }
+
+  // Keep a job header (partials/job_header.html) current; reload when the job finishes
+  // so the server renders its results.
+  function followJob(onMessage) {
+    const header = document.getElementById("job");
+    if (!header) return;
+    const jobId = header.dataset.job;
+    connect("/ws/jobs/" + jobId + "/", function (msg) {
+      if (msg.type === "progress") {
+        const bar = document.getElementById("job-progress");
+        document.getElementById("progress-row").hidden = false;
+        bar.value = msg.progress;
+        document.getElementById("job-progress-text").textContent = Math.round(msg.progress * 100) + "%";
+        document.getElementById("job-eta").textContent = msg.eta ? "ETA " + formatDuration(msg.eta) : "";
+      } else if (msg.type === "status") {
+        if (msg.status !== header.dataset.status) window.location.reload();
+      } else if (msg.type === "deleted") {
+        window.location.href = "/";
+      }
+      if (onMessage) onMessage(msg);
+    }, function () { window.location.reload(); });
+  }
+
+  window.DigitsLive = { connect: connect, followJob: followJob, formatDuration: formatDuration };
+})();

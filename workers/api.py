@@ -1,0 +1,56 @@
+"""Shared REST pieces: job output fields, the error handler, the console listing."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler
+
+from .models import Job, JobEvent
+from .selectors import job_list
+from .services import JobError
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """JobError carries a message the user can act on: a 400 with {"detail": ...}."""
+    if isinstance(exc, JobError):
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return exception_handler(exc, context)
+
+
+def require_owner(job: Job, user) -> None:  # noqa: ANN001
+    if not job.can_modify(user):
+        raise PermissionDenied("Only the owner of this job (or an admin) can change it.")
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobEvent
+        fields = ["status", "at", "message"]
+
+
+class JobSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username")
+    duration_seconds = serializers.FloatField(read_only=True)
+    timeline = JobEventSerializer(source="events", many=True, read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "kind", "name", "owner", "status", "progress", "eta_seconds", "error",
+            "created_at", "started_at", "finished_at", "duration_seconds", "timeline",
+        ]
+
+
+class JobListApi(APIView):
+    """The console: every job, newest first (filter with ?kind=dataset|model, ?status=...)."""
+
+    class OutputSerializer(JobSerializer):
+        class Meta(JobSerializer.Meta):
+            fields = [f for f in JobSerializer.Meta.fields if f != "timeline"]
+
+    def get(self, request):  # noqa: ANN001, ANN201
+        jobs = job_list(kind=request.query_params.get("kind"), status=request.query_params.get("status"))
+        return Response(self.OutputSerializer(jobs[:500], many=True).data)

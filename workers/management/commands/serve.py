@@ -1,0 +1,129 @@
+"""`make run`: migrate, make sure Redis answers, create the first admin, then run the web
+server and the Celery workers (one per GPU, or a CPU worker) until Ctrl-C."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.devices import gpu_count
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _stop_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops everything the way Ctrl-C does
+
+
+class Command(BaseCommand):
+    help = "Run the whole system: web server (ASGI, websockets) and Celery workers."
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("--host", default=os.environ.get("DIGITS_HOST", "0.0.0.0"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("DIGITS_PORT", "8000")))
+        parser.add_argument("--cpu-workers", type=int, default=1, help="training workers when there is no GPU")
+
+    def handle(self, *args, **opts) -> None:  # noqa: ANN002, ANN003
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        signal.signal(signal.SIGTERM, _stop_signal)
+        try:
+            self.start_redis_if_needed()
+            call_command("migrate", interactive=False, verbosity=0)
+            self.ensure_admin()
+            self.start_workers(opts["cpu_workers"])
+            self.spawn(
+                "web",
+                [sys.executable, "-m", "daphne", "-b", opts["host"], "-p", str(opts["port"]), "digits_site.asgi:application"],
+            )
+            shown = "localhost" if opts["host"] in ("0.0.0.0", "::") else opts["host"]
+            self.stdout.write(self.style.SUCCESS(f"DIGITS-NG is up: http://{shown}:{opts['port']}/  (Ctrl-C stops everything)"))
+            self.supervise()
+        except KeyboardInterrupt:
+            self.stdout.write("Stopping…")
+        finally:
+            self.stop_all()
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=settings.BASE_DIR, start_new_session=True)
+        self.children.append((name, proc))
+
+    def start_redis_if_needed(self) -> None:
+        url = settings.REDIS_URL
+        if redis_answers(url):
+            return
+        parsed = urlparse(url)
+        if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise CommandError(f"Redis does not answer at {url}. Start it, or unset REDIS_URL to run a local one.")
+        server = shutil.which("redis-server")
+        if server is None:
+            raise CommandError(
+                "Redis is not running and redis-server is not installed. "
+                "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) or set REDIS_URL."
+            )
+        port = str(parsed.port or 6379)
+        self.stdout.write(f"Starting redis-server on port {port}…")
+        self.spawn("redis", [server, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        for _ in range(50):
+            if redis_answers(url):
+                return
+            time.sleep(0.1)
+        raise CommandError("redis-server started but does not answer; see its output above.")
+
+    def ensure_admin(self) -> None:
+        User = get_user_model()
+        if User.objects.filter(is_superuser=True).exists():
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "", password)
+        path = settings.DATA_DIR / "admin_password.txt"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        self.stdout.write(self.style.WARNING(f"Created the first admin account 'admin'; its password is in {path}"))
+
+    def start_workers(self, cpu_workers: int) -> None:
+        celery = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO", "-c", "1"]
+        self.spawn("datasets worker", [*celery, "-Q", "datasets", "-n", "datasets@%h"])
+        gpus = gpu_count()
+        if gpus:
+            for index in range(gpus):
+                self.spawn(f"gpu{index} worker", [*celery, "-Q", "training", "-n", f"gpu{index}@%h"], {"CUDA_VISIBLE_DEVICES": str(index)})
+            self.stdout.write(f"Started {gpus} GPU worker(s).")
+        else:
+            for index in range(cpu_workers):
+                self.spawn(f"cpu{index} worker", [*celery, "-Q", "training", "-n", f"cpu{index}@%h"], {"CUDA_VISIBLE_DEVICES": ""})
+            self.stdout.write(f"No GPU found: started {cpu_workers} CPU training worker(s).")
+
+    def supervise(self) -> None:
+        while True:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    raise CommandError(f"The {name} exited with code {proc.returncode}; stopping everything.")
+            time.sleep(1)
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in self.children:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,199 @@
+"""Run a job's work in a child process and relay its JSON-lines output.
+
+The Celery task (thin) calls `run_child`. The child (`python -m workers.train`,
+`python -m datasets.build`) prints one JSON object per line on stdout; everything
+else it prints, and all of stderr, goes to the job log. This process:
+  - batches events and hands them to the job's handler (which stores them and publishes
+    them live after commit),
+  - watches the job row and kills the child's whole process group within about a second
+    of an abort or delete,
+  - turns a non-zero exit into a job error with the child's own message or the log tail.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from .models import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+KILL_GRACE_SECONDS = 5.0
+
+Event = dict[str, Any]
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    stopped: bool  # killed because the job was aborted or deleted
+    error: str = ""  # the child's own error message, if it reported one
+    events: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_spec(job: Job, spec: dict[str, Any]) -> Path:
+    job.directory.mkdir(parents=True, exist_ok=True)
+    path = job.directory / "spec.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def _reader(stream, out: queue.Queue, logfile) -> None:  # noqa: ANN001
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if line.startswith("{"):
+            try:
+                out.put(json.loads(line))
+                continue
+            except json.JSONDecodeError:
+                pass
+        logfile.write(line + "\n")
+        logfile.flush()
+    out.put(None)
+
+
+def _still_wanted(job_id: int) -> bool:
+    status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+    return status == JobStatus.RUNNING
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_child(
+    job: Job,
+    module: str,
+    spec: dict[str, Any],
+    handle: Callable[[list[Event]], None],
+    *,
+    env: dict[str, str] | None = None,
+) -> ChildResult:
+    spec_path = write_spec(job, spec)
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with job.log_path.open("a", buffering=1) as logfile:
+        logfile.write(f"$ {sys.executable} -m {module} --spec {spec_path}\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--spec", str(spec_path)],
+            cwd=settings.BASE_DIR,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=logfile,
+            stdin=subprocess.DEVNULL,
+            # Its own process group, so an abort ends its DataLoader workers too.
+            start_new_session=True,
+        )
+        events: queue.Queue = queue.Queue()
+        thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile), daemon=True)
+        thread.start()
+        result = ChildResult(returncode=0, stopped=False)
+        finished = False
+        try:
+            while not finished:
+                time.sleep(POLL_SECONDS)
+                batch: list[Event] = []
+                while True:
+                    try:
+                        item = events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        finished = True
+                        break
+                    batch.append(item)
+                for event in batch:
+                    if event.get("event") == "error":
+                        result.error = str(event.get("message", ""))
+                if batch:
+                    result.events += len(batch)
+                    close_old_connections()
+                    handle(batch)
+                if not finished and not _still_wanted(job.pk):
+                    log.info("job %s no longer running: stopping child %s", job.pk, proc.pid)
+                    result.stopped = True
+                    _kill_group(proc)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        result.returncode = proc.wait()
+        thread.join(timeout=5)
+    return result
+
+
+def last_progress(batch: list[Event]) -> Event | None:
+    """Progress reports are cumulative: only the newest in a batch needs storing."""
+    return next((e for e in reversed(batch) if e.get("event") == "progress"), None)
+
+
+def run_job(
+    job_id: int,
+    module: str,
+    build_spec: Callable[[Job], dict[str, Any]],
+    handle: Callable[[list[Event]], None],
+    *,
+    env: dict[str, str] | None = None,
+) -> ChildResult | None:
+    """Claim a queued job, run its child process and record the outcome on the job.
+
+    Returns None when the claim fails (the job was aborted, deleted, or this is a
+    redelivered message for a job that already ran). On success the caller's handler has
+    seen every event and the job is still RUNNING: the caller stores its results and marks
+    it done. On failure the job is already in ERROR (or was aborted)."""
+    from .services import job_claim, job_fail, job_set_progress
+
+    if not job_claim(job_id):
+        log.info("job %s was not queued any more; skipping", job_id)
+        return None
+    job = Job.objects.get(pk=job_id)
+
+    def relay(batch: list[Event]) -> None:
+        progress = last_progress(batch)
+        if progress is not None:
+            job_set_progress(job_id, float(progress.get("progress", 0.0)), progress.get("eta"))
+        handle(batch)
+
+    try:
+        result = run_child(job, module, build_spec(job), relay, env=env)
+    except Exception as exc:
+        log.exception("job %s failed in the worker", job_id)
+        job_fail(job_id, f"The worker failed while running this job: {exc}")
+        raise
+    if not Job.objects.filter(pk=job_id).exists():
+        # Deleted while running: the child may have written files after the delete.
+        shutil.rmtree(job.directory, ignore_errors=True)
+    if result.stopped:
+        return result
+    if result.returncode != 0:
+        message = result.error or (
+            f"The job's process exited with code {result.returncode}. Last lines of its log:\n{job.log_tail(15)}"
+        )
+        job_fail(job_id, message)
+    return result
