@@ -1,0 +1,125 @@
+"""Shared fixtures: named users (owner, teammate, stranger, admin), token API clients, a
+real Celery worker process on the test database, and generated image folders."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.imagegen import make_shapes_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis() -> None:
+    """Start from an empty broker/channel database (the test settings use a dedicated one)."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+def test_env(db_name: str) -> dict[str, str]:
+    """Environment for subprocesses (workers, web server) that must use the test database."""
+    url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + db_name
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "digits_site.settings_test",
+        "DATABASE_URL": url,
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen]:  # noqa: ANN001
+    """A real Celery worker (prefork, two processes: one builds datasets while the other
+    trains) consuming both queues of the test broker."""
+    log_path = Path(settings.DATA_DIR) / "celery-worker.log"
+    env = test_env(settings.DATABASES["default"]["NAME"])
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "-Q", "datasets,training",
+             "-c", "2", "--loglevel", "INFO", "-n", "test@%h", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("Celery worker did not start:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    yield proc
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+def _user(django_user_model, name: str, **extra):  # noqa: ANN001, ANN202
+    return django_user_model.objects.create_user(name, f"{name}@example.com", "pw-" + name, **extra)
+
+
+@pytest.fixture
+def owner(django_user_model):  # noqa: ANN001, ANN201
+    return _user(django_user_model, "owner")
+
+
+@pytest.fixture
+def teammate(django_user_model):  # noqa: ANN001, ANN201
+    return _user(django_user_model, "teammate")
+
+
+@pytest.fixture
+def stranger(django_user_model):  # noqa: ANN001, ANN201
+    return _user(django_user_model, "stranger")
+
+
+@pytest.fixture
+def admin_user(django_user_model):  # noqa: ANN001, ANN201
+    return _user(django_user_model, "boss", is_staff=True, is_superuser=True)
+
+
+def token_client(user) -> APIClient:  # noqa: ANN001
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def api(owner) -> APIClient:  # noqa: ANN001
+    return token_client(owner)
+
+
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    root = settings.DATA_ROOTS[0]
+    root.mkdir(parents=True, exist_ok=True)
+    yield root
+
+
+@pytest.fixture
+def shapes_folder(data_root: Path, request) -> Iterator[Path]:  # noqa: ANN001
+    folder = data_root / f"shapes-{request.node.name}"
+    make_shapes_folder(folder, per_class=100)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_for_status(client: APIClient, url: str, statuses: set[str], timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = client.get(url).json()
+        if data["job"]["status"] in statuses:
+            return data
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not reach {statuses} in {timeout}s: {data['job']}")
