@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -37,10 +38,12 @@ class DatasetListApi(APIView):
         val_percent = serializers.FloatField(min_value=0, max_value=99, default=25.0)
         seed = serializers.IntegerField(default=0)
 
+    @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
     def get(self, request):  # noqa: ANN001, ANN201
         datasets = dataset_list().prefetch_related("job__events")
         return Response(DatasetOutputSerializer(datasets[:500], many=True).data)
 
+    @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -49,9 +52,11 @@ class DatasetListApi(APIView):
 
 
 class DatasetDetailApi(APIView):
+    @extend_schema(responses=DatasetOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(DatasetOutputSerializer(get_object_or_404(dataset_list(), pk=pk)).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
         require_owner(dataset.job, request.user)
@@ -60,6 +65,7 @@ class DatasetDetailApi(APIView):
 
 
 class DatasetAbortApi(APIView):
+    @extend_schema(request=None, responses=DatasetOutputSerializer)
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
         require_owner(dataset.job, request.user)

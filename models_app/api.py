@@ -4,6 +4,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -59,10 +61,12 @@ class ModelListApi(APIView):
                 raise serializers.ValidationError(f"Dataset {value} does not exist.")
             return dataset
 
+    @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
     def get(self, request):  # noqa: ANN001, ANN201
         models = model_list().prefetch_related("job__events", "snapshots")
         return Response(ModelOutputSerializer(models[:500], many=True).data)
 
+    @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -71,9 +75,11 @@ class ModelListApi(APIView):
 
 
 class ModelDetailApi(APIView):
+    @extend_schema(responses=ModelOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(ModelOutputSerializer(get_object_or_404(model_list(), pk=pk)).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         require_owner(model.job, request.user)
@@ -82,6 +88,7 @@ class ModelDetailApi(APIView):
 
 
 class ModelAbortApi(APIView):
+    @extend_schema(request=None, responses=ModelOutputSerializer)
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         require_owner(model.job, request.user)
@@ -93,6 +100,10 @@ class ModelAbortApi(APIView):
 class ModelMetricsApi(APIView):
     """Chart series; ?after=N returns only points after iteration N (for polling clients)."""
 
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="only points after this iteration")],
+        responses=OpenApiTypes.OBJECT,
+    )
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         after = request.query_params.get("after")
@@ -113,6 +124,20 @@ class ModelClassifyApi(APIView):
 
     parser_classes = [MultiPartParser, FormParser]
 
+    @extend_schema(
+        request=inline_serializer("ClassifyInput", {"image": serializers.ImageField(), "epoch": serializers.IntegerField(required=False)}),
+        responses=inline_serializer(
+            "ClassifyOutput",
+            {
+                "epoch": serializers.IntegerField(),
+                "predictions": inline_serializer(
+                    "Prediction",
+                    {"label": serializers.CharField(), "index": serializers.IntegerField(), "probability": serializers.FloatField()},
+                    many=True,
+                ),
+            },
+        ),
+    )
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         snapshot = snapshot_for(model, _epoch_param(request.data.get("epoch")))
@@ -131,6 +156,10 @@ class ModelClassifyApi(APIView):
 class ModelDownloadApi(APIView):
     """The model as a .tar.gz (?epoch=N, default: the latest snapshot)."""
 
+    @extend_schema(
+        parameters=[OpenApiParameter("epoch", int, description="snapshot epoch; default: the latest")],
+        responses={(200, "application/gzip"): OpenApiTypes.BINARY},
+    )
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         snapshot = snapshot_for(model, _epoch_param(request.query_params.get("epoch")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
@@ -51,6 +52,10 @@ class JobListApi(APIView):
         class Meta(JobSerializer.Meta):
             fields = [f for f in JobSerializer.Meta.fields if f != "timeline"]
 
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", str, enum=["dataset", "model"]), OpenApiParameter("status", str)],
+        responses=OutputSerializer(many=True),
+    )
     def get(self, request):  # noqa: ANN001, ANN201
         jobs = job_list(kind=request.query_params.get("kind"), status=request.query_params.get("status"))
         return Response(self.OutputSerializer(jobs[:500], many=True).data)
