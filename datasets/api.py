@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -28,6 +28,7 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
 
 
 class DatasetListApi(APIView):
+    @extend_schema_serializer(component_name="DatasetInput")
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         folder = serializers.CharField(max_length=1000, help_text="Server folder of class subfolders.")

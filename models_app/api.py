@@ -5,7 +5,7 @@ from django.conf import settings
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -43,6 +43,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
 
 
 class ModelListApi(APIView):
+    @extend_schema_serializer(component_name="ModelInput")
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         dataset = serializers.IntegerField()

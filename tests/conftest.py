@@ -27,7 +27,7 @@ def _clean_redis() -> None:
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
 
-def test_env(db_name: str) -> dict[str, str]:
+def subprocess_env(db_name: str) -> dict[str, str]:
     """Environment for subprocesses (workers, web server) that must use the test database."""
     url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + db_name
     return {
@@ -44,7 +44,7 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     """A real Celery worker (prefork, two processes: one builds datasets while the other
     trains) consuming both queues of the test broker."""
     log_path = Path(settings.DATA_DIR) / "celery-worker.log"
-    env = test_env(settings.DATABASES["default"]["NAME"])
+    env = subprocess_env(settings.DATABASES["default"]["NAME"])
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "-Q", "datasets,training",

@@ -1,0 +1,90 @@
+"""Browser smoke test: Debian's Chromium, driven by Playwright, against the real ASGI
+server (daphne) with websockets."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import ROOT, subprocess_env
+from tests.factories import make_dataset, make_model
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_url(transactional_db) -> Iterator[str]:  # noqa: ANN001
+    port = free_port()
+    env = subprocess_env(settings.DATABASES["default"]["NAME"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "digits_site.asgi:application"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "daphne did not start"
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def page(monkeypatch):  # noqa: ANN001, ANN201
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls made by
+    # pytest-django's teardown are still synchronous and safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page()
+        yield page
+        browser.close()
+
+
+def test_login_console_and_model_page(live_url, page, owner, tmp_path):  # noqa: ANN001
+    dataset = make_dataset(owner, name="browser-data")
+    model = make_model(owner, dataset, name="browser-model", status="running")
+
+    page.goto(live_url + "/")
+    assert "/accounts/login/" in page.url
+    page.fill("input[name=username]", "owner")
+    page.fill("input[name=password]", "pw-owner")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_url + "/")
+    assert page.locator("#active-jobs").inner_text().count("browser-model") == 1
+    assert "browser-data" in page.locator("#finished-jobs").inner_text()
+
+    page.click("text=browser-model")
+    page.wait_for_url(f"{live_url}/models/{model.pk}/")
+    assert page.locator("h1").first.inner_text().startswith("browser-model")
+    # The charts are drawn, and the live websocket connects through daphne.
+    assert page.locator("#loss-chart").bounding_box()["height"] > 100
+    page.wait_for_function("document.body.dataset.live === 'connected'", timeout=10_000)
+    assert page.locator("#snapshots tbody tr").count() == 2
+    page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
+    if os.environ.get("DIGITS_SCREENSHOTS"):
+        shutil.copy(tmp_path / "model.png", os.environ["DIGITS_SCREENSHOTS"])
