@@ -21,18 +21,18 @@ def resolve_data_folder(folder: str) -> Path:
 
     Symlinks and `..` are resolved first, so neither can lead outside the roots."""
     if not folder or "\x00" in folder:
-        raise JobError("Give the path of a server folder.")
+        raise JobError("Give the path of a server folder.", field="folder")
     path = Path(folder).expanduser()
     try:
         resolved = path.resolve(strict=True)
     except (FileNotFoundError, RuntimeError, OSError):
-        raise JobError(f"Folder {folder} does not exist on the server.") from None
+        raise JobError(f"Folder {folder} does not exist on the server.", field="folder") from None
     roots = settings.DATA_ROOTS
     if not any(resolved == root or root in resolved.parents for root in roots):
         allowed = ", ".join(str(r) for r in roots)
-        raise JobError(f"Folder {folder} is outside the allowed data roots ({allowed}). Ask an admin to add it to DIGITS_DATA_ROOTS.")
+        raise JobError(f"Folder {folder} is outside the allowed data roots ({allowed}). Ask an admin to add it to DIGITS_DATA_ROOTS.", field="folder")
     if not resolved.is_dir():
-        raise JobError(f"{folder} is not a folder.")
+        raise JobError(f"{folder} is not a folder.", field="folder")
     return resolved
 
 
@@ -45,7 +45,8 @@ def check_class_folders(folder: Path) -> list[str]:
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise JobError(
-            f"{folder} must contain one subfolder of images per class, and at least two classes (found: {found})."
+            f"{folder} must contain one subfolder of images per class, and at least two classes (found: {found}).",
+            field="folder",
         )
     return classes
 

@@ -20,7 +20,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
         try:
             dataset = dataset_create(owner=request.user, **form.cleaned_data)
         except JobError as exc:
-            form.add_error("folder" if "older" in str(exc) else None, str(exc))
+            form.add_error(exc.field, str(exc))
         else:
             return redirect("dataset_detail", pk=dataset.pk)
     return render(request, "datasets/new.html", {"form": form})

@@ -23,7 +23,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
         try:
             model = model_create(owner=request.user, **form.cleaned_data)
         except JobError as exc:
-            form.add_error(None, str(exc))
+            form.add_error(exc.field, str(exc))
         else:
             return redirect("model_detail", pk=model.pk)
     return render(request, "models/new.html", {"form": form})

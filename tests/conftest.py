@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -62,6 +63,12 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
         proc.wait(20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
+    # The worker's pool processes may still hold connections for a moment; end them so
+    # the test database can be dropped cleanly.
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 def _user(django_user_model, name: str, **extra):  # noqa: ANN001, ANN202

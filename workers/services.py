@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 
 class JobError(Exception):
-    """A user-facing problem with a job request; the message says what to do."""
+    """A user-facing problem with a job request; the message says what to do. `field`
+    names the form field it belongs to, when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def job_create(*, kind: JobKind, name: str, owner) -> Job:  # noqa: ANN001
