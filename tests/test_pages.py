@@ -1,0 +1,69 @@
+"""Server-rendered pages: forms validate with field errors and create jobs."""
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from datasets.models import Dataset
+from tests.factories import make_dataset, make_model
+from tests.imagegen import make_shapes_folder
+from workers.models import Job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def browser(owner) -> Client:  # noqa: ANN001
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+def test_dataset_form_shows_folder_error(browser, data_root):  # noqa: ANN001
+    response = browser.post("/datasets/new/", {
+        "name": "x", "folder": "/etc", "image_width": 28, "image_height": 28,
+        "image_mode": "color", "resize_mode": "squash", "val_percent": 25,
+    })
+    assert response.status_code == 200
+    assert "outside the allowed data roots" in response.context["form"].errors["folder"][0]
+    assert not Job.objects.exists()
+
+
+def test_dataset_form_creates_a_queued_dataset(browser, data_root):  # noqa: ANN001
+    folder = make_shapes_folder(data_root / "page-form", per_class=2)
+    response = browser.post("/datasets/new/", {
+        "name": "from-form", "folder": str(folder), "image_width": 32, "image_height": 24,
+        "image_mode": "grayscale", "resize_mode": "crop", "val_percent": 50,
+    })
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/datasets/{dataset.pk}/"
+    assert (dataset.image_width, dataset.image_height, dataset.channels, dataset.resize_mode) == (32, 24, 1, "crop")
+    assert dataset.job.status == "queued"
+
+
+def test_model_form_rejects_bad_learning_rate(browser, owner):  # noqa: ANN001
+    dataset = make_dataset(owner)
+    response = browser.post("/models/new/", {
+        "name": "m", "dataset": dataset.pk, "network": "lenet", "solver": "sgd", "epochs": 5,
+        "batch_size": 8, "learning_rate": 0, "momentum": 0.9, "weight_decay": 0, "seed": 0,
+    })
+    assert response.status_code == 200
+    assert "learning_rate" in response.context["form"].errors
+
+
+def test_console_lists_running_before_finished(browser, owner):  # noqa: ANN001
+    dataset = make_dataset(owner, name="finished-ds")
+    make_model(owner, dataset, name="running-model", status="running")
+    response = browser.get("/")
+    assert [j.name for j in response.context["active"]] == ["running-model"]
+    assert [j.name for j in response.context["finished"]] == ["finished-ds"]
+
+
+def test_error_page_shows_message_and_log_tail(browser, owner):  # noqa: ANN001
+    dataset = make_dataset(owner)
+    model = make_model(owner, dataset, status="error")
+    Job.objects.filter(pk=model.pk).update(error="The loss became nan. Try decreasing the learning rate.")
+    model.job.log_path.write_text("line one\nTraceback: boom\n")
+    page = browser.get(f"/models/{model.pk}/").content.decode()
+    assert "Try decreasing the learning rate" in page
+    assert "Traceback: boom" in page
