@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,8 @@ run: install
 
 ## The whole test suite against Postgres (DATABASE_URL) and Redis (REDIS_URL).
 test: install-test
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
-
-bench: install
-	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

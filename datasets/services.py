@@ -1,6 +1,7 @@
 """Writes for datasets: validation of a request, creation, queueing, build results."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from django.db import transaction
 from workers.models import JobKind, JobStatus
 from workers.services import JobError, job_create, job_delete, job_fail, job_transition
 
+from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
 from .models import Dataset, ImageMode, ResizeMode
 
@@ -112,9 +114,6 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
 
 def dataset_remove_partial(dataset: Dataset) -> None:
     """After a failed or aborted build: nothing half-written stays on disk."""
-    import shutil
-
-    from .build import OUTPUTS
 
     shutil.rmtree(dataset.directory / "build.tmp", ignore_errors=True)
     for name in OUTPUTS:

@@ -67,3 +67,10 @@ def test_error_page_shows_message_and_log_tail(browser, owner):  # noqa: ANN001
     page = browser.get(f"/models/{model.pk}/").content.decode()
     assert "Try decreasing the learning rate" in page
     assert "Traceback: boom" in page
+
+
+def test_model_page_says_it_waits_for_its_dataset(browser, owner):  # noqa: ANN001
+    dataset = make_dataset(owner, name="still-building", status="running")
+    model = make_model(owner, dataset, status="queued")
+    page = browser.get(f"/models/{model.pk}/").content.decode()
+    assert "Waiting for dataset" in page and "still-building" in page

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 
 from django.db import transaction
@@ -93,6 +94,4 @@ def job_delete(job: Job) -> None:
         job.delete()
         publish(job_id, {"type": "deleted"}, broadcast=True)
     # Files go after the rows are gone, so a reader never sees a row without its files.
-    import shutil
-
     shutil.rmtree(directory, ignore_errors=True)
