@@ -52,6 +52,9 @@ def live_url(transactional_db) -> Iterator[str]:  # noqa: ANN001
 def page(monkeypatch):  # noqa: ANN001, ANN201
     from playwright.sync_api import sync_playwright
 
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("The browser tests need Debian's chromium: apt-get install chromium (.ci/run does this).")
+
     # Playwright's sync API runs an event loop in this thread; the ORM calls made by
     # pytest-django's teardown are still synchronous and safe.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
