@@ -14,7 +14,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .imaging import decode, encode_png
+from .imaging import decode, to_input
 
 META_KEY = b"__meta__"
 _LABEL = struct.Struct("<I")
@@ -94,18 +94,8 @@ class LmdbImageDataset:
     def __len__(self) -> int:
         return int(self.meta["count"])
 
-    def labels(self) -> list[int]:
-        env = lmdb.open(self.path, readonly=True, lock=False, readahead=False)
-        try:
-            with env.begin() as txn:
-                return [_LABEL.unpack_from(txn.get(_key(i)))[0] for i in range(len(self))]
-        finally:
-            env.close()
-
     def __getitem__(self, index: int):  # noqa: ANN204 - returns (torch.Tensor, int)
-        import torch
-
-        from .imaging import to_input
+        import torch  # here, so the dataset builder never pays for importing torch
 
         if self._env is None:
             self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False)
@@ -116,5 +106,3 @@ class LmdbImageDataset:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_env": None}
 
-
-__all__ = ["LmdbWriter", "LmdbImageDataset", "read_meta", "read_record", "encode_png"]

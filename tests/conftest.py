@@ -28,6 +28,17 @@ def _clean_redis() -> None:
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_subprocess_connections(django_db_setup, django_db_blocker) -> Iterator[None]:  # noqa: ANN001
+    """Workers and web servers started by tests may hold connections for a moment after
+    they exit; end them so the test database can be dropped cleanly."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 def subprocess_env(db_name: str) -> dict[str, str]:
     """Environment for subprocesses (workers, web server) that must use the test database."""
     url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + db_name
@@ -63,12 +74,6 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
         proc.wait(20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
-    # The worker's pool processes may still hold connections for a moment; end them so
-    # the test database can be dropped cleanly.
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
 
 
 def _user(django_user_model, name: str, **extra):  # noqa: ANN001, ANN202

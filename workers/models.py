@@ -6,7 +6,6 @@ job's primary key.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from django.conf import settings
@@ -90,9 +89,6 @@ class Job(models.Model):
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-    def remove_files(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class JobEvent(models.Model):

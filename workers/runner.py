@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,6 @@ class ChildResult:
     returncode: int
     stopped: bool  # killed because the job was aborted or deleted
     error: str = ""  # the child's own error message, if it reported one
-    events: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def write_spec(job: Job, spec: dict[str, Any]) -> Path:
@@ -133,7 +131,6 @@ def run_child(
                     if event.get("event") == "error":
                         result.error = str(event.get("message", ""))
                 if batch:
-                    result.events += len(batch)
                     close_old_connections()
                     handle(batch)
                 if not finished and not _still_wanted(job.pk):
