@@ -62,6 +62,7 @@ def test_model_waits_for_building_dataset_then_abort_stops_the_process(celery_wo
     assert data["job"]["status"] == "aborted"
     assert [e["status"] for e in data["job"]["timeline"]][-2:] == ["running", "aborted"]
     assert stop_seconds < 10
+    print(f"\nabort: training process group gone {stop_seconds:.2f}s after the API call")
     # Aborting again is a clear 400.
     response = api.post(f"/api/models/{model_id}/abort/")
     assert response.status_code == 400 and "already aborted" in response.json()["detail"]
