@@ -114,7 +114,6 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
 
 def dataset_remove_partial(dataset: Dataset) -> None:
     """After a failed or aborted build: nothing half-written stays on disk."""
-
     shutil.rmtree(dataset.directory / "build.tmp", ignore_errors=True)
     for name in OUTPUTS:
         path = dataset.directory / name

@@ -1,7 +1,6 @@
 """REST endpoints for models: create, inspect, metrics, abort, delete, classify, download."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -16,10 +15,9 @@ from workers.api import JobSerializer, require_owner
 from workers.services import JobError, job_abort
 
 from .export import archive_name, build_archive
-from .inference import classify_image
 from .models import Network, Snapshot, Solver, TrainedModel
 from .selectors import model_list, model_metrics
-from .services import model_create, model_delete, snapshot_for
+from .services import model_classify_upload, model_create, model_delete, snapshot_for
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
@@ -141,16 +139,10 @@ class ModelClassifyApi(APIView):
     )
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
-        snapshot = snapshot_for(model, _epoch_param(request.data.get("epoch")))
         upload = request.FILES.get("image")
         if upload is None:
             raise JobError("Attach an image file in the 'image' field.")
-        if upload.size > settings.MAX_UPLOAD_IMAGE_BYTES:
-            raise JobError(f"The image is larger than {settings.MAX_UPLOAD_IMAGE_BYTES // (1024 * 1024)} MiB.")
-        try:
-            predictions = classify_image(model, snapshot, upload)
-        except ValueError as exc:
-            raise JobError(f"Could not classify this file: {exc}") from exc
+        snapshot, predictions = model_classify_upload(model, _epoch_param(request.data.get("epoch")), upload)
         return Response({"epoch": snapshot.epoch, "predictions": predictions})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from datasets.models import Dataset
@@ -164,3 +165,18 @@ def snapshot_for(model: TrainedModel, epoch: int | None) -> Snapshot:
             raise JobError(f"This model has no snapshot for epoch {epoch}.")
         raise JobError("This model has no snapshot yet; wait for its first epoch to finish.")
     return snapshot
+
+
+def model_classify_upload(model: TrainedModel, epoch: int | None, upload) -> tuple[Snapshot, list[dict[str, Any]]]:  # noqa: ANN001
+    """Classify one uploaded image (used by the page and the API): size-checked, with the
+    snapshot of `epoch` or the latest. Every failure is a JobError the user can act on."""
+    from .inference import classify_image
+
+    limit = settings.MAX_UPLOAD_IMAGE_BYTES
+    if upload.size > limit:
+        raise JobError(f"The image is larger than {limit // (1024 * 1024)} MiB; upload a smaller one.")
+    snapshot = snapshot_for(model, epoch)
+    try:
+        return snapshot, classify_image(model, snapshot, upload)
+    except ValueError as exc:
+        raise JobError(f"Could not classify this file: {exc}") from exc

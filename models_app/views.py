@@ -1,7 +1,6 @@
 """Model pages: thin views over the same services as the API."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -11,9 +10,8 @@ from django.views.decorators.http import require_POST
 from workers.services import JobError, job_abort
 
 from .forms import ClassifyForm, ModelForm
-from .inference import classify_image
 from .selectors import model_list, model_metrics
-from .services import model_create, model_delete, snapshot_for
+from .services import model_classify_upload, model_create, model_delete
 
 
 def model_new(request: HttpRequest) -> HttpResponse:
@@ -53,14 +51,11 @@ def model_classify(request: HttpRequest, pk: int) -> HttpResponse:
     form = ClassifyForm(request.POST, request.FILES, epochs=epochs)
     context: dict[str, object] = {"model": model, "form": form}
     if form.is_valid():
-        upload = form.cleaned_data["image"]
         try:
-            if upload.size > settings.MAX_UPLOAD_IMAGE_BYTES:
-                raise JobError("The image is too large.")
-            snapshot = snapshot_for(model, form.cleaned_data["epoch"])
-            context["predictions"] = classify_image(model, snapshot, upload)
-            context["snapshot"] = snapshot
-        except (JobError, ValueError) as exc:
+            context["snapshot"], context["predictions"] = model_classify_upload(
+                model, form.cleaned_data["epoch"], form.cleaned_data["image"]
+            )
+        except JobError as exc:
             form.add_error(None, str(exc))
     return render(request, "models/classify.html", context)
 
