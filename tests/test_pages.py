@@ -1,6 +1,8 @@
 """Server-rendered pages: forms validate with field errors and create jobs."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.test import Client
 
@@ -29,7 +31,8 @@ def test_dataset_form_shows_folder_error(browser, data_root):  # noqa: ANN001
     assert not Job.objects.exists()
 
 
-def test_dataset_form_creates_a_queued_dataset(browser, data_root):  # noqa: ANN001
+def test_dataset_form_builds_a_dataset(celery_worker_process, browser, data_root):  # noqa: ANN001
+    # The worker runs it to the end: a job still running at teardown would race the flush.
     folder = make_shapes_folder(data_root / "page-form", per_class=2)
     response = browser.post("/datasets/new/", {
         "name": "from-form", "folder": str(folder), "image_width": 32, "image_height": 24,
@@ -38,7 +41,15 @@ def test_dataset_form_creates_a_queued_dataset(browser, data_root):  # noqa: ANN
     dataset = Dataset.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/datasets/{dataset.pk}/"
     assert (dataset.image_width, dataset.image_height, dataset.channels, dataset.resize_mode) == (32, 24, 1, "crop")
-    assert dataset.job.status == "queued"
+    deadline = time.monotonic() + 60
+    while Job.objects.get(pk=dataset.pk).status not in ("done", "error"):
+        assert time.monotonic() < deadline, "the build did not finish"
+        time.sleep(0.2)
+    dataset.refresh_from_db()
+    assert dataset.job.status == "done", dataset.job.error
+    assert dataset.counts == {"train": 3, "val": 3}
+    page = browser.get(f"/datasets/{dataset.pk}/").content.decode()
+    assert 'id="split-counts"' in page and "class-chart" in page
 
 
 def test_model_form_rejects_bad_learning_rate(browser, owner):  # noqa: ANN001
