@@ -1,61 +1,114 @@
-"""REST endpoints for datasets: thin views that validate and call services."""
+"""REST endpoints for datasets and archive uploads: thin views that validate and call services."""
 from __future__ import annotations
 
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from workers.api import JobSerializer, require_owner
-from workers.services import job_abort
+from workers.services import JobError, job_abort, job_update
 
-from .models import Dataset, ImageMode, ResizeMode
-from .selectors import dataset_list
-from .services import dataset_create, dataset_delete
+from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
+from .selectors import dataset_gallery, dataset_image, dataset_list
+from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete
+from .uploads import upload_append, upload_delete, upload_get, upload_start
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
     id = serializers.IntegerField(source="pk")
     job = JobSerializer()
+    upload = serializers.CharField(source="upload_id", allow_null=True)
 
     class Meta:
         model = Dataset
         fields = [
-            "id", "job", "folder", "image_width", "image_height", "image_mode", "resize_mode", "val_percent",
-            "seed", "labels", "counts", "class_counts", "skipped", "mean_pixel",
+            "id", "job", "source", "folder", "val_folder", "test_folder", "train_list", "val_list", "test_list",
+            "labels_file", "image_folder", "shuffle", "upload", "image_width", "image_height", "image_mode",
+            "resize_mode", "encoding", "jpeg_quality", "val_percent", "test_percent", "min_per_class", "max_per_class",
+            "seed", "labels", "counts", "class_counts", "skipped", "dropped_classes", "mean_pixel", "build_seconds",
         ]
 
 
+@extend_schema_serializer(component_name="DatasetInput")
+class DatasetInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    source = serializers.ChoiceField(choices=Source.choices, default=Source.FOLDER)
+    folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
+                                   help_text="Server folder of class subfolders (source=folder).")
+    val_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    test_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    train_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
+                                       help_text="Server path of a `path label_index` list (source=textfile).")
+    val_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    test_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    labels_file = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    image_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    train_list_upload = serializers.FileField(required=False, help_text="Multipart: the training list itself.")
+    val_list_upload = serializers.FileField(required=False)
+    test_list_upload = serializers.FileField(required=False)
+    labels_file_upload = serializers.FileField(required=False)
+    shuffle = serializers.BooleanField(default=True)
+    upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
+    image_width = serializers.IntegerField(min_value=1, max_value=4096, default=28)
+    image_height = serializers.IntegerField(min_value=1, max_value=4096, default=28)
+    image_mode = serializers.ChoiceField(choices=ImageMode.choices, default=ImageMode.COLOR)
+    resize_mode = serializers.ChoiceField(choices=ResizeMode.choices, default=ResizeMode.SQUASH)
+    encoding = serializers.ChoiceField(choices=Encoding.choices, default=Encoding.PNG)
+    jpeg_quality = serializers.IntegerField(min_value=1, max_value=100, default=90)
+    val_percent = serializers.FloatField(min_value=0, max_value=99, default=25.0)
+    test_percent = serializers.FloatField(min_value=0, max_value=99, default=0.0)
+    min_per_class = serializers.IntegerField(min_value=0, default=0)
+    max_per_class = serializers.IntegerField(min_value=0, default=0)
+    seed = serializers.IntegerField(default=0)
+
+
+def _create(request, data: dict) -> Dataset:  # noqa: ANN001
+    serializer = DatasetInputSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    values = dict(serializer.validated_data)
+    uploaded = {k[: -len("_upload")]: values.pop(k) for k in list(values) if k.endswith("_upload")}
+    return dataset_create(owner=request.user, params=DatasetParams.from_data(values), uploaded=uploaded)
+
+
 class DatasetListApi(APIView):
-    @extend_schema_serializer(component_name="DatasetInput")
-    class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200)
-        folder = serializers.CharField(max_length=1000, help_text="Server folder of class subfolders.")
-        image_width = serializers.IntegerField(min_value=1, max_value=4096, default=28)
-        image_height = serializers.IntegerField(min_value=1, max_value=4096, default=28)
-        image_mode = serializers.ChoiceField(choices=ImageMode.choices, default=ImageMode.COLOR)
-        resize_mode = serializers.ChoiceField(choices=ResizeMode.choices, default=ResizeMode.SQUASH)
-        val_percent = serializers.FloatField(min_value=0, max_value=99, default=25.0)
-        seed = serializers.IntegerField(default=0)
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
 
     @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
     def get(self, request):  # noqa: ANN001, ANN201
-        datasets = dataset_list().prefetch_related("job__events")
+        datasets = dataset_list().select_related("upload").prefetch_related("job__events")
         return Response(DatasetOutputSerializer(datasets[:500], many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer})
+    @extend_schema(request=DatasetInputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        dataset = dataset_create(owner=request.user, **data.validated_data)
+        dataset = _create(request, request.data)
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DatasetDetailApi(APIView):
+    class EditSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200, required=False)
+        group = serializers.CharField(max_length=100, required=False, allow_blank=True)
+        notes = serializers.CharField(required=False, allow_blank=True)
+
     @extend_schema(responses=DatasetOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(DatasetOutputSerializer(get_object_or_404(dataset_list(), pk=pk)).data)
+
+    @extend_schema(request=EditSerializer, responses=DatasetOutputSerializer)
+    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+        dataset = get_object_or_404(dataset_list(), pk=pk)
+        require_owner(dataset.job, request.user)
+        data = self.EditSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job_update(dataset.job, **data.validated_data)
+        return Response(DatasetOutputSerializer(dataset).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
@@ -73,3 +126,133 @@ class DatasetAbortApi(APIView):
         job_abort(dataset.job)
         dataset.job.refresh_from_db()
         return Response(DatasetOutputSerializer(dataset).data)
+
+
+class DatasetCloneApi(APIView):
+    """Create a new dataset with the same parameters; any field in the body overrides."""
+
+    @extend_schema(request=DatasetInputSerializer, responses={201: DatasetOutputSerializer})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        original = get_object_or_404(dataset_list(), pk=pk)
+        data = {k: v for k, v in dataset_clone_params(original).items() if v is not None}
+        data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
+        dataset = _create(request, data)
+        return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetImagesApi(APIView):
+    """The explore gallery as JSON: one page of a split, optionally of one class."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("split", str, enum=["train", "val", "test"]),
+            OpenApiParameter("label", int), OpenApiParameter("page", int), OpenApiParameter("per_page", int),
+        ],
+        responses=dict,
+    )
+    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+        dataset = get_object_or_404(dataset_list(), pk=pk)
+        q = request.query_params
+        label = int(q["label"]) if q.get("label", "").isdigit() else None
+        page = dataset_gallery(
+            dataset, q.get("split", "train"), label=label,
+            page=int(q.get("page", 1)) if str(q.get("page", "1")).isdigit() else 1,
+            per_page=int(q.get("per_page", 60)) if str(q.get("per_page", "60")).isdigit() else 60,
+        )
+        return Response({
+            "split": page.split, "label": page.label, "page": page.page, "pages": page.pages,
+            "per_page": page.per_page, "total": page.total,
+            "images": [
+                {
+                    "index": i, "label": lab, "label_name": dataset.labels[lab],
+                    "url": reverse("api_dataset_image", args=[dataset.pk, page.split, i]),
+                }
+                for i, lab in zip(page.indices, page.labels)
+            ],
+        })
+
+
+class DatasetImageApi(APIView):
+    @extend_schema(responses={(200, "image/png"): bytes})
+    def get(self, request, pk: int, split: str, index: int):  # noqa: ANN001, ANN201
+        dataset = get_object_or_404(dataset_list(), pk=pk)
+        data, content_type, label = dataset_image(dataset, split, index)
+        response = HttpResponse(data, content_type=content_type)
+        response["X-Label"] = str(label)
+        return response
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    offset = serializers.IntegerField(source="received", read_only=True)
+
+    class Meta:
+        model = Upload
+        fields = ["id", "filename", "size", "offset", "complete", "created_at"]
+
+
+class UploadListApi(APIView):
+    """Start a resumable upload with JSON {filename, size}, then PUT its chunks; or send a
+    small archive whole as multipart `file`."""
+
+    parser_classes = [JSONParser, MultiPartParser]
+
+    class StartSerializer(serializers.Serializer):
+        filename = serializers.CharField(max_length=255)
+        size = serializers.IntegerField(min_value=1)
+
+    @extend_schema(request=StartSerializer, responses={201: UploadSerializer})
+    def post(self, request):  # noqa: ANN001, ANN201
+        if request.content_type.startswith("multipart/"):
+            from django.conf import settings
+
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+            if length > settings.MAX_UPLOAD_ARCHIVE_BYTES:
+                raise JobError(f"The archive is larger than {settings.MAX_UPLOAD_ARCHIVE_BYTES >> 20} MiB.")
+            file = request.data.get("file")
+            if file is None:
+                raise JobError("Send the archive as the multipart field `file`.")
+            upload = upload_start(owner=request.user, filename=file.name, size=file.size)
+            file.seek(0)
+            try:
+                pos = 0
+                while pos < file.size:
+                    n = min(settings.MAX_UPLOAD_CHUNK_BYTES, file.size - pos)
+                    upload_append(upload, pos, file.read, n)
+                    pos += n
+            except JobError:
+                if Upload.objects.filter(pk=upload.pk).exists():
+                    upload_delete(upload)
+                raise
+            return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
+        data = self.StartSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = upload_start(owner=request.user, **data.validated_data)
+        return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
+
+
+class UploadDetailApi(APIView):
+    @extend_schema(responses=UploadSerializer)
+    def get(self, request, pk: str):  # noqa: ANN001, ANN201
+        return Response(UploadSerializer(upload_get(pk, request.user)).data)
+
+    @extend_schema(
+        request={"application/octet-stream": bytes},
+        parameters=[OpenApiParameter("Upload-Offset", int, OpenApiParameter.HEADER, required=True)],
+        responses=UploadSerializer,
+    )
+    def put(self, request, pk: str):  # noqa: ANN001, ANN201
+        """Append one chunk (the raw request body) at the offset in the Upload-Offset header."""
+        upload = upload_get(pk, request.user)
+        try:
+            offset = int(request.headers.get("Upload-Offset", ""))
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise JobError("Send the chunk's offset in the Upload-Offset header.") from None
+        # Stream from the request itself, never loading the chunk via request.body.
+        upload_append(upload, offset, request._request.read, length)
+        return Response(UploadSerializer(upload).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, pk: str):  # noqa: ANN001, ANN201
+        upload_delete(upload_get(pk, request.user))
+        return Response(status=status.HTTP_204_NO_CONTENT)

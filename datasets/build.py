@@ -1,4 +1,4 @@
-"""Build an image classification dataset: scan, split, resize, encode into LMDB, mean image.
+"""Build an image classification dataset: gather, split, resize, encode into LMDB, mean image.
 
 Runs as a child process of a Celery worker (or by hand):
 
@@ -7,6 +7,11 @@ Runs as a child process of a Celery worker (or by hand):
 It prints JSON lines on stdout (progress, result, error) and writes everything into
 `<output_dir>/build.tmp` first, moving the finished files into place only at the end, so
 a failed or killed build never leaves half-written databases behind.
+
+Speed: decoding and resizing run in a pool of worker processes, one per core, on chunks
+of images; each chunk comes back encoded, with the sum of its pixels for the mean image,
+so the parent only writes LMDB (one big transaction per ~32 MiB). At most two chunks per
+worker are in flight, so memory stays bounded whatever the dataset size.
 """
 from __future__ import annotations
 
@@ -18,18 +23,21 @@ import random
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .imaging import IMAGE_EXTENSIONS, decode, encode_png, load_image, resize_image, to_array
-from .lmdb_store import LmdbWriter
+from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_array
+from .lmdb_store import LmdbWriter, StoreWriteError
+from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
+from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
 
-SPLITS = ("train", "val")
-OUTPUTS = ("train_db", "val_db", "labels.txt", "mean.npy", "mean.png")
+OUTPUTS = ("train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png")
 
 
 class BuildError(Exception):
@@ -41,129 +49,276 @@ def emit(event: str, **data: Any) -> None:
     sys.stdout.flush()
 
 
-def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]], list[dict[str, str]]]:
-    """Class subfolders (sorted names are the labels) and their image files, walked
-    recursively without following links out of the tree. Returns labels, items, skipped."""
-    labels = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items: list[tuple[str, int]] = []
-    skipped: list[dict[str, str]] = []
-    for index, label in enumerate(labels):
-        for dirpath, dirnames, filenames in os.walk(root / label, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append({"path": str(path.relative_to(root)), "reason": "not an image file (by extension)"})
-                elif path.is_symlink():
-                    skipped.append({"path": str(path.relative_to(root)), "reason": "symbolic link (not followed)"})
-                else:
-                    items.append((str(path), index))
-    return labels, items, skipped
+@dataclass
+class Gathered:
+    labels: list[str]
+    splits: Splits
+    root: Path | None  # skipped paths are reported relative to this
+    skipped: list[Skip] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    requested: tuple[str, ...] = ("train", "val")  # splits that get a database
 
 
-def split_items(items: list[tuple[str, int]], val_percent: float, seed: int) -> dict[str, list[tuple[str, int]]]:
-    """Stratified split: per class, round(n * val%) images go to validation, at least one
-    when the class has two or more images and val% > 0."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for item in items:
-        by_class.setdefault(item[1], []).append(item)
-    out: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
-    for label in sorted(by_class):
-        group = by_class[label]
-        rng.shuffle(group)
-        n_val = round(len(group) * val_percent / 100.0)
-        if val_percent > 0 and len(group) >= 2:
-            n_val = max(1, n_val)
-        n_val = min(n_val, len(group) - 1) if len(group) > 1 else 0
-        out["val"].extend(group[:n_val])
-        out["train"].extend(group[n_val:])
-    for split in out.values():
-        rng.shuffle(split)
-    return out
+def _gather_folders(spec: dict[str, Any], root: Path) -> Gathered:
+    labels, items, skipped = scan_folder(root)
+    if len(labels) < 2:
+        raise BuildError(
+            f"{root.name or root} has {len(labels)} class subfolder(s) with images; "
+            "a classification dataset needs at least two."
+        )
+    seed = int(spec.get("seed", 0))
+    val_folder, test_folder = spec.get("val_folder"), spec.get("test_folder")
+    if val_folder or test_folder:
+        splits: Splits = {"train": items, "val": [], "test": []}
+        for split, folder in (("val", val_folder), ("test", test_folder)):
+            if folder:
+                _, extra, extra_skipped = scan_folder(Path(folder), labels)
+                splits[split] = extra
+                skipped += [{**s, "path": f"[{split}] {s['path']}"} for s in extra_skipped]
+        rng = random.Random(seed)
+        for split_items in splits.values():
+            rng.shuffle(split_items)
+        requested = ("train", "val") + (("test",) if test_folder else ())
+    else:
+        val_percent, test_percent = float(spec.get("val_percent", 25)), float(spec.get("test_percent", 0))
+        splits = split_stratified(items, val_percent, test_percent, seed)
+        requested = ("train", "val") + (("test",) if test_percent > 0 else ())
+    return Gathered(labels, splits, root, skipped, requested=requested)
 
 
-def _process(task: tuple[str, int, int, int, int, str, int]) -> tuple[str, int, bytes | None, str]:
-    path, label, width, height, channels, mode, seed = task
+def _gather_lists(spec: dict[str, Any]) -> Gathered:
+    roots = [Path(r) for r in spec["data_roots"]]
     try:
-        img = resize_image(load_image(path, channels), width, height, mode, seed=seed)
-        return path, label, encode_png(to_array(img)), ""
-    except ValueError as exc:
-        return path, label, None, str(exc)
-    except Exception as exc:  # a worker must never die on one bad file
-        return path, label, None, f"{type(exc).__name__}: {exc}"
+        labels = read_labels_file(Path(spec["labels_file"]))
+    except SourceError as exc:
+        raise BuildError(str(exc)) from exc
+    image_folder = Path(spec["image_folder"]) if spec.get("image_folder") else None
+    splits: Splits = {split: [] for split in SPLITS}
+    skipped: list[Skip] = []
+    requested = []
+    for split in SPLITS:
+        list_path = spec.get(f"{split}_list")
+        if not list_path:
+            continue
+        requested.append(split)
+        try:
+            splits[split], bad = parse_list(Path(list_path), len(labels), image_folder, roots)
+        except SourceError as exc:
+            raise BuildError(str(exc)) from exc
+        skipped += bad
+    if spec.get("shuffle", True):
+        rng = random.Random(int(spec.get("seed", 0)))
+        for split_items in splits.values():
+            rng.shuffle(split_items)
+    if "val" not in requested:
+        requested.insert(1, "val")
+    return Gathered(labels, splits, image_folder, skipped, requested=tuple(requested))
+
+
+def gather(spec: dict[str, Any], workdir: Path) -> Gathered:
+    """Collect (path, label) items per split from the spec's source and apply the rules."""
+    source = spec.get("source", "folder")
+    try:
+        if source == "folder":
+            gathered = _gather_folders(spec, Path(spec["folder"]))
+        elif source == "upload":
+            emit("progress", progress=0.0, eta=None, phase="extracting")
+            root, skipped = extract_archive(
+                Path(spec["archive"]),
+                workdir / "source",
+                int(spec.get("max_extract_bytes", 8 << 30)),
+            )
+            gathered = _gather_folders(spec, root)
+            gathered.skipped = skipped + gathered.skipped
+        elif source == "textfile":
+            gathered = _gather_lists(spec)
+        else:
+            raise BuildError(f"Unknown source {source!r}.")
+    except SourceError as exc:
+        raise BuildError(str(exc)) from exc
+    min_per_class = int(spec.get("min_per_class") or 0)
+    if min_per_class > 1:
+        gathered.labels, gathered.splits, gathered.dropped = drop_small_classes(
+            gathered.labels, gathered.splits, min_per_class
+        )
+    max_per_class = int(spec.get("max_per_class") or 0)
+    if max_per_class > 0:
+        gathered.splits = cap_per_class(gathered.splits, max_per_class)
+    return gathered
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """What each pool worker does to one image; picklable so the pool can receive it."""
+
+    width: int
+    height: int
+    channels: int
+    resize_mode: str
+    encoding: str
+    quality: int
+    seed: int
+
+    def __call__(self, chunk: list[tuple[int, str, int]], want_sum: bool) -> tuple[list[tuple[str, int, bytes | None, str]], Any]:
+        out: list[tuple[str, int, bytes | None, str]] = []
+        total = np.zeros((self.height, self.width, self.channels), dtype=np.float64) if want_sum else None
+        for index, path, label in chunk:
+            try:
+                img = load_image(path, self.channels, (self.width, self.height))
+                # A per-image seed: the noise padding is the same in every rebuild or clone.
+                arr = to_array(resize_image(img, self.width, self.height, self.resize_mode, seed=self.seed * 1_000_003 + index))
+                data = encode(arr, self.encoding, self.quality)
+            except PermissionError as exc:
+                out.append((path, label, None, f"not readable ({exc.strerror})"))
+                continue
+            except ValueError as exc:
+                out.append((path, label, None, str(exc)))
+                continue
+            except Exception as exc:  # a worker must never die on one bad file
+                out.append((path, label, None, f"{type(exc).__name__}: {exc}"))
+                continue
+            if total is not None:
+                total += arr
+            out.append((path, label, data, ""))
+        return out, total
+
+
+_ENCODER: Encoder | None = None
+
+
+def _init_worker(encoder: Encoder) -> None:
+    global _ENCODER
+    _ENCODER = encoder
+
+
+def _run_chunk(args: tuple[list[tuple[int, str, int]], bool]) -> tuple[list, Any]:
+    assert _ENCODER is not None
+    return _ENCODER(*args)
+
+
+def _bounded_ordered(pool: Any, tasks: Iterable[Any], in_flight: int) -> Iterator[Any]:
+    """Like pool.imap, but never more than `in_flight` tasks submitted ahead of the
+    consumer: results cannot pile up in memory when writing is slower than decoding."""
+    pending: deque = deque()
+    it = iter(tasks)
+    for task in it:
+        pending.append(pool.apply_async(_run_chunk, (task,)))
+        if len(pending) >= in_flight:
+            break
+    while pending:
+        result = pending.popleft().get()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.apply_async(_run_chunk, (nxt,)))
+        yield result
+
+
+def chunk_size_for(width: int, height: int, channels: int) -> int:
+    """Chunks of about 2 MB of pixels: few round trips for small images, bounded memory for big ones."""
+    return max(4, min(128, 2_000_000 // max(1, width * height * channels)))
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
-    root = Path(spec["folder"])
     out_dir = Path(spec["output_dir"])
     width, height, channels = int(spec["width"]), int(spec["height"]), int(spec["channels"])
-    mode = spec.get("resize_mode", "squash")
-    seed = int(spec.get("seed", 0))
+    encoding = spec.get("encoding", "png")
+    encoder = Encoder(
+        width, height, channels, spec.get("resize_mode", "squash"), encoding,
+        int(spec.get("jpeg_quality", 90)), int(spec.get("seed", 0)),
+    )
     tmp = out_dir / "build.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    started = time.monotonic()
 
-    labels, items, skipped = scan_folder(root)
-    if len(labels) < 2:
-        raise BuildError(f"{root} has {len(labels)} class subfolder(s); a classification dataset needs at least two.")
-    splits = split_items(items, float(spec.get("val_percent", 25)), seed)
-    total = sum(len(v) for v in splits.values())
+    gathered = gather(spec, tmp)
+    labels, splits, skipped = gathered.labels, gathered.splits, gathered.skipped
+    total = sum(len(splits[s]) for s in gathered.requested)
     if total == 0:
-        raise BuildError(f"No image files found under {root}. Supported: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
+        raise BuildError(f"No usable image files were found. Supported: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
+
+    def report_path(path: str) -> str:
+        if gathered.root is not None:
+            try:
+                return str(Path(path).relative_to(gathered.root))
+            except ValueError:
+                pass
+        return path
 
     done = 0
-    started = time.monotonic()
+    encode_started = time.monotonic()
     last_report = 0.0
     counts: dict[str, int] = {}
     class_counts: dict[str, list[int]] = {}
     mean_sum = np.zeros((height, width, channels), dtype=np.float64)
-    processes = int(spec.get("workers") or os.cpu_count() or 1)
-    with mp.get_context("fork").Pool(processes) as pool:
-        for split in SPLITS:
+    processes = max(1, int(spec.get("workers") or os.cpu_count() or 1))
+    chunk = chunk_size_for(width, height, channels)
+    meta = {"width": width, "height": height, "channels": channels, "encoding": encoding}
+    with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(encoder,)) as pool:
+        for split_no, split in enumerate(gathered.requested):
             writer = LmdbWriter(tmp / f"{split}_db")
             per_class: Counter[int] = Counter()
-            tasks = [(p, lab, width, height, channels, mode, seed + i) for i, (p, lab) in enumerate(splits[split])]
-            for path, label, encoded, reason in pool.imap(_process, tasks, chunksize=16):
-                done += 1
-                if encoded is None:
-                    skipped.append({"path": str(Path(path).relative_to(root)), "reason": reason})
-                else:
-                    writer.add(label, encoded)
-                    per_class[label] += 1
-                    if split == "train":
-                        mean_sum += decode(encoded)
-                now = time.monotonic()
-                if now - last_report > 0.5:
-                    last_report = now
-                    rate = done / max(now - started, 1e-6)
-                    emit("progress", progress=done / total, eta=(total - done) / rate if rate else None)
-            writer.close({"width": width, "height": height, "channels": channels, "encoding": "png"})
+            offset = split_no * 10_000_000  # distinct noise seeds per split
+            indexed = [(offset + i, path, label) for i, (path, label) in enumerate(splits[split])]
+            tasks = ((indexed[i : i + chunk], split == "train") for i in range(0, len(indexed), chunk))
+            try:
+                for results, chunk_sum in _bounded_ordered(pool, tasks, 2 * processes):
+                    for path, label, data, reason in results:
+                        if data is None:
+                            skipped.append({"path": report_path(path), "reason": reason})
+                        else:
+                            writer.add(label, data)
+                            per_class[label] += 1
+                    if chunk_sum is not None:
+                        mean_sum += chunk_sum
+                    done += len(results)
+                    now = time.monotonic()
+                    if now - last_report > 0.5:
+                        last_report = now
+                        rate = done / max(now - encode_started, 1e-6)
+                        emit("progress", progress=done / total, eta=(total - done) / rate if rate else None, phase="encoding")
+                writer.close(meta)
+            except StoreWriteError as exc:
+                raise BuildError(
+                    f"Could not write the dataset ({exc}). The disk holding {out_dir} may be full: "
+                    "free some space (or ask an admin to), then build again."
+                ) from exc
             counts[split] = writer.count
             class_counts[split] = [per_class[i] for i in range(len(labels))]
 
-    usable = [i for i in range(len(labels)) if sum(class_counts[s][i] for s in SPLITS) > 0]
+    usable = [i for i in range(len(labels)) if sum(class_counts[s][i] for s in counts) > 0]
     if len(usable) < 2 or counts["train"] == 0:
         reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
-        summary = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
-        raise BuildError(f"Fewer than two classes have usable images ({summary or 'no images'}). Check the folder.")
+        summary = "; ".join(f"{n} × {r}" for r, n in reasons.most_common(3))
+        for s in skipped:
+            print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        raise BuildError(
+            f"Fewer than two classes have usable images ({summary or 'no images'}). "
+            "Check the source; the job log lists every file left out."
+        )
 
     mean = (mean_sum / counts["train"]).astype(np.float32)
-    np.save(tmp / "mean.npy", mean)
-
-    mean_u8 = np.clip(mean.round(), 0, 255).astype(np.uint8)
-    Image.fromarray(mean_u8[:, :, 0] if channels == 1 else mean_u8).save(tmp / "mean.png")
-    (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+    try:
+        np.save(tmp / "mean.npy", mean)
+        mean_u8 = np.clip(mean.round(), 0, 255).astype(np.uint8)
+        Image.fromarray(mean_u8[:, :, 0] if channels == 1 else mean_u8).save(tmp / "mean.png")
+        (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+    except OSError as exc:
+        raise BuildError(f"Could not write the mean image ({exc}). The disk may be full: free some space, then build again.") from exc
     for name in OUTPUTS:
-        os.replace(tmp / name, out_dir / name)
+        if (tmp / name).exists():
+            os.replace(tmp / name, out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.monotonic() - started
     return {
         "labels": labels,
         "counts": counts,
         "class_counts": class_counts,
         "skipped": skipped,
+        "dropped_classes": gathered.dropped,
         "mean_pixel": [float(v) for v in mean.reshape(-1, channels).mean(axis=0)],
-        "seconds": time.monotonic() - started,
+        "seconds": seconds,
+        "images_per_second": done / max(time.monotonic() - encode_started, 1e-6),
     }
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import uuid
+
+from django.conf import settings
 from django.db import models
 
 from workers.models import Job
@@ -21,21 +24,77 @@ class ResizeMode(models.TextChoices):
     HALF_CROP = "half_crop", "Half crop, half fill"
 
 
+class Encoding(models.TextChoices):
+    NONE = "none", "None (raw pixels: fastest to read, largest)"
+    PNG = "png", "PNG (lossless)"
+    JPEG = "jpeg", "JPEG (lossy, smallest)"
+
+
+class Source(models.TextChoices):
+    FOLDER = "folder", "Server folder"
+    TEXTFILE = "textfile", "Text files"
+    UPLOAD = "upload", "Uploaded archive"
+
+
+class Upload(models.Model):
+    """An archive uploaded in chunks (resumable). Its bytes live at `path`; once complete
+    it can feed any number of dataset builds (a clone reuses it)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    filename = models.CharField(max_length=255)
+    size = models.BigIntegerField(help_text="Total size the client announced, in bytes.")
+    received = models.BigIntegerField(default=0)
+    complete = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.received}/{self.size} bytes)"
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.DATA_DIR) / "uploads" / f"{self.pk}.bin"
+
+
 class Dataset(models.Model):
     job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="dataset")
-    folder = models.CharField(max_length=1000, help_text="Server folder with one subfolder per class.")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.FOLDER)
+    # Folder source: training folder, and optional separate validation / test folders.
+    folder = models.CharField(max_length=1000, blank=True, help_text="Server folder with one subfolder per class.")
+    val_folder = models.CharField(max_length=1000, blank=True)
+    test_folder = models.CharField(max_length=1000, blank=True)
+    # Text-file source: lists of `path label_index` lines and a labels file (stored in the
+    # job folder when uploaded; server paths otherwise).
+    train_list = models.CharField(max_length=1000, blank=True)
+    val_list = models.CharField(max_length=1000, blank=True)
+    test_list = models.CharField(max_length=1000, blank=True)
+    labels_file = models.CharField(max_length=1000, blank=True)
+    image_folder = models.CharField(max_length=1000, blank=True)
+    shuffle = models.BooleanField(default=True)
+    # Upload source.
+    upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets")
     image_width = models.PositiveIntegerField(default=28)
     image_height = models.PositiveIntegerField(default=28)
     image_mode = models.CharField(max_length=16, choices=ImageMode.choices, default=ImageMode.COLOR)
     resize_mode = models.CharField(max_length=16, choices=ResizeMode.choices, default=ResizeMode.SQUASH)
+    encoding = models.CharField(max_length=8, choices=Encoding.choices, default=Encoding.PNG)
+    jpeg_quality = models.PositiveSmallIntegerField(default=90)
     val_percent = models.FloatField(default=25.0)
+    test_percent = models.FloatField(default=0.0)
+    min_per_class = models.PositiveIntegerField(default=0)
+    max_per_class = models.PositiveIntegerField(default=0, help_text="0: no limit.")
     seed = models.IntegerField(default=0)
     # Filled in when the build finishes.
     labels = models.JSONField(default=list, blank=True)
-    counts = models.JSONField(default=dict, blank=True)  # {"train": n, "val": n}
+    counts = models.JSONField(default=dict, blank=True)  # {"train": n, "val": n, "test": n}
     class_counts = models.JSONField(default=dict, blank=True)  # {"train": [n per class], ...}
     skipped = models.JSONField(default=list, blank=True)  # [{"path", "reason"}]
+    dropped_classes = models.JSONField(default=list, blank=True)  # [{"label", "images", "reason"}]
     mean_pixel = models.JSONField(default=list, blank=True)
+    build_seconds = models.FloatField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.job.name
@@ -61,6 +120,18 @@ class Dataset(models.Model):
 
     def load_mean(self) -> np.ndarray:
         return np.load(self.mean_path)
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "val", "test") if s in self.counts]
+
+    @property
+    def source_display(self) -> str:
+        if self.source == Source.UPLOAD:
+            return self.upload.filename if self.upload else "(upload deleted)"
+        if self.source == Source.TEXTFILE:
+            return self.train_list
+        return self.folder
 
     def class_count_rows(self) -> list[tuple[str, list[int]]]:
         """(label, [count per split]) for the dataset page's table and chart."""

@@ -1,10 +1,16 @@
 """Reads for datasets."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 from django.db.models import QuerySet
+from django.http import Http404
 
 from workers.models import JobStatus
 
+from .imaging import decode, encode
+from .lmdb_store import meta_shape, open_readonly, read_labels, read_meta, read_raw
 from .models import Dataset
 
 
@@ -15,3 +21,60 @@ def dataset_list() -> QuerySet[Dataset]:
 def dataset_usable_list() -> QuerySet[Dataset]:
     """Datasets a model can be trained on: built, or still building (the model waits)."""
     return dataset_list().filter(job__status__in=[JobStatus.DONE, *JobStatus.active()])
+
+
+@dataclass
+class GalleryPage:
+    split: str
+    label: int | None
+    page: int
+    per_page: int
+    total: int
+    indices: list[int]
+    labels: list[int]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.page > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+
+def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, page: int = 1, per_page: int = 60) -> GalleryPage:
+    """One page of stored images of a split, optionally of one class (read from the
+    split's label index: no image is decoded to filter)."""
+    if split not in dataset.counts:
+        raise Http404(f"This dataset has no {split} split.")
+    labels = read_labels(dataset.split_path(split))
+    indices = np.arange(len(labels)) if label is None else np.flatnonzero(labels == label)
+    per_page = max(1, min(per_page, 200))
+    pages = max(1, -(-len(indices) // per_page))
+    page = min(max(1, page), pages)
+    chosen = indices[(page - 1) * per_page : page * per_page]
+    return GalleryPage(split, label, page, per_page, len(indices), chosen.tolist(), labels[chosen].tolist())
+
+
+def dataset_image(dataset: Dataset, split: str, index: int) -> tuple[bytes, str, int]:
+    """The stored image `index` of a split as (bytes, content type, label). Raw images
+    are encoded as PNG for the browser."""
+    if split not in dataset.counts:
+        raise Http404(f"This dataset has no {split} split.")
+    path = dataset.split_path(split)
+    meta = read_meta(path)
+    with open_readonly(path).begin() as txn:
+        try:
+            data, label = read_raw(txn, index)
+        except IndexError:
+            raise Http404("No such image.") from None
+    encoding = meta.get("encoding", "png")
+    if encoding == "jpeg":
+        return data, "image/jpeg", label
+    if encoding == "none":
+        return encode(decode(data, "none", meta_shape(meta)), "png"), "image/png", label
+    return data, "image/png", label

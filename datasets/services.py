@@ -1,11 +1,14 @@
 """Writes for datasets: validation of a request, creation, queueing, build results."""
 from __future__ import annotations
 
+import os
 import shutil
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from workers.models import JobKind, JobStatus
@@ -13,37 +16,50 @@ from workers.services import JobError, job_create, job_delete, job_fail, job_tra
 
 from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
-from .models import Dataset, ImageMode, ResizeMode
+from .lmdb_store import forget
+from .models import Dataset, Encoding, ImageMode, ResizeMode, Source
+from .sources import is_under
+from .uploads import upload_for_build, upload_release
 
 MAX_IMAGE_SIDE = 4096
 
 
-def resolve_data_folder(folder: str) -> Path:
+def resolve_data_folder(folder: str, field: str = "folder") -> Path:
     """Resolve a server folder and check it lies under one of DIGITS_DATA_ROOTS.
 
     Symlinks and `..` are resolved first, so neither can lead outside the roots."""
     if not folder or "\x00" in folder:
-        raise JobError("Give the path of a server folder.", field="folder")
+        raise JobError("Give the path of a server folder.", field=field)
     path = Path(folder).expanduser()
     try:
         resolved = path.resolve(strict=True)
     except (FileNotFoundError, RuntimeError, OSError):
-        raise JobError(f"Folder {folder} does not exist on the server.", field="folder") from None
+        raise JobError(f"Folder {folder} does not exist on the server.", field=field) from None
     roots = settings.DATA_ROOTS
-    if not any(resolved == root or root in resolved.parents for root in roots):
+    if not is_under(resolved, roots):
         allowed = ", ".join(str(r) for r in roots)
-        raise JobError(f"Folder {folder} is outside the allowed data roots ({allowed}). Ask an admin to add it to DIGITS_DATA_ROOTS.", field="folder")
+        raise JobError(
+            f"Folder {folder} is outside the allowed data roots ({allowed}). Ask an admin to add it to DIGITS_DATA_ROOTS.",
+            field=field,
+        )
     if not resolved.is_dir():
-        raise JobError(f"{folder} is not a folder.", field="folder")
+        raise JobError(f"{folder} is not a folder.", field=field)
     return resolved
 
 
 def check_class_folders(folder: Path) -> list[str]:
-    """At least two class subfolders that hold at least one image file each."""
+    """At least two class subfolders with an image file each. Stops at the first image of
+    each class, so a request on a folder of a million files stays quick."""
     classes = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in sub.rglob("*") if f.is_file()):
-            classes.append(sub.name)
+    try:
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise JobError(f"Cannot read {folder}: {exc.strerror}.", field="folder") from exc
+    for sub in subdirs:
+        for _dirpath, _dirnames, filenames in os.walk(sub):
+            if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
+                classes.append(sub.name)
+                break
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise JobError(
@@ -53,35 +69,145 @@ def check_class_folders(folder: Path) -> list[str]:
     return classes
 
 
+def resolve_data_file(path: str, field: str) -> Path:
+    """A server file (text list, labels file) under one of the data roots."""
+    if not path or "\x00" in path:
+        raise JobError("Give the path of a server file, or upload one.", field=field)
+    try:
+        resolved = Path(path).expanduser().resolve(strict=True)
+    except (FileNotFoundError, RuntimeError, OSError):
+        raise JobError(f"File {path} does not exist on the server.", field=field) from None
+    if not is_under(resolved, settings.DATA_ROOTS):
+        allowed = ", ".join(str(r) for r in settings.DATA_ROOTS)
+        raise JobError(f"{path} is outside the allowed data roots ({allowed}).", field=field)
+    if not resolved.is_file():
+        raise JobError(f"{path} is not a file.", field=field)
+    return resolved
+
+
+@dataclass
+class DatasetParams:
+    """Everything a person chooses when creating a dataset (the form and the API fill it)."""
+
+    name: str
+    source: str = Source.FOLDER
+    group: str = ""
+    notes: str = ""
+    folder: str = ""
+    val_folder: str = ""
+    test_folder: str = ""
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    labels_file: str = ""
+    image_folder: str = ""
+    shuffle: bool = True
+    upload: str = ""  # an Upload id
+    image_width: int = 28
+    image_height: int = 28
+    image_mode: str = ImageMode.COLOR
+    resize_mode: str = ResizeMode.SQUASH
+    encoding: str = Encoding.PNG
+    jpeg_quality: int = 90
+    val_percent: float = 25.0
+    test_percent: float = 0.0
+    min_per_class: int = 0
+    max_per_class: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> DatasetParams:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: ("" if v is None else v) for k, v in data.items() if k in names})
+
+
+LIST_FIELDS = ("train_list", "val_list", "test_list", "labels_file")
+
+
+def _check_options(p: DatasetParams) -> None:
+    if not (1 <= p.image_width <= MAX_IMAGE_SIDE and 1 <= p.image_height <= MAX_IMAGE_SIDE):
+        raise JobError(f"Image width and height must be between 1 and {MAX_IMAGE_SIDE} pixels.", field="image_width")
+    if p.image_mode not in ImageMode.values:
+        raise JobError(f"Image type must be one of {', '.join(ImageMode.values)}.", field="image_mode")
+    if p.resize_mode not in ResizeMode.values:
+        raise JobError(f"Resize mode must be one of {', '.join(ResizeMode.values)}.", field="resize_mode")
+    if p.encoding not in Encoding.values:
+        raise JobError(f"Encoding must be one of {', '.join(Encoding.values)}.", field="encoding")
+    if not 1 <= p.jpeg_quality <= 100:
+        raise JobError("JPEG quality must be between 1 and 100.", field="jpeg_quality")
+    if p.val_percent < 0 or p.test_percent < 0 or p.val_percent + p.test_percent >= 100:
+        raise JobError("The validation and test percentages must be at least 0 and add up to less than 100.", field="val_percent")
+    if p.min_per_class < 0 or p.max_per_class < 0:
+        raise JobError("Minimum and maximum per class cannot be negative.", field="min_per_class")
+    if p.max_per_class and p.min_per_class > p.max_per_class:
+        raise JobError("The minimum per class is larger than the maximum.", field="min_per_class")
+
+
+def _check_source(p: DatasetParams, owner, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:  # noqa: ANN001
+    """Validate the source and return the resolved fields to store."""
+    if p.source == Source.FOLDER:
+        folder = resolve_data_folder(p.folder)
+        check_class_folders(folder)
+        out: dict[str, Any] = {"folder": str(folder)}
+        for name in ("val_folder", "test_folder"):
+            value = getattr(p, name)
+            out[name] = str(resolve_data_folder(value, field=name)) if value else ""
+        return out
+    if p.source == Source.TEXTFILE:
+        out = {"shuffle": p.shuffle}
+        for name in LIST_FIELDS:
+            file = uploaded.get(name)
+            if file is not None:
+                if file.size > settings.MAX_UPLOAD_LIST_BYTES:
+                    raise JobError(f"{file.name} is larger than {settings.MAX_UPLOAD_LIST_BYTES >> 20} MiB.", field=name)
+                out[name] = file  # saved into the job folder once the job exists
+            elif getattr(p, name):
+                out[name] = str(resolve_data_file(getattr(p, name), name))
+            else:
+                out[name] = ""
+        if not out["train_list"]:
+            raise JobError("Give a training list (upload it or type its server path).", field="train_list")
+        if not out["labels_file"]:
+            raise JobError("Give a labels file: one label name per line, line i for label index i.", field="labels_file")
+        out["image_folder"] = str(resolve_data_folder(p.image_folder, field="image_folder")) if p.image_folder else ""
+        return out
+    if p.source == Source.UPLOAD:
+        return {"upload": upload_for_build(p.upload, owner)}
+    raise JobError(f"Source must be one of {', '.join(Source.values)}.", field="source")
+
+
 @transaction.atomic
-def dataset_create(
-    *,
-    owner,  # noqa: ANN001
-    name: str,
-    folder: str,
-    image_width: int = 28,
-    image_height: int = 28,
-    image_mode: str = ImageMode.COLOR,
-    resize_mode: str = ResizeMode.SQUASH,
-    val_percent: float = 25.0,
-    seed: int = 0,
-) -> Dataset:
-    resolved = resolve_data_folder(folder)
-    check_class_folders(resolved)
-    if not (1 <= image_width <= MAX_IMAGE_SIDE and 1 <= image_height <= MAX_IMAGE_SIDE):
-        raise JobError(f"Image width and height must be between 1 and {MAX_IMAGE_SIDE} pixels.")
-    if not 0 <= val_percent < 100:
-        raise JobError("The validation percentage must be at least 0 and below 100.")
-    job = job_create(kind=JobKind.DATASET, name=name, owner=owner)
+def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, UploadedFile] | None = None) -> Dataset:  # noqa: ANN001
+    """Validate a dataset request, store it and queue its build (after commit)."""
+    if not params.name.strip():
+        raise JobError("Give the dataset a name.", field="name")
+    _check_options(params)
+    source_fields = _check_source(params, owner, uploaded or {})
+    job = job_create(kind=JobKind.DATASET, name=params.name.strip(), owner=owner, group=params.group, notes=params.notes)
+    for name in LIST_FIELDS:
+        file = source_fields.get(name)
+        if isinstance(file, UploadedFile):
+            target = job.directory / "lists" / f"{name}.txt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                for piece in file.chunks():
+                    out.write(piece)
+            source_fields[name] = str(target)
     dataset = Dataset.objects.create(
         job=job,
-        folder=str(resolved),
-        image_width=image_width,
-        image_height=image_height,
-        image_mode=image_mode,
-        resize_mode=resize_mode,
-        val_percent=val_percent,
-        seed=seed,
+        source=params.source,
+        image_width=params.image_width,
+        image_height=params.image_height,
+        image_mode=params.image_mode,
+        resize_mode=params.resize_mode,
+        encoding=params.encoding,
+        jpeg_quality=params.jpeg_quality,
+        val_percent=params.val_percent,
+        test_percent=params.test_percent,
+        min_per_class=params.min_per_class,
+        max_per_class=params.max_per_class,
+        seed=params.seed,
+        **source_fields,
     )
     job_transition(job.pk, JobStatus.QUEUED, from_=[JobStatus.INITIALIZED])
     from .tasks import dataset_build_task
@@ -90,17 +216,48 @@ def dataset_create(
     return dataset
 
 
+def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
+    """The form's initial values for "Clone": the same parameters, a new name. Lists that
+    were uploaded now live in the original's job folder and are offered as server paths
+    only when that folder is under a data root; otherwise they must be uploaded again."""
+    data = {f.name: getattr(dataset, f.name) for f in fields(DatasetParams) if hasattr(dataset, f.name)}
+    data.update(name=f"{dataset.job.name} (clone)", group=dataset.job.group, notes=dataset.job.notes)
+    data["upload"] = str(dataset.upload_id or "")
+    for name in LIST_FIELDS:
+        path = data.get(name) or ""
+        if path and not is_under(Path(path), settings.DATA_ROOTS):
+            data[name] = ""
+    return data
+
+
 def dataset_build_spec(dataset: Dataset) -> dict[str, Any]:
-    return {
-        "folder": dataset.folder,
+    spec: dict[str, Any] = {
+        "source": dataset.source,
         "output_dir": str(dataset.directory),
         "width": dataset.image_width,
         "height": dataset.image_height,
         "channels": dataset.channels,
         "resize_mode": dataset.resize_mode,
+        "encoding": dataset.encoding,
+        "jpeg_quality": dataset.jpeg_quality,
         "val_percent": dataset.val_percent,
+        "test_percent": dataset.test_percent,
+        "min_per_class": dataset.min_per_class,
+        "max_per_class": dataset.max_per_class,
         "seed": dataset.seed,
+        "data_roots": [str(r) for r in settings.DATA_ROOTS],
     }
+    if dataset.source == Source.FOLDER:
+        spec.update(folder=dataset.folder, val_folder=dataset.val_folder, test_folder=dataset.test_folder)
+    elif dataset.source == Source.TEXTFILE:
+        # Lists uploaded into the job folder count as allowed too.
+        spec["data_roots"].append(str(dataset.directory / "lists"))
+        spec.update({name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")})
+    else:
+        if dataset.upload is None or not dataset.upload.path.exists():
+            raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
+        spec.update(archive=str(dataset.upload.path), max_extract_bytes=settings.MAX_ARCHIVE_EXTRACT_BYTES)
+    return spec
 
 
 def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
@@ -109,7 +266,11 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
     dataset.class_counts = result["class_counts"]
     dataset.skipped = result["skipped"]
     dataset.mean_pixel = result["mean_pixel"]
-    dataset.save(update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel"])
+    dataset.dropped_classes = result.get("dropped_classes", [])
+    dataset.build_seconds = result.get("seconds")
+    dataset.save(
+        update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel", "dropped_classes", "build_seconds"]
+    )
 
 
 def dataset_remove_partial(dataset: Dataset) -> None:
@@ -146,8 +307,13 @@ def dataset_build_run(job_id: int) -> None:
             job_fail(job_id, "The build ended without reporting a result; see the log.")
         return
     dataset_store_result(dataset, results)
-    skipped = len(results["skipped"])
-    note = f"{skipped} file(s) skipped; see the report on the dataset page." if skipped else ""
+    skipped, dropped = len(results["skipped"]), len(results.get("dropped_classes", []))
+    notes = []
+    if skipped:
+        notes.append(f"{skipped} file(s) skipped")
+    if dropped:
+        notes.append(f"{dropped} class(es) dropped below the minimum per class")
+    note = "; ".join(notes) + "; see the report on the dataset page." if notes else ""
     job_transition(job_id, JobStatus.DONE, from_=[JobStatus.RUNNING], message=note)
 
 
@@ -157,4 +323,9 @@ def dataset_delete(dataset: Dataset) -> None:
         raise JobError(
             f"This dataset is used by model(s) {', '.join(users)}. Delete those models first, then the dataset."
         )
+    upload = dataset.upload
+    for split in ("train", "val", "test"):
+        forget(dataset.split_path(split))
     job_delete(dataset.job)
+    if upload is not None:
+        upload_release(upload)

@@ -3,36 +3,94 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from workers.services import JobError, job_abort
+from workers.services import JobError, job_abort, job_update
 
-from .forms import DatasetForm
-from .selectors import dataset_list
-from .services import dataset_create, dataset_delete
+from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
+from .models import ImageMode, Source
+from .preview import first_image_in_folder, first_image_in_upload, resize_preview
+from .selectors import dataset_gallery, dataset_image, dataset_list
+from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
+from .uploads import upload_get
+
+
+def _modifiable(request: HttpRequest, pk: int):  # noqa: ANN202 - a Dataset
+    dataset = get_object_or_404(dataset_list(), pk=pk)
+    if not dataset.job.can_modify(request.user):
+        raise PermissionDenied
+    return dataset
 
 
 def dataset_new(request: HttpRequest) -> HttpResponse:
-    form = DatasetForm(request.POST or None)
+    initial = {}
+    clone_of = request.GET.get("clone")
+    if clone_of and clone_of.isdigit():
+        initial = dataset_clone_params(get_object_or_404(dataset_list(), pk=int(clone_of)))
+    form = DatasetForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = {k: v for k, v in form.cleaned_data.items() if not k.endswith("_upload")}
         try:
-            dataset = dataset_create(owner=request.user, **form.cleaned_data)
+            dataset = dataset_create(owner=request.user, params=DatasetParams.from_data(data), uploaded=form.uploaded_lists())
         except JobError as exc:
-            form.add_error(exc.field, str(exc))
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect("dataset_detail", pk=dataset.pk)
-    return render(request, "datasets/new.html", {"form": form})
+    return render(
+        request,
+        "datasets/new.html",
+        {"form": form, "clone_of": clone_of, "resize_help": {str(k): v for k, v in RESIZE_HELP.items()}},
+    )
 
 
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list().prefetch_related("job__events"), pk=pk)
+    can_modify = dataset.job.can_modify(request.user)
+    edit_form = DatasetEditForm(initial={"name": dataset.job.name, "group": dataset.job.group, "notes": dataset.job.notes})
     return render(
         request,
         "datasets/detail.html",
-        {"dataset": dataset, "job": dataset.job, "can_modify": dataset.job.can_modify(request.user)},
+        {
+            "dataset": dataset,
+            "job": dataset.job,
+            "can_modify": can_modify,
+            "edit_form": edit_form if can_modify else None,
+            "models": dataset.models.select_related("job").order_by("-job__created_at")[:20],
+        },
     )
+
+
+@require_POST
+def dataset_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = _modifiable(request, pk)
+    form = DatasetEditForm(request.POST)
+    if form.is_valid():
+        job_update(dataset.job, **form.cleaned_data)
+        messages.success(request, "Saved.")
+    else:
+        messages.error(request, "Not saved: " + "; ".join(e for errs in form.errors.values() for e in errs))
+    return redirect("dataset_detail", pk=pk)
+
+
+def dataset_explore(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = get_object_or_404(dataset_list(), pk=pk)
+    split = request.GET.get("split", "train")
+    label_arg = request.GET.get("label", "")
+    label = int(label_arg) if label_arg.isdigit() and int(label_arg) < len(dataset.labels) else None
+    page_arg = request.GET.get("page", "1")
+    page = dataset_gallery(dataset, split, label=label, page=int(page_arg) if page_arg.isdigit() else 1)
+    items = [(i, dataset.labels[lab]) for i, lab in zip(page.indices, page.labels)]
+    return render(request, "datasets/explore.html", {"dataset": dataset, "job": dataset.job, "page": page, "items": items})
+
+
+def dataset_image_view(request: HttpRequest, pk: int, split: str, index: int) -> HttpResponse:
+    dataset = get_object_or_404(dataset_list(), pk=pk)
+    data, content_type, _label = dataset_image(dataset, split, index)
+    response = HttpResponse(data, content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 def dataset_mean_image(request: HttpRequest, pk: int) -> FileResponse:
@@ -43,11 +101,33 @@ def dataset_mean_image(request: HttpRequest, pk: int) -> FileResponse:
     return FileResponse(path.open("rb"), content_type="image/png")
 
 
+@require_GET
+def dataset_preview(request: HttpRequest) -> JsonResponse:
+    """The form's live preview: the source's first image, resized by every mode."""
+    try:
+        width = int(request.GET.get("width", 28))
+        height = int(request.GET.get("height", 28))
+    except ValueError:
+        return JsonResponse({"error": "Width and height must be whole numbers."}, status=400)
+    channels = 1 if request.GET.get("image_mode") == ImageMode.GRAYSCALE else 3
+    try:
+        if request.GET.get("source") == Source.UPLOAD:
+            upload = upload_get(request.GET.get("upload", ""), request.user)
+            name, data = first_image_in_upload(upload)
+            result = resize_preview(data, name, width, height, channels)
+        else:
+            folder = request.GET.get("folder") or request.GET.get("image_folder", "")
+            folder_path = resolve_data_folder(folder)
+            image = first_image_in_folder(folder_path)
+            result = resize_preview(image, str(image.relative_to(folder_path)), width, height, channels)
+    except JobError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(result)
+
+
 @require_POST
 def dataset_abort(request: HttpRequest, pk: int) -> HttpResponse:
-    dataset = get_object_or_404(dataset_list(), pk=pk)
-    if not dataset.job.can_modify(request.user):
-        raise PermissionDenied
+    dataset = _modifiable(request, pk)
     try:
         job_abort(dataset.job)
     except JobError as exc:
@@ -57,9 +137,7 @@ def dataset_abort(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def dataset_remove(request: HttpRequest, pk: int) -> HttpResponse:
-    dataset = get_object_or_404(dataset_list(), pk=pk)
-    if not dataset.job.can_modify(request.user):
-        raise PermissionDenied
+    dataset = _modifiable(request, pk)
     try:
         dataset_delete(dataset)
     except JobError as exc:

@@ -114,6 +114,13 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # Uploads (classify-one images): refuse anything large before it is read.
 MAX_UPLOAD_IMAGE_BYTES = int(env("DIGITS_MAX_UPLOAD_IMAGE_BYTES", str(20 * 1024 * 1024)))
+# Dataset archives arrive in chunks of at most MAX_UPLOAD_CHUNK_BYTES (resumable), up to
+# MAX_UPLOAD_ARCHIVE_BYTES in all, and may expand to MAX_ARCHIVE_EXTRACT_BYTES on disk.
+MAX_UPLOAD_ARCHIVE_BYTES = int(env("DIGITS_MAX_UPLOAD_ARCHIVE_BYTES", str(4 * 1024**3)))
+MAX_UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_ARCHIVE_EXTRACT_BYTES = int(env("DIGITS_MAX_ARCHIVE_EXTRACT_BYTES", str(16 * 1024**3)))
+# Uploaded text lists (path label lines) and labels files.
+MAX_UPLOAD_LIST_BYTES = int(env("DIGITS_MAX_UPLOAD_LIST_BYTES", str(64 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.build import split_items
+from datasets.splits import split_stratified
 from datasets.imaging import load_image, resize_image, to_input
 from frontend.templatetags.digits import duration
 from models_app.networks import network_module
@@ -62,11 +62,11 @@ def test_to_input_is_channels_first_and_mean_subtracted():
 
 def test_split_is_stratified_with_at_least_one_validation_image():
     items = [(f"a{i}", 0) for i in range(10)] + [(f"b{i}", 1) for i in range(3)]
-    split = split_items(items, 20, seed=1)
+    split = split_stratified(items, 20, 0, seed=1)
     val_labels = sorted(label for _, label in split["val"])
     assert val_labels == [0, 0, 1]
-    assert len(split["train"]) == 10
-    assert split == split_items(items, 20, seed=1)
+    assert len(split["train"]) == 10 and split["test"] == []
+    assert split == split_stratified(items, 20, 0, seed=1)
 
 
 def test_lenet_contract():

@@ -40,7 +40,7 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "name", "owner", "status", "progress", "eta_seconds", "error",
+            "id", "kind", "name", "group", "notes", "owner", "status", "progress", "eta_seconds", "error",
             "created_at", "started_at", "finished_at", "duration_seconds", "timeline",
         ]
 

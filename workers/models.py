@@ -37,6 +37,9 @@ class JobKind(models.TextChoices):
 class Job(models.Model):
     kind = models.CharField(max_length=16, choices=JobKind.choices)
     name = models.CharField(max_length=200)
+    # Free-form: the console groups jobs by it (a project, an experiment series).
+    group = models.CharField(max_length=100, blank=True, default="")
+    notes = models.TextField(blank=True, default="")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.INITIALIZED)
     created_at = models.DateTimeField(auto_now_add=True)

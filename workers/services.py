@@ -23,8 +23,8 @@ class JobError(Exception):
         self.field = field
 
 
-def job_create(*, kind: JobKind, name: str, owner) -> Job:  # noqa: ANN001
-    job = Job.objects.create(kind=kind, name=name, owner=owner)
+def job_create(*, kind: JobKind, name: str, owner, group: str = "", notes: str = "") -> Job:  # noqa: ANN001
+    job = Job.objects.create(kind=kind, name=name, owner=owner, group=group.strip(), notes=notes)
     JobEvent.objects.create(job=job, status=JobStatus.INITIALIZED)
     job.directory.mkdir(parents=True, exist_ok=True)
     return job
@@ -82,6 +82,21 @@ def job_abort(job: Job) -> None:
 def job_set_progress(job_id: int, progress: float, eta_seconds: float | None) -> None:
     Job.objects.filter(pk=job_id).update(progress=progress, eta_seconds=eta_seconds)
     publish(job_id, {"type": "progress", "progress": progress, "eta": eta_seconds})
+
+
+def job_update(job: Job, *, name: str | None = None, group: str | None = None, notes: str | None = None) -> Job:
+    """Edit what a person may change at any time: the name, the group and the notes."""
+    if name is not None:
+        if not name.strip():
+            raise JobError("The name cannot be empty.", field="name")
+        job.name = name.strip()[:200]
+    if group is not None:
+        job.group = group.strip()[:100]
+    if notes is not None:
+        job.notes = notes
+    job.save(update_fields=["name", "group", "notes"])
+    publish(job.pk, {"type": "updated", "name": job.name, "group": job.group}, broadcast=True)
+    return job
 
 
 def job_delete(job: Job) -> None:

@@ -26,3 +26,18 @@ def percent(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "—"
     return f"{value * 100:.{digits}f}%"
+
+
+@register.filter
+def split(value: str, sep: str | None = None) -> list[str]:
+    return value.split(sep)
+
+
+@register.filter
+def attr(obj: object, name: str) -> object:
+    return getattr(obj, name, "")
+
+
+@register.filter
+def get(mapping: dict, key: str) -> object:
+    return mapping.get(key, "") if hasattr(mapping, "get") else ""

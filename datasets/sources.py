@@ -1,0 +1,234 @@
+"""Where a dataset's images come from: a server folder of class subfolders, text lists of
+`path label_index` lines, or an uploaded zip/tar archive of class folders.
+
+Pure functions over the file system, used by the build child (`datasets.build`). Each
+returns what it could use and a report of what it skipped and why; nothing here raises for
+one bad file. Paths in the report are relative to the source root where there is one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+
+from .imaging import IMAGE_EXTENSIONS
+
+Item = tuple[str, int]  # (absolute path of an image file, label index)
+Skip = dict[str, str]  # {"path": ..., "reason": ...}
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+class SourceError(Exception):
+    """Nothing usable can come from this source; the message says what to fix."""
+
+
+def is_under(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def scan_folder(root: Path, labels: list[str] | None = None) -> tuple[list[str], list[Item], list[Skip]]:
+    """Class subfolders of `root` (sorted names are the labels) and their image files,
+    walked recursively without following symbolic links. With `labels` (a validation or
+    test folder), subfolders must be among the training labels.
+
+    Returns labels, items, skipped. Empty class folders are reported and left out."""
+    skipped: list[Skip] = []
+    try:
+        subdirs = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise SourceError(f"Cannot read folder {root}: {exc.strerror or exc}.") from exc
+    found: dict[str, list[Path]] = {}
+    for sub in subdirs:
+        if sub.is_symlink():
+            skipped.append({"path": sub.name, "reason": "symbolic link (not followed)"})
+            continue
+        if not sub.is_dir():
+            skipped.append({"path": sub.name, "reason": "file outside a class folder"})
+            continue
+        if labels is not None and sub.name not in labels:
+            skipped.append({"path": sub.name + "/", "reason": "class not in the training folder"})
+            continue
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(sub, followlinks=False, onerror=lambda e: skipped.append(
+            {"path": _rel(Path(e.filename), root), "reason": f"folder not readable ({e.strerror})"}
+        )):
+            here = Path(dirpath)
+            # os.walk lists links to folders among dirnames but never enters them.
+            for name in sorted(dirnames):
+                if (here / name).is_symlink():
+                    skipped.append({"path": _rel(here / name, root), "reason": "symbolic link (not followed)"})
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = here / name
+                if path.is_symlink():
+                    skipped.append({"path": _rel(path, root), "reason": "symbolic link (not followed)"})
+                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append({"path": _rel(path, root), "reason": "not an image file (by extension)"})
+                else:
+                    files.append(path)
+        if files:
+            found[sub.name] = files
+        elif labels is None:
+            skipped.append({"path": sub.name + "/", "reason": "empty class folder (no images): class left out"})
+    if labels is None:
+        labels = sorted(found)
+    index = {label: i for i, label in enumerate(labels)}
+    items = [(str(path), index[label]) for label in labels for path in found.get(label, [])]
+    return labels, items, skipped
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """Line i is the name of label i. Trailing blank lines are ignored; others are not."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"Cannot read the labels file {path.name}: {exc}.") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [line.strip() for line in lines]
+    if any(not label for label in labels):
+        raise SourceError(f"The labels file {path.name} has a blank line among its labels (line {labels.index('') + 1}).")
+    if len(labels) < 2:
+        raise SourceError(f"The labels file {path.name} lists {len(labels)} label(s); a classification dataset needs two.")
+    return labels
+
+
+def parse_list(
+    path: Path, num_labels: int, image_folder: Path | None, roots: list[Path]
+) -> tuple[list[Item], list[Skip]]:
+    """A text list of `path label_index` lines (the path may contain spaces; the label is
+    the last field). Relative paths are taken under `image_folder`. Every image must lie
+    under one of the data roots once links are resolved."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"Cannot read the list {path.name}: {exc}.") from exc
+    items: list[Item] = []
+    skipped: list[Skip] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path.name}:{lineno}"
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            skipped.append({"path": where, "reason": "expected 'path label_index'"})
+            continue
+        raw, label = parts[0], int(parts[1])
+        if not 0 <= label < num_labels:
+            skipped.append({"path": f"{where} {raw}", "reason": f"label index {label} out of range (0-{num_labels - 1})"})
+            continue
+        image = Path(raw)
+        if not image.is_absolute():
+            if image_folder is None:
+                skipped.append({"path": f"{where} {raw}", "reason": "relative path, and no image folder was given"})
+                continue
+            image = image_folder / image
+        resolved = image.resolve()
+        if not is_under(resolved, roots):
+            skipped.append({"path": f"{where} {raw}", "reason": "outside the allowed data roots"})
+        elif not resolved.is_file():
+            skipped.append({"path": f"{where} {raw}", "reason": "file not found"})
+        elif resolved.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append({"path": f"{where} {raw}", "reason": "not an image file (by extension)"})
+        else:
+            items.append((str(resolved), label))
+    return items, skipped
+
+
+def _unsafe_member_name(name: str) -> str | None:
+    """Why an archive member's name may not be extracted, or None when it is safe."""
+    if "\x00" in name:
+        return "name contains a NUL byte"
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or (pure.parts and pure.parts[0].endswith(":")):
+        return "absolute path (not extracted)"
+    if ".." in pure.parts:
+        return "path leads outside the archive (not extracted)"
+    return None
+
+
+def _members(archive: Path) -> Iterable[tuple[str, str | None, int, Callable[[], object]]]:
+    """(name, reason to skip or None, size, opener) for each file member, streaming."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                mode = info.external_attr >> 16
+                reason = "symbolic link (not extracted)" if stat.S_ISLNK(mode) else _unsafe_member_name(info.filename)
+                yield info.filename, reason, info.file_size, lambda info=info: zf.open(info)
+        return
+    try:
+        tf = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise SourceError(f"The upload is not a zip or tar archive ({exc}). Upload a .zip or .tar.gz of class folders.") from exc
+    with tf:
+        for member in tf:
+            if member.isdir():
+                continue
+            if member.issym() or member.islnk():
+                reason: str | None = "link (not extracted)"
+            elif not member.isreg():
+                reason = "not a regular file (not extracted)"
+            else:
+                reason = _unsafe_member_name(member.name)
+            yield member.name, reason, member.size, lambda member=member: tf.extractfile(member)
+
+
+def extract_archive(
+    archive: Path, dest: Path, max_bytes: int, progress: Callable[[float], None] | None = None
+) -> tuple[Path, list[Skip]]:
+    """Extract a zip or tar(.gz/.bz2/.xz) of class folders into `dest`, one member at a
+    time (never the whole archive in memory). Links, devices, absolute names and names with
+    `..` are skipped and reported; extraction stops with an error beyond `max_bytes`.
+
+    Returns the folder holding the class subfolders (descending through a single wrapping
+    folder, as when someone zips the dataset folder itself) and the skipped report."""
+    dest.mkdir(parents=True, exist_ok=True)
+    skipped: list[Skip] = []
+    written = 0
+    archive_size = max(archive.stat().st_size, 1)
+    try:
+        for name, reason, size, opener in _members(archive):
+            if reason:
+                skipped.append({"path": name, "reason": reason})
+                continue
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
+                continue  # hidden files and macOS resource forks: not data, not worth a report line
+            if written + size > max_bytes:
+                raise SourceError(
+                    f"The archive expands to more than {max_bytes // (1 << 20)} MiB; the limit is set by "
+                    "DIGITS_MAX_ARCHIVE_EXTRACT_BYTES. Split it, or build from a server folder instead."
+                )
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with opener() as src, target.open("wb") as out:  # type: ignore[attr-defined]
+                shutil.copyfileobj(src, out, 1 << 20)
+            written += size
+            if progress is not None:
+                progress(min(1.0, written / archive_size / 4))  # compressed ratio unknown: a rough guide
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise SourceError(f"The archive could not be read ({exc}). Upload it again; it may be truncated.") from exc
+    root = dest
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        if len(entries) == 1 and entries[0].is_dir() and not any(
+            child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS for child in entries[0].iterdir()
+        ) and any(child.is_dir() for child in entries[0].iterdir()):
+            root = entries[0]
+        else:
+            return root, skipped
