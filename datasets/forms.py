@@ -18,7 +18,7 @@ LIST_HELP = "Lines of `path label_index`; relative paths are taken under the ima
 class DatasetForm(forms.Form):
     # Which fields belong to which source: the template shows one group at a time.
     SOURCE_FIELDS = {
-        Source.FOLDER: ["folder", "val_folder", "test_folder", "val_percent", "test_percent"],
+        Source.FOLDER: ["folder", "val_folder", "test_folder"],
         Source.TEXTFILE: [
             "labels_file", "labels_file_upload", "train_list", "train_list_upload", "val_list", "val_list_upload",
             "test_list", "test_list_upload", "image_folder", "shuffle",
@@ -38,7 +38,8 @@ class DatasetForm(forms.Form):
     val_folder = forms.CharField(max_length=1000, required=False, label="Separate validation folder (optional)")
     test_folder = forms.CharField(max_length=1000, required=False, label="Separate test folder (optional)")
     val_percent = forms.FloatField(min_value=0, max_value=99, initial=25, label="% for validation",
-                                   help_text="Ignored when a separate validation folder is given.")
+                                   help_text="Per class, and at least one image per class where possible. "
+                                   "Not used when separate validation/test folders are given.")
     test_percent = forms.FloatField(min_value=0, max_value=99, initial=0, label="% for test")
 
     labels_file = forms.CharField(max_length=1000, required=False, label="Labels file (server path)",
@@ -94,8 +95,13 @@ class DatasetForm(forms.Form):
     def source_groups(self) -> list[tuple[str, list]]:
         return [(source, [self[name] for name in names]) for source, names in self.SOURCE_FIELDS.items()]
 
+    SPLIT_FIELDS = ("val_percent", "test_percent")  # folder and archive sources
+
+    def split_fields(self) -> list:
+        return [self[name] for name in self.SPLIT_FIELDS]
+
     def common_fields(self) -> list:
-        grouped = {n for names in self.SOURCE_FIELDS.values() for n in names} | {"source", "upload"}
+        grouped = {n for names in self.SOURCE_FIELDS.values() for n in names} | {"source", "upload", *self.SPLIT_FIELDS}
         return [self[name] for name in self.fields if name not in grouped]
 
     def uploaded_lists(self) -> dict:

@@ -99,6 +99,10 @@ def open_readonly(path: Path | str) -> lmdb.Environment:
     with _ENVS_LOCK:
         env = _ENVS.get(key)
         if env is None:
+            # An environment inherited through fork is unusable here, and LMDB would refuse
+            # a second one for the same path: close the inherited one first.
+            for other in [k for k in _ENVS if k[1] == key[1]]:
+                _ENVS.pop(other).close()
             env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=256)
             _ENVS[key] = env
         return env

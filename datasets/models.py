@@ -135,5 +135,5 @@ class Dataset(models.Model):
 
     def class_count_rows(self) -> list[tuple[str, list[int]]]:
         """(label, [count per split]) for the dataset page's table and chart."""
-        splits = list(self.class_counts)
+        splits = self.splits
         return [(label, [self.class_counts[s][i] for s in splits]) for i, label in enumerate(self.labels)]

@@ -187,7 +187,9 @@ def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, Uploaded
     for name in LIST_FIELDS:
         file = source_fields.get(name)
         if isinstance(file, UploadedFile):
-            target = job.directory / "lists" / f"{name}.txt"
+            # Keep the person's own file name: the skipped-line report refers to it.
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(file.name or "list.txt").name)[:100]
+            target = job.directory / "lists" / name / (safe.lstrip(".") or "list.txt")
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
                 for piece in file.chunks():

@@ -49,7 +49,7 @@ def scan_folder(root: Path, labels: list[str] | None = None) -> tuple[list[str],
         subdirs = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     except OSError as exc:
         raise SourceError(f"Cannot read folder {root}: {exc.strerror or exc}.") from exc
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[str]] = {}
     for sub in subdirs:
         if sub.is_symlink():
             skipped.append({"path": sub.name, "reason": "symbolic link (not followed)"})
@@ -60,22 +60,22 @@ def scan_folder(root: Path, labels: list[str] | None = None) -> tuple[list[str],
         if labels is not None and sub.name not in labels:
             skipped.append({"path": sub.name + "/", "reason": "class not in the training folder"})
             continue
-        files: list[Path] = []
+        files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(sub, followlinks=False, onerror=lambda e: skipped.append(
             {"path": _rel(Path(e.filename), root), "reason": f"folder not readable ({e.strerror})"}
         )):
-            here = Path(dirpath)
             # os.walk lists links to folders among dirnames but never enters them.
             for name in sorted(dirnames):
-                if (here / name).is_symlink():
-                    skipped.append({"path": _rel(here / name, root), "reason": "symbolic link (not followed)"})
+                if os.path.islink(os.path.join(dirpath, name)):
+                    skipped.append({"path": _rel(Path(dirpath, name), root), "reason": "symbolic link (not followed)"})
             dirnames.sort()
+            # Plain strings, not Path objects: this loop meets every file of the dataset.
             for name in sorted(filenames):
-                path = here / name
-                if path.is_symlink():
-                    skipped.append({"path": _rel(path, root), "reason": "symbolic link (not followed)"})
-                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append({"path": _rel(path, root), "reason": "not an image file (by extension)"})
+                path = os.path.join(dirpath, name)
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                    skipped.append({"path": _rel(Path(path), root), "reason": "not an image file (by extension)"})
+                elif os.path.islink(path):
+                    skipped.append({"path": _rel(Path(path), root), "reason": "symbolic link (not followed)"})
                 else:
                     files.append(path)
         if files:
@@ -85,7 +85,7 @@ def scan_folder(root: Path, labels: list[str] | None = None) -> tuple[list[str],
     if labels is None:
         labels = sorted(found)
     index = {label: i for i, label in enumerate(labels)}
-    items = [(str(path), index[label]) for label in labels for path in found.get(label, [])]
+    items = [(path, index[label]) for label in labels for path in found.get(label, [])]
     return labels, items, skipped
 
 

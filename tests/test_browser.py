@@ -91,3 +91,66 @@ def test_login_console_and_model_page(live_url, page, owner, tmp_path):  # noqa:
     page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
     if os.environ.get("DIGITS_SCREENSHOTS"):
         shutil.copy(tmp_path / "model.png", os.environ["DIGITS_SCREENSHOTS"])
+
+
+def _keep(page, name: str) -> None:  # noqa: ANN001
+    """Save a full-page screenshot when DIGITS_SCREENSHOT_DIR is set (for reviewing the UI)."""
+    folder = os.environ.get("DIGITS_SCREENSHOT_DIR")
+    if folder:
+        page.screenshot(path=os.path.join(folder, name + ".png"), full_page=True)
+
+
+def _login(page, live_url: str, name: str = "owner") -> None:  # noqa: ANN001
+    page.goto(live_url + "/accounts/login/")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", "pw-" + name)
+    page.click("button[type=submit]")
+    page.wait_for_url(live_url + "/")
+
+
+def test_dataset_from_an_uploaded_archive_with_preview_and_gallery(celery_worker_process, live_url, page, owner, tmp_path):  # noqa: ANN001
+    import zipfile
+
+    from tests.imagegen import shape_image
+
+    archive = tmp_path / "shapes.zip"
+    rng = __import__("random").Random(0)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for kind in ("circle", "square"):
+            for i in range(6):
+                path = tmp_path / f"{kind}{i}.png"
+                shape_image(kind, rng, 48).resize((64, 32)).save(path)
+                zf.write(path, f"shapes/{kind}/{i}.png")
+
+    _login(page, live_url)
+    page.goto(live_url + "/datasets/new/")
+    page.fill("input[name=name]", "uploaded-shapes")
+    page.check("input[name=source][value=upload]")
+    assert page.locator(".source-group[data-source=folder]").is_hidden()
+    page.set_input_files("#archive-file", str(archive))
+    page.wait_for_function("document.getElementById('upload-text').textContent.includes('Uploaded')", timeout=20_000)
+    # The live preview shows the first image in every resize mode, at the chosen size.
+    page.fill("input[name=image_width]", "24")
+    page.fill("input[name=image_height]", "24")
+    page.wait_for_function("document.querySelectorAll('img.preview').length === 4 && "
+                           "[...document.querySelectorAll('img.preview')].every(i => i.naturalWidth === 24)", timeout=10_000)
+    assert "shapes/circle/0.png (64×32)" in page.locator("#preview-status").inner_text()
+    page.check("input[name=resize_mode][value=fill]")
+    _keep(page, "dataset-new")
+    page.fill("input[name=val_percent]", "34")
+    page.click("#create")
+    page.wait_for_url(f"{live_url}/datasets/*/")
+    page.wait_for_function("document.getElementById('job-status').textContent.trim() === 'Done'", timeout=60_000)
+    page.reload()
+    assert page.locator("#split-counts [data-split=train]").inner_text() == "8"
+    assert page.locator("canvas.class-chart").count() == 2
+    _keep(page, "dataset-detail")
+
+    page.click("#explore")
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 24)")
+    assert page.locator("#gallery figure").count() == 8
+    page.select_option("select[name=label]", label="square")
+    page.click("#gallery-filter button")
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length === 4")
+    assert set(page.locator("#gallery figcaption").all_inner_texts()) <= {f"#{i} · square" for i in range(8)}
+    _keep(page, "dataset-explore")

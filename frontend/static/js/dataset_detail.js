@@ -13,7 +13,7 @@
       type: "bar",
       data: { labels: labels, datasets: [{ label: split, data: counts[split] || [], backgroundColor: colors[split] || "#888" }] },
       options: {
-        responsive: true, maintainAspectRatio: false,
+        responsive: true, maintainAspectRatio: false, animation: false,
         plugins: { title: { display: true, text: split + " (" + (counts[split] || []).reduce((a, b) => a + b, 0) + " images)" }, legend: { display: false } },
         scales: { y: { beginAtZero: true, title: { display: true, text: "images" } } },
       },

@@ -16,6 +16,7 @@
     form.querySelectorAll(".source-group").forEach(function (group) {
       group.hidden = group.dataset.source !== source();
     });
+    form.querySelector(".split-group").hidden = source() === "textfile";
     const quality = document.getElementById("field-jpeg_quality");
     if (quality) quality.hidden = el("encoding").value !== "jpeg";
     schedulePreview();
@@ -95,10 +96,13 @@
       });
     });
   }
+  function size(bytes) {
+    return bytes >= 1048576 ? (bytes / 1048576).toFixed(1) + " MiB" : (bytes / 1024).toFixed(1) + " KiB";
+  }
   function show(done, total, note) {
     row.hidden = false;
     bar.value = total ? done / total : 0;
-    text.textContent = (note ? note + " " : "") + (done / 1048576).toFixed(1) + " / " + (total / 1048576).toFixed(1) + " MiB";
+    text.textContent = (note ? note + " " : "") + size(done) + " / " + size(total);
   }
   async function existing(file) {
     const id = localStorage.getItem(key(file));
