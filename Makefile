@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install install-test clean
+.PHONY: run test bench install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: install
 test: install-test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Benchmarks: dataset ingestion (prints ratios against baselines measured in the same run).
+bench: install
+	$(PY) -m bench.dataset_build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

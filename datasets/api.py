@@ -173,7 +173,7 @@ class DatasetImagesApi(APIView):
 
 
 class DatasetImageApi(APIView):
-    @extend_schema(responses={(200, "image/png"): bytes})
+    @extend_schema(responses={(200, "image/png"): bytes}, operation_id="datasets_image_retrieve")
     def get(self, request, pk: int, split: str, index: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
         data, content_type, label = dataset_image(dataset, split, index)

@@ -22,9 +22,11 @@ from .models import Upload
 PREVIEW_MAX_BYTES = 50 * 1024 * 1024
 
 
-def first_image_in_folder(folder: Path) -> Path:
-    """The first image, in label order, as the build would meet it."""
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+def first_image_in_folder(folder: Path, class_folders: bool = True) -> Path:
+    """The first image, in label order, as the build would meet it (anywhere under the
+    folder when it is the image folder of text lists)."""
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if class_folders else [folder]
+    for sub in subs:
         for dirpath, dirnames, filenames in os.walk(sub):
             dirnames.sort()
             for name in sorted(filenames):

@@ -118,7 +118,7 @@ def dataset_preview(request: HttpRequest) -> JsonResponse:
         else:
             folder = request.GET.get("folder") or request.GET.get("image_folder", "")
             folder_path = resolve_data_folder(folder)
-            image = first_image_in_folder(folder_path)
+            image = first_image_in_folder(folder_path, class_folders=request.GET.get("source") != Source.TEXTFILE)
             result = resize_preview(image, str(image.relative_to(folder_path)), width, height, channels)
     except JobError as exc:
         return JsonResponse({"error": str(exc)}, status=400)

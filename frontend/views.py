@@ -10,7 +10,7 @@ from workers.selectors import job_console
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", job_console())
+    return render(request, "home.html", job_console(group=request.GET.get("group") or None))
 
 
 def profile(request: HttpRequest) -> HttpResponse:

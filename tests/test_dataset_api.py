@@ -3,6 +3,7 @@ build child, Postgres, and the pages for explore, edit, clone and preview."""
 from __future__ import annotations
 
 import base64
+import time
 import io
 import shutil
 import zipfile
@@ -253,3 +254,37 @@ def _zip_of_classes(per_class: int, size: int) -> bytes:
                 img.save(png, "PNG")
                 zf.writestr(f"{cls}/{i}.png", png.getvalue())
     return buf.getvalue()
+
+
+def test_aborting_a_build_removes_its_partial_databases(celery_worker_process, api, data_root):  # noqa: ANN001
+    folder = make_shapes_folder(data_root / "abort-build", per_class=300)
+    try:
+        response = api.post("/api/datasets/", {
+            "name": "slow", "folder": str(folder), "image_width": 256, "image_height": 256, "encoding": "png",
+        }, format="json")
+        url = f"/api/datasets/{response.json()['id']}/"
+        data = wait_for_status(api, url, {"running"}, timeout=60)
+        directory = Dataset.objects.get(pk=data["id"]).directory
+        deadline = time.monotonic() + 60
+        while not (directory / "build.tmp" / "train_db").exists():
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.05)
+        assert api.post(url + "abort/").status_code == 200
+        data = wait_for_status(api, url, {"aborted"}, timeout=30)
+        # The worker cleans up after the child is gone.
+        deadline = time.monotonic() + 15
+        while (directory / "build.tmp").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = sorted(p.name for p in directory.iterdir())
+        assert not {"build.tmp", "train_db", "val_db", "mean.npy"} & set(left), left
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_console_filters_by_group(owner):  # noqa: ANN001
+    a = make_dataset(owner, name="in-group")
+    make_dataset(owner, name="other")
+    Job.objects.filter(pk=a.pk).update(group="exp-1")
+    page = _browser(owner).get("/?group=exp-1").content.decode()
+    assert "in-group" in page and "other</a>" not in page and 'id="groups"' in page
+    assert [j["name"] for j in token_client(owner).get("/api/jobs/?group=exp-1").json()] == ["in-group"]

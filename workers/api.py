@@ -46,16 +46,20 @@ class JobSerializer(serializers.ModelSerializer):
 
 
 class JobListApi(APIView):
-    """The console: every job, newest first (filter with ?kind=dataset|model, ?status=...)."""
+    """The console: every job, newest first (filter with ?kind=dataset|model, ?status=..., ?group=...)."""
 
     class OutputSerializer(JobSerializer):
         class Meta(JobSerializer.Meta):
             fields = [f for f in JobSerializer.Meta.fields if f != "timeline"]
 
     @extend_schema(
-        parameters=[OpenApiParameter("kind", str, enum=["dataset", "model"]), OpenApiParameter("status", str)],
+        parameters=[
+            OpenApiParameter("kind", str, enum=["dataset", "model"]), OpenApiParameter("status", str),
+            OpenApiParameter("group", str),
+        ],
         responses=OutputSerializer(many=True),
     )
     def get(self, request):  # noqa: ANN001, ANN201
-        jobs = job_list(kind=request.query_params.get("kind"), status=request.query_params.get("status"))
+        q = request.query_params
+        jobs = job_list(kind=q.get("kind"), status=q.get("status"), group=q.get("group"))
         return Response(self.OutputSerializer(jobs[:500], many=True).data)
