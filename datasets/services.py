@@ -252,8 +252,6 @@ def dataset_build_spec(dataset: Dataset) -> dict[str, Any]:
     if dataset.source == Source.FOLDER:
         spec.update(folder=dataset.folder, val_folder=dataset.val_folder, test_folder=dataset.test_folder)
     elif dataset.source == Source.TEXTFILE:
-        # Lists uploaded into the job folder count as allowed too.
-        spec["data_roots"].append(str(dataset.directory / "lists"))
         spec.update({name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")})
     else:
         if dataset.upload is None or not dataset.upload.path.exists():
