@@ -147,10 +147,6 @@ def _png_unfiltered(arr: np.ndarray) -> bytes:
     ))
 
 
-def encode_png(arr: np.ndarray) -> bytes:
-    return encode(arr, "png")
-
-
 def decode(data: bytes, encoding: str = "png", shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """The inverse of `encode`: HxWxC uint8. Raw data needs its (H, W, C) shape."""
     if encoding == "none":
