@@ -1,6 +1,7 @@
 """REST endpoints for datasets and archive uploads: thin views that validate and call services."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -16,7 +17,7 @@ from workers.services import JobError, job_abort, job_update
 from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
 from .selectors import dataset_gallery, dataset_image, dataset_list
 from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete
-from .uploads import upload_append, upload_delete, upload_get, upload_start
+from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
@@ -203,26 +204,13 @@ class UploadListApi(APIView):
     @extend_schema(request=StartSerializer, responses={201: UploadSerializer})
     def post(self, request):  # noqa: ANN001, ANN201
         if request.content_type.startswith("multipart/"):
-            from django.conf import settings
-
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-            if length > settings.MAX_UPLOAD_ARCHIVE_BYTES:
+            # Refuse by the announced length before the body is read at all.
+            if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_UPLOAD_ARCHIVE_BYTES:
                 raise JobError(f"The archive is larger than {settings.MAX_UPLOAD_ARCHIVE_BYTES >> 20} MiB.")
             file = request.data.get("file")
             if file is None:
                 raise JobError("Send the archive as the multipart field `file`.")
-            upload = upload_start(owner=request.user, filename=file.name, size=file.size)
-            file.seek(0)
-            try:
-                pos = 0
-                while pos < file.size:
-                    n = min(settings.MAX_UPLOAD_CHUNK_BYTES, file.size - pos)
-                    upload_append(upload, pos, file.read, n)
-                    pos += n
-            except JobError:
-                if Upload.objects.filter(pk=upload.pk).exists():
-                    upload_delete(upload)
-                raise
+            upload = upload_whole(owner=request.user, file=file)
             return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
         data = self.StartSerializer(data=request.data)
         data.is_valid(raise_exception=True)

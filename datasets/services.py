@@ -122,6 +122,11 @@ class DatasetParams:
 
 
 LIST_FIELDS = ("train_list", "val_list", "test_list", "labels_file")
+# Stored as given, whatever the source (the source's own fields are checked by _check_source).
+OPTION_FIELDS = (
+    "image_width", "image_height", "image_mode", "resize_mode", "encoding", "jpeg_quality",
+    "val_percent", "test_percent", "min_per_class", "max_per_class", "seed",
+)
 
 
 def _check_options(p: DatasetParams) -> None:
@@ -198,17 +203,7 @@ def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, Uploaded
     dataset = Dataset.objects.create(
         job=job,
         source=params.source,
-        image_width=params.image_width,
-        image_height=params.image_height,
-        image_mode=params.image_mode,
-        resize_mode=params.resize_mode,
-        encoding=params.encoding,
-        jpeg_quality=params.jpeg_quality,
-        val_percent=params.val_percent,
-        test_percent=params.test_percent,
-        min_per_class=params.min_per_class,
-        max_per_class=params.max_per_class,
-        seed=params.seed,
+        **{name: getattr(params, name) for name in OPTION_FIELDS},
         **source_fields,
     )
     job_transition(job.pk, JobStatus.QUEUED, from_=[JobStatus.INITIALIZED])

@@ -11,7 +11,7 @@ import zipfile
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.core.files.uploadedfile import UploadedFile
 
 from workers.services import JobError
 
@@ -64,14 +64,27 @@ def upload_append(upload: Upload, offset: int, read: Callable[[int], bytes], len
         out.truncate(offset + written)
     if written != length:
         raise JobError(f"The chunk ended after {written} of {length} bytes; send it again from offset {offset}.")
-    with transaction.atomic():
-        # Only one request may advance a given offset.
-        updated = Upload.objects.filter(pk=upload.pk, received=offset).update(received=offset + length)
-        if not updated:
-            raise JobError("Another request sent this chunk at the same time; ask for the offset and resume.")
+    # Only one request may advance a given offset (a filtered update is atomic).
+    if not Upload.objects.filter(pk=upload.pk, received=offset).update(received=offset + length):
+        raise JobError("Another request sent this chunk at the same time; ask for the offset and resume.")
     upload.received = offset + length
     if upload.received == upload.size:
         _finish(upload)
+    return upload
+
+
+def upload_whole(*, owner, file: UploadedFile) -> Upload:  # noqa: ANN001
+    """A whole archive sent in one request (already spooled to disk by Django): stored
+    through the same chunked path, so it gets the same checks. Nothing is kept on failure."""
+    upload = upload_start(owner=owner, filename=file.name or "", size=file.size or 0)
+    file.seek(0)
+    try:
+        while upload.received < upload.size:
+            upload_append(upload, upload.received, file.read, min(settings.MAX_UPLOAD_CHUNK_BYTES, upload.size - upload.received))
+    except JobError:
+        if Upload.objects.filter(pk=upload.pk).exists():
+            upload_delete(upload)
+        raise
     return upload
 
 
