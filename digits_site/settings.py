@@ -124,6 +124,14 @@ MAX_UPLOAD_LIST_BYTES = int(env("DIGITS_MAX_UPLOAD_LIST_BYTES", str(64 * 1024 * 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# Training: a split whose decoded images fit TRAIN_CACHE_BYTES is held in memory (per
+# process); larger ones stream from LMDB through TRAIN_LOADER_WORKERS loader processes.
+TRAIN_CACHE_BYTES = int(env("DIGITS_TRAIN_CACHE_BYTES", str(4 * 1024**3)))
+TRAIN_LOADER_WORKERS = int(env("DIGITS_TRAIN_LOADER_WORKERS", "2"))
+# Custom network code runs in a child process (visualize, classify) under these limits.
+SANDBOX_SECONDS = int(env("DIGITS_SANDBOX_SECONDS", "60"))
+SANDBOX_MEMORY_BYTES = int(env("DIGITS_SANDBOX_MEMORY_BYTES", str(8 * 1024**3)))
+
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {

@@ -1,11 +1,13 @@
-"""The home console and the profile page (API token)."""
+"""The home console, a job's raw log and the profile page (API token)."""
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
+from workers.api import job_log_response
+from workers.models import Job
 from workers.selectors import job_console
 
 
@@ -24,3 +26,10 @@ def profile_token(request: HttpRequest) -> HttpResponse:
     Token.objects.filter(user=request.user).delete()
     Token.objects.create(user=request.user)
     return redirect("profile")
+
+
+def job_log(request: HttpRequest, pk: int) -> HttpResponse:
+    """The whole raw log of a job as text (?download=1: as a file). Teammates may read it."""
+    job = get_object_or_404(Job, pk=pk)
+    return job_log_response(job, download=request.GET.get("download") == "1")
+

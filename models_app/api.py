@@ -1,10 +1,12 @@
-"""REST endpoints for models: create, inspect, metrics, abort, delete, classify, download."""
+"""REST endpoints for models: create (standard, fine-tuned or custom networks), inspect,
+edit, metrics, abort, resume, clone, delete, classify, download; the network catalogue,
+visualize and the learning-rate preview."""
 from __future__ import annotations
 
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -12,71 +14,97 @@ from rest_framework.views import APIView
 
 from datasets.selectors import dataset_list
 from workers.api import JobSerializer, require_owner
-from workers.services import JobError, job_abort
+from workers.services import JobError, job_abort, job_update
 
 from .export import archive_name, build_archive
-from .models import Network, Snapshot, Solver, TrainedModel
+from .models import Snapshot, TrainedModel
 from .selectors import model_list, model_metrics
-from .services import model_classify_upload, model_create, model_delete, snapshot_for
+from .services import (
+    PARAM_FIELDS,
+    model_classify_upload,
+    model_clone_params,
+    model_create,
+    model_delete,
+    model_resume,
+    snapshot_for,
+)
+from .authoring import lr_preview, network_catalogue, network_details, visualize
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = Snapshot
-        fields = ["epoch", "created_at", "val_loss", "val_accuracy"]
+        fields = ["epoch", "iteration", "created_at", "val_loss", "val_accuracy", "val_top5"]
 
 
 class ModelOutputSerializer(serializers.ModelSerializer):
     id = serializers.IntegerField(source="pk")
     job = JobSerializer()
     dataset = serializers.IntegerField(source="dataset_id")
+    base_model = serializers.IntegerField(source="base_model_id", allow_null=True)
     snapshots = SnapshotSerializer(many=True)
 
     class Meta:
         model = TrainedModel
-        fields = [
-            "id", "job", "dataset", "network", "solver", "epochs", "batch_size", "learning_rate", "momentum",
-            "weight_decay", "seed", "snapshots",
-        ]
+        fields = ["id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "notices", "snapshots"]
+
+
+class ModelInputSerializer(serializers.ModelSerializer):
+    """Every training parameter with the model's defaults and validators."""
+
+    name = serializers.CharField(max_length=200)
+    group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    dataset = serializers.PrimaryKeyRelatedField(queryset=dataset_list())
+    base_model = serializers.PrimaryKeyRelatedField(queryset=model_list(), required=False, allow_null=True)
+
+    class Meta:
+        model = TrainedModel
+        fields = ["name", "group", "notes", "dataset", *PARAM_FIELDS]
+
+
+def _create(request, data: dict) -> Response:  # noqa: ANN001
+    """Validate `data`, create the model; a service error names its field when it can."""
+    serializer = ModelInputSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    try:
+        model = model_create(owner=request.user, **serializer.validated_data)
+    except JobError as exc:
+        if exc.field:
+            raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
+        raise
+    return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
 class ModelListApi(APIView):
-    @extend_schema_serializer(component_name="ModelInput")
-    class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200)
-        dataset = serializers.IntegerField()
-        network = serializers.ChoiceField(choices=Network.choices, default=Network.LENET)
-        solver = serializers.ChoiceField(choices=Solver.choices, default=Solver.SGD)
-        epochs = serializers.IntegerField(min_value=1, max_value=10_000, default=10)
-        batch_size = serializers.IntegerField(min_value=1, max_value=65_536, default=64)
-        learning_rate = serializers.FloatField(min_value=1e-12, max_value=10, default=0.01)
-        momentum = serializers.FloatField(min_value=0, max_value=0.9999, default=0.9)
-        weight_decay = serializers.FloatField(min_value=0, max_value=0.9999, default=0.0)
-        seed = serializers.IntegerField(default=0)
-
-        def validate_dataset(self, value: int):  # noqa: ANN201
-            dataset = dataset_list().filter(pk=value).first()
-            if dataset is None:
-                raise serializers.ValidationError(f"Dataset {value} does not exist.")
-            return dataset
-
     @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
     def get(self, request):  # noqa: ANN001, ANN201
         models = model_list().prefetch_related("job__events", "snapshots")
         return Response(ModelOutputSerializer(models[:500], many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer})
+    @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        model = model_create(owner=request.user, **data.validated_data)
-        return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
+        return _create(request, request.data)
 
 
 class ModelDetailApi(APIView):
+    class EditSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200, required=False)
+        group = serializers.CharField(max_length=100, required=False, allow_blank=True)
+        notes = serializers.CharField(required=False, allow_blank=True)
+
     @extend_schema(responses=ModelOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(ModelOutputSerializer(get_object_or_404(model_list(), pk=pk)).data)
+
+    @extend_schema(request=EditSerializer, responses=ModelOutputSerializer)
+    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+        model = get_object_or_404(model_list(), pk=pk)
+        require_owner(model.job, request.user)
+        data = self.EditSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job_update(model.job, **data.validated_data)
+        return Response(ModelOutputSerializer(model).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
@@ -96,6 +124,27 @@ class ModelAbortApi(APIView):
         return Response(ModelOutputSerializer(model).data)
 
 
+class ModelResumeApi(APIView):
+    """Continue an aborted or failed model from its latest snapshot."""
+
+    @extend_schema(request=None, responses=ModelOutputSerializer)
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        model = get_object_or_404(model_list(), pk=pk)
+        require_owner(model.job, request.user)
+        model_resume(model)
+        model.job.refresh_from_db()
+        return Response(ModelOutputSerializer(model).data)
+
+
+class ModelCloneApi(APIView):
+    """A new model with this one's parameters; any field in the body overrides."""
+
+    @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        model = get_object_or_404(model_list(), pk=pk)
+        return _create(request, {**model_clone_params(model), **request.data})
+
+
 class ModelMetricsApi(APIView):
     """Chart series; ?after=N returns only points after iteration N (for polling clients)."""
 
@@ -109,13 +158,13 @@ class ModelMetricsApi(APIView):
         return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None))
 
 
-def _epoch_param(raw: object) -> int | None:
+def _epoch_param(raw: object) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return int(str(raw))
+        return float(str(raw))
     except ValueError:
-        raise JobError("epoch must be a whole number (the snapshot's epoch).") from None
+        raise JobError("epoch must be a number (the snapshot's epoch).") from None
 
 
 class ModelClassifyApi(APIView):
@@ -124,11 +173,11 @@ class ModelClassifyApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
-        request=inline_serializer("ClassifyInput", {"image": serializers.ImageField(), "epoch": serializers.IntegerField(required=False)}),
+        request=inline_serializer("ClassifyInput", {"image": serializers.ImageField(), "epoch": serializers.FloatField(required=False)}),
         responses=inline_serializer(
             "ClassifyOutput",
             {
-                "epoch": serializers.IntegerField(),
+                "epoch": serializers.FloatField(),
                 "predictions": inline_serializer(
                     "Prediction",
                     {"label": serializers.CharField(), "index": serializers.IntegerField(), "probability": serializers.FloatField()},
@@ -150,7 +199,7 @@ class ModelDownloadApi(APIView):
     """The model as a .tar.gz (?epoch=N, default: the latest snapshot)."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("epoch", int, description="snapshot epoch; default: the latest")],
+        parameters=[OpenApiParameter("epoch", float, description="snapshot epoch; default: the latest")],
         responses={(200, "application/gzip"): OpenApiTypes.BINARY},
     )
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
@@ -160,3 +209,44 @@ class ModelDownloadApi(APIView):
         handle = path.open("rb")
         path.unlink()  # the open handle keeps the data until the response is sent
         return FileResponse(handle, as_attachment=True, filename=archive_name(model, snapshot), content_type="application/gzip")
+
+
+class NetworkListApi(APIView):
+    """The standard networks with their intended input sizes."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request):  # noqa: ANN001, ANN201
+        return Response(network_catalogue())
+
+
+class NetworkDetailApi(APIView):
+    """One standard network with its source code (the starting point of "Customize")."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, name: str):  # noqa: ANN001, ANN201
+        return Response(network_details(name))
+
+
+class VisualizeApi(APIView):
+    """The layer table of a network for a dataset's input: each layer's output shape and
+    parameter count. Runs in a child process with a time limit, never in the web server."""
+
+    class InputSerializer(serializers.Serializer):
+        dataset = serializers.PrimaryKeyRelatedField(queryset=dataset_list())
+        network = serializers.CharField()
+        custom_code = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
+        crop_size = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=4096)
+
+    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request):  # noqa: ANN001, ANN201
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(visualize(request.user, **data.validated_data))
+
+
+class LrPreviewApi(APIView):
+    """The learning rate over the epochs for the given policy fields (the form's chart)."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request):  # noqa: ANN001, ANN201
+        return Response(lr_preview(request.query_params))

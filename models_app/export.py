@@ -13,23 +13,29 @@ from django.utils import timezone
 
 import datasets.imaging
 
-from .models import Snapshot, TrainedModel
-from .networks import network_source_path
+from .models import Network, Snapshot, TrainedModel
+from .networks import network_source
 
 SCRIPT = Path(__file__).resolve().parent / "archive" / "classify.py"
 README = """Exported from DIGITS-NG.
 
-    pip install torch numpy pillow
+    pip install torch torchvision numpy pillow
     python classify.py some_image.png
 
 model.pt holds the state_dict of network.build(info["input_shape"], info["num_classes"]).
-Inputs are resized with imaging.resize_image, mean-subtracted (mean.npy) and divided by 255.
+Inputs are resized with imaging.resize_image, mean-subtracted (info["mean_subtraction"]:
+the mean image mean.npy, its per-channel mean, or nothing), centre-cropped to
+info["crop_size"] when set, and divided by 255.
 """
 
 
 def archive_name(model: TrainedModel, snapshot: Snapshot) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.job.name)[:60] or "model"
     return f"{safe}-epoch{snapshot.epoch}.tar.gz"
+
+
+def network_code(model: TrainedModel) -> str:
+    return model.custom_code if model.network == Network.CUSTOM else network_source(model.network)
 
 
 def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
@@ -45,8 +51,12 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
         "input_shape": checkpoint["input_shape"],
         "num_classes": checkpoint["num_classes"],
         "image_mode": dataset.image_mode,
+        "image_width": dataset.image_width,
+        "image_height": dataset.image_height,
         "resize_mode": dataset.resize_mode,
-        "preprocessing": "(resize(image) - mean) / 255, channels first",
+        "crop_size": model.crop_size,
+        "mean_subtraction": model.mean_subtraction,
+        "preprocessing": "centre_crop(resize(image) - mean) / 255, channels first",
         "labels": dataset.labels,
         "dataset": dataset.job.name,
         "val_accuracy": snapshot.val_accuracy,
@@ -67,7 +77,7 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
 
         folder = archive_name(model, snapshot).removesuffix(".tar.gz")
         add_bytes(f"{folder}/model.pt", weights.getvalue())
-        add_bytes(f"{folder}/network.py", network_source_path(model.network).read_bytes())
+        add_bytes(f"{folder}/network.py", network_code(model).encode())
         add_bytes(f"{folder}/imaging.py", Path(datasets.imaging.__file__).read_bytes())
         add_bytes(f"{folder}/classify.py", SCRIPT.read_bytes())
         add_bytes(f"{folder}/labels.txt", ("\n".join(dataset.labels) + "\n").encode())

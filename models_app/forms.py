@@ -4,30 +4,101 @@ from django import forms
 
 from datasets.selectors import dataset_usable_list
 
-from .models import Network, Solver
+from .models import Network, TrainedModel
+from .selectors import model_list
+from .services import PARAM_FIELDS
 
 
-class ModelForm(forms.Form):
+class ModelForm(forms.ModelForm):
+    """The new-model form: the model's own field validators give per-field errors, the
+    service's cross-field checks come back as errors on the field they name."""
+
+    # Shown as one fieldset each, in this order (the template walks `sections`).
+    SECTIONS = [
+        ("Job", ["name", "group", "notes", "dataset"]),
+        ("Network", ["network", "base_model", "base_epoch", "custom_code"]),
+        ("Solver", ["solver", "epochs", "batch_size", "batch_accumulation", "learning_rate", "momentum", "weight_decay", "seed", "precision"]),
+        ("Learning-rate policy", ["lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs"]),
+        ("Data transforms", ["crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter"]),
+        ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "early_stopping_patience"]),
+    ]
+
     name = forms.CharField(max_length=200)
-    dataset = forms.ModelChoiceField(queryset=dataset_usable_list(), help_text="A built dataset, or one still building (training waits for it).")
-    network = forms.ChoiceField(choices=Network.choices, initial=Network.LENET)
-    solver = forms.ChoiceField(choices=Solver.choices, initial=Solver.SGD)
-    epochs = forms.IntegerField(min_value=1, max_value=10_000, initial=10)
-    batch_size = forms.IntegerField(min_value=1, max_value=65_536, initial=64)
-    learning_rate = forms.FloatField(min_value=1e-12, max_value=10, initial=0.01, help_text="0.01 suits LeNet with SGD.")
-    momentum = forms.FloatField(min_value=0, max_value=0.9999, initial=0.9)
-    weight_decay = forms.FloatField(min_value=0, max_value=0.9999, initial=0.0)
-    seed = forms.IntegerField(initial=0, help_text="Same seed and data on CPU gives the same curves.")
+    group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
+    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    class Meta:
+        model = TrainedModel
+        fields = ["dataset", *PARAM_FIELDS]
+        labels = {
+            "base_model": "Previous model (fine-tune)",
+            "base_epoch": "Snapshot epoch",
+            "lr_step_size": "Step size (%)",
+            "lr_steps": "Steps (%)",
+            "lr_gamma": "Gamma",
+            "lr_power": "Power",
+            "lr_warmup_epochs": "Warm-up epochs",
+            "val_interval": "Validation interval (epochs)",
+            "snapshot_interval": "Snapshot interval (epochs)",
+            "early_stopping_patience": "Early stopping patience",
+            "rotate90": "Random quarter turns",
+            "rotation": "Random rotation (degrees)",
+            "hsv_jitter": "HSV jitter",
+            "batch_accumulation": "Batch accumulation",
+            "precision": "Precision",
+        }
+        widgets = {
+            "custom_code": forms.Textarea(attrs={"rows": 22, "spellcheck": "false", "class": "code", "wrap": "off"}),
+            "lr_steps": forms.TextInput(attrs={"placeholder": "50,85"}),
+        }
+        help_texts = {
+            "network": "Each standard network lists the input size it was made for; the output layer is sized to the dataset.",
+            "base_model": "Start from a previous model's weights (its network is reused). Leave empty to train from scratch.",
+            "base_epoch": "Empty: its latest snapshot.",
+            "custom_code": "Define build(input_shape, num_classes) returning a torch.nn.Module; input_shape is (channels, height, width).",
+        }
+
+    def __init__(self, *args, user=None, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
         super().__init__(*args, **kwargs)
-        self.fields["dataset"].label_from_instance = lambda d: f"{d.job.name} ({d.job.status}, #{d.pk})"
+        self.fields["dataset"].queryset = dataset_usable_list()
+        self.fields["dataset"].help_text = "A built dataset, or one still building (training waits for it)."
+        self.fields["dataset"].label_from_instance = lambda d: f"{d.job.name} ({d.image_width}x{d.image_height}, {d.job.status}, #{d.pk})"
+        self.fields["base_model"].queryset = model_list().filter(snapshots__isnull=False).distinct()
+        self.fields["base_model"].label_from_instance = lambda m: f"{m.job.name} ({m.get_network_display()}, #{m.pk})"
+        self.fields["network"].choices = network_choices()
+        self.fields["custom_code"].required = False
+        from .services import can_submit_code
+
+        if user is not None and not can_submit_code(user):
+            self.fields["network"].choices = [c for c in self.fields["network"].choices if c[0] != Network.CUSTOM]
+            self.fields["custom_code"].disabled = True
+            self.fields["custom_code"].help_text = (
+                "Custom code needs the 'Can train networks from custom PyTorch code' permission; ask an admin."
+            )
+
+    def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(title, [self[name] for name in names]) for title, names in self.SECTIONS]
+
+    def params(self) -> dict:
+        """Cleaned values for `model_create`."""
+        return {k: v for k, v in self.cleaned_data.items()}
+
+
+def network_choices() -> list[tuple[str, str]]:
+    from .networks import STANDARD_NETWORKS, intended_input
+
+    labels = dict(Network.choices)
+    choices = []
+    for name in STANDARD_NETWORKS:
+        height, width = intended_input(name)
+        choices.append((name, f"{labels[name]} ({width}x{height})"))
+    return [*choices, (Network.CUSTOM, labels[Network.CUSTOM])]
 
 
 class ClassifyForm(forms.Form):
     image = forms.ImageField()
-    epoch = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None)
 
-    def __init__(self, *args, epochs: list[int] | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, epochs: list[float] | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
-        self.fields["epoch"].choices = [("", "latest")] + [(e, f"epoch {e}") for e in (epochs or [])]
+        self.fields["epoch"].choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]

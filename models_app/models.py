@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from datasets.models import Dataset
@@ -10,25 +11,132 @@ from workers.models import Job
 
 
 class Network(models.TextChoices):
-    LENET = "lenet", "LeNet (28x28)"
+    LENET = "lenet", "LeNet"
+    ALEXNET = "alexnet", "AlexNet"
+    GOOGLENET = "googlenet", "GoogLeNet"
+    RESNET18 = "resnet18", "ResNet-18"
+    RESNET50 = "resnet50", "ResNet-50"
+    MOBILENET_V3 = "mobilenet_v3", "MobileNetV3 (large)"
+    EFFICIENTNET_B0 = "efficientnet_b0", "EfficientNet-B0"
+    VIT_B_16 = "vit_b_16", "ViT-B/16"
+    CUSTOM = "custom", "Custom (PyTorch code)"
 
 
 class Solver(models.TextChoices):
     SGD = "sgd", "SGD (momentum)"
+    NESTEROV = "nesterov", "Nesterov's accelerated gradient"
+    ADAGRAD = "adagrad", "AdaGrad"
+    RMSPROP = "rmsprop", "RMSprop"
+    ADADELTA = "adadelta", "AdaDelta"
+    ADAM = "adam", "Adam"
+    ADAMW = "adamw", "AdamW"
+
+
+class LrPolicy(models.TextChoices):
+    FIXED = "fixed", "Fixed"
+    STEP = "step", "Step down"
+    MULTISTEP = "multistep", "Step down (arbitrary steps)"
+    EXP = "exp", "Exponential decay"
+    INV = "inv", "Inverse decay"
+    POLY = "poly", "Polynomial decay"
+    SIGMOID = "sigmoid", "Sigmoid decay"
+    COSINE = "cosine", "Cosine annealing"
+
+
+class MeanSubtraction(models.TextChoices):
+    NONE = "none", "None"
+    IMAGE = "image", "Mean image"
+    PIXEL = "pixel", "Mean pixel"
+
+
+class Flip(models.TextChoices):
+    NONE = "none", "None"
+    HORIZONTAL = "h", "Horizontal"
+    VERTICAL = "v", "Vertical"
+    BOTH = "hv", "Horizontal and vertical"
+
+
+class Precision(models.TextChoices):
+    FP32 = "fp32", "Full (fp32)"
+    BF16 = "bf16", "Mixed bf16 (GPU)"
+    FP16 = "fp16", "Mixed fp16 (GPU)"
+
+
+def _range(low: float, high: float) -> list:
+    return [MinValueValidator(low), MaxValueValidator(high)]
 
 
 class TrainedModel(models.Model):
+    """A training run's parameters. Validators here give field errors on both the form
+    and the API (ModelForm and ModelSerializer read them); cross-field rules live in
+    `services.validate_params`."""
+
     job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="model")
     # PROTECT: a dataset in use cannot be deleted from under its models.
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="models")
+
+    # The network: a standard one, custom code, or (with base_model) a previous model's
+    # network fine-tuned from one of its snapshots.
     network = models.CharField(max_length=32, choices=Network.choices, default=Network.LENET)
+    custom_code = models.TextField(blank=True, default="")
+    base_model = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fine_tuned",
+        help_text="Fine-tune: start from this model's weights.",
+    )
+    base_epoch = models.FloatField(null=True, blank=True, help_text="The snapshot of the base model to start from.")
+    # The weights file actually used (copied into the job folder): fine-tuning keeps
+    # working when the base model is later deleted.
+    pretrained_file = models.CharField(max_length=200, blank=True, default="")
+
+    # Solver.
     solver = models.CharField(max_length=16, choices=Solver.choices, default=Solver.SGD)
-    epochs = models.PositiveIntegerField(default=10)
-    batch_size = models.PositiveIntegerField(default=64)
-    learning_rate = models.FloatField(default=0.01)
-    momentum = models.FloatField(default=0.9)
-    weight_decay = models.FloatField(default=0.0)
-    seed = models.IntegerField(default=0)
+    epochs = models.FloatField(default=10, validators=_range(0.01, 10_000), help_text="Fractions allowed.")
+    batch_size = models.PositiveIntegerField(default=64, validators=_range(1, 65_536))
+    batch_accumulation = models.PositiveIntegerField(
+        default=1, validators=_range(1, 1024), help_text="Sum the gradients of this many batches before each step."
+    )
+    learning_rate = models.FloatField(default=0.01, validators=_range(1e-12, 10))
+    momentum = models.FloatField(default=0.9, validators=_range(0, 0.9999), help_text="SGD, Nesterov and RMSprop.")
+    weight_decay = models.FloatField(default=0.0, validators=_range(0, 0.9999))
+    seed = models.IntegerField(default=0, validators=_range(0, 2**31 - 1), help_text="Same seed and data on CPU: the same curves.")
+
+    # Learning-rate policy, over training progress (DIGITS' percent-of-training units).
+    lr_policy = models.CharField(max_length=16, choices=LrPolicy.choices, default=LrPolicy.FIXED)
+    lr_step_size = models.FloatField(default=33.0, validators=_range(0.01, 100), help_text="Step / sigmoid: % of training.")
+    lr_steps = models.CharField(
+        max_length=200, blank=True, default="50,85", help_text="Multistep: comma-separated % of training."
+    )
+    lr_gamma = models.FloatField(default=0.1, validators=_range(1e-9, 100), help_text="Step, multistep, exp, inv, sigmoid.")
+    lr_power = models.FloatField(default=1.0, validators=_range(1e-6, 100), help_text="Inv and poly.")
+    lr_warmup_epochs = models.FloatField(default=0.0, validators=_range(0, 1000), help_text="Linear warm-up from 0.")
+
+    # Validation, snapshots and stopping.
+    val_interval = models.FloatField(default=1.0, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
+    snapshot_interval = models.FloatField(default=1.0, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
+    early_stopping_patience = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 1000),
+        help_text="Stop after this many validations without a lower validation loss (empty: never).",
+    )
+
+    # Data transforms (training only, except crop and mean).
+    crop_size = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 4096), help_text="Random crop in training, centre crop in validation."
+    )
+    mean_subtraction = models.CharField(max_length=8, choices=MeanSubtraction.choices, default=MeanSubtraction.IMAGE)
+    flip = models.CharField(max_length=4, choices=Flip.choices, default=Flip.NONE)
+    rotate90 = models.BooleanField(default=False, help_text="Random quarter turns (square inputs).")
+    rotation = models.FloatField(default=0.0, validators=_range(0, 45), help_text="Random rotation up to ± this many degrees.")
+    scale_jitter = models.FloatField(default=0.0, validators=_range(0, 0.5), help_text="Random zoom by up to ± this fraction.")
+    hsv_jitter = models.FloatField(
+        default=0.0, validators=_range(0, 0.5), help_text="Random hue, saturation and value shifts up to ± this fraction."
+    )
+    precision = models.CharField(max_length=8, choices=Precision.choices, default=Precision.FP32)
+
+    # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
+    notices = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        permissions = [("submit_custom_network", "Can train networks from custom PyTorch code")]
 
     def __str__(self) -> str:
         return self.job.name
@@ -37,12 +145,17 @@ class TrainedModel(models.Model):
     def directory(self) -> Path:
         return self.job.directory
 
+    @property
+    def resumable(self) -> bool:
+        return self.job.status in ("aborted", "error") and self.snapshots.exists()
+
 
 class Metric(models.Model):
-    """One point of a chart. `iteration` orders train points; `epoch` is fractional."""
+    """One point of a chart. `iteration` (optimizer steps) orders points; `epoch` is fractional."""
 
     model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="metrics")
-    name = models.CharField(max_length=32)  # train_loss, val_loss, val_accuracy, val_top5, lr
+    # train_loss, lr, throughput, val_loss, val_accuracy, val_top5
+    name = models.CharField(max_length=32)
     iteration = models.PositiveIntegerField()
     epoch = models.FloatField()
     value = models.FloatField()
@@ -54,15 +167,20 @@ class Metric(models.Model):
 
 class Snapshot(models.Model):
     model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="snapshots")
-    epoch = models.PositiveIntegerField()
+    epoch = models.FloatField()
+    iteration = models.PositiveIntegerField(default=0)
     filename = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     val_loss = models.FloatField(null=True, blank=True)
     val_accuracy = models.FloatField(null=True, blank=True)
+    val_top5 = models.FloatField(null=True, blank=True)
 
     class Meta:
-        ordering = ["epoch"]
+        ordering = ["iteration", "epoch"]
         constraints = [models.UniqueConstraint(fields=["model", "epoch"], name="unique_snapshot_epoch")]
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch:g}"
 
     @property
     def path(self) -> Path:

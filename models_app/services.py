@@ -1,32 +1,90 @@
-"""Writes for models: creation with validation, the training run, metrics and snapshots."""
+"""Writes for models: validated creation (standard, fine-tuned or custom networks), the
+training run and its events, resume, clone and delete."""
 from __future__ import annotations
 
-import math
+import shutil
+import time
 from typing import Any
 
+import torch
 from django.conf import settings
 from django.db import transaction
 
 from datasets.models import Dataset
 from workers.models import JobKind, JobStatus
-from workers.services import JobError, job_create, job_delete, job_transition
+from workers.services import JobError, job_create, job_delete, job_fail, job_transition
 
-from .models import Metric, Network, Snapshot, Solver, TrainedModel
+from .models import LrPolicy, Metric, Network, Snapshot, TrainedModel
+from .networks import network_module
+from .training.lr_policy import parse_steps
 
-LIMITS = {"epochs": (1, 10_000), "batch_size": (1, 65_536)}
+# The parameters a user sets (on the form, in the API, copied by clone). Validators on
+# the model fields check each alone; `validate_params` checks them together.
+PARAM_FIELDS = [
+    "network", "custom_code", "base_model", "base_epoch",
+    "solver", "epochs", "batch_size", "batch_accumulation", "learning_rate", "momentum", "weight_decay", "seed",
+    "lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs",
+    "val_interval", "snapshot_interval", "early_stopping_patience",
+    "crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter", "precision",
+]
+CUSTOM_PERMISSION = "models_app.submit_custom_network"
 
 
-def validate_hyperparameters(*, epochs: int, batch_size: int, learning_rate: float, momentum: float, weight_decay: float) -> None:
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        low, high = LIMITS[name]
-        if not low <= value <= high:
-            raise JobError(f"{name.replace('_', ' ').capitalize()} must be between {low} and {high}.")
-    if not (math.isfinite(learning_rate) and 0 < learning_rate <= 10):
-        raise JobError("The learning rate must be a number above 0 and at most 10 (0.01 is a good start for LeNet).")
-    if not (math.isfinite(momentum) and 0 <= momentum < 1):
-        raise JobError("Momentum must be at least 0 and below 1.")
-    if not (math.isfinite(weight_decay) and 0 <= weight_decay < 1):
-        raise JobError("Weight decay must be at least 0 and below 1.")
+def can_submit_code(user) -> bool:  # noqa: ANN001
+    return bool(user.is_authenticated and user.has_perm(CUSTOM_PERMISSION))
+
+
+def _input_size(dataset: Dataset, crop_size: int | None) -> tuple[int, int, int]:
+    if crop_size:
+        return dataset.channels, crop_size, crop_size
+    return dataset.channels, dataset.image_height, dataset.image_width
+
+
+def validate_params(user, dataset: Dataset, params: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+    """Cross-field rules. Returns the params to store (a fine-tune takes its network from
+    the base model); raises JobError naming the field."""
+    params = dict(params)
+    base: TrainedModel | None = params.get("base_model")
+    if base is not None:
+        epoch = params.get("base_epoch")
+        snapshot = snapshot_for(base, epoch, field="base_epoch")
+        params["base_epoch"] = snapshot.epoch
+        params["network"], params["custom_code"] = base.network, base.custom_code
+    network = params.get("network", Network.LENET)
+    if network == Network.CUSTOM:
+        if not can_submit_code(user):
+            raise JobError(
+                "Training custom network code needs the 'Can train networks from custom PyTorch code' permission; "
+                "ask an admin, or pick a standard network.",
+                field="custom_code" if base is None else "base_model",
+            )
+        if not params.get("custom_code", "").strip():
+            raise JobError("Write the network code: a build(input_shape, num_classes) function.", field="custom_code")
+    else:
+        params["custom_code"] = ""
+    crop = params.get("crop_size")
+    if crop and crop > min(dataset.image_width, dataset.image_height):
+        raise JobError(
+            f"The crop size must fit in the dataset's {dataset.image_width}x{dataset.image_height} images.", field="crop_size"
+        )
+    shape = _input_size(dataset, crop)
+    if network != Network.CUSTOM:
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no time
+                network_module(network).build(shape, max(dataset.num_classes, 2))
+        except ValueError as exc:
+            raise JobError(f"{exc} Pick another network, or a crop size.", field="network") from None
+    if params.get("rotate90") and shape[1] != shape[2]:
+        raise JobError("Quarter turns need square inputs: use a square dataset or a crop size.", field="rotate90")
+    if params.get("solver") == "nesterov" and not params.get("momentum", 0.9):
+        raise JobError("Nesterov's method needs a momentum above 0 (0.9 is usual).", field="momentum")
+    if params.get("lr_policy") == LrPolicy.MULTISTEP:
+        try:
+            if not parse_steps(params.get("lr_steps", "")):
+                raise ValueError("Give at least one step, like 50,85 (percent of training).")
+        except ValueError as exc:
+            raise JobError(str(exc), field="lr_steps") from None
+    return params
 
 
 @transaction.atomic
@@ -35,88 +93,138 @@ def model_create(
     owner,  # noqa: ANN001
     name: str,
     dataset: Dataset,
-    network: str = Network.LENET,
-    solver: str = Solver.SGD,
-    epochs: int = 10,
-    batch_size: int = 64,
-    learning_rate: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    seed: int = 0,
+    group: str = "",
+    notes: str = "",
+    **params: Any,
 ) -> TrainedModel:
     if dataset.job.status in (JobStatus.ERROR, JobStatus.ABORTED):
-        raise JobError(f"Dataset {dataset.job.name!r} did not build ({dataset.job.status}); pick another dataset or rebuild it.")
-    validate_hyperparameters(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay
-    )
-    job = job_create(kind=JobKind.MODEL, name=name, owner=owner)
-    model = TrainedModel.objects.create(
-        job=job,
-        dataset=dataset,
-        network=network,
-        solver=solver,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        seed=seed,
-    )
-    job_transition(job.pk, JobStatus.QUEUED, from_=[JobStatus.INITIALIZED])
+        raise JobError(
+            f"Dataset {dataset.job.name!r} did not build ({dataset.job.status}); pick another dataset or rebuild it.",
+            field="dataset",
+        )
+    unknown = set(params) - set(PARAM_FIELDS)
+    if unknown:
+        raise JobError(f"Unknown parameters: {', '.join(sorted(unknown))}.")
+    params = validate_params(owner, dataset, params)
+    job = job_create(kind=JobKind.MODEL, name=name, owner=owner, group=group, notes=notes)
+    model = TrainedModel.objects.create(job=job, dataset=dataset, **params)
+    if model.base_model is not None:
+        # Copy the weights: the fine-tune keeps working if the base model is deleted.
+        snapshot = snapshot_for(model.base_model, model.base_epoch)
+        model.pretrained_file = "pretrained.pt"
+        shutil.copyfile(snapshot.path, model.directory / model.pretrained_file)
+        model.save(update_fields=["pretrained_file"])
+    _enqueue(model, from_=[JobStatus.INITIALIZED])
+    return model
+
+
+def _enqueue(model: TrainedModel, *, from_: list[str], message: str = "") -> None:
+    job_transition(model.pk, JobStatus.QUEUED, from_=from_, message=message)
     from .tasks import model_train_task
 
-    transaction.on_commit(lambda: model_train_task.delay(job.pk))
-    return model
+    transaction.on_commit(lambda: model_train_task.delay(model.pk))
+
+
+def model_clone_params(model: TrainedModel) -> dict[str, Any]:
+    """What "Clone" prefills: every parameter, the dataset and a new name."""
+    values = {f: getattr(model, f) for f in PARAM_FIELDS}
+    values["base_model"] = model.base_model_id
+    return {"name": f"{model.job.name} (clone)", "dataset": model.dataset_id, "group": model.job.group, **values}
+
+
+@transaction.atomic
+def model_resume(model: TrainedModel) -> Snapshot:
+    """Continue an aborted or failed run from its latest snapshot. Points recorded after
+    that snapshot are dropped, so the charts continue without duplicates."""
+    job = model.job
+    if job.status not in (JobStatus.ABORTED, JobStatus.ERROR):
+        raise JobError(f"Only an aborted or failed model can be resumed; this one is {job.get_status_display().lower()}.")
+    snapshot = model.snapshots.order_by("-iteration", "-epoch").first()
+    if snapshot is None:
+        raise JobError("This model has no snapshot to resume from; clone it to train again from the start.")
+    model.metrics.filter(iteration__gt=snapshot.iteration).delete()
+    _enqueue(model, from_=[JobStatus.ABORTED, JobStatus.ERROR], message=f"Resumed from the snapshot at epoch {snapshot.epoch:g}.")
+    return snapshot
 
 
 def model_train_spec(model: TrainedModel) -> dict[str, Any]:
     dataset = model.dataset
-    return {
-        "network": model.network,
-        "num_classes": dataset.num_classes,
-        "input_shape": [dataset.channels, dataset.image_height, dataset.image_width],
-        "train_db": str(dataset.split_path("train")),
-        "val_db": str(dataset.split_path("val")),
-        "mean_path": str(dataset.mean_path),
-        "epochs": model.epochs,
-        "batch_size": model.batch_size,
-        "learning_rate": model.learning_rate,
-        "momentum": model.momentum,
-        "weight_decay": model.weight_decay,
-        "seed": model.seed,
-        "output_dir": str(model.directory),
-    }
+    spec: dict[str, Any] = {f: getattr(model, f) for f in PARAM_FIELDS if f not in ("base_model", "base_epoch")}
+    spec.update(
+        num_classes=dataset.num_classes,
+        input_shape=[dataset.channels, dataset.image_height, dataset.image_width],
+        train_db=str(dataset.split_path("train")),
+        val_db=str(dataset.split_path("val")),
+        mean_path=str(dataset.mean_path),
+        output_dir=str(model.directory),
+        num_workers=settings.TRAIN_LOADER_WORKERS,
+        cache_bytes=settings.TRAIN_CACHE_BYTES,
+    )
+    if model.pretrained_file:
+        spec["pretrained"] = str(model.directory / model.pretrained_file)
+        spec["pretrained_label"] = f"model {model.base_model_id}, epoch {model.base_epoch:g}" if model.base_epoch else "the base model"
+    latest = model.snapshots.order_by("-iteration", "-epoch").first()
+    if latest is not None:  # a resumed run
+        spec["resume_from"] = str(latest.path)
+    return spec
 
 
 def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
-    """Store a batch of the child's metric and snapshot events, then publish them live
-    (after commit) as one websocket message."""
+    """Store a batch of the child's events (training rows, validation and throughput
+    metrics, snapshots, notices), then publish them live, after commit, as one message."""
     from workers.events import publish
 
     rows: list[Metric] = []
-    points: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
+    notices: list[str] = []
+    next_snapshot_eta = None
+
+    def add(iteration: int, epoch: float, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if value is not None:
+                rows.append(Metric(model_id=model_id, name=name, iteration=iteration, epoch=epoch, value=value))
+
     for event in batch:
         kind = event.get("event")
-        if kind == "metrics":
-            for name, value in event["values"].items():
-                if value is None:
-                    continue
-                rows.append(Metric(model_id=model_id, name=name, iteration=event["iteration"], epoch=event["epoch"], value=value))
-                points.append({"name": name, "iteration": event["iteration"], "epoch": event["epoch"], "value": value})
+        if kind == "train":
+            for iteration, epoch, values in event["rows"]:
+                add(iteration, epoch, values)
+        elif kind == "metrics":
+            add(event["iteration"], event["epoch"], event["values"])
         elif kind == "snapshot":
             snapshots.append(event)
-    if not rows and not snapshots:
+        elif kind == "notice":
+            notices.append(str(event["message"]))
+        elif kind == "progress":
+            next_snapshot_eta = event.get("next_snapshot_eta")
+    if not rows and not snapshots and not notices:
         return
     with transaction.atomic():
-        Metric.objects.bulk_create(rows, batch_size=1000)
+        Metric.objects.bulk_create(rows, batch_size=2000)
         for snap in snapshots:
             Snapshot.objects.update_or_create(
                 model_id=model_id,
                 epoch=snap["epoch"],
-                defaults={"filename": snap["filename"], "val_loss": snap.get("val_loss"), "val_accuracy": snap.get("val_accuracy")},
+                defaults={
+                    "iteration": snap.get("iteration", 0),
+                    "filename": snap["filename"],
+                    **{k: snap.get(k) for k in ("val_loss", "val_accuracy", "val_top5")},
+                },
             )
-        publish(model_id, {"type": "metrics", "points": points, "snapshots": [s["epoch"] for s in snapshots]})
+        if notices:
+            model = TrainedModel.objects.select_for_update().get(pk=model_id)
+            model.notices = [*model.notices, *notices]
+            model.save(update_fields=["notices"])
+        publish(
+            model_id,
+            {
+                "type": "metrics",
+                "points": [{"name": m.name, "iteration": m.iteration, "epoch": m.epoch, "value": m.value} for m in rows],
+                "snapshots": [s["epoch"] for s in snapshots],
+                "notices": notices,
+                "next_snapshot_eta": next_snapshot_eta,
+            },
+        )
 
 
 def model_train_run(job_id: int) -> None:
@@ -126,7 +234,9 @@ def model_train_run(job_id: int) -> None:
     model = TrainedModel.objects.select_related("dataset__job").get(pk=job_id)
     if not _wait_for_dataset(model):
         return
-    outcome = run_job(job_id, "workers.train", lambda job: model_train_spec(job.model), lambda b: model_record_events(job_id, b))
+    outcome = run_job(
+        job_id, "models_app.training.train", lambda job: model_train_spec(job.model), lambda b: model_record_events(job_id, b)
+    )
     if outcome is None or outcome.stopped or outcome.returncode != 0:
         return
     job_transition(job_id, JobStatus.DONE, from_=[JobStatus.RUNNING])
@@ -135,10 +245,6 @@ def model_train_run(job_id: int) -> None:
 def _wait_for_dataset(model: TrainedModel) -> bool:
     """A model on a dataset that is still building waits for it; a failed dataset fails
     the model with the reason."""
-    import time
-
-    from workers.services import job_fail
-
     while True:
         dataset_job = model.dataset.job
         dataset_job.refresh_from_db(fields=["status", "error"])
@@ -156,18 +262,21 @@ def model_delete(model: TrainedModel) -> None:
     job_delete(model.job)
 
 
-def snapshot_for(model: TrainedModel, epoch: int | None) -> Snapshot:
+def snapshot_for(model: TrainedModel, epoch: float | None, *, field: str | None = None) -> Snapshot:
     """The snapshot of `epoch`, or the latest one."""
     snapshots = model.snapshots.all()
-    snapshot = snapshots.filter(epoch=epoch).first() if epoch else snapshots.order_by("-epoch").first()
+    if epoch is not None:
+        snapshot = snapshots.filter(epoch__gt=epoch - 5e-5, epoch__lt=epoch + 5e-5).first()
+    else:
+        snapshot = snapshots.order_by("-iteration", "-epoch").first()
     if snapshot is None:
-        if epoch:
-            raise JobError(f"This model has no snapshot for epoch {epoch}.")
-        raise JobError("This model has no snapshot yet; wait for its first epoch to finish.")
+        if epoch is not None:
+            raise JobError(f"Model {model.job.name!r} has no snapshot for epoch {epoch:g}.", field=field)
+        raise JobError(f"Model {model.job.name!r} has no snapshot yet; wait for its first one.", field=field)
     return snapshot
 
 
-def model_classify_upload(model: TrainedModel, epoch: int | None, upload) -> tuple[Snapshot, list[dict[str, Any]]]:  # noqa: ANN001
+def model_classify_upload(model: TrainedModel, epoch: float | None, upload) -> tuple[Snapshot, list[dict[str, Any]]]:  # noqa: ANN001
     """Classify one uploaded image (used by the page and the API): size-checked, with the
     snapshot of `epoch` or the latest. Every failure is a JobError the user can act on."""
     from .inference import classify_image

@@ -7,24 +7,34 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from workers.services import JobError, job_abort
+from workers.services import JobError, job_abort, job_update
 
 from .forms import ClassifyForm, ModelForm
+from .models import TrainedModel
 from .selectors import model_list, model_metrics
-from .services import model_classify_upload, model_create, model_delete
+from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
 
 
 def model_new(request: HttpRequest) -> HttpResponse:
-    initial = {"dataset": request.GET.get("dataset")} if request.GET.get("dataset") else None
-    form = ModelForm(request.POST or None, initial=initial)
+    initial: dict = {}
+    clone_of = request.GET.get("clone")
+    if clone_of and clone_of.isdigit():
+        initial = model_clone_params(get_object_or_404(model_list(), pk=int(clone_of)))
+    elif request.GET.get("dataset"):
+        initial = {"dataset": request.GET.get("dataset")}
+    if request.GET.get("base_model", "").isdigit():  # "Fine-tune" from a model's page
+        initial.update(base_model=int(request.GET["base_model"]), base_epoch=request.GET.get("base_epoch") or None)
+    form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            model = model_create(owner=request.user, **form.cleaned_data)
+            model = model_create(owner=request.user, **form.params())
         except JobError as exc:
-            form.add_error(exc.field, str(exc))
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect("model_detail", pk=model.pk)
-    return render(request, "models/new.html", {"form": form})
+    return render(
+        request, "models/new.html", {"form": form, "clone_of": clone_of, "can_submit_code": can_submit_code(request.user)}
+    )
 
 
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -60,11 +70,16 @@ def model_classify(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "models/classify.html", context)
 
 
-@require_POST
-def model_abort(request: HttpRequest, pk: int) -> HttpResponse:
+def _modifiable(request: HttpRequest, pk: int) -> TrainedModel:
     model = get_object_or_404(model_list(), pk=pk)
     if not model.job.can_modify(request.user):
         raise PermissionDenied
+    return model
+
+
+@require_POST
+def model_abort(request: HttpRequest, pk: int) -> HttpResponse:
+    model = _modifiable(request, pk)
     try:
         job_abort(model.job)
     except JobError as exc:
@@ -73,10 +88,32 @@ def model_abort(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
+def model_resume_view(request: HttpRequest, pk: int) -> HttpResponse:
+    model = _modifiable(request, pk)
+    try:
+        snapshot = model_resume(model)
+    except JobError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Resuming from the snapshot at epoch {snapshot.epoch:g}.")
+    return redirect("model_detail", pk=pk)
+
+
+@require_POST
+def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    model = _modifiable(request, pk)
+    try:
+        job_update(model.job, name=request.POST.get("name"), group=request.POST.get("group"), notes=request.POST.get("notes"))
+    except JobError as exc:
+        messages.error(request, f"Not saved: {exc}")
+    else:
+        messages.success(request, "Saved.")
+    return redirect("model_detail", pk=pk)
+
+
+@require_POST
 def model_remove(request: HttpRequest, pk: int) -> HttpResponse:
-    model = get_object_or_404(model_list(), pk=pk)
-    if not model.job.can_modify(request.user):
-        raise PermissionDenied
+    model = _modifiable(request, pk)
     model_delete(model)
     messages.success(request, f"Model {model.job.name} deleted.")
     return redirect("home")

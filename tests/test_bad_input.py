@@ -129,7 +129,7 @@ def test_model_on_failed_dataset_is_refused(api, owner):  # noqa: ANN001
     dataset = make_dataset(owner, status="error")
     response = api.post("/api/models/", {"name": "m", "dataset": dataset.pk}, format="json")
     assert response.status_code == 400
-    assert "did not build" in response.json()["detail"]
+    assert "did not build" in response.json()["dataset"][0]
 
 
 def test_classify_rejects_a_non_image(api, owner, tmp_path):  # noqa: ANN001

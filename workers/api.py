@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -19,6 +21,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, JobError):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     return exception_handler(exc, context)
+
+
+def job_log_response(job: Job, *, download: bool) -> FileResponse:
+    """The job's whole log file, streamed (the page and the API both serve it)."""
+    try:
+        handle = job.log_path.open("rb")
+    except FileNotFoundError:
+        raise Http404("This job has no log yet.") from None
+    return FileResponse(handle, content_type="text/plain; charset=utf-8", as_attachment=download, filename=f"job-{job.pk}.log")
 
 
 def require_owner(job: Job, user) -> None:  # noqa: ANN001
@@ -63,3 +74,11 @@ class JobListApi(APIView):
         q = request.query_params
         jobs = job_list(kind=q.get("kind"), status=q.get("status"), group=q.get("group"))
         return Response(self.OutputSerializer(jobs[:500], many=True).data)
+
+
+class JobLogApi(APIView):
+    """A job's raw log as text/plain (?download=1 for an attachment)."""
+
+    @extend_schema(responses={(200, "text/plain"): str})
+    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+        return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1")

@@ -1,6 +1,6 @@
 """Run a job's work in a child process and relay its JSON-lines output.
 
-The Celery task (thin) calls `run_child`. The child (`python -m workers.train`,
+The Celery task (thin) calls `run_child`. The child (`python -m models_app.training.train`,
 `python -m datasets.build`) prints one JSON object per line on stdout; everything
 else it prints, and all of stderr, goes to the job log. This process:
   - batches events and hands them to the job's handler (which stores them and publishes
@@ -189,8 +189,14 @@ def run_job(
     if result.stopped:
         return result
     if result.returncode != 0:
-        message = result.error or (
-            f"The job's process exited with code {result.returncode}. Last lines of its log:\n{job.log_tail(15)}"
-        )
+        if result.error:
+            message = result.error
+        elif result.returncode == -signal.SIGKILL:
+            message = (
+                "The job's process was killed (signal 9), most often because the machine ran out of memory. "
+                f"Try a smaller batch size. Last lines of its log:\n{job.log_tail(15)}"
+            )
+        else:
+            message = f"The job's process exited with code {result.returncode}. Last lines of its log:\n{job.log_tail(15)}"
         job_fail(job_id, message)
     return result

@@ -36,8 +36,19 @@ def load() -> tuple[torch.nn.Module, dict, list[str], np.ndarray | None]:
 
 def classify(path: str, net: torch.nn.Module, info: dict, labels: list[str], mean: np.ndarray | None, top: int) -> list[dict]:
     channels, height, width = info["input_shape"]
-    img = imaging.resize_image(imaging.load_image(path, channels), width, height, info["resize_mode"])
-    x = torch.from_numpy(imaging.to_input(imaging.to_array(img), mean))[None]
+    crop = info.get("crop_size")
+    size_w, size_h = (info["image_width"], info["image_height"]) if crop else (width, height)
+    img = imaging.resize_image(imaging.load_image(path, channels), size_w, size_h, info["resize_mode"])
+    x = imaging.to_array(img).astype(np.float32)
+    mode = info.get("mean_subtraction", "image")
+    if mean is not None and mode == "image":
+        x -= mean.astype(np.float32)
+    elif mean is not None and mode == "pixel":
+        x -= mean.astype(np.float32).mean(axis=(0, 1))
+    if crop:  # the centre crop validation used
+        top, left = (x.shape[0] - crop) // 2, (x.shape[1] - crop) // 2
+        x = x[top : top + crop, left : left + crop]
+    x = torch.from_numpy(np.ascontiguousarray((x / 255.0).transpose(2, 0, 1)))[None]
     with torch.no_grad():
         probs = torch.softmax(net(x), dim=1)[0]
     values, indices = probs.topk(min(top, probs.numel()))

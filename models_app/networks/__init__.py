@@ -1,12 +1,44 @@
-"""Standard networks. Each is a module with `build(input_shape, num_classes)`; the module's
-source file is what a downloaded archive ships as network.py."""
+"""Networks. Each standard one is a module here with
+
+    build(input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module
+    INTENDED_INPUT = (height, width)
+
+where input_shape is (channels, height, width). Custom networks are user code with the
+same `build` function. A module's source file is what "Customize" opens on the form and
+what a downloaded archive ships as network.py, so each depends on torch/torchvision only.
+
+User code is only ever executed in child processes (training, `models_app.visualize`),
+never in the web process: `load_custom` is called there.
+"""
 from __future__ import annotations
 
 import importlib
+import sys
+import traceback
+import types
 from pathlib import Path
 from types import ModuleType
 
-STANDARD_NETWORKS = {"lenet": "models_app.networks.lenet"}
+STANDARD_NETWORKS = {
+    "lenet": "models_app.networks.lenet",
+    "alexnet": "models_app.networks.alexnet",
+    "googlenet": "models_app.networks.googlenet",
+    "resnet18": "models_app.networks.resnet18",
+    "resnet50": "models_app.networks.resnet50",
+    "mobilenet_v3": "models_app.networks.mobilenet_v3",
+    "efficientnet_b0": "models_app.networks.efficientnet_b0",
+    "vit_b_16": "models_app.networks.vit_b_16",
+}
+# How tracebacks name custom code, so an error can point at the user's line.
+CUSTOM_FILENAME = "network.py"
+
+
+class NetworkCodeError(Exception):
+    """User code failed: the message names the line in the user's code when there is one."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def network_module(name: str) -> ModuleType:
@@ -18,3 +50,67 @@ def network_module(name: str) -> ModuleType:
 
 def network_source_path(name: str) -> Path:
     return Path(network_module(name).__file__ or "")
+
+
+def network_source(name: str) -> str:
+    return network_source_path(name).read_text()
+
+
+def intended_input(name: str) -> tuple[int, int]:
+    return tuple(network_module(name).INTENDED_INPUT)  # type: ignore[return-value]
+
+
+def user_line(exc: BaseException) -> int | None:
+    """The innermost line of the user's code in an exception's traceback."""
+    if isinstance(exc, SyntaxError) and exc.filename == CUSTOM_FILENAME:
+        return exc.lineno
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == CUSTOM_FILENAME:
+            line = frame.lineno
+    return line
+
+
+def describe_code_error(exc: BaseException, what: str) -> NetworkCodeError:
+    line = user_line(exc)
+    where = f"Line {line} of your network code: " if line else ""
+    detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return NetworkCodeError(f"{where}{what}: {type(exc).__name__}: {detail}", line)
+
+
+def load_custom(code: str) -> ModuleType:
+    """Execute user code as a module (child processes only). Raises NetworkCodeError."""
+    module = types.ModuleType("network")
+    module.__file__ = CUSTOM_FILENAME
+    try:
+        compiled = compile(code, CUSTOM_FILENAME, "exec")
+        # linecache lets tracebacks show the user's source lines.
+        import linecache
+
+        linecache.cache[CUSTOM_FILENAME] = (len(code), None, code.splitlines(True), CUSTOM_FILENAME)
+        exec(compiled, module.__dict__)  # noqa: S102 - the point: users with the permission run their code
+    except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported, not raised
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise describe_code_error(exc, "Your network code failed to load") from exc
+    if not callable(getattr(module, "build", None)):
+        raise NetworkCodeError("Your network code must define build(input_shape, num_classes) returning a torch.nn.Module.")
+    sys.modules.setdefault("network", module)
+    return module
+
+
+def build_network(network: str, custom_code: str, input_shape: tuple[int, int, int], num_classes: int):  # noqa: ANN201
+    """Build the network (child processes only for custom code). Raises ValueError for a
+    standard network that cannot take this input, NetworkCodeError for user code."""
+    import torch
+
+    if network != "custom":
+        return network_module(network).build(input_shape, num_classes)
+    module = load_custom(custom_code)
+    try:
+        net = module.build(tuple(input_shape), num_classes)
+    except Exception as exc:  # noqa: BLE001
+        raise describe_code_error(exc, "build() failed") from exc
+    if not isinstance(net, torch.nn.Module):
+        raise NetworkCodeError(f"build() must return a torch.nn.Module, it returned {type(net).__name__}.")
+    return net

@@ -1,12 +1,24 @@
-// Model page: loss, accuracy and learning-rate charts, updated live from the websocket.
+// Model page: loss (raw and smoothed), accuracy, learning-rate and throughput charts,
+// updated live from the websocket; snapshots, notices and time to the next snapshot.
 (function () {
   "use strict";
   const series = JSON.parse(document.getElementById("metrics-data").textContent);
   const header = document.getElementById("job");
   const jobId = header.dataset.job;
+  const smoothing = document.getElementById("smoothing");
 
   function points(name, scale) {
     return (series[name] || []).map(function (p) { return { x: p.epoch, y: p.value * (scale || 1) }; });
+  }
+
+  // Exponential moving average with bias correction, as TensorBoard draws it.
+  function smooth(raw, weight) {
+    let last = 0, n = 0;
+    return raw.map(function (p) {
+      last = last * weight + (1 - weight) * p.y;
+      n += 1;
+      return { x: p.x, y: weight ? last / (1 - Math.pow(weight, n)) : p.y };
+    });
   }
 
   function lineChart(id, datasets, yTitle, extra) {
@@ -28,32 +40,47 @@
     });
   }
 
+  const rawLoss = points("train_loss");
   const charts = {
     loss: lineChart("loss-chart", [
-      { label: "train loss", data: points("train_loss"), borderColor: "#3b82f6" },
+      { label: "train loss", data: rawLoss, borderColor: "rgba(59,130,246,0.25)" },
+      { label: "train loss (smoothed)", data: smooth(rawLoss, Number(smoothing.value)), borderColor: "#3b82f6" },
       { label: "val loss", data: points("val_loss"), borderColor: "#ef4444", pointRadius: 3 },
     ], "loss"),
     accuracy: lineChart("accuracy-chart", [
       { label: "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
       { label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 },
     ], "accuracy %", { scales: { x: { type: "linear", title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
-    lr: lineChart("lr-chart", [
-      { label: "learning rate", data: points("lr"), borderColor: "#f59e0b" },
-    ], "learning rate"),
+    lr: lineChart("lr-chart", [{ label: "learning rate", data: points("lr"), borderColor: "#f59e0b" }], "learning rate"),
+    throughput: lineChart("throughput-chart", [
+      { label: "throughput (images/s)", data: points("throughput"), borderColor: "#0ea5e9" },
+    ], "images/s"),
   };
   const where = {
-    train_loss: [charts.loss, 0, 1], val_loss: [charts.loss, 1, 1],
+    train_loss: [charts.loss, 0, 1], val_loss: [charts.loss, 2, 1],
     val_accuracy: [charts.accuracy, 0, 100], val_top5: [charts.accuracy, 1, 100], lr: [charts.lr, 0, 1],
+    throughput: [charts.throughput, 0, 1],
   };
+
+  function resmooth() {
+    const weight = Number(smoothing.value);
+    document.getElementById("smoothing-value").textContent = weight.toFixed(2);
+    charts.loss.data.datasets[1].data = smooth(charts.loss.data.datasets[0].data, weight);
+    charts.loss.update("none");
+  }
+  smoothing.addEventListener("input", resmooth);
+
+  function percent(v) { return v === null || v === undefined ? "—" : (v * 100).toFixed(1) + "%"; }
 
   function renderSnapshots(snapshots) {
     const body = document.querySelector("#snapshots tbody");
     body.innerHTML = "";
     snapshots.forEach(function (s) {
       const row = document.createElement("tr");
-      const acc = s.val_accuracy === null ? "—" : (s.val_accuracy * 100).toFixed(1) + "%";
       const loss = s.val_loss === null ? "—" : s.val_loss.toFixed(4);
-      [s.epoch, acc, loss].forEach(function (v) { const td = document.createElement("td"); td.textContent = v; row.appendChild(td); });
+      [s.epoch, percent(s.val_accuracy), percent(s.val_top5), loss].forEach(function (v) {
+        const td = document.createElement("td"); td.textContent = v; row.appendChild(td);
+      });
       const td = document.createElement("td");
       const a = document.createElement("a");
       a.href = "/api/models/" + jobId + "/download/?epoch=" + s.epoch;
@@ -73,7 +100,17 @@
       target[0].data.datasets[target[1]].data.push({ x: p.epoch, y: p.value * target[2] });
       touched.add(target[0]);
     });
+    if (touched.has(charts.loss)) resmooth();
     touched.forEach(function (chart) { chart.update("none"); });
+    (msg.notices || []).forEach(function (text) {
+      const div = document.createElement("div");
+      div.className = "notice";
+      div.textContent = text;
+      document.getElementById("notices").appendChild(div);
+    });
+    if (msg.next_snapshot_eta !== null && msg.next_snapshot_eta !== undefined) {
+      document.getElementById("next-snapshot").textContent = "Next snapshot in about " + DigitsLive.formatDuration(msg.next_snapshot_eta);
+    }
     if (msg.snapshots.length) {
       fetch("/api/models/" + jobId + "/", { credentials: "same-origin" })
         .then(function (r) { return r.json(); })

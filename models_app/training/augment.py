@@ -1,0 +1,165 @@
+"""Data transforms, applied to whole batches on the training device.
+
+Images travel from the dataset as uint8 (N, C, H, W) and become network input here: the
+random draws are per image, but every operation is one vectorised call on the batch, so
+a GPU does the work and a CPU does it with its threads instead of per-image Python.
+
+Training, in this order: HSV jitter (colour only) -> mean subtraction -> rotation and
+scale jitter (one affine resample; uncovered corners become the mean, i.e. 0) -> random
+crop -> flips -> quarter turns -> / 255. Validation and inference: mean subtraction ->
+centre crop -> / 255. Mean subtraction before cropping uses the mean image at the crop's
+own position, as Caffe did.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    crop_size: int | None = None
+    mean_subtraction: str = "image"  # none | image | pixel
+    flip: str = "none"  # none | h | v | hv
+    rotate90: bool = False
+    rotation: float = 0.0  # max degrees either way
+    scale_jitter: float = 0.0  # max zoom fraction either way
+    hsv_jitter: float = 0.0  # max hue (fraction of a turn), saturation and value change
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> TransformSpec:
+        return cls(
+            crop_size=int(spec["crop_size"]) if spec.get("crop_size") else None,
+            mean_subtraction=spec.get("mean_subtraction", "image"),
+            flip=spec.get("flip", "none"),
+            rotate90=bool(spec.get("rotate90", False)),
+            rotation=float(spec.get("rotation", 0.0)),
+            scale_jitter=float(spec.get("scale_jitter", 0.0)),
+            hsv_jitter=float(spec.get("hsv_jitter", 0.0)),
+        )
+
+    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        if self.crop_size:
+            return channels, self.crop_size, self.crop_size
+        return channels, height, width
+
+
+def mean_tensor(mean_image: np.ndarray | None, mode: str) -> torch.Tensor | None:
+    """The mean to subtract, (C, H, W) for "image" or (C, 1, 1) for "pixel"."""
+    if mode == "none" or mean_image is None:
+        return None
+    mean = torch.from_numpy(np.ascontiguousarray(mean_image.astype(np.float32).transpose(2, 0, 1)))
+    return mean.mean(dim=(1, 2), keepdim=True) if mode == "pixel" else mean
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A different window per image, gathered in one indexing operation."""
+    batch, channels, height, width = x.shape
+    top = torch.randint(0, height - size + 1, (batch,), generator=generator).to(x.device)
+    left = torch.randint(0, width - size + 1, (batch,), generator=generator).to(x.device)
+    steps = torch.arange(size, device=x.device)
+    rows = (top[:, None] + steps)[:, None, :, None]
+    cols = (left[:, None] + steps)[:, None, None, :]
+    return x[torch.arange(batch, device=x.device)[:, None, None, None], torch.arange(channels, device=x.device)[None, :, None, None], rows, cols]
+
+
+def random_flip(x: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
+    mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(dim), x)
+
+
+def random_rot90(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    turns = torch.randint(0, 4, (x.shape[0],), generator=generator).to(x.device)
+    out = x.clone()
+    for k in (1, 2, 3):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
+    return out
+
+
+def random_affine(x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator) -> torch.Tensor:
+    batch = x.shape[0]
+    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    # Zoom in by `scale`: sample a window 1/scale as large.
+    scale = 1.0 + (torch.rand(batch, generator=generator) * 2 - 1) * max_scale
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_hsv(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """x: float RGB in 0..255. Value scales brightness, saturation blends with the grey
+    level, hue rotates the chroma plane; each by a per-image random amount."""
+    batch = x.shape[0]
+    value = 1.0 + (torch.rand(batch, generator=generator) * 2 - 1) * amount
+    saturation = 1.0 + (torch.rand(batch, generator=generator) * 2 - 1) * amount
+    hue = (torch.rand(batch, generator=generator) * 2 - 1) * amount * 2 * math.pi
+    cos, sin = torch.cos(hue), torch.sin(hue)
+    rotation = torch.zeros(batch, 3, 3)
+    rotation[:, 0, 0] = 1.0
+    rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
+    matrix = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).to(x.device, x.dtype)
+    x = torch.einsum("bij,bjhw->bihw", matrix, x)
+    grey = torch.einsum("c,bchw->bhw", _LUMA.to(x.device, x.dtype), x)[:, None]
+    x = grey + saturation.to(x.device, x.dtype)[:, None, None, None] * (x - grey)
+    x = x * value.to(x.device, x.dtype)[:, None, None, None]
+    return x.clamp_(0.0, 255.0)
+
+
+class BatchTransform:
+    def __init__(self, spec: TransformSpec, mean_image: np.ndarray | None, device: torch.device, seed: int = 0) -> None:
+        self.spec = spec
+        self.device = device
+        mean = mean_tensor(mean_image, spec.mean_subtraction)
+        self.mean = mean.to(device) if mean is not None else None
+        # Random draws come from this CPU generator, whatever the device: the same seed
+        # gives the same augmentation on CPU and GPU, and its state goes into snapshots.
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True).float()
+
+    def _subtract_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean if self.mean is not None else x
+
+    def train(self, images: torch.Tensor) -> torch.Tensor:
+        s, g = self.spec, self.generator
+        x = self._prepare(images)
+        if s.hsv_jitter and x.shape[1] == 3:
+            x = random_hsv(x, s.hsv_jitter, g)
+        x = self._subtract_mean(x)
+        if s.rotation or s.scale_jitter:
+            x = random_affine(x, s.rotation, s.scale_jitter, g)
+        if s.crop_size:
+            x = random_crop(x, s.crop_size, g)
+        if s.flip in ("h", "hv"):
+            x = random_flip(x, -1, g)
+        if s.flip in ("v", "hv"):
+            x = random_flip(x, -2, g)
+        if s.rotate90 and x.shape[-1] == x.shape[-2]:
+            x = random_rot90(x, g)
+        return x.div_(255.0)
+
+    def eval(self, images: torch.Tensor) -> torch.Tensor:
+        x = self._subtract_mean(self._prepare(images))
+        if self.spec.crop_size:
+            x = centre_crop(x, self.spec.crop_size)
+        return x.div_(255.0)

@@ -1,0 +1,450 @@
+"""Train an image classifier on a dataset's LMDB splits, reporting JSON lines on stdout.
+
+The Celery worker launches this as a child process; it also runs by hand or under torchrun:
+
+    python -m models_app.training.train --spec jobs/42/spec.json
+    torchrun --nproc-per-node 2 -m models_app.training.train --spec jobs/42/spec.json
+
+The spec (written by `models_app.services.model_train_spec`) holds the dataset paths, the
+network (standard name or custom code), solver, learning-rate policy, transforms and
+intervals; `resume_from` continues from a snapshot and `pretrained` starts from weights.
+
+Events on stdout (rank 0 only), one JSON object per line:
+  {"event": "train", "rows": [[iteration, epoch, {"train_loss", "lr"}], ...]}
+  {"event": "metrics", "iteration", "epoch", "values": {...}}   validation, throughput
+  {"event": "progress", "progress", "eta", "next_snapshot_eta"}
+  {"event": "snapshot", "epoch", "iteration", "filename", "val_loss", "val_accuracy", "val_top5"}
+  {"event": "notice", "message"}                                  shown on the model page
+  {"event": "error", "message"}                                   why the run failed
+Everything else (logging) goes to stderr, which the worker keeps as the job log.
+
+Iterations count optimizer steps: with batch accumulation k, one iteration is k batches.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
+
+from .augment import BatchTransform, TransformSpec
+from .data import Split, chunk, epoch_order, per_rank_count, shard
+from .lr_policy import LrSchedule
+from .solvers import make_optimizer
+
+log = logging.getLogger("models_app.training")
+
+# Flush buffered training losses (one device sync) at most this often.
+REPORT_SECONDS = 0.5
+# A loss this large, or this many times the first one, has exploded.
+EXPLODED_LOSS = 1e4
+
+
+class TrainingError(Exception):
+    """A failure the user can act on; its message is shown on the job page."""
+
+
+def emit(event: str, **data: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed from RANK/WORLD_SIZE when present (torchrun or the
+    scheduler sets them): NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def reduce_sum(values: list[float], device: torch.device, world_size: int) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a reader never sees half a snapshot
+
+
+def load_pretrained(net: nn.Module, path: str) -> list[str]:
+    """Load every weight whose name and shape match; the rest (the classifier, when the
+    class count differs) keep their fresh initialisation. Returns the re-initialised names."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = saved.get("model", saved)
+    own = net.state_dict()
+    matching = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(matching, strict=False)
+    return [k for k in own if k not in matching]
+
+
+@dataclass
+class Plan:
+    """Iteration arithmetic shared by the loop, the LR schedule and the progress report."""
+
+    batches_per_epoch: int  # per rank
+    accumulation: int
+    total_iterations: int
+    val_every: int
+    snapshot_every: int
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.accumulation)
+
+    def epoch_of(self, iteration: int) -> float:
+        return iteration / self.iterations_per_epoch
+
+    @classmethod
+    def make(cls, spec: dict[str, Any], train_count: int, world_size: int) -> Plan:
+        batches = math.ceil(per_rank_count(train_count, world_size) / int(spec["batch_size"]))
+        accumulation = max(1, int(spec.get("batch_accumulation", 1)))
+        per_epoch = math.ceil(batches / accumulation)
+        return cls(
+            batches_per_epoch=batches,
+            accumulation=accumulation,
+            total_iterations=max(1, math.ceil(float(spec["epochs"]) * per_epoch)),
+            val_every=max(1, round(float(spec.get("val_interval", 1.0)) * per_epoch)),
+            snapshot_every=max(1, round(float(spec.get("snapshot_interval", 1.0)) * per_epoch)),
+        )
+
+
+class Trainer:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.rank, self.world_size, self.device = init_distributed()
+        self.report = self.rank == 0
+        self.seed = int(spec.get("seed", 0))
+        torch.manual_seed(self.seed + self.rank)
+        np.random.seed(self.seed)
+        self.out_dir = Path(spec["output_dir"])
+        workers = int(spec.get("num_workers", 2))
+        cache = int(spec.get("cache_bytes", 2 << 30))
+        self.train_set = Split(spec["train_db"], cache_bytes=cache, workers=workers)
+        self.val_set = Split(spec["val_db"], cache_bytes=cache, workers=workers) if spec.get("val_db") else None
+        if len(self.train_set) == 0:
+            raise TrainingError("The dataset's training split is empty.")
+        mean = np.load(spec["mean_path"]) if spec.get("mean_path") and Path(spec["mean_path"]).exists() else None
+        self.transform_spec = TransformSpec.from_spec(spec)
+        channels, height, width = (int(v) for v in spec["input_shape"])
+        if self.transform_spec.crop_size and self.transform_spec.crop_size > min(height, width):
+            raise TrainingError(
+                f"The crop size {self.transform_spec.crop_size} is larger than the images ({width}x{height}); "
+                "use a smaller crop or a dataset with larger images."
+            )
+        self.transform = BatchTransform(self.transform_spec, mean, self.device, seed=self.seed * 7919 + self.rank)
+        self.input_shape = self.transform_spec.output_shape(channels, height, width)
+        self.num_classes = int(spec["num_classes"])
+        self.plan = Plan.make(spec, len(self.train_set), self.world_size)
+        self.net = self._build_network()
+        self.bare = self.net
+        if self.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(spec, self.net.parameters())
+        self.schedule = LrSchedule.from_spec(spec)
+        plan = self.plan
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda i: self.schedule.learning_rate(i, plan.total_iterations, plan.iterations_per_epoch) / self.schedule.base_lr,
+        )
+        self.autocast_dtype = self._precision()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.iteration = 0
+        self.best_val_loss = math.inf
+        self.bad_validations = 0
+        if spec.get("resume_from"):
+            self._resume(spec["resume_from"])
+
+    # -- setup -------------------------------------------------------------------------
+
+    def notice(self, message: str) -> None:
+        log.info(message)
+        if self.report:
+            emit("notice", message=message)
+
+    def _build_network(self) -> nn.Module:
+        spec = self.spec
+        try:
+            net = build_network(spec["network"], spec.get("custom_code", ""), self.input_shape, self.num_classes)
+        except NetworkCodeError as exc:
+            raise TrainingError(str(exc)) from exc
+        except ValueError as exc:
+            raise TrainingError(f"{exc} Pick a network made for this image size, or set a crop size.") from exc
+        if spec.get("pretrained") and not spec.get("resume_from"):
+            fresh = load_pretrained(net, spec["pretrained"])
+            if fresh:
+                self.notice(
+                    f"Fine-tuning from {spec.get('pretrained_label', 'the base model')}: these layers did not match the "
+                    f"new {self.num_classes}-class network and were re-initialised: {', '.join(fresh)}."
+                )
+            else:
+                self.notice(f"Fine-tuning from {spec.get('pretrained_label', 'the base model')}: every layer was loaded.")
+        return net.to(self.device)
+
+    def _precision(self) -> torch.dtype | None:
+        wanted = self.spec.get("precision", "fp32")
+        if wanted == "fp32":
+            return None
+        if self.device.type != "cuda":
+            self.notice(f"Mixed precision ({wanted}) needs a GPU: this run trains in fp32 on the CPU.")
+            return None
+        return torch.bfloat16 if wanted == "bf16" else torch.float16
+
+    def _resume(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.bare.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
+        self.bad_validations = int(state.get("bad_validations", 0))
+        torch.set_rng_state(state["torch_rng"])
+        self.transform.generator.set_state(state["augment_rng"])
+        self.notice(f"Resumed from the snapshot at epoch {self.plan.epoch_of(self.iteration):g} (iteration {self.iteration}).")
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
+
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        order = shard(epoch_order(len(self.train_set), self.seed, epoch), self.rank, self.world_size)
+        return chunk(order, int(self.spec["batch_size"]))
+
+    def run(self) -> None:
+        plan = self.plan
+        start_iteration = self.iteration
+        started = last_report = time.monotonic()
+        images_since = 0
+        pending: list[tuple[int, torch.Tensor, float]] = []  # (iteration, loss on device, lr)
+        stop = False
+        while self.iteration < plan.total_iterations and not stop:
+            epoch = self.iteration // plan.iterations_per_epoch
+            batches = self._epoch_batches(epoch)
+            first_step = self.iteration - epoch * plan.iterations_per_epoch
+            used = batches[first_step * plan.accumulation :]
+            steps = [used[i : i + plan.accumulation] for i in range(0, len(used), plan.accumulation)]
+            stream = self.train_set.batches(used)
+            self.net.train()
+            for group in steps:
+                if self.iteration >= plan.total_iterations:
+                    break
+                group_size = sum(len(idx) for idx in group)
+                loss_sum = torch.zeros((), device=self.device)
+                for j, _ in enumerate(group):
+                    images, targets = next(stream)
+                    targets = targets.to(self.device, non_blocking=True)
+                    x = self.transform.train(images)
+                    # DDP: only the last batch of an accumulation group all-reduces gradients.
+                    sync = j == len(group) - 1 or self.world_size == 1
+                    ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx, self._autocast():
+                        # Weighted so k accumulated batches give the gradient of one k-times batch.
+                        loss = self.criterion(self.net(x), targets) * (len(targets) / group_size)
+                    self.scaler.scale(loss).backward()
+                    loss_sum += loss.detach()
+                    images_since += len(targets)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.iteration += 1
+                pending.append((self.iteration, loss_sum, lr))
+                now = time.monotonic()
+                boundary = self.iteration % plan.val_every == 0 or self.iteration % plan.snapshot_every == 0
+                if now - last_report >= REPORT_SECONDS or boundary or self.iteration == plan.total_iterations:
+                    self._flush(pending, images_since * self.world_size / max(now - last_report, 1e-9))
+                    self._progress(start_iteration, started, now)
+                    pending, images_since, last_report = [], 0, now
+                stop = self._maybe_validate_and_snapshot()
+                if stop:
+                    break
+        if self.world_size > 1:
+            dist.destroy_process_group()
+
+    def _flush(self, pending: list[tuple[int, torch.Tensor, float]], throughput: float) -> None:
+        if not pending:
+            return
+        losses = torch.stack([p[1] for p in pending]).float().tolist()  # the one device sync
+        first = getattr(self, "_first_loss", None)
+        if first is None:
+            self._first_loss = first = losses[0]
+        for (iteration, _, _), loss in zip(pending, losses):
+            if not math.isfinite(loss) or loss > max(EXPLODED_LOSS, 1000 * abs(first)):
+                raise TrainingError(
+                    f"The loss became {loss:.4g} at iteration {iteration} (epoch {self.plan.epoch_of(iteration):.2f}): "
+                    "training diverged. Try decreasing the learning rate (or add warm-up epochs)."
+                )
+        if not self.report:
+            return
+        rows = [
+            [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
+            for (iteration, _, lr), loss in zip(pending, losses)
+        ]
+        emit("train", rows=rows)
+        last = pending[-1][0]
+        emit("metrics", iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput})
+
+    def _progress(self, start_iteration: int, started: float, now: float) -> None:
+        if not self.report:
+            return
+        plan = self.plan
+        done = self.iteration - start_iteration
+        per_iteration = (now - started) / done if done else None
+        next_snapshot = (self.iteration // plan.snapshot_every + 1) * plan.snapshot_every
+        next_snapshot = min(next_snapshot, plan.total_iterations)
+        emit(
+            "progress",
+            progress=self.iteration / plan.total_iterations,
+            eta=per_iteration * (plan.total_iterations - self.iteration) if per_iteration else None,
+            next_snapshot_eta=per_iteration * (next_snapshot - self.iteration) if per_iteration else None,
+        )
+
+    def _maybe_validate_and_snapshot(self) -> bool:
+        """Validate and snapshot at their intervals (and at the end). True: stop early."""
+        plan, it = self.plan, self.iteration
+        last = it == plan.total_iterations
+        metrics: dict[str, float] = {}
+        stop = False
+        if (it % plan.val_every == 0 or last) and self.val_set is not None and len(self.val_set):
+            metrics = self.evaluate()
+            if self.report:
+                emit("metrics", iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics)
+            patience = self.spec.get("early_stopping_patience")
+            if metrics["val_loss"] < self.best_val_loss:
+                self.best_val_loss, self.bad_validations = metrics["val_loss"], 0
+            else:
+                self.bad_validations += 1
+                if patience and self.bad_validations >= int(patience):
+                    stop = True
+                    self.notice(
+                        f"Early stopping at epoch {plan.epoch_of(it):.2f}: the validation loss has not improved on "
+                        f"{self.best_val_loss:.4f} for {self.bad_validations} validations."
+                    )
+        if it % plan.snapshot_every == 0 or last or stop:
+            self.snapshot(metrics)
+        return stop
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        assert self.val_set is not None
+        self.net.eval()
+        order = shard(torch.arange(len(self.val_set)), self.rank, self.world_size)
+        loss_sum = correct1 = correct5 = count = 0.0
+        for images, targets in self.val_set.batches(chunk(order, int(self.spec["batch_size"]))):
+            targets = targets.to(self.device)
+            with self._autocast():
+                output = self.net(self.transform.eval(images)).float()
+            loss_sum += self.criterion(output, targets).item() * targets.size(0)
+            top = output.topk(min(5, output.size(1)), dim=1).indices
+            hits = top.eq(targets[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            count += targets.size(0)
+        loss_sum, correct1, correct5, count = reduce_sum([loss_sum, correct1, correct5, count], self.device, self.world_size)
+        count = max(count, 1.0)
+        self.net.train()
+        return {"val_loss": loss_sum / count, "val_accuracy": correct1 / count, "val_top5": correct5 / count}
+
+    def snapshot(self, metrics: dict[str, float]) -> None:
+        if not self.report:
+            return
+        spec, it = self.spec, self.iteration
+        filename = f"snapshot_iter_{it}.pt"
+        epoch = round(self.plan.epoch_of(it), 4)
+        save_checkpoint(
+            self.out_dir / filename,
+            {
+                "model": self.bare.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "iteration": it,
+                "epoch": epoch,
+                "best_val_loss": self.best_val_loss,
+                "bad_validations": self.bad_validations,
+                "torch_rng": torch.get_rng_state(),
+                "augment_rng": self.transform.generator.get_state(),
+                "network": spec["network"],
+                "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape),
+                "crop_size": self.transform_spec.crop_size,
+                "mean_subtraction": self.transform_spec.mean_subtraction,
+            },
+        )
+        emit("snapshot", epoch=epoch, iteration=it, filename=filename, **{k: metrics.get(k) for k in ("val_loss", "val_accuracy", "val_top5")})
+
+
+def main(spec: dict[str, Any]) -> None:
+    trainer = Trainer(spec)
+    try:
+        trainer.run()
+    except (TrainingError, torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        if spec.get("network") == "custom" and user_line(exc):
+            raise TrainingError(str(describe_code_error(exc, "Your network failed during training"))) from exc
+        raise
+
+
+def out_of_memory_message(spec: dict[str, Any]) -> str:
+    batch = int(spec.get("batch_size", 0))
+    half = max(1, batch // 2)
+    return (
+        f"Out of memory with batch size {batch}. Try a smaller batch size ({half}), or keep the effective batch with "
+        f"batch size {half} and batch accumulation {2 * int(spec.get('batch_accumulation', 1))}."
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train an image classifier from a job spec.")
+    parser.add_argument("--spec", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    spec = json.loads(args.spec.read_text())
+    try:
+        main(spec)
+    except TrainingError as exc:
+        emit("error", message=str(exc))
+        return 1
+    except (torch.OutOfMemoryError, MemoryError):
+        emit("error", message=out_of_memory_message(spec))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
