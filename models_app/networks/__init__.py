@@ -109,6 +109,8 @@ def build_network(network: str, custom_code: str, input_shape: tuple[int, int, i
     module = load_custom(custom_code)
     try:
         net = module.build(tuple(input_shape), num_classes)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the caller's advice about batch sizes applies
     except Exception as exc:  # noqa: BLE001
         raise describe_code_error(exc, "build() failed") from exc
     if not isinstance(net, torch.nn.Module):

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -33,7 +34,8 @@ class RawLmdbImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         with open_readonly(self.path).begin() as txn:
             arr, label = read_record(txn, index, self.meta)
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), label
+        # A copy: the decoded array may be a read-only view of the LMDB page.
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1))), label
 
 
 class Split:

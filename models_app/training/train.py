@@ -409,9 +409,8 @@ class Trainer:
 
 
 def main(spec: dict[str, Any]) -> None:
-    trainer = Trainer(spec)
     try:
-        trainer.run()
+        Trainer(spec).run()
     except (TrainingError, torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:
