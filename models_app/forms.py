@@ -33,6 +33,7 @@ class ModelForm(forms.ModelForm):
         labels = {
             "base_model": "Previous model (fine-tune)",
             "base_epoch": "Snapshot epoch",
+            "lr_policy": "Policy",
             "lr_step_size": "Step size (%)",
             "lr_steps": "Steps (%)",
             "lr_gamma": "Gamma",

@@ -154,3 +154,43 @@ def test_dataset_from_an_uploaded_archive_with_preview_and_gallery(celery_worker
     page.wait_for_function("document.querySelectorAll('#gallery figure').length === 4")
     assert set(page.locator("#gallery figcaption").all_inner_texts()) <= {f"#{i} · square" for i in range(8)}
     _keep(page, "dataset-explore")
+
+
+def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):  # noqa: ANN001
+    from django.contrib.auth.models import Permission
+
+    dataset = make_dataset(owner, name="form-data")
+    _login(page, live_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_url}/models/new/?dataset={dataset.pk}")
+    # Without the permission there is no custom-code choice.
+    assert page.locator("input[name=network_mode][value=custom]").count() == 0
+    assert page.locator("#customize").is_hidden()
+    # The preview follows the policy; only that policy's fields are shown.
+    page.wait_for_load_state("networkidle")
+    assert not errors, errors
+    page.wait_for_function("document.getElementById('lr-preview').dataset.points === '200'")
+    assert page.locator("#field-lr_gamma").is_hidden()
+    page.select_option("select[name=lr_policy]", "step")
+    page.fill("input[name=lr_step_size]", "50")
+    assert page.locator("#field-lr_gamma").is_visible() and page.locator("#field-lr_power").is_hidden()
+    page.wait_for_function(
+        "(() => { const d = Chart.getChart('lr-preview').data.datasets[0].data;"
+        " return d.length === 200 && Math.abs(d[99].y - 0.01) < 1e-12 && Math.abs(d[100].y - 0.001) < 1e-12; })()"
+    )
+    page.click("#visualize")
+    page.wait_for_selector("#layer-table tbody tr", timeout=60_000)
+    assert "Conv2d" in page.locator("#layer-table").inner_text()
+    _keep(page, "model-new")
+
+    owner.user_permissions.add(Permission.objects.get(codename="submit_custom_network"))
+    page.reload()
+    page.click("#customize")
+    page.wait_for_function("document.querySelector('textarea[name=custom_code]').value.includes('def build')")
+    assert page.locator("input[name=network_mode][value=custom]").is_checked()
+    code = page.locator("textarea[name=custom_code]")
+    code.fill(code.input_value().replace("nn.MaxPool2d(2, 2),\n            nn.Conv2d", "nn.MaxPool2d(2, 2)\n            nn.Conv2d", 1))
+    page.click("#visualize")
+    page.wait_for_selector("#visualize-error", timeout=60_000)
+    assert page.locator("#visualize-error").inner_text().startswith("Line ")

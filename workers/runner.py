@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from .models import Job, JobStatus
 
@@ -67,9 +67,15 @@ def _reader(stream, out: queue.Queue, logfile) -> None:  # noqa: ANN001
     out.put(None)
 
 
-def _still_wanted(job_id: int) -> bool:
-    status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
-    return status == JobStatus.RUNNING
+def _still_wanted(job: Job, *, lock: bool = False) -> bool:
+    """Is this run (the one that claimed the job at job.started_at) still the job's run?
+    An abort, a delete, or an abort followed by a resume that another worker has
+    already claimed all say no. With lock=True the job row stays locked until the
+    caller's transaction ends, so an abort cannot slip in between check and write."""
+    rows = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, started_at=job.started_at)
+    if lock:
+        rows = rows.select_for_update()
+    return rows.exists()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -130,13 +136,22 @@ def run_child(
                 for event in batch:
                     if event.get("event") == "error":
                         result.error = str(event.get("message", ""))
+                close_old_connections()
                 if batch:
-                    close_old_connections()
-                    handle(batch)
-                if not finished and not _still_wanted(job.pk):
+                    # Events are stored only while this run still owns the job: after an
+                    # abort (and a quick resume) late points must not reach the charts.
+                    with transaction.atomic():
+                        wanted = _still_wanted(job, lock=True)
+                        if wanted:
+                            handle(batch)
+                else:
+                    wanted = finished or _still_wanted(job)
+                if not wanted:
                     log.info("job %s no longer running: stopping child %s", job.pk, proc.pid)
                     result.stopped = True
-                    _kill_group(proc)
+                    if not finished:
+                        _kill_group(proc)
+                    break
         except BaseException:
             _kill_group(proc)
             raise

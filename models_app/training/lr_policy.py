@@ -94,6 +94,7 @@ class LrSchedule:
         return lr
 
     def curve(self, epochs: float, points: int = 200) -> list[tuple[float, float]]:
-        """(epoch, lr) pairs for a preview chart, as if an epoch had `points / epochs` steps."""
+        """(epoch, lr) pairs for a preview chart, as if training had `points` steps: the
+        rate of each step from the first (i = 0) to the last (i = points - 1)."""
         per_epoch = points / epochs
-        return [(i / per_epoch, self.learning_rate(i, points, per_epoch)) for i in range(points + 1)]
+        return [(i / per_epoch, self.learning_rate(i, points, per_epoch)) for i in range(points)]

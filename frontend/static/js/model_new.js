@@ -6,6 +6,8 @@
   const $ = function (name) { return form.elements[name]; };
   const field = function (name) { return document.getElementById("field-" + name); };
   const csrf = $("csrfmiddlewaretoken").value;
+  // Not form.dataset: the form's "dataset" field shadows that property.
+  const url = function (name) { return form.getAttribute("data-" + name); };
 
   // -- network mode -----------------------------------------------------------------
   const code = $("custom_code");
@@ -41,7 +43,7 @@
     epochSelect.innerHTML = "";
     const id = $("base_model").value;
     if (!id) return;
-    fetch(form.dataset.modelsApi + id + "/", { credentials: "same-origin" })
+    fetch(url("models-api") + id + "/", { credentials: "same-origin" })
       .then(function (r) { return r.json(); })
       .then(function (data) {
         const latest = document.createElement("option");
@@ -63,7 +65,7 @@
   // -- Customize and Visualize --------------------------------------------------------
   document.getElementById("customize").addEventListener("click", function () {
     const name = $("network").value;
-    fetch(form.dataset.networkApi + name + "/", { credentials: "same-origin" })
+    fetch(url("network-api") + name + "/", { credentials: "same-origin" })
       .then(function (r) { return r.json(); })
       .then(function (data) { code.value = data.source; setMode("custom"); code.focus(); });
   });
@@ -101,7 +103,7 @@
       custom_code: code ? code.value : "", crop_size: $("crop_size").value || null,
     };
     if (mode === "previous") { result.textContent = "Visualize shows standard or custom networks; a fine-tune reuses its base model's network."; return; }
-    fetch(form.dataset.visualizeApi, {
+    fetch(url("visualize-api"), {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
       body: JSON.stringify(body),
@@ -165,7 +167,7 @@
     timer = setTimeout(function () {
       const params = new URLSearchParams();
       LR_INPUTS.forEach(function (name) { params.set(name, $(name).value); });
-      fetch(form.dataset.lrApi + "?" + params.toString(), { credentials: "same-origin" })
+      fetch(url("lr-api") + "?" + params.toString(), { credentials: "same-origin" })
         .then(function (r) { return r.json().then(function (data) { return [r.status, data]; }); })
         .then(function (pair) {
           const error = document.getElementById("lr-preview-error");
