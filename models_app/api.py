@@ -46,7 +46,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrainedModel
-        fields = ["id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "notices", "snapshots"]
+        fields = ["id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "notices", "timings", "snapshots"]
 
 
 class ModelInputSerializer(serializers.ModelSerializer):

@@ -134,6 +134,8 @@ class TrainedModel(models.Model):
 
     # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
     notices = models.JSONField(default=list, blank=True)
+    # Where the last run's time went (startup, training loop, validation, snapshots).
+    timings = models.JSONField(default=dict, blank=True)
 
     class Meta:
         permissions = [("submit_custom_network", "Can train networks from custom PyTorch code")]

@@ -177,6 +177,7 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
     rows: list[Metric] = []
     snapshots: list[dict[str, Any]] = []
     notices: list[str] = []
+    summary: dict[str, Any] | None = None
     next_snapshot_eta = None
 
     def add(iteration: int, epoch: float, values: dict[str, Any]) -> None:
@@ -197,6 +198,10 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
             notices.append(str(event["message"]))
         elif kind == "progress":
             next_snapshot_eta = event.get("next_snapshot_eta")
+        elif kind == "summary":
+            summary = {k: v for k, v in event.items() if k != "event"}
+    if summary is not None:
+        TrainedModel.objects.filter(pk=model_id).update(timings=summary)
     if not rows and not snapshots and not notices:
         return
     with transaction.atomic():

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 # RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_RGB_TO_YIQ_NP = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_TO_YIQ = torch.from_numpy(_RGB_TO_YIQ_NP.astype(np.float32))
+_YIQ_TO_RGB = torch.from_numpy(np.linalg.inv(_RGB_TO_YIQ_NP).astype(np.float32))
+_LUMA = torch.from_numpy(np.array([0.299, 0.587, 0.114], dtype=np.float32))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ Events on stdout (rank 0 only), one JSON object per line:
   {"event": "progress", "progress", "eta", "next_snapshot_eta"}
   {"event": "snapshot", "epoch", "iteration", "filename", "val_loss", "val_accuracy", "val_top5"}
   {"event": "notice", "message"}                                  shown on the model page
+  {"event": "summary", "startup_seconds", "train_seconds", "validation_seconds",
+   "snapshot_seconds", "images", "images_per_second"}            where the time went
   {"event": "error", "message"}                                   why the run failed
 Everything else (logging) goes to stderr, which the worker keeps as the job log.
 
@@ -30,14 +32,23 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
-import torch.distributed as dist
-from torch import nn
+
+# Tiny gradients and momentum terms become denormal floats, which x86 CPUs handle many
+# times slower: flushing them to zero measured up to 20 % faster on LeNet. This must run
+# before anything starts torch's CPU thread pool (the imports below may): pool threads
+# copy the flag only when they are created.
+torch.set_flush_denormal(True)
+
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
 
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
@@ -92,6 +103,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a reader never sees half a snapshot
 
 
+def cpu_copy(value: Any) -> Any:
+    """A deep copy of a state dict whose tensors are on the CPU and owned by the copy."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
+
+
 def load_pretrained(net: nn.Module, path: str) -> list[str]:
     """Load every weight whose name and shape match; the rest (the classifier, when the
     class count differs) keep their fresh initialisation. Returns the re-initialised names."""
@@ -139,6 +161,11 @@ class Trainer:
         self.spec = spec
         self.rank, self.world_size, self.device = init_distributed()
         self.report = self.rank == 0
+        log.info(
+            "rank %d of %d on %s; torch %s with %d threads; affinity %s",
+            self.rank, self.world_size, self.device, torch.__version__, torch.get_num_threads(),
+            sorted(os.sched_getaffinity(0)),
+        )
         self.seed = int(spec.get("seed", 0))
         torch.manual_seed(self.seed + self.rank)
         np.random.seed(self.seed)
@@ -177,6 +204,8 @@ class Trainer:
         )
         self.autocast_dtype = self._precision()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._writing: Future | None = None
         self.iteration = 0
         self.best_val_loss = math.inf
         self.bad_validations = 0
@@ -247,7 +276,9 @@ class Trainer:
         plan = self.plan
         start_iteration = self.iteration
         started = last_report = time.monotonic()
-        images_since = 0
+        startup_seconds = time.time() - psutil.Process().create_time()
+        self.validation_seconds = self.snapshot_seconds = 0.0
+        images_since = images_total = 0
         pending: list[tuple[int, torch.Tensor, float]] = []  # (iteration, loss on device, lr)
         stop = False
         while self.iteration < plan.total_iterations and not stop:
@@ -276,6 +307,7 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                     loss_sum += loss.detach()
                     images_since += len(targets)
+                    images_total += len(targets)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -289,9 +321,26 @@ class Trainer:
                     self._flush(pending, images_since * self.world_size / max(now - last_report, 1e-9))
                     self._progress(start_iteration, started, now)
                     pending, images_since, last_report = [], 0, now
+                paused = time.monotonic()
                 stop = self._maybe_validate_and_snapshot()
+                # The throughput window measures training only, not validation or snapshots.
+                last_report += time.monotonic() - paused
                 if stop:
                     break
+        self.wait_for_snapshots()
+        if self.report:
+            loop = time.monotonic() - started
+            train_seconds = loop - self.validation_seconds
+            images = images_total * self.world_size
+            emit(
+                "summary",
+                startup_seconds=round(startup_seconds, 3),
+                train_seconds=round(train_seconds, 3),
+                validation_seconds=round(self.validation_seconds, 3),
+                snapshot_seconds=round(self.snapshot_seconds, 3),
+                images=images,
+                images_per_second=round(images / train_seconds, 1) if train_seconds > 0 else None,
+            )
         if self.world_size > 1:
             dist.destroy_process_group()
 
@@ -340,7 +389,9 @@ class Trainer:
         metrics: dict[str, float] = {}
         stop = False
         if (it % plan.val_every == 0 or last) and self.val_set is not None and len(self.val_set):
+            began = time.monotonic()
             metrics = self.evaluate()
+            self.validation_seconds += time.monotonic() - began
             if self.report:
                 emit("metrics", iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics)
             patience = self.spec.get("early_stopping_patience")
@@ -355,7 +406,9 @@ class Trainer:
                         f"{self.best_val_loss:.4f} for {self.bad_validations} validations."
                     )
         if it % plan.snapshot_every == 0 or last or stop:
+            began = time.monotonic()
             self.snapshot(metrics)
+            self.snapshot_seconds += time.monotonic() - began
         return stop
 
     @torch.no_grad()
@@ -385,8 +438,10 @@ class Trainer:
         spec, it = self.spec, self.iteration
         filename = f"snapshot_iter_{it}.pt"
         epoch = round(self.plan.epoch_of(it), 4)
-        save_checkpoint(
-            self.out_dir / filename,
+        # Training goes on while the snapshot is written: a private CPU copy of the state
+        # is taken now, and a background thread serialises it. The event is sent once
+        # the file is in place, so a snapshot that is listed always exists.
+        state = cpu_copy(
             {
                 "model": self.bare.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -403,20 +458,44 @@ class Trainer:
                 "input_shape": list(self.input_shape),
                 "crop_size": self.transform_spec.crop_size,
                 "mean_subtraction": self.transform_spec.mean_subtraction,
-            },
+            }
         )
-        emit("snapshot", epoch=epoch, iteration=it, filename=filename, **{k: metrics.get(k) for k in ("val_loss", "val_accuracy", "val_top5")})
+        event = {"epoch": epoch, "iteration": it, "filename": filename, **{k: metrics.get(k) for k in ("val_loss", "val_accuracy", "val_top5")}}
+
+        def write() -> None:
+            try:
+                save_checkpoint(self.out_dir / filename, state)
+            except OSError as exc:
+                raise TrainingError(
+                    f"Could not write the snapshot at epoch {epoch:g} ({exc.strerror or exc}). The disk may be full: "
+                    "free some space, then resume the model from its last snapshot."
+                ) from exc
+            emit("snapshot", **event)
+
+        self.wait_for_snapshots()  # one at a time: memory stays bounded, files stay in order
+        self._writing = self._writer.submit(write)
+
+    def wait_for_snapshots(self) -> None:
+        """Block until the snapshot being written is on disk (re-raising its error)."""
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
 
 
 def main(spec: dict[str, Any]) -> None:
+    trainer = None
     try:
-        Trainer(spec).run()
+        trainer = Trainer(spec)
+        trainer.run()
     except (TrainingError, torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:
         if spec.get("network") == "custom" and user_line(exc):
             raise TrainingError(str(describe_code_error(exc, "Your network failed during training"))) from exc
         raise
+    finally:
+        if trainer is not None:
+            trainer.wait_for_snapshots()  # what was written before a failure is kept
 
 
 def out_of_memory_message(spec: dict[str, Any]) -> str:
