@@ -28,9 +28,10 @@ test: install-test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Benchmarks: dataset ingestion (prints ratios against baselines measured in the same run).
+## Benchmarks: dataset ingestion and training throughput (ratios against baselines measured in the same run).
 bench: install
 	$(PY) -m bench.dataset_build
+	$(PY) -m bench.training
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -131,7 +131,10 @@ def main() -> None:
     args = parser.parse_args()
     import redis
 
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    try:
+        redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    except redis.RedisError as exc:
+        raise SystemExit(f"Redis is not reachable at {os.environ['REDIS_URL']} ({exc}): start redis-server or set BENCH_REDIS_URL.") from None
     call_command("migrate", verbosity=0)
     owner = get_user_model().objects.create_user("bench", password="bench-only")
     worker = start_worker()
