@@ -194,3 +194,31 @@ def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):  
     page.click("#visualize")
     page.wait_for_selector("#visualize-error", timeout=60_000)
     assert page.locator("#visualize-error").inner_text().startswith("Line ")
+
+
+def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, page, owner, shapes_folder):  # noqa: ANN001
+    from tests.conftest import token_client, wait_for_status
+
+    api = token_client(owner)
+    response = api.post("/api/datasets/", {"name": "live-shapes", "folder": str(shapes_folder), "val_percent": 20}, format="json")
+    dataset_id = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/new/?dataset={dataset_id}")
+    page.fill("input[name=name]", "live-lenet")
+    page.fill("input[name=epochs]", "30")
+    page.fill("input[name=batch_size]", "16")
+    page.fill("input[name=snapshot_interval]", "10")
+    page.select_option("select[name=lr_policy]", "cosine")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_url}/models/*/")
+    # Points arrive over the websocket while it trains: no reload.
+    page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length > 20", timeout=60_000)
+    page.wait_for_function("document.getElementById('next-snapshot').textContent.includes('Next snapshot')", timeout=30_000)
+    page.wait_for_function("document.getElementById('job-status').textContent.trim() === 'Done'", timeout=120_000)
+    page.reload()
+    assert page.locator("#snapshots tbody tr").count() == 3
+    assert "images/s" in page.locator("#timings").inner_text()
+    points = page.evaluate("Chart.getChart('lr-chart').data.datasets[0].data.length")
+    assert points == 30 * 15  # every iteration: 240 images / batch 16
+    _keep(page, "model-detail")

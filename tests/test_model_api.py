@@ -255,3 +255,19 @@ def test_stranger_cannot_edit_or_resume_but_reads(owner, stranger):  # noqa: ANN
     owner_api = token_client(owner)
     edited = owner_api.patch(f"/api/models/{model.pk}/", {"name": "renamed", "group": "g1"}, format="json").json()
     assert edited["job"]["name"] == "renamed" and edited["job"]["group"] == "g1"
+
+
+@pytest.mark.e2e
+def test_a_waiting_model_fails_with_the_reason_when_its_dataset_fails(celery_worker_process, api, owner):  # noqa: ANN001
+    from workers.services import job_fail
+
+    dataset = make_dataset(owner, name="still-building", status="running")
+    response = api.post("/api/models/", {"name": "waits", "dataset": dataset.pk}, format="json")
+    assert response.status_code == 201, response.content
+    model_id = response.json()["id"]
+    time.sleep(2)  # the worker has picked it up and waits
+    assert api.get(f"/api/models/{model_id}/").json()["job"]["status"] == "queued"
+    job_fail(dataset.pk, "No usable images: every file was corrupt.")
+    failed = wait_for_status(api, f"/api/models/{model_id}/", {"error", "done"}, timeout=30)
+    assert failed["job"]["status"] == "error"
+    assert failed["job"]["error"] == "Dataset 'still-building' did not build (error): No usable images: every file was corrupt."
