@@ -385,3 +385,18 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3
     a, b = _final_weights(tmp_path / "killed", resumed), _final_weights(tmp_path / "straight", straight)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):  # noqa: ANN001
+    from models_app.training.data import Split
+
+    split = Split(shapes3 / "train_db", cache_bytes=1 << 30, workers=0)
+    assert split.in_memory and split.images.shape == (45, 3, 28, 28)
+    assert not split.move_to(torch.device("cpu"), budget_bytes=45 * 3 * 28 * 28 - 1)
+    assert split.move_to(torch.device("cpu"), budget_bytes=45 * 3 * 28 * 28)
+    (images, labels), = split.batches([torch.tensor([3, 1])])
+    assert torch.equal(images, split.images[[3, 1]]) and labels.tolist() == split.labels[[3, 1]].tolist()
+    streamed = Split(shapes3 / "train_db", cache_bytes=0, workers=0)
+    assert not streamed.in_memory and not streamed.move_to(torch.device("cpu"), budget_bytes=1 << 30)
+    (s_images, s_labels), = streamed.batches([torch.tensor([3, 1])])
+    assert torch.equal(s_images, images) and torch.equal(s_labels, labels)

@@ -74,11 +74,23 @@ class Split:
             start += len(batch)
         self.images, self.labels = images, labels
 
+    def move_to(self, device: torch.device, budget_bytes: int) -> bool:
+        """Keep an in-memory split on the GPU when it fits `budget_bytes`: batches are then
+        gathered there, with no host-to-device copy per step."""
+        if not self.in_memory or self.images is None or self.labels is None:
+            return False
+        if self.images.numel() > budget_bytes:
+            return False
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return True
+
     def batches(self, index_batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, int64 labels) for each batch of indices, in order."""
         if self.in_memory:
             assert self.images is not None and self.labels is not None
+            device = self.images.device
             for idx in index_batches:
+                idx = idx.to(device, non_blocking=True)
                 yield self.images[idx], self.labels[idx]
             return
         loader = DataLoader(

@@ -176,6 +176,13 @@ class Trainer:
         self.val_set = Split(spec["val_db"], cache_bytes=cache, workers=workers) if spec.get("val_db") else None
         if len(self.train_set) == 0:
             raise TrainingError("The dataset's training split is empty.")
+        if self.device.type == "cuda":
+            # Up to a quarter of the GPU's memory may hold the dataset itself.
+            budget = torch.cuda.get_device_properties(self.device).total_memory // 4
+            for split in (self.train_set, self.val_set):
+                if split is not None and split.move_to(self.device, budget):
+                    budget -= split.images.numel()
+                    log.info("%s is held in GPU memory", split.path.name)
         mean = np.load(spec["mean_path"]) if spec.get("mean_path") and Path(spec["mean_path"]).exists() else None
         self.transform_spec = TransformSpec.from_spec(spec)
         channels, height, width = (int(v) for v in spec["input_shape"])
