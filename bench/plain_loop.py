@@ -3,6 +3,8 @@ in-memory tensors, run as its own fresh process like the training child, so both
 the same start-up (e.g. oneDNN's first-call costs) inside their measured loops.
 
     python -m bench.plain_loop TRAIN_DB MEAN_NPY NETWORK EPOCHS BATCH LR   # prints images/s
+
+bench/training.py runs it with the training child's environment (CHILD_ENV) too.
 """
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ For each case, in the same run and on the same LMDB dataset:
     no metrics, no validation, no snapshots;
   * runs alternate (plain, system, plain, system, plain, system, plain) because this machine
     drifts by 20 % within a minute; the best of each counts;
-  * denormal floats are flushed to zero in both (the training child does this on the
-    CPU; without it either loop can lose 20 % at random to denormal arithmetic);
+  * both run under the same settings the worker gives the training child: denormal
+    floats flushed to zero (without it either loop can lose 20 % at random to denormal
+    arithmetic) and the malloc variables of `models_app.training.CHILD_ENV`;
   * the ratio of the system's training-loop images/s (which includes its data pipeline,
     metric reporting and snapshots, but not validation) to the plain loop's (target ≥ 0.95),
     and the end-to-end ratio of the whole job (start-up, validation and all).
@@ -52,6 +53,7 @@ from django.core.management import call_command  # noqa: E402
 from bench.dataset_build import make_folder  # noqa: E402
 from datasets.services import DatasetParams, dataset_create  # noqa: E402
 from models_app.models import TrainedModel  # noqa: E402
+from models_app.training import CHILD_ENV  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
 
@@ -76,7 +78,7 @@ def plain_loop(network: str, train_db: Path, mean_path: Path, epochs: int, batch
     """images/s of bench/plain_loop.py in a fresh process (see there)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.plain_loop", str(train_db), str(mean_path), network, str(epochs), str(batch), str(lr)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT, check=True, capture_output=True, text=True, env={**os.environ, **CHILD_ENV},
     )
     return float(out.stdout.strip().splitlines()[-1])
 

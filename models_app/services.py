@@ -239,8 +239,11 @@ def model_train_run(job_id: int) -> None:
     model = TrainedModel.objects.select_related("dataset__job").get(pk=job_id)
     if not _wait_for_dataset(model):
         return
+    from .training import CHILD_ENV
+
     outcome = run_job(
-        job_id, "models_app.training.train", lambda job: model_train_spec(job.model), lambda b: model_record_events(job_id, b)
+        job_id, "models_app.training.train", lambda job: model_train_spec(job.model), lambda b: model_record_events(job_id, b),
+        env=CHILD_ENV,
     )
     if outcome is None or outcome.stopped or outcome.returncode != 0:
         return

@@ -5,6 +5,8 @@ The Celery worker launches this as a child process; it also runs by hand or unde
     python -m models_app.training.train --spec jobs/42/spec.json
     torchrun --nproc-per-node 2 -m models_app.training.train --spec jobs/42/spec.json
 
+(the worker also sets the allocator variables of `models_app.training.CHILD_ENV`).
+
 The spec (written by `models_app.services.model_train_spec`) holds the dataset paths, the
 network (standard name or custom code), solver, learning-rate policy, transforms and
 intervals; `resume_from` continues from a snapshot and `pretrained` starts from weights.
