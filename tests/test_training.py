@@ -400,3 +400,12 @@ def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):  # noqa:
     assert not streamed.in_memory and not streamed.move_to(torch.device("cpu"), budget_bytes=1 << 30)
     (s_images, s_labels), = streamed.batches([torch.tensor([3, 1])])
     assert torch.equal(s_images, images) and torch.equal(s_labels, labels)
+
+
+def test_a_snapshot_without_optimizer_state_cannot_be_resumed(shapes3, tmp_path):  # noqa: ANN001
+    events = run_training(make_spec(shapes3, tmp_path / "first", epochs=1))
+    state = torch.load(tmp_path / "first" / snapshots(events)[-1]["filename"], weights_only=True)
+    old = tmp_path / "old.pt"
+    torch.save({k: state[k] for k in ("model", "epoch", "network", "num_classes", "input_shape")}, old)
+    with pytest.raises(TrainingError, match="cannot be resumed; clone the model"):
+        run_training(make_spec(shapes3, tmp_path / "again", epochs=2, resume_from=str(old)))

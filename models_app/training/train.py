@@ -257,7 +257,12 @@ class Trainer:
         return torch.bfloat16 if wanted == "bf16" else torch.float16
 
     def _resume(self, path: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "scheduler" not in state:
+            raise TrainingError(
+                "This snapshot was saved by an older version without the optimizer state, so it cannot be resumed; "
+                "clone the model, or fine-tune from this snapshot."
+            )
         self.bare.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
