@@ -32,4 +32,3 @@ def job_log(request: HttpRequest, pk: int) -> HttpResponse:
     """The whole raw log of a job as text (?download=1: as a file). Teammates may read it."""
     job = get_object_or_404(Job, pk=pk)
     return job_log_response(job, download=request.GET.get("download") == "1")
-
