@@ -11,7 +11,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from workers.api import JobSerializer, require_owner
+from workers.api import JobEditSerializer, JobSerializer, require_owner
 from workers.services import JobError, job_abort, job_update
 
 from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
@@ -93,20 +93,15 @@ class DatasetListApi(APIView):
 
 
 class DatasetDetailApi(APIView):
-    class EditSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200, required=False)
-        group = serializers.CharField(max_length=100, required=False, allow_blank=True)
-        notes = serializers.CharField(required=False, allow_blank=True)
-
     @extend_schema(responses=DatasetOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(DatasetOutputSerializer(get_object_or_404(dataset_list(), pk=pk)).data)
 
-    @extend_schema(request=EditSerializer, responses=DatasetOutputSerializer)
+    @extend_schema(request=JobEditSerializer, responses=DatasetOutputSerializer)
     def patch(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
         require_owner(dataset.job, request.user)
-        data = self.EditSerializer(data=request.data)
+        data = JobEditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job_update(dataset.job, **data.validated_data)
         return Response(DatasetOutputSerializer(dataset).data)

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from datasets.selectors import dataset_list
-from workers.api import JobSerializer, require_owner
+from workers.api import JobEditSerializer, JobSerializer, require_owner
 from workers.services import JobError, job_abort, job_update
 
 from .export import archive_name, build_archive
@@ -88,20 +88,15 @@ class ModelListApi(APIView):
 
 
 class ModelDetailApi(APIView):
-    class EditSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200, required=False)
-        group = serializers.CharField(max_length=100, required=False, allow_blank=True)
-        notes = serializers.CharField(required=False, allow_blank=True)
-
     @extend_schema(responses=ModelOutputSerializer)
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return Response(ModelOutputSerializer(get_object_or_404(model_list(), pk=pk)).data)
 
-    @extend_schema(request=EditSerializer, responses=ModelOutputSerializer)
+    @extend_schema(request=JobEditSerializer, responses=ModelOutputSerializer)
     def patch(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
         require_owner(model.job, request.user)
-        data = self.EditSerializer(data=request.data)
+        data = JobEditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job_update(model.job, **data.validated_data)
         return Response(ModelOutputSerializer(model).data)

@@ -43,6 +43,14 @@ class JobEventSerializer(serializers.ModelSerializer):
         fields = ["status", "at", "message"]
 
 
+class JobEditSerializer(serializers.Serializer):
+    """What anyone may change on their job at any time (PATCH on datasets and models)."""
+
+    name = serializers.CharField(max_length=200, required=False)
+    group = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    notes = serializers.CharField(required=False, allow_blank=True)
+
+
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     duration_seconds = serializers.FloatField(read_only=True)
