@@ -71,7 +71,7 @@ def wait(job_id: int, timeout: float = 3600) -> Job:
             return job
         if time.monotonic() > deadline:
             raise SystemExit(f"job {job_id} timed out")
-        time.sleep(0.2)
+        time.sleep(1.0)  # the harness itself should not compete with the training threads
 
 
 def plain_loop(network: str, train_db: Path, mean_path: Path, epochs: int, batch: int, lr: float) -> float:
