@@ -80,20 +80,13 @@ class ModelForm(forms.ModelForm):
     def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(title, [self[name] for name in names]) for title, names in self.SECTIONS]
 
-    def params(self) -> dict:
-        """Cleaned values for `model_create`."""
-        return {k: v for k, v in self.cleaned_data.items()}
-
 
 def network_choices() -> list[tuple[str, str]]:
-    from .networks import STANDARD_NETWORKS, intended_input
+    """The standard networks labelled with their intended input size, then custom code."""
+    from .authoring import network_catalogue
 
-    labels = dict(Network.choices)
-    choices = []
-    for name in STANDARD_NETWORKS:
-        height, width = intended_input(name)
-        choices.append((name, f"{labels[name]} ({width}x{height})"))
-    return [*choices, (Network.CUSTOM, labels[Network.CUSTOM])]
+    standard = [(n["name"], f"{n['label']} ({n['intended_input'][1]}x{n['intended_input'][0]})") for n in network_catalogue()]
+    return [*standard, (Network.CUSTOM, Network.CUSTOM.label)]
 
 
 class ClassifyForm(forms.Form):

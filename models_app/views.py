@@ -27,7 +27,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            model = model_create(owner=request.user, **form.params())
+            model = model_create(owner=request.user, **form.cleaned_data)
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
