@@ -280,7 +280,17 @@ def dataset_remove_partial(dataset: Dataset) -> None:
 
 
 def dataset_build_run(job_id: int) -> None:
-    """Run a queued build (called by the Celery task) and record its outcome."""
+    """Run a queued build (called by the Celery task) and record its outcome; then let the
+    scheduler start (or fail) the models that waited for it."""
+    from workers.scheduler import schedule
+
+    try:
+        _dataset_build(job_id)
+    finally:
+        schedule()
+
+
+def _dataset_build(job_id: int) -> None:
     from workers.runner import run_job
 
     results: dict[str, Any] = {}

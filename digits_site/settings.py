@@ -2,6 +2,8 @@
 `make run` work with nothing set: SQLite in the data directory, Redis on localhost."""
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -132,6 +134,27 @@ TRAIN_LOADER_WORKERS = int(env("DIGITS_TRAIN_LOADER_WORKERS", "2"))
 SANDBOX_SECONDS = int(env("DIGITS_SANDBOX_SECONDS", "60"))
 SANDBOX_MEMORY_BYTES = int(env("DIGITS_SANDBOX_MEMORY_BYTES", str(8 * 1024**3)))
 
+# Devices and scheduling (workers/devices.py, workers/scheduler.py).
+# A host without GPUs offers this many CPU "devices" (one pinned worker each).
+CPU_DEVICES = int(env("DIGITS_CPU_DEVICES", "1"))
+# Torch threads of a job on a CPU device: the host's cores shared among its CPU devices.
+CPU_DEVICE_THREADS = int(env("DIGITS_CPU_DEVICE_THREADS", "0")) or max(1, (os.cpu_count() or 1) // max(1, CPU_DEVICES))
+# This host's name and the address other hosts reach it at (for multi-host DDP).
+HOST_NAME = env("DIGITS_HOST_NAME", socket.gethostname())
+HOST_ADDRESS = env("DIGITS_HOST_ADDRESS", "127.0.0.1")
+DEVICE_HEARTBEAT_SECONDS = float(env("DIGITS_DEVICE_HEARTBEAT_SECONDS", "3"))
+# A device silent this long is lost: its job is requeued to resume from its last snapshot.
+DEVICE_DEAD_SECONDS = float(env("DIGITS_DEVICE_DEAD_SECONDS", "15"))
+# Devices one user's jobs may hold at once (0: no limit); admins set per-user overrides.
+USER_DEVICE_LIMIT = int(env("DIGITS_USER_DEVICE_LIMIT", "0"))
+# Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this
+# long; then nothing behind it starts until it fits, so large jobs cannot starve.
+SCHEDULER_BACKFILL_SECONDS = float(env("DIGITS_SCHEDULER_BACKFILL_SECONDS", "1800"))
+# A job requeued this many times after lost workers fails instead of looping.
+MAX_INTERRUPTIONS = int(env("DIGITS_MAX_INTERRUPTIONS", "3"))
+# Ranks wait this long for rank 0 and for each other (torch.distributed timeout).
+RENDEZVOUS_SECONDS = float(env("DIGITS_RENDEZVOUS_SECONDS", "120"))
+
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
@@ -153,7 +176,6 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}
 CELERY_TASK_ROUTES = {
     "datasets.tasks.*": {"queue": "datasets"},
-    "models_app.tasks.*": {"queue": "training"},
 }
 
 REST_FRAMEWORK = {

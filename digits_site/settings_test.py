@@ -9,6 +9,13 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
 os.environ.setdefault("DIGITS_DATA_DIR", tempfile.mkdtemp(prefix="digits-test-"))
 os.environ.setdefault("DIGITS_DATA_ROOTS", os.path.join(os.environ["DIGITS_DATA_DIR"], "images"))
 os.environ.setdefault("DIGITS_CHANNEL_PREFIX", "digits-test")
+# Two CPU devices of one thread each; heartbeats fast enough that a killed worker is
+# noticed in seconds.
+os.environ.setdefault("DIGITS_CPU_DEVICES", "2")
+os.environ.setdefault("DIGITS_CPU_DEVICE_THREADS", "1")
+os.environ.setdefault("DIGITS_DEVICE_HEARTBEAT_SECONDS", "0.5")
+os.environ.setdefault("DIGITS_DEVICE_DEAD_SECONDS", "4")
+os.environ.setdefault("DIGITS_RENDEZVOUS_SECONDS", "30")
 
 from .settings import *  # noqa: E402,F403
 

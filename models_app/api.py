@@ -14,7 +14,8 @@ from rest_framework.views import APIView
 
 from datasets.selectors import dataset_list
 from workers.api import JobEditSerializer, JobSerializer, require_owner
-from workers.services import JobError, job_abort, job_update
+from workers.models import Priority
+from workers.services import JobError, job_abort, job_update, placement_check
 
 from .export import archive_name, build_archive
 from .models import Snapshot, TrainedModel
@@ -58,17 +59,38 @@ class ModelInputSerializer(serializers.ModelSerializer):
     dataset = serializers.PrimaryKeyRelatedField(queryset=dataset_list())
     base_model = serializers.PrimaryKeyRelatedField(queryset=model_list(), required=False, allow_null=True)
 
+    # Placement and queue (see workers/scheduler.py).
+    devices = serializers.IntegerField(min_value=1, required=False, default=1, help_text="Devices (ranks) to train on.")
+    device_ids = serializers.ListField(
+        child=serializers.IntegerField(), required=False, default=list,
+        help_text="Exactly these devices (GET /api/devices/); overrides `devices`.",
+    )
+    multi_host = serializers.BooleanField(required=False, default=False, help_text="May the ranks span several hosts?")
+    priority = serializers.ChoiceField(
+        choices=[p.name.lower() for p in Priority], required=False, default="normal",
+        help_text="low or normal; admins may also use high and urgent.",
+    )
+
     class Meta:
         model = TrainedModel
-        fields = ["name", "group", "notes", "dataset", *PARAM_FIELDS]
+        fields = ["name", "group", "notes", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority"]
 
 
 def _create(request, data: dict) -> Response:  # noqa: ANN001
     """Validate `data`, create the model; a service error names its field when it can."""
     serializer = ModelInputSerializer(data=data)
     serializer.is_valid(raise_exception=True)
+    values = dict(serializer.validated_data)
     try:
-        model = model_create(owner=request.user, **serializer.validated_data)
+        placement = placement_check(
+            request.user,
+            devices=values.pop("devices"),
+            device_ids=values.pop("device_ids"),
+            multi_host=values.pop("multi_host"),
+            priority=Priority[values.pop("priority").upper()],
+            batch_size=values.get("batch_size"),
+        )
+        model = model_create(owner=request.user, placement=placement, **values)
     except JobError as exc:
         if exc.field:
             raise serializers.ValidationError({exc.field: [str(exc)]}) from exc

@@ -4,6 +4,8 @@ from django import forms
 
 from datasets.selectors import dataset_usable_list
 
+from workers.models import Device, Priority
+
 from .models import Network, TrainedModel
 from .selectors import model_list
 from .services import PARAM_FIELDS
@@ -21,11 +23,30 @@ class ModelForm(forms.ModelForm):
         ("Learning-rate policy", ["lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs"]),
         ("Data transforms", ["crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter"]),
         ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "early_stopping_patience"]),
+        ("Devices and queue", ["placement", "devices", "device_ids", "multi_host", "priority"]),
     ]
+    PLACEMENT_FIELDS = ["placement", "devices", "device_ids", "multi_host", "priority"]
 
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    placement = forms.ChoiceField(
+        choices=[("next", "Next available device"), ("count", "A number of devices"), ("specific", "Specific devices")],
+        initial="next", widget=forms.RadioSelect, label="Run on", required=False,
+    )
+    devices = forms.IntegerField(
+        min_value=1, initial=1, required=False, label="Number of devices",
+        help_text="One rank per device (DDP). The batch size is the global batch, split evenly over them.",
+    )
+    device_ids = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, widget=forms.CheckboxSelectMultiple, label="Devices",
+        help_text="The job starts when all of them are free at once.",
+    )
+    multi_host = forms.BooleanField(required=False, label="Allow several hosts", help_text="Ranks on one host are faster; allow this to start sooner on a busy team.")
+    priority = forms.TypedChoiceField(
+        coerce=int, initial=Priority.NORMAL, empty_value=Priority.NORMAL, required=False, label="Priority",
+        help_text="First come, first served within a priority.",
+    )
 
     class Meta:
         model = TrainedModel
@@ -68,6 +89,7 @@ class ModelForm(forms.ModelForm):
         self.fields["base_model"].label_from_instance = lambda m: f"{m.job.name} ({m.get_network_display()}, #{m.pk})"
         self.fields["network"].choices = network_choices()
         self.fields["custom_code"].required = False
+        self._placement_fields(user)
         from .services import can_submit_code
 
         if user is not None and not can_submit_code(user):
@@ -76,6 +98,51 @@ class ModelForm(forms.ModelForm):
             self.fields["custom_code"].help_text = (
                 "Custom code needs the 'Can train networks from custom PyTorch code' permission; ask an admin."
             )
+
+    def _placement_fields(self, user) -> None:  # noqa: ANN001
+        """Each device labelled with what runs on it and what waits for it (DIGITS users
+        asked to see that before picking), and the priorities this user may choose."""
+        from workers.selectors import device_board
+
+        board = {row["device"].pk: row for row in device_board()}
+        field = self.fields["device_ids"]
+        field.queryset = Device.objects.all()
+
+        def label(device: Device) -> str:
+            row = board.get(device.pk, {})
+            allocation = row.get("allocation")
+            state = "offline" if not device.online else ("drained" if not device.enabled else "free")
+            if allocation is not None and allocation.job is not None:
+                state = f"running {allocation.job.name!r} ({allocation.owner.username})"
+            asked = len(row.get("asked", []))
+            waiting = f"; {asked} queued job{'s' if asked != 1 else ''} asked for it" if asked else ""
+            return f"{device.label}: {device.name}, {state}{waiting}"
+
+        field.label_from_instance = label
+        allowed = Priority.values if user is not None and user.is_staff else Priority.for_users()
+        self.fields["priority"].choices = [(v, label) for v, label in Priority.choices if v in allowed]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        mode = data.get("placement") or "next"
+        if mode == "next":
+            data["devices"], data["device_ids"] = 1, []
+        elif mode == "count":
+            data["device_ids"] = []
+            data["devices"] = data.get("devices") or 1
+        elif not data.get("device_ids"):
+            self.add_error("device_ids", "Pick at least one device.")
+        return data
+
+    def split(self) -> tuple[dict, dict]:
+        """(model parameters, placement request) from the cleaned data."""
+        data = dict(self.cleaned_data)
+        placement = {name: data.pop(name, None) for name in self.PLACEMENT_FIELDS}
+        placement.pop("placement")
+        placement["device_ids"] = [d.pk for d in placement["device_ids"] or []]
+        if placement["device_ids"]:
+            placement["devices"] = None
+        return data, placement
 
     def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(title, [self[name] for name in names]) for title, names in self.SECTIONS]

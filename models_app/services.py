@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from datasets.models import Dataset
-from workers.models import JobKind, JobStatus
-from workers.services import JobError, job_create, job_delete, job_fail, job_transition
+from workers.models import AllocationOutcome, Job, JobKind, JobStatus, Priority
+from workers.services import JobError, Placement, job_create, job_delete, job_transition
 
 from .models import LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import network_module
@@ -95,6 +97,7 @@ def model_create(
     dataset: Dataset,
     group: str = "",
     notes: str = "",
+    placement: Placement | None = None,
     **params: Any,
 ) -> TrainedModel:
     if dataset.job.status in (JobStatus.ERROR, JobStatus.ABORTED):
@@ -106,7 +109,13 @@ def model_create(
     if unknown:
         raise JobError(f"Unknown parameters: {', '.join(sorted(unknown))}.")
     params = validate_params(owner, dataset, params)
-    job = job_create(kind=JobKind.MODEL, name=name, owner=owner, group=group, notes=notes)
+    placement = placement or Placement()
+    batch = params.get("batch_size") or TrainedModel._meta.get_field("batch_size").default
+    if batch % placement.devices:
+        raise JobError(
+            f"The batch size is split over the devices: {batch} is not a multiple of {placement.devices}.", field="batch_size"
+        )
+    job = job_create(kind=JobKind.MODEL, name=name, owner=owner, group=group, notes=notes, placement=placement)
     model = TrainedModel.objects.create(job=job, dataset=dataset, **params)
     if model.base_model is not None:
         # Copy the weights: the fine-tune keeps working if the base model is deleted.
@@ -119,17 +128,25 @@ def model_create(
 
 
 def _enqueue(model: TrainedModel, *, from_: list[str], message: str = "") -> None:
-    job_transition(model.pk, JobStatus.QUEUED, from_=from_, message=message)
-    from .tasks import model_train_task
+    """Queue at the back of its priority; the scheduler places it when devices are free."""
+    from workers.scheduler import schedule_on_commit
 
-    transaction.on_commit(lambda: model_train_task.delay(model.pk))
+    job_transition(model.pk, JobStatus.QUEUED, from_=from_, message=message, also={"queue_position": time.time()})
+    schedule_on_commit()
 
 
 def model_clone_params(model: TrainedModel) -> dict[str, Any]:
     """What "Clone" prefills: every parameter, the dataset and a new name."""
     values = {f: getattr(model, f) for f in PARAM_FIELDS}
     values["base_model"] = model.base_model_id
-    return {"name": f"{model.job.name} (clone)", "dataset": model.dataset_id, "group": model.job.group, **values}
+    job = model.job
+    placement = {
+        "devices": job.devices_requested,
+        "device_ids": list(job.requested_devices.values_list("pk", flat=True)),
+        "priority": Priority(job.priority).name.lower(),
+        "multi_host": job.multi_host,
+    }
+    return {"name": f"{job.name} (clone)", "dataset": model.dataset_id, "group": job.group, **values, **placement}
 
 
 @transaction.atomic
@@ -232,38 +249,110 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
         )
 
 
-def model_train_run(job_id: int) -> None:
-    """Run a queued training job (called by the Celery task)."""
-    from workers.runner import run_job
+def model_rank_run(allocation_id: int) -> None:
+    """Run one rank of a placed training job (called by the Celery task on the device's
+    own worker). Rank 0 stores and publishes the events and finishes the job; any rank's
+    failure ends the job for all (the others see it and stop), or, when a rank lost its
+    peers, requeues it to resume from the last snapshot."""
+    from workers.ranks import claim_allocation, join, rank_env, release
+    from workers.runner import failure_message, last_progress, run_child
+    from workers.scheduler import schedule
+    from workers.services import job_set_progress
 
-    model = TrainedModel.objects.select_related("dataset__job").get(pk=job_id)
-    if not _wait_for_dataset(model):
-        return
     from .training import CHILD_ENV
 
-    outcome = run_job(
-        job_id, "models_app.training.train", lambda job: model_train_spec(job.model), lambda b: model_record_events(job_id, b),
-        env=CHILD_ENV,
-    )
-    if outcome is None or outcome.stopped or outcome.returncode != 0:
+    allocation = claim_allocation(allocation_id)
+    if allocation is None:
         return
-    job_transition(job_id, JobStatus.DONE, from_=[JobStatus.RUNNING])
+    outcome = AllocationOutcome.SKIPPED
+    try:
+        job = join(allocation)
+        if job is None:
+            return
+        reporter = allocation.rank == 0
+
+        def relay(batch: list[dict[str, Any]]) -> None:
+            if not reporter:
+                return  # rank 0 reports for all; the others only run
+            progress = last_progress(batch)
+            if progress is not None:
+                job_set_progress(job.pk, float(progress.get("progress", 0.0)), progress.get("eta"))
+            model_record_events(job.pk, batch)
+
+        model = TrainedModel.objects.select_related("dataset").get(pk=job.pk)
+        result = run_child(
+            job, "models_app.training.train", model_train_spec(model), relay,
+            env={**CHILD_ENV, **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
+        )
+        if result.stopped:
+            status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+            outcome = AllocationOutcome.ABORTED if status in (None, JobStatus.ABORTED) else (
+                AllocationOutcome.INTERRUPTED if status == JobStatus.QUEUED else AllocationOutcome.ERROR
+            )
+        elif result.returncode == 0:
+            outcome = AllocationOutcome.DONE
+            if reporter:
+                job_transition(job.pk, JobStatus.DONE, from_=[JobStatus.RUNNING], where={"attempt": allocation.attempt})
+        elif result.peer_lost:
+            outcome = AllocationOutcome.INTERRUPTED
+            # Most often a peer's worker died: give the reaper the time to notice, so the
+            # requeued job is not placed on that device again; then requeue it ourselves
+            # (a peer that hangs, with its worker alive, is never reaped).
+            deadline = time.monotonic() + settings.DEVICE_DEAD_SECONDS + 2 * settings.DEVICE_HEARTBEAT_SECONDS
+            current = Job.objects.filter(pk=job.pk, attempt=allocation.attempt, status__in=JobStatus.active())
+            while time.monotonic() < deadline and current.exists():
+                time.sleep(0.25)
+            model_interrupt(job.pk, allocation.attempt, f"Rank {allocation.rank} lost contact with the other ranks")
+        else:
+            outcome = AllocationOutcome.ERROR
+            prefix = f"Rank {allocation.rank} on {allocation.device.label}: " if allocation.world_size > 1 else ""
+            job_transition(
+                job.pk, JobStatus.ERROR, from_=JobStatus.active(), where={"attempt": allocation.attempt},
+                message=prefix + failure_message(job, result),
+            )
+    finally:
+        release(allocation, outcome)
+        schedule()  # its device is free: the next job may start
 
 
-def _wait_for_dataset(model: TrainedModel) -> bool:
-    """A model on a dataset that is still building waits for it; a failed dataset fails
-    the model with the reason."""
-    while True:
-        dataset_job = model.dataset.job
-        dataset_job.refresh_from_db(fields=["status", "error"])
-        if dataset_job.status == JobStatus.DONE:
+def model_interrupt(job_id: int, attempt: int, reason: str) -> bool:
+    """A rank of the job's current attempt was lost (worker killed, host rebooted, peers
+    gone): release every device of that attempt and requeue the job to resume from its
+    last snapshot, keeping its place in the queue. Points after that snapshot are dropped,
+    so the charts continue without duplicates. False: that attempt was already over."""
+    from workers.models import Allocation, AllocationOutcome as Outcome
+    from workers.scheduler import schedule_on_commit
+
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(
+            pk=job_id, attempt=attempt, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+        ).first()
+        if job is None:
+            return False
+        Allocation.objects.filter(job_id=job_id, released_at__isnull=True).update(
+            released_at=timezone.now(), outcome=Outcome.INTERRUPTED
+        )
+        if job.interruptions >= settings.MAX_INTERRUPTIONS:
+            job_transition(
+                job_id, JobStatus.ERROR, from_=JobStatus.active(),
+                message=f"{reason}. It was interrupted {job.interruptions + 1} times, so it was not requeued again; "
+                "check the devices' workers, then resume it.",
+            )
             return True
-        if dataset_job.status in (JobStatus.ERROR, JobStatus.ABORTED):
-            job_fail(model.pk, f"Dataset {dataset_job.name!r} did not build ({dataset_job.status}): {dataset_job.error}")
-            return False
-        if not TrainedModel.objects.filter(pk=model.pk, job__status=JobStatus.QUEUED).exists():
-            return False
-        time.sleep(1.0)
+        model = TrainedModel.objects.get(pk=job_id)
+        snapshot = model.snapshots.order_by("-iteration", "-epoch").first()
+        if snapshot is not None:
+            model.metrics.filter(iteration__gt=snapshot.iteration).delete()
+            then = f"Requeued to resume from the snapshot at epoch {snapshot.epoch:g}."
+        else:
+            model.metrics.all().delete()
+            then = "Requeued to start again: it had no snapshot yet."
+        job_transition(
+            job_id, JobStatus.QUEUED, from_=[JobStatus.QUEUED, JobStatus.RUNNING], where={"attempt": attempt},
+            also={"interruptions": F("interruptions") + 1}, message=f"Interrupted: {reason}. {then}",
+        )
+        schedule_on_commit()
+    return True
 
 
 def model_delete(model: TrainedModel) -> None:

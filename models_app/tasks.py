@@ -5,7 +5,8 @@ from celery import shared_task
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def model_train_task(job_id: int) -> None:
-    from .services import model_train_run
+def model_rank_task(allocation_id: int) -> None:
+    """One rank of a training job, sent by the scheduler to its device's own queue."""
+    from .services import model_rank_run
 
-    model_train_run(job_id)
+    model_rank_run(allocation_id)

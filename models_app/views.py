@@ -7,7 +7,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from workers.services import JobError, job_abort, job_update
+from workers.models import Priority
+from workers.services import JobError, job_abort, job_update, placement_check
 
 from .forms import ClassifyForm, ModelForm
 from .models import TrainedModel
@@ -20,14 +21,18 @@ def model_new(request: HttpRequest) -> HttpResponse:
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
         initial = model_clone_params(get_object_or_404(model_list(), pk=int(clone_of)))
+        initial["priority"] = Priority[initial["priority"].upper()]
+        initial["placement"] = "specific" if initial["device_ids"] else ("count" if initial["devices"] > 1 else "next")
     elif request.GET.get("dataset"):
         initial = {"dataset": request.GET.get("dataset")}
     if request.GET.get("base_model", "").isdigit():  # "Fine-tune" from a model's page
         initial.update(base_model=int(request.GET["base_model"]), base_epoch=request.GET.get("base_epoch") or None)
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
+        params, placement = form.split()
         try:
-            model = model_create(owner=request.user, **form.cleaned_data)
+            placement = placement_check(request.user, batch_size=params.get("batch_size"), **placement)
+            model = model_create(owner=request.user, placement=placement, **params)
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:

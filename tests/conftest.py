@@ -51,29 +51,96 @@ def subprocess_env(db_name: str) -> dict[str, str]:
     }
 
 
+class Cluster:
+    """Real Celery workers on the test database and broker: one for dataset builds and
+    one pinned to each CPU device (DIGITS_DEVICE=cpu:N), as `manage.py serve` starts them.
+    Tests may kill a device worker (kill -9) and start it again."""
+
+    DEVICES = 2
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, *, device: str | None = None, queues: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        log_path = Path(settings.DATA_DIR) / f"celery-{name}.log"
+        env = {**self.env, **(extra_env or {})}
+        cmd = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO",
+               "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        if device:
+            env["DIGITS_DEVICE"] = device
+            cmd += ["-c", "1"]
+        else:
+            cmd += ["-c", "2", "-Q", queues or "datasets"]
+        with log_path.open("a") as log:
+            log.write(f"--- start {name}\n")
+            offset = log.tell()
+            self.procs[name] = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.logs[name] = log_path
+        deadline = time.monotonic() + 60
+        while "ready." not in log_path.read_text()[offset:]:
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Celery worker {name} did not start:\n" + log_path.read_text()[-3000:])
+            time.sleep(0.2)
+
+    def start_devices(self) -> None:
+        for index in range(self.DEVICES):
+            name = f"cpu{index}"
+            if name not in self.procs or self.procs[name].poll() is not None:
+                self.start(name, device=f"cpu:{index}")
+
+    def kill(self, name: str) -> None:
+        """kill -9 the worker's main process only: its pool and the training child must
+        die with it (PR_SET_PDEATHSIG), as they would with a real crash."""
+        proc = self.procs[name]
+        os.kill(proc.pid, 9)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen]:  # noqa: ANN001
-    """A real Celery worker (prefork, two processes: one builds datasets while the other
-    trains) consuming both queues of the test broker."""
-    log_path = Path(settings.DATA_DIR) / "celery-worker.log"
-    env = subprocess_env(settings.DATABASES["default"]["NAME"])
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "-Q", "datasets,training",
-             "-c", "2", "--loglevel", "INFO", "-n", "test@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while "ready." not in log_path.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("Celery worker did not start:\n" + log_path.read_text()[-3000:])
-        time.sleep(0.2)
-    yield proc
-    os.killpg(proc.pid, 15)
+def worker_cluster(django_db_setup, django_db_blocker) -> Iterator[Cluster]:  # noqa: ANN001
+    cluster = Cluster(subprocess_env(settings.DATABASES["default"]["NAME"]))
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        cluster.start("datasets")
+        cluster.start_devices()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def wait_for_devices(count: int, timeout: float = 30) -> list:
+    """The devices online (heartbeating), once there are `count` of them. A transactional
+    test's flush deletes their rows; the workers register again on their next heartbeat."""
+    from workers.scheduler import live_devices
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        devices = list(live_devices().filter(enabled=True))
+        if len(devices) >= count:
+            return devices
+        time.sleep(0.1)
+    raise AssertionError(f"only {len(devices)} of {count} devices came online in {timeout}s")
+
+
+@pytest.fixture
+def celery_worker_process(worker_cluster: Cluster, transactional_db) -> Cluster:  # noqa: ANN001
+    """The running cluster, with every device worker up and its device online."""
+    worker_cluster.start_devices()
+    wait_for_devices(Cluster.DEVICES)
+    return worker_cluster
 
 
 def _user(django_user_model, name: str, **extra):  # noqa: ANN001, ANN202

@@ -11,7 +11,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
-from .models import Job, JobEvent
+from .models import Job, JobEvent, JobKind, JobStatus, Priority
 from .selectors import job_list
 from .services import JobError
 
@@ -55,13 +55,32 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     duration_seconds = serializers.FloatField(read_only=True)
     timeline = JobEventSerializer(source="events", many=True, read_only=True)
+    priority = serializers.SerializerMethodField()
+    queue = serializers.SerializerMethodField(help_text="While queued: position, jobs ahead and why it waits.")
+    devices = serializers.SerializerMethodField(help_text="The devices of its current (or last) run, by rank.")
 
     class Meta:
         model = Job
         fields = [
             "id", "kind", "name", "group", "notes", "owner", "status", "progress", "eta_seconds", "error",
-            "created_at", "started_at", "finished_at", "duration_seconds", "timeline",
+            "created_at", "started_at", "finished_at", "duration_seconds", "priority", "devices_requested",
+            "multi_host", "held", "queue", "devices", "timeline",
         ]
+
+    def get_priority(self, job: Job) -> str:
+        return Priority(job.priority).name.lower()
+
+    def get_queue(self, job: Job) -> dict[str, Any] | None:
+        if job.kind != JobKind.MODEL or job.status != JobStatus.QUEUED:
+            return None
+        from .scheduler import wait_reason
+
+        return wait_reason(job)
+
+    def get_devices(self, job: Job) -> list[str]:
+        from .selectors import job_devices
+
+        return [a.device.label for a in job_devices(job)]
 
 
 class JobListApi(APIView):
@@ -69,7 +88,7 @@ class JobListApi(APIView):
 
     class OutputSerializer(JobSerializer):
         class Meta(JobSerializer.Meta):
-            fields = [f for f in JobSerializer.Meta.fields if f != "timeline"]
+            fields = [f for f in JobSerializer.Meta.fields if f not in ("timeline", "queue", "devices")]
 
     @extend_schema(
         parameters=[

@@ -34,6 +34,20 @@ class JobKind(models.TextChoices):
     MODEL = "model", "Model"
 
 
+class Priority(models.IntegerChoices):
+    """Queue priority: higher first, first come first served within one. Users pick low or
+    normal; admins may set any."""
+
+    LOW = 0, "Low"
+    NORMAL = 10, "Normal"
+    HIGH = 20, "High"
+    URGENT = 30, "Urgent"
+
+    @classmethod
+    def for_users(cls) -> list[int]:
+        return [cls.LOW, cls.NORMAL]
+
+
 class Job(models.Model):
     kind = models.CharField(max_length=16, choices=JobKind.choices)
     name = models.CharField(max_length=200)
@@ -50,9 +64,30 @@ class Job(models.Model):
     eta_seconds = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
 
+    # Scheduling (training jobs): see workers/scheduler.py.
+    priority = models.IntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    # FIFO within a priority: the enqueue time, which an admin's reorder rewrites.
+    queue_position = models.FloatField(default=0.0)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    held = models.BooleanField(default=False, help_text="Held by an admin: stays queued and is not started.")
+    devices_requested = models.PositiveSmallIntegerField(default=1)
+    # Specific devices (all of them, at once); empty: any free ones.
+    requested_devices = models.ManyToManyField("Device", blank=True, related_name="requested_by")
+    multi_host = models.BooleanField(default=False, help_text="May the ranks be spread over several hosts?")
+    # Each dispatch is a new attempt; ranks of an older attempt stop and are ignored.
+    attempt = models.PositiveIntegerField(default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # host:port where rank 0 of the current attempt listens for the others.
+    rendezvous = models.CharField(max_length=200, blank=True, default="")
+    # Automatic requeues after a lost worker; bounded so a broken job cannot loop forever.
+    interruptions = models.PositiveIntegerField(default=0)
+
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "kind"])]
+        indexes = [
+            models.Index(fields=["status", "kind"]),
+            models.Index(fields=["-priority", "queue_position", "id"], name="job_queue_order"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.pk} {self.name!r} ({self.status})"
@@ -104,3 +139,107 @@ class JobEvent(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+
+class DeviceKind(models.TextChoices):
+    GPU = "gpu", "GPU"
+    CPU = "cpu", "CPU"
+
+
+class Device(models.Model):
+    """A GPU (or a CPU "device" on a host without GPUs) offered by one pinned Celery worker,
+    which registers it at start-up and heartbeats its stats every few seconds."""
+
+    uuid = models.CharField(max_length=100, unique=True)  # NVML's UUID, or cpu-<host>-<index>
+    host = models.CharField(max_length=200)
+    # Where ranks on other hosts reach this host (torch.distributed rendezvous).
+    address = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=DeviceKind.choices)
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=200)
+    memory_total = models.BigIntegerField(default=0)  # bytes
+    worker = models.CharField(max_length=200, blank=True)  # the Celery node name
+    # Disabled: drained. A running job finishes; no new job starts on it.
+    enabled = models.BooleanField(default=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    stats = models.JSONField(default=dict, blank=True)  # the last heartbeat's stats
+
+    class Meta:
+        ordering = ["host", "kind", "index"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}/{self.kind}{self.index}"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue only this device's worker consumes."""
+        return device_queue(self.uuid)
+
+    @property
+    def online(self) -> bool:
+        from django.utils import timezone
+
+        return bool(self.last_seen and (timezone.now() - self.last_seen).total_seconds() < settings.DEVICE_DEAD_SECONDS)
+
+
+def device_queue(uuid: str) -> str:
+    return f"device.{uuid}"
+
+
+class AllocationOutcome(models.TextChoices):
+    DONE = "done", "Done"
+    ERROR = "error", "Error"
+    ABORTED = "aborted", "Aborted"
+    INTERRUPTED = "interrupted", "Interrupted"  # requeued to resume elsewhere
+    LOST = "lost", "Worker lost"
+    SKIPPED = "skipped", "Not started"  # the job changed before the rank began
+
+
+class Allocation(models.Model):
+    """One rank of one attempt of a job on one device. Active while released_at is empty;
+    the database refuses a second active allocation of a device. Kept afterwards as the
+    usage history (who ran what, where, for how long)."""
+
+    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="allocations")
+    job_name = models.CharField(max_length=200)  # kept when the job is deleted
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="allocations")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="allocations")
+    attempt = models.PositiveIntegerField()
+    rank = models.PositiveSmallIntegerField()
+    world_size = models.PositiveSmallIntegerField()
+    allocated_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)  # claimed by the device's worker
+    released_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AllocationOutcome.choices, blank=True)
+
+    class Meta:
+        ordering = ["-allocated_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device"], condition=models.Q(released_at__isnull=True), name="one_active_allocation_per_device"
+            ),
+            models.UniqueConstraint(fields=["job", "attempt", "rank"], name="one_allocation_per_rank"),
+        ]
+
+    @property
+    def seconds(self) -> float:
+        from django.utils import timezone
+
+        if not self.started_at:
+            return 0.0
+        return ((self.released_at or timezone.now()) - self.started_at).total_seconds()
+
+
+class DeviceLimit(models.Model):
+    """An admin's per-user override of DIGITS_USER_DEVICE_LIMIT (0: no limit)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="device_limit")
+    max_devices = models.PositiveSmallIntegerField(help_text="Devices this user's jobs may hold at once; 0: no limit.")
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.max_devices or 'no limit'}"

@@ -29,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
+from .devices import die_with_parent
 from .models import Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,15 @@ class ChildResult:
     returncode: int
     stopped: bool  # killed because the job was aborted or deleted
     error: str = ""  # the child's own error message, if it reported one
+    peer_lost: bool = False  # a distributed rank lost contact with the others
 
 
-def write_spec(job: Job, spec: dict[str, Any]) -> Path:
+def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
     job.directory.mkdir(parents=True, exist_ok=True)
-    path = job.directory / "spec.json"
-    path.write_text(json.dumps(spec, indent=2))
+    path = job.directory / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp, path)
     return path
 
 
@@ -100,10 +104,14 @@ def run_child(
     handle: Callable[[list[Event]], None],
     *,
     env: dict[str, str] | None = None,
+    name: str = "",
 ) -> ChildResult:
-    spec_path = write_spec(job, spec)
+    """Run `module` on `spec`; `name` tells ranks apart ("rank1": spec-rank1.json and
+    job-rank1.log; rank 0 and single-process jobs use spec.json and job.log)."""
+    spec_path = write_spec(job, spec, f"spec-{name}.json" if name else "spec.json")
+    log_path = job.directory / f"job-{name}.log" if name else job.log_path
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with job.log_path.open("a", buffering=1) as logfile:
+    with log_path.open("a", buffering=1) as logfile:
         logfile.write(f"$ {sys.executable} -m {module} --spec {spec_path}\n")
         proc = subprocess.Popen(
             [sys.executable, "-m", module, "--spec", str(spec_path)],
@@ -112,8 +120,10 @@ def run_child(
             stdout=subprocess.PIPE,
             stderr=logfile,
             stdin=subprocess.DEVNULL,
-            # Its own process group, so an abort ends its DataLoader workers too.
+            # Its own process group, so an abort ends its DataLoader workers too; and it
+            # dies with this process, so a killed worker leaves no orphan on its device.
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         events: queue.Queue = queue.Queue()
         thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile), daemon=True)
@@ -136,6 +146,7 @@ def run_child(
                 for event in batch:
                     if event.get("event") == "error":
                         result.error = str(event.get("message", ""))
+                        result.peer_lost = bool(event.get("peer_lost"))
                 close_old_connections()
                 if batch:
                     # Events are stored only while this run still owns the job: after an
@@ -204,14 +215,17 @@ def run_job(
     if result.stopped:
         return result
     if result.returncode != 0:
-        if result.error:
-            message = result.error
-        elif result.returncode == -signal.SIGKILL:
-            message = (
-                "The job's process was killed (signal 9), most often because the machine ran out of memory. "
-                f"Try a smaller batch size. Last lines of its log:\n{job.log_tail(15)}"
-            )
-        else:
-            message = f"The job's process exited with code {result.returncode}. Last lines of its log:\n{job.log_tail(15)}"
-        job_fail(job_id, message)
+        job_fail(job_id, failure_message(job, result))
     return result
+
+
+def failure_message(job: Job, result: ChildResult) -> str:
+    """What the job page says when the child failed: its own message, or the log tail."""
+    if result.error:
+        return result.error
+    if result.returncode == -signal.SIGKILL:
+        return (
+            "The job's process was killed (signal 9), most often because the machine ran out of memory. "
+            f"Try a smaller batch size. Last lines of its log:\n{job.log_tail(15)}"
+        )
+    return f"The job's process exited with code {result.returncode}. Last lines of its log:\n{job.log_tail(15)}"

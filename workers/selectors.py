@@ -1,9 +1,15 @@
 """Reads for jobs (the home console)."""
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
 
-from .models import Job, JobStatus
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from .models import Allocation, Device, DeviceLimit, Job, JobStatus
 
 
 def job_list(*, kind: str | None = None, status: str | None = None, group: str | None = None) -> QuerySet[Job]:
@@ -27,3 +33,101 @@ def job_console(group: str | None = None) -> dict[str, object]:
         "active": [j for j in jobs if j.status in JobStatus.active()],
         "finished": [j for j in jobs if j.status in JobStatus.finished()],
     }
+
+
+def job_devices(job: Job) -> list:
+    """The allocations of the job's current (or last) attempt, by rank."""
+    if not job.attempt:
+        return []
+    return list(job.allocations.filter(attempt=job.attempt).select_related("device").order_by("rank"))
+
+
+# -- the GPU queue and devices (the cluster console, the model form, the API) ------------
+
+
+def queue_summary() -> list[dict[str, Any]]:
+    """The training queue in order, each job with how long it has waited and why."""
+    from .scheduler import queued_jobs, wait_reason
+
+    now = timezone.now()
+    rows = []
+    for job in queued_jobs().select_related("owner", "model__dataset__job").prefetch_related("requested_devices"):
+        rows.append({"job": job, "waited": (now - (job.queued_at or job.created_at)).total_seconds(), **wait_reason(job)})
+    return rows
+
+
+def device_board() -> list[dict[str, Any]]:
+    """Every device with its live stats, its current job and the queued jobs asking for it."""
+    from .devices import live_stats
+    from .scheduler import queued_jobs
+
+    active = {
+        a.device_id: a for a in Allocation.objects.filter(released_at__isnull=True).select_related("job", "owner")
+    }
+    asked: dict[int, list[Job]] = defaultdict(list)
+    for job in queued_jobs().prefetch_related("requested_devices")[:500]:
+        for device in job.requested_devices.all():
+            asked[device.pk].append(job)
+    devices = list(Device.objects.all())
+    live = live_stats([d.uuid for d in devices])
+    return [
+        {
+            "device": d,
+            "stats": live.get(d.uuid) or d.stats,
+            "allocation": active.get(d.pk),
+            "asked": asked.get(d.pk, []),
+            "state": device_state(d, active.get(d.pk)),
+        }
+        for d in devices
+    ]
+
+
+def device_state(device: Device, allocation: Allocation | None) -> str:
+    if not device.online:
+        return "offline"
+    if not device.enabled:
+        return "draining" if allocation is not None else "drained"
+    return "busy" if allocation is not None else "free"
+
+
+def usage_by_user(since: datetime | None = None) -> list[dict[str, Any]]:
+    """Device-hours, jobs and devices in use per user, over the history or since a time."""
+    rows = Allocation.objects.filter(started_at__isnull=False).select_related("owner")
+    if since is not None:
+        rows = rows.filter(Q(released_at__isnull=True) | Q(released_at__gte=since))
+    totals: dict[int, dict[str, Any]] = {}
+    for a in rows:
+        entry = totals.setdefault(a.owner_id, {"user": a.owner, "seconds": 0.0, "jobs": set(), "running": 0})
+        entry["seconds"] += a.seconds
+        entry["jobs"].add(a.job_id or -a.pk)
+        if a.released_at is None:
+            entry["running"] += 1
+    out = [
+        {"user": e["user"], "device_hours": e["seconds"] / 3600, "jobs": len(e["jobs"]), "running": e["running"]}
+        for e in totals.values()
+    ]
+    return sorted(out, key=lambda e: -e["device_hours"])
+
+
+def usage_history(limit: int = 200) -> QuerySet[Allocation]:
+    """Who ran what on which device for how long, newest first."""
+    return Allocation.objects.filter(started_at__isnull=False).select_related("owner", "device", "job")[:limit]
+
+
+def user_limits() -> list[dict[str, Any]]:
+    """Every active user with their device limit (an override, or the default) and use."""
+    from django.conf import settings
+
+    from .scheduler import devices_in_use_by_user
+
+    overrides = dict(DeviceLimit.objects.values_list("user_id", "max_devices"))
+    in_use = devices_in_use_by_user()
+    return [
+        {
+            "user": user,
+            "limit": overrides.get(user.pk, settings.USER_DEVICE_LIMIT),
+            "override": user.pk in overrides,
+            "in_use": in_use[user.pk],
+        }
+        for user in get_user_model().objects.filter(is_active=True).order_by("username")
+    ]

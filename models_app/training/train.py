@@ -36,6 +36,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,23 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A rank that never arrives, or stops answering, fails the others after this long
+        # instead of hanging them (the scheduler then requeues the job).
+        timeout = timedelta(seconds=float(os.environ.get("DIGITS_DIST_TIMEOUT", "600")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return rank, world_size, device
+
+
+def rank_batch_size(spec: dict[str, Any], world_size: int) -> int:
+    """`batch_size` is the global batch: each of N ranks takes 1/N of it, so the same
+    settings give the same curves on 1 or N devices."""
+    batch = int(spec["batch_size"])
+    if batch % world_size:
+        raise TrainingError(
+            f"The batch size {batch} cannot be split evenly over {world_size} devices; "
+            f"use a multiple of {world_size}, or another number of devices."
+        )
+    return batch // world_size
 
 
 def reduce_sum(values: list[float], device: torch.device, world_size: int) -> list[float]:
@@ -146,7 +162,7 @@ class Plan:
 
     @classmethod
     def make(cls, spec: dict[str, Any], train_count: int, world_size: int) -> Plan:
-        batches = math.ceil(per_rank_count(train_count, world_size) / int(spec["batch_size"]))
+        batches = math.ceil(per_rank_count(train_count, world_size) / rank_batch_size(spec, world_size))
         accumulation = max(1, int(spec.get("batch_accumulation", 1)))
         per_epoch = math.ceil(batches / accumulation)
         return cls(
@@ -196,6 +212,7 @@ class Trainer:
         self.transform = BatchTransform(self.transform_spec, mean, self.device, seed=self.seed * 7919 + self.rank)
         self.input_shape = self.transform_spec.output_shape(channels, height, width)
         self.num_classes = int(spec["num_classes"])
+        self.batch_size = rank_batch_size(spec, self.world_size)
         self.plan = Plan.make(spec, len(self.train_set), self.world_size)
         self.net = self._build_network()
         self.bare = self.net
@@ -284,7 +301,7 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         order = shard(epoch_order(len(self.train_set), self.seed, epoch), self.rank, self.world_size)
-        return chunk(order, int(self.spec["batch_size"]))
+        return chunk(order, self.batch_size)
 
     def run(self) -> None:
         plan = self.plan
@@ -293,7 +310,9 @@ class Trainer:
         startup_seconds = time.time() - psutil.Process().create_time()
         self.validation_seconds = self.snapshot_seconds = 0.0
         images_since = images_total = 0
-        pending: list[tuple[int, torch.Tensor, float]] = []  # (iteration, loss on device, lr)
+        # (iteration, loss on device, lr); with N ranks the loss is summed over them by an
+        # all-reduce started at each step and waited for only when reporting.
+        pending: list[tuple[int, torch.Tensor, float, Any]] = []
         stop = False
         while self.iteration < plan.total_iterations and not stop:
             epoch = self.iteration // plan.iterations_per_epoch
@@ -328,7 +347,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.iteration += 1
-                pending.append((self.iteration, loss_sum, lr))
+                work = dist.all_reduce(loss_sum, async_op=True) if self.world_size > 1 else None
+                pending.append((self.iteration, loss_sum, lr, work))
                 now = time.monotonic()
                 boundary = self.iteration % plan.val_every == 0 or self.iteration % plan.snapshot_every == 0
                 if now - last_report >= REPORT_SECONDS or boundary or self.iteration == plan.total_iterations:
@@ -358,14 +378,18 @@ class Trainer:
         if self.world_size > 1:
             dist.destroy_process_group()
 
-    def _flush(self, pending: list[tuple[int, torch.Tensor, float]], throughput: float) -> None:
+    def _flush(self, pending: list[tuple[int, torch.Tensor, float, Any]], throughput: float) -> None:
         if not pending:
             return
-        losses = torch.stack([p[1] for p in pending]).float().tolist()  # the one device sync
+        for *_, work in pending:
+            if work is not None:
+                work.wait()
+        # The one device sync; every rank sees the same (mean) losses.
+        losses = (torch.stack([p[1] for p in pending]).float() / self.world_size).tolist()
         first = getattr(self, "_first_loss", None)
         if first is None:
             self._first_loss = first = losses[0]
-        for (iteration, _, _), loss in zip(pending, losses):
+        for (iteration, *_), loss in zip(pending, losses):
             if not math.isfinite(loss) or loss > max(EXPLODED_LOSS, 1000 * abs(first)):
                 raise TrainingError(
                     f"The loss became {loss:.4g} at iteration {iteration} (epoch {self.plan.epoch_of(iteration):.2f}): "
@@ -375,7 +399,7 @@ class Trainer:
             return
         rows = [
             [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
-            for (iteration, _, lr), loss in zip(pending, losses)
+            for (iteration, _, lr, _), loss in zip(pending, losses)
         ]
         emit("train", rows=rows)
         last = pending[-1][0]
@@ -431,7 +455,7 @@ class Trainer:
         self.net.eval()
         order = shard(torch.arange(len(self.val_set)), self.rank, self.world_size)
         loss_sum = correct1 = correct5 = count = 0.0
-        for images, targets in self.val_set.batches(chunk(order, int(self.spec["batch_size"]))):
+        for images, targets in self.val_set.batches(chunk(order, self.batch_size)):
             targets = targets.to(self.device)
             with self._autocast():
                 output = self.net(self.transform.eval(images)).float()
@@ -535,7 +559,24 @@ def cli(argv: list[str] | None = None) -> int:
     except (torch.OutOfMemoryError, MemoryError):
         emit("error", message=out_of_memory_message(spec))
         return 1
+    except (RuntimeError, dist.DistError) as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _is_peer_failure(exc):
+            # Not this rank's fault: another rank died or hung. The worker requeues the job.
+            log.error("lost contact with the other ranks: %s", exc)
+            emit("error", message=f"Lost contact with the other ranks: {str(exc)[:300]}", peer_lost=True)
+            return 1
+        raise
     return 0
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(
+        marker in text
+        for marker in ("connection closed by peer", "connection reset", "timed out", "timeout", "gloo", "nccl", "broken pipe")
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.devices import gpu_count
+from workers.devices import DEVICE_ENV, gpu_count
 
 
 def redis_answers(url: str) -> bool:
@@ -37,7 +37,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--host", default=os.environ.get("DIGITS_HOST", "0.0.0.0"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("DIGITS_PORT", "8000")))
-        parser.add_argument("--cpu-workers", type=int, default=1, help="training workers when there is no GPU")
+        parser.add_argument(
+            "--cpu-devices", type=int, default=settings.CPU_DEVICES,
+            help="CPU 'devices' (training workers) when there is no GPU; default DIGITS_CPU_DEVICES",
+        )
 
     def handle(self, *args, **opts) -> None:  # noqa: ANN002, ANN003
         self.children: list[tuple[str, subprocess.Popen]] = []
@@ -46,7 +49,7 @@ class Command(BaseCommand):
             self.start_redis_if_needed()
             call_command("migrate", interactive=False, verbosity=0)
             self.ensure_admin()
-            self.start_workers(opts["cpu_workers"])
+            self.start_workers(opts["cpu_devices"])
             self.spawn(
                 "web",
                 [sys.executable, "-m", "daphne", "-b", opts["host"], "-p", str(opts["port"]), "digits_site.asgi:application"],
@@ -97,18 +100,26 @@ class Command(BaseCommand):
             fh.write(password + "\n")
         self.stdout.write(self.style.WARNING(f"Created the first admin account 'admin'; its password is in {path}"))
 
-    def start_workers(self, cpu_workers: int) -> None:
-        celery = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO", "-c", "1"]
+    def start_workers(self, cpu_devices: int) -> None:
+        """Dataset builds get their own worker (they never wait behind training); each
+        device gets one worker pinned to it, consuming only that device's queue."""
+        celery = [
+            sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO", "-c", "1",
+            "--without-mingle", "--without-gossip",
+        ]
         self.spawn("datasets worker", [*celery, "-Q", "datasets", "-n", "datasets@%h"])
         gpus = gpu_count()
         if gpus:
             for index in range(gpus):
-                self.spawn(f"gpu{index} worker", [*celery, "-Q", "training", "-n", f"gpu{index}@%h"], {"CUDA_VISIBLE_DEVICES": str(index)})
+                env = {"CUDA_VISIBLE_DEVICES": str(index), DEVICE_ENV: f"gpu:{index}"}
+                self.spawn(f"gpu{index} worker", [*celery, "-n", f"gpu{index}@%h"], env)
             self.stdout.write(f"Started {gpus} GPU worker(s).")
         else:
-            for index in range(cpu_workers):
-                self.spawn(f"cpu{index} worker", [*celery, "-Q", "training", "-n", f"cpu{index}@%h"], {"CUDA_VISIBLE_DEVICES": ""})
-            self.stdout.write(f"No GPU found: started {cpu_workers} CPU training worker(s).")
+            cpu_devices = max(1, cpu_devices)
+            for index in range(cpu_devices):
+                env = {"CUDA_VISIBLE_DEVICES": "", DEVICE_ENV: f"cpu:{index}", "DIGITS_CPU_DEVICES": str(cpu_devices)}
+                self.spawn(f"cpu{index} worker", [*celery, "-n", f"cpu{index}@%h"], env)
+            self.stdout.write(f"No GPU found: started {cpu_devices} CPU device worker(s).")
 
     def supervise(self) -> None:
         while True:
