@@ -28,10 +28,11 @@ test: install-test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Benchmarks: dataset ingestion and training throughput (ratios against baselines measured in the same run).
+## Benchmarks: dataset ingestion, training throughput and the scheduler (ratios against baselines measured in the same run).
 bench: install
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training
+	$(PY) -m bench.scheduler
 
 clean:
 	rm -rf $(VENV) .pytest_cache

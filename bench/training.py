@@ -120,9 +120,11 @@ def run_case(owner, name: str, network: str, size: int, mode: str, count: int, e
 def start_worker() -> subprocess.Popen:
     log = (WORK / "worker.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "-Q", "datasets,training", "-c", "1",
+        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "-Q", "datasets", "-c", "1",
          "--loglevel", "WARNING", "-n", "bench@%h", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # One worker builds the datasets and is the one CPU device (its own queue too).
+        cwd=ROOT, env={**os.environ, "DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     return proc
 

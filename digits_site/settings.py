@@ -130,6 +130,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # process); larger ones stream from LMDB through TRAIN_LOADER_WORKERS loader processes.
 TRAIN_CACHE_BYTES = int(env("DIGITS_TRAIN_CACHE_BYTES", str(4 * 1024**3)))
 TRAIN_LOADER_WORKERS = int(env("DIGITS_TRAIN_LOADER_WORKERS", "2"))
+# The module each training rank runs (`python -m ...`); bench/scheduler.py swaps in a no-op
+# to measure the scheduler alone.
+TRAINING_MODULE = env("DIGITS_TRAINING_MODULE", "models_app.training.train")
 # Custom network code runs in a child process (visualize, classify) under these limits.
 SANDBOX_SECONDS = int(env("DIGITS_SANDBOX_SECONDS", "60"))
 SANDBOX_MEMORY_BYTES = int(env("DIGITS_SANDBOX_MEMORY_BYTES", str(8 * 1024**3)))

@@ -10,6 +10,7 @@ from frontend import views as frontend_views
 from models_app import api as models_api
 from models_app import views as models_views
 from workers import api as workers_api
+from workers import views as workers_views
 
 api_patterns = [
     path("token/", obtain_auth_token, name="api_token"),
@@ -39,6 +40,12 @@ api_patterns = [
     path("networks/<str:name>/", models_api.NetworkDetailApi.as_view(), name="api_network"),
     path("lr-preview/", models_api.LrPreviewApi.as_view(), name="api_lr_preview"),
     path("jobs/<int:pk>/log/", workers_api.JobLogApi.as_view(), name="api_job_log"),
+    path("devices/", workers_api.DeviceListApi.as_view(), name="api_devices"),
+    path("devices/<int:pk>/", workers_api.DeviceDetailApi.as_view(), name="api_device"),
+    path("queue/", workers_api.QueueApi.as_view(), name="api_queue"),
+    path("queue/<int:pk>/", workers_api.QueueJobApi.as_view(), name="api_queue_job"),
+    path("usage/", workers_api.UsageApi.as_view(), name="api_usage"),
+    path("users/<int:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
 ]
@@ -70,6 +77,10 @@ urlpatterns = [
     path("models/<int:pk>/edit/", models_views.model_edit, name="model_edit"),
     path("models/<int:pk>/delete/", models_views.model_remove, name="model_delete"),
     path("jobs/<int:pk>/log/", frontend_views.job_log, name="job_log"),
+    path("cluster/", workers_views.cluster, name="cluster"),
+    path("cluster/devices/<int:pk>/", workers_views.cluster_device, name="cluster_device"),
+    path("cluster/jobs/<int:pk>/", workers_views.cluster_job, name="cluster_job"),
+    path("cluster/limits/<int:user_id>/", workers_views.cluster_limit, name="cluster_limit"),
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]

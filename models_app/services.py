@@ -281,14 +281,18 @@ def model_rank_run(allocation_id: int) -> None:
 
         model = TrainedModel.objects.select_related("dataset").get(pk=job.pk)
         result = run_child(
-            job, "models_app.training.train", model_train_spec(model), relay,
+            job, settings.TRAINING_MODULE, model_train_spec(model), relay,
             env={**CHILD_ENV, **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
         )
         if result.stopped:
+            # Stopped because the job moved on: rank 0 finished it (this rank was ending
+            # too), it was aborted or deleted, requeued, or failed on another rank.
             status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
-            outcome = AllocationOutcome.ABORTED if status in (None, JobStatus.ABORTED) else (
-                AllocationOutcome.INTERRUPTED if status == JobStatus.QUEUED else AllocationOutcome.ERROR
-            )
+            outcome = {
+                JobStatus.DONE: AllocationOutcome.DONE,
+                JobStatus.QUEUED: AllocationOutcome.INTERRUPTED,
+                JobStatus.ERROR: AllocationOutcome.ERROR,
+            }.get(status, AllocationOutcome.ABORTED)
         elif result.returncode == 0:
             outcome = AllocationOutcome.DONE
             if reporter:

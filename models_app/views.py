@@ -8,6 +8,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from workers.models import Priority
+from workers.scheduler import wait_reason
+from workers.selectors import job_devices
 from workers.services import JobError, job_abort, job_update, placement_check
 
 from .forms import ClassifyForm, ModelForm
@@ -55,6 +57,8 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "metrics": model_metrics(model),
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots]),
             "can_modify": model.job.can_modify(request.user),
+            "queue": wait_reason(model.job),
+            "placed": job_devices(model.job),
         },
     )
 

@@ -220,3 +220,68 @@ def test_reaper_requeues_a_lost_job_to_resume_without_duplicate_points(fake_devi
     assert running(job) == ["h/cpu1"]
     job_abort(Job.objects.get(pk=job.pk))
     assert Job.objects.get(pk=job.pk).status == JobStatus.ABORTED
+
+
+def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teammate, admin_user) -> None:  # noqa: ANN001
+    from django.test import Client
+
+    from tests.conftest import token_client
+
+    dataset = make_dataset(owner)
+    d0 = device("h", 0)
+    device("h", 1)
+    busy = queue(owner, dataset, "busy")
+    other = queue(teammate, dataset, "other")  # both devices taken
+    a = queue(owner, dataset, "a")
+    b = queue(owner, dataset, "b")
+    assert running(busy) and running(other)
+    # Not staff: refused everywhere, but anyone may read the devices and the queue.
+    user = Client()
+    user.force_login(owner)
+    assert user.get("/cluster/").status_code == 403
+    assert user.post(f"/cluster/devices/{d0.pk}/", {"action": "drain"}).status_code == 403
+    assert user.post(f"/cluster/jobs/{a.pk}/", {"action": "top"}).status_code == 403
+    owner_api = token_client(owner)
+    assert owner_api.patch(f"/api/devices/{d0.pk}/", {"enabled": False}, format="json").status_code == 403
+    assert owner_api.post(f"/api/queue/{a.pk}/", {"action": "hold"}, format="json").status_code == 403
+    assert owner_api.get("/api/usage/").status_code == 403
+    devices = {d["label"]: d for d in owner_api.get("/api/devices/").json()}
+    assert devices["h/cpu0"]["state"] == "busy" and devices["h/cpu0"]["job"]["name"] == "busy"
+    assert [q["name"] for q in owner_api.get("/api/queue/").json()] == ["a", "b"]
+
+    admin = Client()
+    admin.force_login(admin_user)
+    page = admin.get("/cluster/").content.decode()
+    assert "h/cpu0" in page and "h/cpu1" in page and f'data-job="{a.pk}"' in page and "Device limits" in page
+    # Reorder: b to the top, then hold it; a goes first when a device frees.
+    admin.post(f"/cluster/jobs/{b.pk}/", {"action": "top"})
+    assert [q["name"] for q in owner_api.get("/api/queue/").json()] == ["b", "a"]
+    admin.post(f"/cluster/jobs/{b.pk}/", {"action": "hold"})
+    assert Job.objects.get(pk=b.pk).held
+    # Drain the device of "busy": when it finishes, the device takes nothing new.
+    admin.post(f"/cluster/devices/{Allocation.objects.get(job=busy).device_id}/", {"action": "drain"})
+    finish(busy)
+    schedule_pass()
+    assert not running(a)
+    assert owner_api.get("/api/devices/").json()[0]["state"] in ("drained", "busy")
+    admin_api = token_client(admin_user)
+    assert admin_api.patch(f"/api/devices/{d0.pk}/", {"enabled": True}, format="json").status_code == 200
+    Device.objects.update(enabled=True)
+    schedule_pass()
+    assert running(a) and not running(b)  # b is held
+    admin.post(f"/cluster/jobs/{b.pk}/", {"action": "release"})
+    admin.post(f"/cluster/jobs/{b.pk}/", {"action": "priority", "priority": Priority.URGENT})
+    assert Job.objects.get(pk=b.pk).priority == Priority.URGENT and not Job.objects.get(pk=b.pk).held
+    assert admin_api.post(f"/api/queue/{b.pk}/", {"action": "cancel"}, format="json").status_code == 204
+    assert Job.objects.get(pk=b.pk).status == JobStatus.ABORTED
+    # Per-user limits: set, shown, and back to the default.
+    admin.post(f"/cluster/limits/{teammate.pk}/", {"max_devices": "3"})
+    assert DeviceLimit.objects.get(user=teammate).max_devices == 3
+    assert admin_api.put(f"/api/users/{teammate.pk}/device-limit/", {"max_devices": None}, format="json").status_code == 204
+    assert not DeviceLimit.objects.filter(user=teammate).exists()
+    # Usage: who ran what on which device for how long.
+    Allocation.objects.filter(job=busy).update(started_at=timezone.now() - timedelta(hours=2))
+    usage = {u["user"]: u for u in admin_api.get("/api/usage/").json()["usage"]}
+    assert usage["owner"]["device_hours"] >= 2.0 and usage["owner"]["jobs"] >= 1
+    page = admin.get("/cluster/").content.decode()
+    assert "busy" in page and "2h 00m" in page

@@ -109,3 +109,142 @@ class JobLogApi(APIView):
     @extend_schema(responses={(200, "text/plain"): str})
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1")
+
+
+# -- devices and the queue -------------------------------------------------------------
+
+
+def require_staff(user) -> None:  # noqa: ANN001
+    if not user.is_staff:
+        raise PermissionDenied("Only admins can steer devices and the queue.")
+
+
+def _device_row(row: dict[str, Any]) -> dict[str, Any]:
+    d, a = row["device"], row["allocation"]
+    return {
+        "id": d.pk, "label": d.label, "host": d.host, "kind": d.kind, "index": d.index, "uuid": d.uuid, "name": d.name,
+        "memory_total": d.memory_total, "enabled": d.enabled, "state": row["state"], "last_seen": d.last_seen,
+        "stats": row["stats"],
+        "job": {"id": a.job_id, "name": a.job_name, "owner": a.owner.username, "rank": a.rank, "world_size": a.world_size}
+        if a is not None else None,
+        "queued_for_it": [j.pk for j in row["asked"]],
+    }
+
+
+class DeviceListApi(APIView):
+    """Every device with its live stats (utilisation %, memory bytes, °C, W), state
+    (free, busy, draining, drained, offline), current job and the queued jobs asking for it."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):  # noqa: ANN001, ANN201
+        from .selectors import device_board
+
+        return Response([_device_row(row) for row in device_board()])
+
+
+class DeviceDetailApi(APIView):
+    """Admins: drain (`{"enabled": false}`) or enable a device."""
+
+    class InputSerializer(serializers.Serializer):
+        enabled = serializers.BooleanField()
+
+    @extend_schema(request=InputSerializer, responses={200: dict})
+    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+        from .models import Device
+        from .selectors import device_board
+        from .services import device_set_enabled
+
+        require_staff(request.user)
+        device = get_object_or_404(Device, pk=pk)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        device_set_enabled(device, data.validated_data["enabled"])
+        return Response(next(_device_row(r) for r in device_board() if r["device"].pk == device.pk))
+
+
+class QueueApi(APIView):
+    """The training queue in order: position, job, owner, priority, devices, held, how long
+    it has waited and why."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):  # noqa: ANN001, ANN201
+        from .selectors import queue_summary
+
+        return Response([
+            {
+                "position": n, "job": r["job"].pk, "name": r["job"].name, "owner": r["job"].owner.username,
+                "priority": Priority(r["job"].priority).name.lower(), "devices": r["job"].devices_requested,
+                "held": r["job"].held, "waited_seconds": round(r["waited"], 1), "reason": r["reason"],
+            }
+            for n, r in enumerate(queue_summary(), start=1)
+        ])
+
+
+class QueueJobApi(APIView):
+    """Admins: `{"action": "up"|"down"|"top"|"bottom"|"hold"|"release"|"cancel"}`, or
+    `{"action": "priority", "priority": "low"|"normal"|"high"|"urgent"}`."""
+
+    class InputSerializer(serializers.Serializer):
+        action = serializers.ChoiceField(choices=["up", "down", "top", "bottom", "hold", "release", "cancel", "priority"])
+        priority = serializers.ChoiceField(choices=[p.name.lower() for p in Priority], required=False)
+
+    @extend_schema(request=InputSerializer, responses={204: None})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        from .services import job_abort, queue_hold, queue_move, queue_set_priority
+
+        require_staff(request.user)
+        job = get_object_or_404(Job, pk=pk, kind=JobKind.MODEL)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        action = data.validated_data["action"]
+        if action == "priority":
+            if "priority" not in data.validated_data:
+                raise serializers.ValidationError({"priority": ["Give the new priority."]})
+            queue_set_priority(job, Priority[data.validated_data["priority"].upper()])
+        elif action in ("hold", "release"):
+            queue_hold(job, action == "hold")
+        elif action == "cancel":
+            job_abort(job)
+        else:
+            queue_move(job, action)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UsageApi(APIView):
+    """Admins: device-hours and jobs per user, and each device's limit per user."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):  # noqa: ANN001, ANN201
+        from .selectors import usage_by_user, user_limits
+
+        require_staff(request.user)
+        return Response({
+            "usage": [
+                {"user": u["user"].username, "device_hours": round(u["device_hours"], 4), "jobs": u["jobs"], "running": u["running"]}
+                for u in usage_by_user()
+            ],
+            "limits": [
+                {"user": u["user"].username, "user_id": u["user"].pk, "limit": u["limit"], "override": u["override"], "in_use": u["in_use"]}
+                for u in user_limits()
+            ],
+        })
+
+
+class UserLimitApi(APIView):
+    """Admins: `{"max_devices": N}` (0: no limit) or `{"max_devices": null}` for the default."""
+
+    class InputSerializer(serializers.Serializer):
+        max_devices = serializers.IntegerField(min_value=0, allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses={204: None})
+    def put(self, request, user_id: int):  # noqa: ANN001, ANN201
+        from django.contrib.auth import get_user_model
+
+        from .services import user_limit_set
+
+        require_staff(request.user)
+        user = get_object_or_404(get_user_model(), pk=user_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user_limit_set(user, data.validated_data["max_devices"])
+        return Response(status=status.HTTP_204_NO_CONTENT)

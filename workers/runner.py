@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
     return path
 
 
-def _reader(stream, out: queue.Queue, logfile) -> None:  # noqa: ANN001
+def _reader(stream, out: queue.Queue, logfile, ended: threading.Event) -> None:  # noqa: ANN001
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         if line.startswith("{"):
@@ -69,6 +68,7 @@ def _reader(stream, out: queue.Queue, logfile) -> None:  # noqa: ANN001
         logfile.write(line + "\n")
         logfile.flush()
     out.put(None)
+    ended.set()
 
 
 def _still_wanted(job: Job, *, lock: bool = False) -> bool:
@@ -126,13 +126,16 @@ def run_child(
             preexec_fn=die_with_parent,
         )
         events: queue.Queue = queue.Queue()
-        thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile), daemon=True)
+        ended = threading.Event()
+        thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile, ended), daemon=True)
         thread.start()
         result = ChildResult(returncode=0, stopped=False)
         finished = False
         try:
             while not finished:
-                time.sleep(POLL_SECONDS)
+                # Events are handled in batches every POLL_SECONDS, but the end of the
+                # child is handled at once (short jobs free their device sooner).
+                ended.wait(POLL_SECONDS)
                 batch: list[Event] = []
                 while True:
                     try:

@@ -58,5 +58,23 @@
     }, function () { window.location.reload(); });
   }
 
+  // While a training job waits, refresh its place in the queue and the reason.
+  function followQueue() {
+    const box = document.getElementById("queue-reason");
+    if (!box) return;
+    setInterval(function () {
+      fetch(box.dataset.poll, { headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          if (!data) return;
+          const queue = data.job.queue;
+          if (!queue) { window.location.reload(); return; }
+          document.getElementById("queue-position").textContent = "#" + queue.position + " in the queue";
+          document.getElementById("queue-text").textContent = queue.reason;
+        });
+    }, 3000);
+  }
+  document.addEventListener("DOMContentLoaded", followQueue);
+
   window.DigitsLive = { connect: connect, followJob: followJob, formatDuration: formatDuration };
 })();

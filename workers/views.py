@@ -1,0 +1,97 @@
+"""The cluster console (staff only): devices with live stats and their jobs, the training
+queue with reorder, priority, hold/release and cancel, drain/enable, per-user device
+limits, and who used which device for how long. Thin views over workers.services."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from .models import Device, Job, JobKind, Priority
+from .selectors import device_board, queue_summary, usage_by_user, usage_history, user_limits
+from .services import JobError, device_set_enabled, job_abort, queue_hold, queue_move, queue_set_priority, user_limit_set
+
+
+def staff_only(view: Callable) -> Callable:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:  # noqa: ANN002, ANN003
+        if not request.user.is_staff:
+            raise PermissionDenied("The cluster console is for admins.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@staff_only
+def cluster(request: HttpRequest) -> HttpResponse:
+    week = timezone.now() - timezone.timedelta(days=7)
+    return render(
+        request,
+        "cluster/console.html",
+        {
+            "devices": device_board(),
+            "queue": queue_summary(),
+            "limits": user_limits(),
+            "usage": usage_by_user(),
+            "usage_week": usage_by_user(since=week),
+            "history": usage_history(),
+            "priorities": Priority.choices,
+        },
+    )
+
+
+@staff_only
+@require_POST
+def cluster_device(request: HttpRequest, pk: int) -> HttpResponse:
+    device = get_object_or_404(Device, pk=pk)
+    enabled = request.POST.get("action") == "enable"
+    device_set_enabled(device, enabled)
+    messages.success(
+        request,
+        f"{device.label} is enabled." if enabled else f"{device.label} is draining: its current job finishes, no new job starts.",
+    )
+    return redirect("cluster")
+
+
+@staff_only
+@require_POST
+def cluster_job(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk, kind=JobKind.MODEL)
+    action = request.POST.get("action", "")
+    try:
+        if action in ("up", "down", "top", "bottom"):
+            queue_move(job, action)
+        elif action in ("hold", "release"):
+            queue_hold(job, action == "hold")
+        elif action == "priority":
+            queue_set_priority(job, int(request.POST.get("priority", "")))
+        elif action == "cancel":
+            job_abort(job)
+        else:
+            raise JobError("Unknown action.")
+    except (JobError, ValueError) as exc:
+        messages.error(request, f"{job.name}: {exc}")
+    else:
+        messages.success(request, f"{job.name}: {action} done.")
+    return redirect("cluster")
+
+
+@staff_only
+@require_POST
+def cluster_limit(request: HttpRequest, user_id: int) -> HttpResponse:
+    user = get_object_or_404(get_user_model(), pk=user_id)
+    value = request.POST.get("max_devices", "").strip()
+    try:
+        user_limit_set(user, None if value == "" else int(value))
+    except (JobError, ValueError):
+        messages.error(request, "A limit is a whole number: 0 for no limit, or empty for the default.")
+    else:
+        messages.success(request, f"Device limit of {user.username} saved.")
+    return redirect("cluster")
