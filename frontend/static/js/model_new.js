@@ -181,4 +181,15 @@
   }
   LR_INPUTS.forEach(function (name) { $(name).addEventListener("input", refresh); $(name).addEventListener("change", refresh); });
   refresh();
+
+  // -- devices: show the count or the device list only for the mode that uses it ------
+  function showPlacement() {
+    const checked = form.querySelector('input[name="placement"]:checked');
+    const mode = checked ? checked.value : "next";
+    field("devices").hidden = mode !== "count";
+    field("device_ids").hidden = mode !== "specific";
+    field("multi_host").hidden = mode === "next";
+  }
+  form.querySelectorAll('input[name="placement"]').forEach(function (r) { r.addEventListener("change", showPlacement); });
+  showPlacement();
 })();
