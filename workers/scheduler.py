@@ -156,7 +156,8 @@ def schedule_pass() -> int:
     )
     now = timezone.now()
     queue = queued_jobs().filter(held=False).select_related("model__dataset__job").prefetch_related("requested_devices")
-    for job in queue.iterator(chunk_size=200):
+    # Small chunks: most passes place one job on the one device just freed, and stop there.
+    for job in queue.iterator(chunk_size=20):
         if not state.free:
             break
         if job.model.dataset.job.status != JobStatus.DONE:
