@@ -131,7 +131,11 @@ def _enqueue(model: TrainedModel, *, from_: list[str], message: str = "") -> Non
     """Queue at the back of its priority; the scheduler places it when devices are free."""
     from workers.scheduler import schedule_on_commit
 
-    job_transition(model.pk, JobStatus.QUEUED, from_=from_, message=message, also={"queue_position": time.time()})
+    # A submission or a manual resume: back of the queue, and a fresh allowance of
+    # automatic requeues.
+    job_transition(
+        model.pk, JobStatus.QUEUED, from_=from_, message=message, also={"queue_position": time.time(), "interruptions": 0}
+    )
     schedule_on_commit()
 
 
