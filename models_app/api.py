@@ -88,7 +88,6 @@ def _create(request, data: dict) -> Response:  # noqa: ANN001
             device_ids=values.pop("device_ids"),
             multi_host=values.pop("multi_host"),
             priority=Priority[values.pop("priority").upper()],
-            batch_size=values.get("batch_size"),
         )
         model = model_create(owner=request.user, placement=placement, **values)
     except JobError as exc:

@@ -33,7 +33,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         params, placement = form.split()
         try:
-            placement = placement_check(request.user, batch_size=params.get("batch_size"), **placement)
+            placement = placement_check(request.user, **placement)
             model = model_create(owner=request.user, placement=placement, **params)
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))

@@ -173,7 +173,7 @@ def test_placement_validation(fake_devices, owner, admin_user) -> None:  # noqa:
         placement_check(owner, devices=3)
     assert placement_check(owner, devices=3, multi_host=True).devices == 3
     with pytest.raises(JobError, match="not a multiple of 2") as exc:
-        placement_check(owner, devices=2, batch_size=9)
+        model_create(owner=owner, name="odd", dataset=make_dataset(owner), batch_size=9, placement=Placement(devices=2))
     assert exc.value.field == "batch_size"
     ids = list(Device.objects.filter(host__in=["a", "b"], index=0).values_list("pk", flat=True))
     with pytest.raises(JobError, match="several hosts"):

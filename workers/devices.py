@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 DEVICE_ENV = "DIGITS_DEVICE"
 LIVE_KEY = "digits:device:{uuid}"
-DEVICES_GROUP = "devices"
 
 
 @dataclass(frozen=True)
@@ -174,9 +173,9 @@ def register(info: DeviceInfo, worker: str):  # noqa: ANN201 - a Device
 
 
 def heartbeat(device_id: int, info: DeviceInfo) -> dict[str, Any] | None:
-    """Store the stats on the row (last seen) and in Redis (live), and push them to the
-    console. Redis being down only loses the live view. None: the row is gone (an admin
-    deleted it) and the device must register again."""
+    """Store the stats on the row (last seen) and in Redis (live, read by the console).
+    Redis being down only loses the live view. None: the row is gone (an admin deleted
+    it) and the device must register again."""
     from .models import Device
 
     stats = read_stats(info)
@@ -186,14 +185,6 @@ def heartbeat(device_id: int, info: DeviceInfo) -> dict[str, Any] | None:
         from .scheduler import _client
 
         _client().set(LIVE_KEY.format(uuid=info.uuid), json.dumps(stats), ex=max(1, int(settings.DEVICE_DEAD_SECONDS)))
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
-
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(
-                DEVICES_GROUP, {"type": "job.event", "data": {"type": "device", "device": device_id, "stats": stats}}
-            )
     except Exception:  # noqa: BLE001 - the live view is best effort
         log.debug("could not publish stats of device %s", device_id, exc_info=True)
     return stats

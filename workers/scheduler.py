@@ -218,23 +218,45 @@ def _dispatch(job: Job, devices: list[Device]) -> bool:
 # -- what the pages show -----------------------------------------------------------------
 
 
-def wait_reason(job: Job) -> dict[str, object]:
-    """Why a queued job is not running yet, and its place in the queue."""
+@dataclass
+class QueueView:
+    """What every wait reason needs, read once: the queue order, the live devices, which
+    are busy, and each user's devices in use and limit."""
+
+    order: list[tuple[int, bool]]  # (job id, held) in queue order
+    devices: list[Device]
+    busy: set[int]
+    in_use: Counter[int]
+    limits: dict[int, int]
+
+    @classmethod
+    def now(cls) -> QueueView:
+        return cls(
+            order=list(queued_jobs().values_list("pk", "held")),
+            devices=list(live_devices()),
+            busy=busy_device_ids(),
+            in_use=devices_in_use_by_user(),
+            limits=dict(DeviceLimit.objects.values_list("user_id", "max_devices")),
+        )
+
+
+def wait_reason(job: Job, view: QueueView | None = None) -> dict[str, object]:
+    """Why a queued job is not running yet, and its place in the queue. Pass one `view`
+    when explaining many jobs (the console), so the queue and devices are read once."""
     if job.status != JobStatus.QUEUED:
         return {}
     if job.dispatched_at:
         return {"position": 0, "ahead": 0, "reason": "Starting: its devices have been allocated."}
-    queue = list(queued_jobs().values_list("pk", "held", "priority", "queue_position"))
+    view = view or QueueView.now()
     ahead = 0
-    for pk, held, _, _ in queue:
+    for pk, held in view.order:
         if pk == job.pk:
             break
         if not held:
             ahead += 1
     position = ahead + 1
     need = job.devices_requested
-    devices = list(live_devices())
-    busy = busy_device_ids()
+    devices, busy = view.devices, view.busy
     usable = [d for d in devices if d.enabled]
     free = [d for d in usable if d.pk not in busy]
     noun = "device" if need == 1 else "devices"
@@ -245,7 +267,7 @@ def wait_reason(job: Job) -> dict[str, object]:
     if job.held:
         reason = "Held by an admin: it keeps its place but does not start until released."
     elif dataset_job is not None and dataset_job.status != JobStatus.DONE:
-        reason = f"Waiting for its dataset {dataset_job.name!r} to finish building."
+        reason = f"Waiting for dataset {dataset_job.name!r} to finish building; training starts as soon as it is done."
     elif len(usable) < need and not wanted:
         reason = (
             f"Waiting for {need} {kind}{'s' if need != 1 else ''}: only {len(usable)} enabled "
@@ -255,8 +277,8 @@ def wait_reason(job: Job) -> dict[str, object]:
         taken = [d.label for d in wanted if d.pk in busy or not d.enabled or not d.online]
         reason = f"Waiting for the devices it asked for: {', '.join(taken) or 'none'} busy, drained or offline; {jobs_ahead}."
     else:
-        limit = user_limit(job.owner_id)
-        in_use = devices_in_use_by_user()[job.owner_id]
+        limit = user_limit(job.owner_id, view.limits)
+        in_use = view.in_use[job.owner_id]
         if limit and in_use + need > limit:
             reason = (
                 f"Waiting for your other jobs: you may hold {limit} device{'s' if limit != 1 else ''} at once "

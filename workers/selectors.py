@@ -47,12 +47,13 @@ def job_devices(job: Job) -> list:
 
 def queue_summary() -> list[dict[str, Any]]:
     """The training queue in order, each job with how long it has waited and why."""
-    from .scheduler import queued_jobs, wait_reason
+    from .scheduler import QueueView, queued_jobs, wait_reason
 
     now = timezone.now()
+    view = QueueView.now()
     rows = []
     for job in queued_jobs().select_related("owner", "model__dataset__job").prefetch_related("requested_devices"):
-        rows.append({"job": job, "waited": (now - (job.queued_at or job.created_at)).total_seconds(), **wait_reason(job)})
+        rows.append({"job": job, "waited": (now - (job.queued_at or job.created_at)).total_seconds(), **wait_reason(job, view)})
     return rows
 
 

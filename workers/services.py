@@ -57,12 +57,11 @@ def placement_check(
     device_ids: Iterable[int] = (),
     priority: int | None = None,
     multi_host: bool = False,
-    batch_size: int | None = None,
 ) -> Placement:
-    """Validate what a user asked for; JobError names the field to fix."""
-    from django.conf import settings
-
-    from .models import Device, DeviceLimit
+    """Validate what a user asked for; JobError names the field to fix. (That the batch
+    splits evenly over the devices is checked by model_create.)"""
+    from .models import Device
+    from .scheduler import user_limit
 
     ids = tuple(dict.fromkeys(int(i) for i in device_ids))
     if priority is None:
@@ -88,8 +87,7 @@ def placement_check(
     devices = int(devices or 1)
     if devices < 1:
         raise JobError("Ask for at least one device.", field="devices")
-    limit = DeviceLimit.objects.filter(user=user).values_list("max_devices", flat=True).first()
-    limit = settings.USER_DEVICE_LIMIT if limit is None else limit
+    limit = user_limit(user.pk)
     if limit and devices > limit:
         raise JobError(f"You may use at most {limit} device{'s' if limit != 1 else ''} at once.", field="devices")
     if not ids:
@@ -103,10 +101,6 @@ def placement_check(
                 f"Only {available} device{'s are' if available != 1 else ' is'} available{where}: ask for fewer{hint}.",
                 field="devices",
             )
-    if batch_size and batch_size % devices:
-        raise JobError(
-            f"The batch size is split over the devices: {batch_size} is not a multiple of {devices}.", field="batch_size"
-        )
     return Placement(devices=devices, device_ids=ids, priority=int(priority), multi_host=bool(multi_host))
 
 
