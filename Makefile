@@ -26,6 +26,7 @@ run: install
 ## The whole test suite against Postgres (DATABASE_URL) and Redis (REDIS_URL).
 test: install-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks: dataset ingestion, training throughput and the scheduler (ratios against baselines measured in the same run).

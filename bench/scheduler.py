@@ -60,7 +60,7 @@ from django.utils import timezone  # noqa: E402
 from datasets.models import Dataset  # noqa: E402
 from digits_site.celery import app  # noqa: E402
 from models_app.services import model_create  # noqa: E402
-from workers.models import Device, Job, JobKind, JobStatus  # noqa: E402
+from workers.models import Device, Job, JobStatus  # noqa: E402
 from workers.scheduler import live_devices, schedule, schedule_pass  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def start_workers() -> list[subprocess.Popen]:
 
 
 def fake_dataset(owner) -> Dataset:  # noqa: ANN001
-    job = Job.objects.create(kind=JobKind.DATASET, name="bench", owner=owner, status=JobStatus.DONE)
+    job = Job.objects.create(kind="dataset", name="bench", owner=owner, status=JobStatus.DONE)
     return Dataset.objects.create(
         job=job, folder="/nowhere", labels=["a", "b"], counts={"train": 8, "val": 2}, image_width=28, image_height=28,
         class_counts={"train": [4, 4], "val": [1, 1]},

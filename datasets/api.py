@@ -11,8 +11,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from workers.api import JobEditSerializer, JobSerializer, require_owner
-from workers.services import JobError, job_abort, job_update
+from workers.api import JobEditSerializer, JobSerializer
+from workers.errors import JobError
+from workers.services import job_abort, job_update
 
 from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
 from .selectors import dataset_gallery, dataset_image, dataset_list
@@ -67,7 +68,7 @@ class DatasetInputSerializer(serializers.Serializer):
     test_percent = serializers.FloatField(min_value=0, max_value=99, default=0.0)
     min_per_class = serializers.IntegerField(min_value=0, default=0)
     max_per_class = serializers.IntegerField(min_value=0, default=0)
-    seed = serializers.IntegerField(default=0)
+    seed = serializers.IntegerField(default=0, min_value=0, max_value=2**63 - 1)
 
 
 def _create(request, data: dict) -> Dataset:  # noqa: ANN001
@@ -100,7 +101,7 @@ class DatasetDetailApi(APIView):
     @extend_schema(request=JobEditSerializer, responses=DatasetOutputSerializer)
     def patch(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
-        require_owner(dataset.job, request.user)
+        self.check_object_permissions(request, dataset)
         data = JobEditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job_update(dataset.job, **data.validated_data)
@@ -109,7 +110,7 @@ class DatasetDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
-        require_owner(dataset.job, request.user)
+        self.check_object_permissions(request, dataset)
         dataset_delete(dataset)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -118,7 +119,7 @@ class DatasetAbortApi(APIView):
     @extend_schema(request=None, responses=DatasetOutputSerializer)
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         dataset = get_object_or_404(dataset_list(), pk=pk)
-        require_owner(dataset.job, request.user)
+        self.check_object_permissions(request, dataset)
         job_abort(dataset.job)
         dataset.job.refresh_from_db()
         return Response(DatasetOutputSerializer(dataset).data)

@@ -68,21 +68,23 @@ def _gather_folders(spec: dict[str, Any], root: Path) -> Gathered:
         )
     seed = int(spec.get("seed", 0))
     val_folder, test_folder = spec.get("val_folder"), spec.get("test_folder")
-    if val_folder or test_folder:
-        splits: Splits = {"train": items, "val": [], "test": []}
-        for split, folder in (("val", val_folder), ("test", test_folder)):
-            if folder:
-                _, extra, extra_skipped = scan_folder(Path(folder), labels)
-                splits[split] = extra
-                skipped += [{**s, "path": f"[{split}] {s['path']}"} for s in extra_skipped]
-        rng = random.Random(seed)
-        for split_items in splits.values():
-            rng.shuffle(split_items)
-        requested = ("train", "val") + (("test",) if test_folder else ())
-    else:
-        val_percent, test_percent = float(spec.get("val_percent", 25)), float(spec.get("test_percent", 0))
-        splits = split_stratified(items, val_percent, test_percent, seed)
-        requested = ("train", "val") + (("test",) if test_percent > 0 else ())
+    val_percent, test_percent = float(spec.get("val_percent", 25)), float(spec.get("test_percent", 0))
+    # A split with a folder of its own comes from that folder; one without comes from the
+    # training folder by its percentage (as DIGITS did): a separate validation folder with
+    # a test percentage still gets a test split, and the other way round.
+    if val_folder:
+        val_percent = 0.0
+    if test_folder:
+        test_percent = 0.0
+    splits = split_stratified(items, val_percent, test_percent, seed)
+    rng = random.Random(seed)
+    for split, folder in (("val", val_folder), ("test", test_folder)):
+        if folder:
+            _, extra, extra_skipped = scan_folder(Path(folder), labels)
+            rng.shuffle(extra)
+            splits[split] = extra
+            skipped += [{**s, "path": f"[{split}] {s['path']}"} for s in extra_skipped]
+    requested = ("train", "val") + (("test",) if test_folder or test_percent > 0 else ())
     return Gathered(labels, splits, root, skipped, requested=requested)
 
 

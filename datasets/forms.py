@@ -70,7 +70,7 @@ class DatasetForm(forms.Form):
                                        help_text="Classes with fewer images (all splits together) are left out and reported. 0: keep all.")
     max_per_class = forms.IntegerField(min_value=0, initial=0, label="Maximum images per class, per split",
                                        help_text="0: no limit.")
-    seed = forms.IntegerField(initial=0, help_text="Same seed, same split and same noise padding.")
+    seed = forms.IntegerField(initial=0, min_value=0, max_value=2**63 - 1, help_text="Same seed, same split and same noise padding.")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)

@@ -7,6 +7,7 @@ import numpy as np
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from workers.models import Job
@@ -59,6 +60,10 @@ class Upload(models.Model):
         return Path(settings.DATA_DIR) / "uploads" / f"{self.pk}.bin"
 
 
+# The job kind of a dataset build (datasets/kind.py registers it with the job engine).
+DATASET_KIND = "dataset"
+
+
 class Dataset(models.Model):
     job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="dataset")
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.FOLDER)
@@ -86,7 +91,7 @@ class Dataset(models.Model):
     test_percent = models.FloatField(default=0.0)
     min_per_class = models.PositiveIntegerField(default=0)
     max_per_class = models.PositiveIntegerField(default=0, help_text="0: no limit.")
-    seed = models.IntegerField(default=0)
+    seed = models.BigIntegerField(default=0, validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
     # Filled in when the build finishes.
     labels = models.JSONField(default=list, blank=True)
     counts = models.JSONField(default=dict, blank=True)  # {"train": n, "val": n, "test": n}

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from workers.services import JobError
+from workers.errors import JobError
 
 from .imaging import IMAGE_EXTENSIONS, RESIZE_MODES, load_image, resize_image
 from .models import Upload

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db.models import QuerySet
-from django.http import Http404
 
+from workers.errors import NotFound
 from workers.models import JobStatus
 
 from .imaging import decode, encode
@@ -46,11 +46,26 @@ class GalleryPage:
         return self.page < self.pages
 
 
+def _check_split(dataset: Dataset, split: str) -> None:
+    """Stored images exist only once the build is done; say why when they do not."""
+    status = dataset.job.status
+    if status == JobStatus.ABORTED:
+        raise NotFound("This dataset's build was aborted, so it stored no images. Clone it to build it again.")
+    if status == JobStatus.ERROR:
+        raise NotFound(f"This dataset's build failed, so it stored no images: {dataset.job.error}")
+    if status != JobStatus.DONE:
+        raise NotFound("This dataset is still building; its images can be explored once it is done.")
+    if split not in dataset.counts:
+        splits = ", ".join(dataset.counts) or "none"
+        raise NotFound(f"This dataset has no {split} split (it has: {splits}).")
+
+
 def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, page: int = 1, per_page: int = 60) -> GalleryPage:
     """One page of stored images of a split, optionally of one class (read from the
     split's label index: no image is decoded to filter)."""
-    if split not in dataset.counts:
-        raise Http404(f"This dataset has no {split} split.")
+    _check_split(dataset, split)
+    if label is not None and not 0 <= label < len(dataset.labels):
+        raise NotFound(f"This dataset has no class {label}: its classes are 0 to {len(dataset.labels) - 1}.")
     labels = read_labels(dataset.split_path(split))
     indices = np.arange(len(labels)) if label is None else np.flatnonzero(labels == label)
     per_page = max(1, min(per_page, 200))
@@ -63,15 +78,14 @@ def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, p
 def dataset_image(dataset: Dataset, split: str, index: int) -> tuple[bytes, str, int]:
     """The stored image `index` of a split as (bytes, content type, label). Raw images
     are encoded as PNG for the browser."""
-    if split not in dataset.counts:
-        raise Http404(f"This dataset has no {split} split.")
+    _check_split(dataset, split)
     path = dataset.split_path(split)
     meta = read_meta(path)
     with open_readonly(path).begin() as txn:
         try:
             data, label = read_raw(txn, index)
         except IndexError:
-            raise Http404("No such image.") from None
+            raise NotFound(f"The {split} split has no image {index}.") from None
     encoding = meta.get("encoding", "png")
     if encoding == "jpeg":
         return data, "image/jpeg", label

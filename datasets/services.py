@@ -11,13 +11,14 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from workers.models import JobKind, JobStatus
-from workers.services import JobError, job_create, job_delete, job_fail, job_transition
+from workers.errors import Conflict, JobError
+from workers.models import JobStatus
+from workers.services import job_create, job_delete, job_enqueue
 
 from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
 from .lmdb_store import forget
-from .models import Dataset, Encoding, ImageMode, ResizeMode, Source
+from .models import DATASET_KIND, Dataset, Encoding, ImageMode, ResizeMode, Source
 from .sources import is_under
 from .uploads import upload_for_build, upload_release
 
@@ -188,7 +189,7 @@ def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, Uploaded
         raise JobError("Give the dataset a name.", field="name")
     _check_options(params)
     source_fields = _check_source(params, owner, uploaded or {})
-    job = job_create(kind=JobKind.DATASET, name=params.name.strip(), owner=owner, group=params.group, notes=params.notes)
+    job = job_create(kind=DATASET_KIND, name=params.name.strip(), owner=owner, group=params.group, notes=params.notes)
     for name in LIST_FIELDS:
         file = source_fields.get(name)
         if isinstance(file, UploadedFile):
@@ -206,10 +207,7 @@ def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, Uploaded
         **{name: getattr(params, name) for name in OPTION_FIELDS},
         **source_fields,
     )
-    job_transition(job.pk, JobStatus.QUEUED, from_=[JobStatus.INITIALIZED])
-    from .tasks import dataset_build_task
-
-    transaction.on_commit(lambda: dataset_build_task.delay(job.pk))
+    job_enqueue(job.pk, from_=[JobStatus.INITIALIZED])
     return dataset
 
 
@@ -269,7 +267,10 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
 
 
 def dataset_remove_partial(dataset: Dataset) -> None:
-    """After a failed or aborted build: nothing half-written stays on disk."""
+    """After a failed or aborted build: nothing half-written stays, on disk or on the row."""
+    for split in ("train", "val", "test"):
+        forget(dataset.split_path(split))  # a cached LMDB environment must not outlive its folder
+    Dataset.objects.filter(pk=dataset.pk).update(labels=[], counts={}, class_counts={}, mean_pixel=[])
     shutil.rmtree(dataset.directory / "build.tmp", ignore_errors=True)
     for name in OUTPUTS:
         path = dataset.directory / name
@@ -279,53 +280,10 @@ def dataset_remove_partial(dataset: Dataset) -> None:
             path.unlink(missing_ok=True)
 
 
-def dataset_build_run(job_id: int) -> None:
-    """Run a queued build (called by the Celery task) and record its outcome; then let the
-    scheduler start (or fail) the models that waited for it."""
-    from workers.scheduler import schedule
-
-    try:
-        _dataset_build(job_id)
-    finally:
-        schedule()
-
-
-def _dataset_build(job_id: int) -> None:
-    from workers.runner import run_job
-
-    results: dict[str, Any] = {}
-
-    def handle(batch: list[dict[str, Any]]) -> None:
-        for event in batch:
-            if event.get("event") == "result":
-                results.update(event)
-
-    outcome = run_job(job_id, "datasets.build", lambda job: dataset_build_spec(job.dataset), handle)
-    if outcome is None:
-        return
-    dataset = Dataset.objects.filter(pk=job_id).select_related("job").first()
-    if dataset is None:  # deleted while building; run_job removed its folder
-        return
-    if outcome.stopped or outcome.returncode != 0 or not results:
-        dataset_remove_partial(dataset)
-        if not outcome.stopped and outcome.returncode == 0:
-            job_fail(job_id, "The build ended without reporting a result; see the log.")
-        return
-    dataset_store_result(dataset, results)
-    skipped, dropped = len(results["skipped"]), len(results.get("dropped_classes", []))
-    notes = []
-    if skipped:
-        notes.append(f"{skipped} file(s) skipped")
-    if dropped:
-        notes.append(f"{dropped} class(es) dropped below the minimum per class")
-    note = "; ".join(notes) + "; see the report on the dataset page." if notes else ""
-    job_transition(job_id, JobStatus.DONE, from_=[JobStatus.RUNNING], message=note)
-
-
 def dataset_delete(dataset: Dataset) -> None:
     users = list(dataset.models.select_related("job").values_list("job__name", flat=True)[:5])
     if users:
-        raise JobError(
+        raise Conflict(
             f"This dataset is used by model(s) {', '.join(users)}. Delete those models first, then the dataset."
         )
     upload = dataset.upload

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 
-from workers.services import JobError
+from workers.errors import JobError
 
 from .models import Upload
 from .sources import ARCHIVE_SUFFIXES

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from workers.services import JobError, job_abort, job_update
+from workers.errors import JobError
+from workers.permissions import can_modify, check_modify
+from workers.services import job_abort, job_update
 
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import ImageMode, Source
@@ -19,8 +20,7 @@ from .uploads import upload_get
 
 def _modifiable(request: HttpRequest, pk: int):  # noqa: ANN202 - a Dataset
     dataset = get_object_or_404(dataset_list(), pk=pk)
-    if not dataset.job.can_modify(request.user):
-        raise PermissionDenied
+    check_modify(request.user, dataset)
     return dataset
 
 
@@ -47,7 +47,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
 
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list().prefetch_related("job__events"), pk=pk)
-    can_modify = dataset.job.can_modify(request.user)
+    modifiable = can_modify(request.user, dataset)
     edit_form = DatasetEditForm(initial={"name": dataset.job.name, "group": dataset.job.group, "notes": dataset.job.notes})
     return render(
         request,
@@ -55,8 +55,8 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "dataset": dataset,
             "job": dataset.job,
-            "can_modify": can_modify,
-            "edit_form": edit_form if can_modify else None,
+            "can_modify": modifiable,
+            "edit_form": edit_form if modifiable else None,
             "models": dataset.models.select_related("job").order_by("-job__created_at")[:20],
         },
     )

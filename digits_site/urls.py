@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
@@ -12,40 +12,57 @@ from models_app import views as models_views
 from workers import api as workers_api
 from workers import views as workers_views
 
+
+
+class IdConverter:
+    """A database id: at most 18 digits, so every match fits a 64-bit integer column (a
+    larger number is a 404, not an overflow in the database driver)."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(IdConverter, "id")
+
 api_patterns = [
     path("token/", obtain_auth_token, name="api_token"),
     path("jobs/", workers_api.JobListApi.as_view(), name="api_jobs"),
     path("datasets/", datasets_api.DatasetListApi.as_view(), name="api_datasets"),
-    path("datasets/<int:pk>/", datasets_api.DatasetDetailApi.as_view(), name="api_dataset"),
-    path("datasets/<int:pk>/abort/", datasets_api.DatasetAbortApi.as_view(), name="api_dataset_abort"),
-    path("datasets/<int:pk>/clone/", datasets_api.DatasetCloneApi.as_view(), name="api_dataset_clone"),
-    path("datasets/<int:pk>/images/", datasets_api.DatasetImagesApi.as_view(), name="api_dataset_images"),
+    path("datasets/<id:pk>/", datasets_api.DatasetDetailApi.as_view(), name="api_dataset"),
+    path("datasets/<id:pk>/abort/", datasets_api.DatasetAbortApi.as_view(), name="api_dataset_abort"),
+    path("datasets/<id:pk>/clone/", datasets_api.DatasetCloneApi.as_view(), name="api_dataset_clone"),
+    path("datasets/<id:pk>/images/", datasets_api.DatasetImagesApi.as_view(), name="api_dataset_images"),
     path(
-        "datasets/<int:pk>/images/<str:split>/<int:index>/",
+        "datasets/<id:pk>/images/<str:split>/<int:index>/",
         datasets_api.DatasetImageApi.as_view(),
         name="api_dataset_image",
     ),
     path("uploads/", datasets_api.UploadListApi.as_view(), name="api_uploads"),
     path("uploads/<str:pk>/", datasets_api.UploadDetailApi.as_view(), name="api_upload"),
     path("models/", models_api.ModelListApi.as_view(), name="api_models"),
-    path("models/<int:pk>/", models_api.ModelDetailApi.as_view(), name="api_model"),
-    path("models/<int:pk>/abort/", models_api.ModelAbortApi.as_view(), name="api_model_abort"),
-    path("models/<int:pk>/resume/", models_api.ModelResumeApi.as_view(), name="api_model_resume"),
-    path("models/<int:pk>/clone/", models_api.ModelCloneApi.as_view(), name="api_model_clone"),
-    path("models/<int:pk>/metrics/", models_api.ModelMetricsApi.as_view(), name="api_model_metrics"),
-    path("models/<int:pk>/classify/", models_api.ModelClassifyApi.as_view(), name="api_model_classify"),
-    path("models/<int:pk>/download/", models_api.ModelDownloadApi.as_view(), name="api_model_download"),
+    path("models/<id:pk>/", models_api.ModelDetailApi.as_view(), name="api_model"),
+    path("models/<id:pk>/abort/", models_api.ModelAbortApi.as_view(), name="api_model_abort"),
+    path("models/<id:pk>/resume/", models_api.ModelResumeApi.as_view(), name="api_model_resume"),
+    path("models/<id:pk>/clone/", models_api.ModelCloneApi.as_view(), name="api_model_clone"),
+    path("models/<id:pk>/metrics/", models_api.ModelMetricsApi.as_view(), name="api_model_metrics"),
+    path("models/<id:pk>/classify/", models_api.ModelClassifyApi.as_view(), name="api_model_classify"),
+    path("models/<id:pk>/download/", models_api.ModelDownloadApi.as_view(), name="api_model_download"),
     path("networks/", models_api.NetworkListApi.as_view(), name="api_networks"),
     path("networks/visualize/", models_api.VisualizeApi.as_view(), name="api_network_visualize"),
     path("networks/<str:name>/", models_api.NetworkDetailApi.as_view(), name="api_network"),
     path("lr-preview/", models_api.LrPreviewApi.as_view(), name="api_lr_preview"),
-    path("jobs/<int:pk>/log/", workers_api.JobLogApi.as_view(), name="api_job_log"),
+    path("jobs/<id:pk>/log/", workers_api.JobLogApi.as_view(), name="api_job_log"),
     path("devices/", workers_api.DeviceListApi.as_view(), name="api_devices"),
-    path("devices/<int:pk>/", workers_api.DeviceDetailApi.as_view(), name="api_device"),
+    path("devices/<id:pk>/", workers_api.DeviceDetailApi.as_view(), name="api_device"),
     path("queue/", workers_api.QueueApi.as_view(), name="api_queue"),
-    path("queue/<int:pk>/", workers_api.QueueJobApi.as_view(), name="api_queue_job"),
+    path("queue/<id:pk>/", workers_api.QueueJobApi.as_view(), name="api_queue_job"),
     path("usage/", workers_api.UsageApi.as_view(), name="api_usage"),
-    path("users/<int:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
+    path("users/<id:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
 ]
@@ -57,30 +74,30 @@ urlpatterns = [
     path("profile/", frontend_views.profile, name="profile"),
     path("profile/token/", frontend_views.profile_token, name="profile_token"),
     path("datasets/new/", datasets_views.dataset_new, name="dataset_new"),
-    path("datasets/<int:pk>/", datasets_views.dataset_detail, name="dataset_detail"),
+    path("datasets/<id:pk>/", datasets_views.dataset_detail, name="dataset_detail"),
     path("datasets/preview/", datasets_views.dataset_preview, name="dataset_preview"),
-    path("datasets/<int:pk>/mean.png", datasets_views.dataset_mean_image, name="dataset_mean_image"),
-    path("datasets/<int:pk>/edit/", datasets_views.dataset_edit, name="dataset_edit"),
-    path("datasets/<int:pk>/explore/", datasets_views.dataset_explore, name="dataset_explore"),
+    path("datasets/<id:pk>/mean.png", datasets_views.dataset_mean_image, name="dataset_mean_image"),
+    path("datasets/<id:pk>/edit/", datasets_views.dataset_edit, name="dataset_edit"),
+    path("datasets/<id:pk>/explore/", datasets_views.dataset_explore, name="dataset_explore"),
     path(
-        "datasets/<int:pk>/images/<str:split>/<int:index>.img",
+        "datasets/<id:pk>/images/<str:split>/<int:index>.img",
         datasets_views.dataset_image_view,
         name="dataset_image",
     ),
-    path("datasets/<int:pk>/abort/", datasets_views.dataset_abort, name="dataset_abort"),
-    path("datasets/<int:pk>/delete/", datasets_views.dataset_remove, name="dataset_delete"),
+    path("datasets/<id:pk>/abort/", datasets_views.dataset_abort, name="dataset_abort"),
+    path("datasets/<id:pk>/delete/", datasets_views.dataset_remove, name="dataset_delete"),
     path("models/new/", models_views.model_new, name="model_new"),
-    path("models/<int:pk>/", models_views.model_detail, name="model_detail"),
-    path("models/<int:pk>/classify/", models_views.model_classify, name="model_classify"),
-    path("models/<int:pk>/abort/", models_views.model_abort, name="model_abort"),
-    path("models/<int:pk>/resume/", models_views.model_resume_view, name="model_resume"),
-    path("models/<int:pk>/edit/", models_views.model_edit, name="model_edit"),
-    path("models/<int:pk>/delete/", models_views.model_remove, name="model_delete"),
-    path("jobs/<int:pk>/log/", frontend_views.job_log, name="job_log"),
+    path("models/<id:pk>/", models_views.model_detail, name="model_detail"),
+    path("models/<id:pk>/classify/", models_views.model_classify, name="model_classify"),
+    path("models/<id:pk>/abort/", models_views.model_abort, name="model_abort"),
+    path("models/<id:pk>/resume/", models_views.model_resume_view, name="model_resume"),
+    path("models/<id:pk>/edit/", models_views.model_edit, name="model_edit"),
+    path("models/<id:pk>/delete/", models_views.model_remove, name="model_delete"),
+    path("jobs/<id:pk>/log/", frontend_views.job_log, name="job_log"),
     path("cluster/", workers_views.cluster, name="cluster"),
-    path("cluster/devices/<int:pk>/", workers_views.cluster_device, name="cluster_device"),
-    path("cluster/jobs/<int:pk>/", workers_views.cluster_job, name="cluster_job"),
-    path("cluster/limits/<int:user_id>/", workers_views.cluster_limit, name="cluster_limit"),
+    path("cluster/devices/<id:pk>/", workers_views.cluster_device, name="cluster_device"),
+    path("cluster/jobs/<id:pk>/", workers_views.cluster_job, name="cluster_job"),
+    path("cluster/limits/<id:user_id>/", workers_views.cluster_limit, name="cluster_limit"),
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]

@@ -2,7 +2,13 @@
 answers 401/403 as JSON instead of redirecting to the login page."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from workers.errors import JobError
 
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
@@ -10,3 +16,20 @@ class LoginRequiredMiddleware(DjangoLoginRequired):
         if request.path.startswith("/api/") or request.path.startswith("/static/"):
             return None
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+class DomainErrorMiddleware:
+    """Pages: a domain error that a view did not turn into a form error (a Forbidden, a
+    NotFound, a Conflict, or a plain JobError) becomes a page with its message and status,
+    the same message the API gives."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, JobError) or request.path.startswith("/api/"):
+            return None
+        return render(request, "error.html", {"message": str(exception)}, status=exception.status_code)

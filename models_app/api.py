@@ -13,9 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from datasets.selectors import dataset_list
-from workers.api import JobEditSerializer, JobSerializer, require_owner
+from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
 from workers.models import Priority
-from workers.services import JobError, job_abort, job_update, placement_check
+from workers.errors import JobError
+from workers.services import job_abort, job_update, placement_check
 
 from .export import archive_name, build_archive
 from .models import Snapshot, TrainedModel
@@ -56,8 +57,8 @@ class ModelInputSerializer(serializers.ModelSerializer):
     name = serializers.CharField(max_length=200)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
-    dataset = serializers.PrimaryKeyRelatedField(queryset=dataset_list())
-    base_model = serializers.PrimaryKeyRelatedField(queryset=model_list(), required=False, allow_null=True)
+    dataset = IdRelatedField(queryset=dataset_list())
+    base_model = IdRelatedField(queryset=model_list(), required=False, allow_null=True)
 
     # Placement and queue (see workers/scheduler.py).
     devices = serializers.IntegerField(min_value=1, required=False, default=1, help_text="Devices (ranks) to train on.")
@@ -81,19 +82,14 @@ def _create(request, data: dict) -> Response:  # noqa: ANN001
     serializer = ModelInputSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
-    try:
-        placement = placement_check(
-            request.user,
-            devices=values.pop("devices"),
-            device_ids=values.pop("device_ids"),
-            multi_host=values.pop("multi_host"),
-            priority=Priority[values.pop("priority").upper()],
-        )
-        model = model_create(owner=request.user, placement=placement, **values)
-    except JobError as exc:
-        if exc.field:
-            raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
-        raise
+    placement = placement_check(
+        request.user,
+        devices=values.pop("devices"),
+        device_ids=values.pop("device_ids"),
+        multi_host=values.pop("multi_host"),
+        priority=Priority[values.pop("priority").upper()],
+    )
+    model = model_create(owner=request.user, placement=placement, **values)
     return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
@@ -116,7 +112,7 @@ class ModelDetailApi(APIView):
     @extend_schema(request=JobEditSerializer, responses=ModelOutputSerializer)
     def patch(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
-        require_owner(model.job, request.user)
+        self.check_object_permissions(request, model)
         data = JobEditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job_update(model.job, **data.validated_data)
@@ -125,7 +121,7 @@ class ModelDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
-        require_owner(model.job, request.user)
+        self.check_object_permissions(request, model)
         model_delete(model)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -134,7 +130,7 @@ class ModelAbortApi(APIView):
     @extend_schema(request=None, responses=ModelOutputSerializer)
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
-        require_owner(model.job, request.user)
+        self.check_object_permissions(request, model)
         job_abort(model.job)
         model.job.refresh_from_db()
         return Response(ModelOutputSerializer(model).data)
@@ -146,7 +142,7 @@ class ModelResumeApi(APIView):
     @extend_schema(request=None, responses=ModelOutputSerializer)
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
-        require_owner(model.job, request.user)
+        self.check_object_permissions(request, model)
         model_resume(model)
         model.job.refresh_from_db()
         return Response(ModelOutputSerializer(model).data)

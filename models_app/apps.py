@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class ModelsAppConfig(AppConfig):
     name = "models_app"
     verbose_name = "Models"
+
+    def ready(self) -> None:
+        from workers.kinds import register
+
+        from .kind import ModelTraining
+
+        register(ModelTraining())

@@ -8,7 +8,7 @@ from django.http import Http404
 from django.http import QueryDict
 
 from datasets.models import Dataset
-from workers.services import JobError
+from workers.errors import JobError
 
 from .models import LrPolicy, Network, TrainedModel
 from .networks import STANDARD_NETWORKS, intended_input, network_module, network_source

@@ -1,5 +1,6 @@
 """The downloadable model archive: weights, network definition, preprocessing, labels,
-mean image, info.json and a standalone classify.py (torch + numpy + Pillow only)."""
+mean image, info.json and a standalone classify.py (torch, numpy and Pillow, plus
+torchvision for the networks built from it)."""
 from __future__ import annotations
 
 import io
@@ -19,7 +20,7 @@ from .networks import network_source
 SCRIPT = Path(__file__).resolve().parent / "archive" / "classify.py"
 README = """Exported from DIGITS-NG.
 
-    pip install torch torchvision numpy pillow
+    pip install {requirements}
     python classify.py some_image.png
 
 model.pt holds the state_dict of network.build(info["input_shape"], info["num_classes"]).
@@ -38,10 +39,16 @@ def network_code(model: TrainedModel) -> str:
     return model.custom_code if model.network == Network.CUSTOM else network_source(model.network)
 
 
+def requirements(code: str) -> list[str]:
+    """What classify.py needs to run this network: torchvision only when network.py uses it."""
+    return ["torch", *(["torchvision"] if "torchvision" in code else []), "numpy", "pillow"]
+
+
 def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
     """Write the archive to a temporary file (streamed by the view, removed after)."""
     dataset = model.dataset
     checkpoint = torch.load(snapshot.path, map_location="cpu", weights_only=True)
+    code = network_code(model)
     info = {
         "name": model.job.name,
         "model_id": model.pk,
@@ -61,6 +68,7 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
         "dataset": dataset.job.name,
         "val_accuracy": snapshot.val_accuracy,
         "val_loss": snapshot.val_loss,
+        "requirements": requirements(code),
         "exported_at": timezone.now().isoformat(),
     }
     weights = io.BytesIO()
@@ -77,11 +85,11 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
 
         folder = archive_name(model, snapshot).removesuffix(".tar.gz")
         add_bytes(f"{folder}/model.pt", weights.getvalue())
-        add_bytes(f"{folder}/network.py", network_code(model).encode())
+        add_bytes(f"{folder}/network.py", code.encode())
         add_bytes(f"{folder}/imaging.py", Path(datasets.imaging.__file__).read_bytes())
         add_bytes(f"{folder}/classify.py", SCRIPT.read_bytes())
         add_bytes(f"{folder}/labels.txt", ("\n".join(dataset.labels) + "\n").encode())
         add_bytes(f"{folder}/mean.npy", dataset.mean_path.read_bytes())
         add_bytes(f"{folder}/info.json", json.dumps(info, indent=2).encode())
-        add_bytes(f"{folder}/README.txt", README.encode())
+        add_bytes(f"{folder}/README.txt", README.format(requirements=" ".join(info["requirements"])).encode())
     return Path(name)

@@ -66,6 +66,10 @@ def _range(low: float, high: float) -> list:
     return [MinValueValidator(low), MaxValueValidator(high)]
 
 
+# The job kind of a training run (models_app/kind.py registers it with the job engine).
+MODEL_KIND = "model"
+
+
 class TrainedModel(models.Model):
     """A training run's parameters. Validators here give field errors on both the form
     and the API (ModelForm and ModelSerializer read them); cross-field rules live in
@@ -98,7 +102,8 @@ class TrainedModel(models.Model):
     learning_rate = models.FloatField(default=0.01, validators=_range(1e-12, 10))
     momentum = models.FloatField(default=0.9, validators=_range(0, 0.9999), help_text="SGD, Nesterov and RMSprop.")
     weight_decay = models.FloatField(default=0.0, validators=_range(0, 0.9999))
-    seed = models.IntegerField(default=0, validators=_range(0, 2**31 - 1), help_text="Same seed and data on CPU: the same curves.")
+    # Any 64-bit seed a database column holds (DIGITS' own tests use 0xCAFEBABE).
+    seed = models.BigIntegerField(default=0, validators=_range(0, 2**63 - 1), help_text="Same seed and data on CPU: the same curves.")
 
     # Learning-rate policy, over training progress (DIGITS' percent-of-training units).
     lr_policy = models.CharField(max_length=16, choices=LrPolicy.choices, default=LrPolicy.FIXED)

@@ -3,20 +3,19 @@ training run and its events, resume, clone and delete."""
 from __future__ import annotations
 
 import shutil
-import time
 from typing import Any
 
 import torch
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
 
 from datasets.models import Dataset
-from workers.models import AllocationOutcome, Job, JobKind, JobStatus, Priority
-from workers.services import JobError, Placement, job_create, job_delete, job_transition
+from workers.errors import JobError
+from workers.events import publish
+from workers.models import JobStatus, Priority
+from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
-from .models import LrPolicy, Metric, Network, Snapshot, TrainedModel
+from .models import MODEL_KIND, LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import network_module
 from .training.lr_policy import parse_steps
 
@@ -115,7 +114,7 @@ def model_create(
         raise JobError(
             f"The batch size is split over the devices: {batch} is not a multiple of {placement.devices}.", field="batch_size"
         )
-    job = job_create(kind=JobKind.MODEL, name=name, owner=owner, group=group, notes=notes, placement=placement)
+    job = job_create(kind=MODEL_KIND, name=name, owner=owner, group=group, notes=notes, placement=placement)
     model = TrainedModel.objects.create(job=job, dataset=dataset, **params)
     if model.base_model is not None:
         # Copy the weights: the fine-tune keeps working if the base model is deleted.
@@ -123,20 +122,9 @@ def model_create(
         model.pretrained_file = "pretrained.pt"
         shutil.copyfile(snapshot.path, model.directory / model.pretrained_file)
         model.save(update_fields=["pretrained_file"])
-    _enqueue(model, from_=[JobStatus.INITIALIZED])
+    # Back of the queue; the scheduler places it when devices are free.
+    job_enqueue(model.pk, from_=[JobStatus.INITIALIZED])
     return model
-
-
-def _enqueue(model: TrainedModel, *, from_: list[str], message: str = "") -> None:
-    """Queue at the back of its priority; the scheduler places it when devices are free."""
-    from workers.scheduler import schedule_on_commit
-
-    # A submission or a manual resume: back of the queue, and a fresh allowance of
-    # automatic requeues.
-    job_transition(
-        model.pk, JobStatus.QUEUED, from_=from_, message=message, also={"queue_position": time.time(), "interruptions": 0}
-    )
-    schedule_on_commit()
 
 
 def model_clone_params(model: TrainedModel) -> dict[str, Any]:
@@ -153,18 +141,22 @@ def model_clone_params(model: TrainedModel) -> dict[str, Any]:
     return {"name": f"{job.name} (clone)", "dataset": model.dataset_id, "group": job.group, **values, **placement}
 
 
-@transaction.atomic
 def model_resume(model: TrainedModel) -> Snapshot:
-    """Continue an aborted or failed run from its latest snapshot. Points recorded after
-    that snapshot are dropped, so the charts continue without duplicates."""
-    job = model.job
-    if job.status not in (JobStatus.ABORTED, JobStatus.ERROR):
-        raise JobError(f"Only an aborted or failed model can be resumed; this one is {job.get_status_display().lower()}.")
-    snapshot = model.snapshots.order_by("-iteration", "-epoch").first()
-    if snapshot is None:
-        raise JobError("This model has no snapshot to resume from; clone it to train again from the start.")
-    model.metrics.filter(iteration__gt=snapshot.iteration).delete()
-    _enqueue(model, from_=[JobStatus.ABORTED, JobStatus.ERROR], message=f"Resumed from the snapshot at epoch {snapshot.epoch:g}.")
+    """Continue an aborted or failed run from its latest snapshot (see ModelTraining.prepare_resume)."""
+    job_resume(model.job)
+    return latest_snapshot(model)  # type: ignore[return-value] - prepare_resume checked there is one
+
+
+def latest_snapshot(model: TrainedModel) -> Snapshot | None:
+    return model.snapshots.order_by("-iteration", "-epoch").first()
+
+
+def model_rewind(model_id: int) -> Snapshot | None:
+    """Drop the points recorded after the latest snapshot (all of them without one): a
+    resumed or requeued run records them again, so charts continue without duplicates."""
+    snapshot = Snapshot.objects.filter(model_id=model_id).order_by("-iteration", "-epoch").first()
+    points = Metric.objects.filter(model_id=model_id)
+    (points.filter(iteration__gt=snapshot.iteration) if snapshot else points).delete()
     return snapshot
 
 
@@ -184,7 +176,7 @@ def model_train_spec(model: TrainedModel) -> dict[str, Any]:
     if model.pretrained_file:
         spec["pretrained"] = str(model.directory / model.pretrained_file)
         spec["pretrained_label"] = f"model {model.base_model_id}, epoch {model.base_epoch:g}" if model.base_epoch else "the base model"
-    latest = model.snapshots.order_by("-iteration", "-epoch").first()
+    latest = latest_snapshot(model)
     if latest is not None:  # a resumed run
         spec["resume_from"] = str(latest.path)
     return spec
@@ -193,8 +185,6 @@ def model_train_spec(model: TrainedModel) -> dict[str, Any]:
 def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
     """Store a batch of the child's events (training rows, validation and throughput
     metrics, snapshots, notices), then publish them live, after commit, as one message."""
-    from workers.events import publish
-
     rows: list[Metric] = []
     snapshots: list[dict[str, Any]] = []
     notices: list[str] = []
@@ -251,116 +241,6 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
                 "next_snapshot_eta": next_snapshot_eta,
             },
         )
-
-
-def model_rank_run(allocation_id: int) -> None:
-    """Run one rank of a placed training job (called by the Celery task on the device's
-    own worker). Rank 0 stores and publishes the events and finishes the job; any rank's
-    failure ends the job for all (the others see it and stop), or, when a rank lost its
-    peers, requeues it to resume from the last snapshot."""
-    from workers.ranks import claim_allocation, join, rank_env, release
-    from workers.runner import failure_message, last_progress, run_child
-    from workers.scheduler import schedule
-    from workers.services import job_set_progress
-
-    from .training import CHILD_ENV
-
-    allocation = claim_allocation(allocation_id)
-    if allocation is None:
-        return
-    outcome = AllocationOutcome.SKIPPED
-    try:
-        job = join(allocation)
-        if job is None:
-            return
-        reporter = allocation.rank == 0
-
-        def relay(batch: list[dict[str, Any]]) -> None:
-            if not reporter:
-                return  # rank 0 reports for all; the others only run
-            progress = last_progress(batch)
-            if progress is not None:
-                job_set_progress(job.pk, float(progress.get("progress", 0.0)), progress.get("eta"))
-            model_record_events(job.pk, batch)
-
-        model = TrainedModel.objects.select_related("dataset").get(pk=job.pk)
-        result = run_child(
-            job, settings.TRAINING_MODULE, model_train_spec(model), relay,
-            env={**CHILD_ENV, **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
-        )
-        if result.stopped:
-            # Stopped because the job moved on: rank 0 finished it (this rank was ending
-            # too), it was aborted or deleted, requeued, or failed on another rank.
-            status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
-            outcome = {
-                JobStatus.DONE: AllocationOutcome.DONE,
-                JobStatus.QUEUED: AllocationOutcome.INTERRUPTED,
-                JobStatus.ERROR: AllocationOutcome.ERROR,
-            }.get(status, AllocationOutcome.ABORTED)
-        elif result.returncode == 0:
-            outcome = AllocationOutcome.DONE
-            if reporter:
-                job_transition(job.pk, JobStatus.DONE, from_=[JobStatus.RUNNING], where={"attempt": allocation.attempt})
-        elif result.peer_lost:
-            outcome = AllocationOutcome.INTERRUPTED
-            # Most often a peer's worker died: give the reaper the time to notice, so the
-            # requeued job is not placed on that device again; then requeue it ourselves
-            # (a peer that hangs, with its worker alive, is never reaped).
-            deadline = time.monotonic() + settings.DEVICE_DEAD_SECONDS + 2 * settings.DEVICE_HEARTBEAT_SECONDS
-            current = Job.objects.filter(pk=job.pk, attempt=allocation.attempt, status__in=JobStatus.active())
-            while time.monotonic() < deadline and current.exists():
-                time.sleep(0.25)
-            model_interrupt(job.pk, allocation.attempt, f"Rank {allocation.rank} lost contact with the other ranks")
-        else:
-            outcome = AllocationOutcome.ERROR
-            prefix = f"Rank {allocation.rank} on {allocation.device.label}: " if allocation.world_size > 1 else ""
-            job_transition(
-                job.pk, JobStatus.ERROR, from_=JobStatus.active(), where={"attempt": allocation.attempt},
-                message=prefix + failure_message(job, result),
-            )
-    finally:
-        release(allocation, outcome)
-        schedule()  # its device is free: the next job may start
-
-
-def model_interrupt(job_id: int, attempt: int, reason: str) -> bool:
-    """A rank of the job's current attempt was lost (worker killed, host rebooted, peers
-    gone): release every device of that attempt and requeue the job to resume from its
-    last snapshot, keeping its place in the queue. Points after that snapshot are dropped,
-    so the charts continue without duplicates. False: that attempt was already over."""
-    from workers.models import Allocation, AllocationOutcome as Outcome
-    from workers.scheduler import schedule_on_commit
-
-    with transaction.atomic():
-        job = Job.objects.select_for_update().filter(
-            pk=job_id, attempt=attempt, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
-        ).first()
-        if job is None:
-            return False
-        Allocation.objects.filter(job_id=job_id, released_at__isnull=True).update(
-            released_at=timezone.now(), outcome=Outcome.INTERRUPTED
-        )
-        if job.interruptions >= settings.MAX_INTERRUPTIONS:
-            job_transition(
-                job_id, JobStatus.ERROR, from_=JobStatus.active(),
-                message=f"{reason}. It was interrupted {job.interruptions + 1} times, so it was not requeued again; "
-                "check the devices' workers, then resume it.",
-            )
-            return True
-        model = TrainedModel.objects.get(pk=job_id)
-        snapshot = model.snapshots.order_by("-iteration", "-epoch").first()
-        if snapshot is not None:
-            model.metrics.filter(iteration__gt=snapshot.iteration).delete()
-            then = f"Requeued to resume from the snapshot at epoch {snapshot.epoch:g}."
-        else:
-            model.metrics.all().delete()
-            then = "Requeued to start again: it had no snapshot yet."
-        job_transition(
-            job_id, JobStatus.QUEUED, from_=[JobStatus.QUEUED, JobStatus.RUNNING], where={"attempt": attempt},
-            also={"interruptions": F("interruptions") + 1}, message=f"Interrupted: {reason}. {then}",
-        )
-        schedule_on_commit()
-    return True
 
 
 def model_delete(model: TrainedModel) -> None:

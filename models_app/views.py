@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -10,7 +9,9 @@ from django.views.decorators.http import require_POST
 from workers.models import Priority
 from workers.scheduler import wait_reason
 from workers.selectors import job_devices
-from workers.services import JobError, job_abort, job_update, placement_check
+from workers.errors import JobError
+from workers.permissions import can_modify, check_modify
+from workers.services import job_abort, job_update, placement_check
 
 from .forms import ClassifyForm, ModelForm
 from .models import TrainedModel
@@ -56,7 +57,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "snapshots": snapshots,
             "metrics": model_metrics(model),
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots]),
-            "can_modify": model.job.can_modify(request.user),
+            "can_modify": can_modify(request.user, model),
             "queue": wait_reason(model.job),
             "placed": job_devices(model.job),
         },
@@ -81,8 +82,7 @@ def model_classify(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _modifiable(request: HttpRequest, pk: int) -> TrainedModel:
     model = get_object_or_404(model_list(), pk=pk)
-    if not model.job.can_modify(request.user):
-        raise PermissionDenied
+    check_modify(request.user, model)
     return model
 
 

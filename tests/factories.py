@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from datasets.models import Dataset
 from models_app.models import Metric, Snapshot, TrainedModel
-from workers.models import Job, JobEvent, JobKind, JobStatus
+from workers.models import Job, JobEvent, JobStatus
 
 
 def make_dataset(owner, name: str = "ds", status: str = JobStatus.DONE) -> Dataset:  # noqa: ANN001
-    job = Job.objects.create(kind=JobKind.DATASET, name=name, owner=owner, status=status)
+    job = Job.objects.create(kind="dataset", name=name, owner=owner, status=status)
     JobEvent.objects.create(job=job, status=status)
     job.directory.mkdir(parents=True, exist_ok=True)
     return Dataset.objects.create(
@@ -17,7 +17,7 @@ def make_dataset(owner, name: str = "ds", status: str = JobStatus.DONE) -> Datas
 
 
 def make_model(owner, dataset: Dataset, name: str = "m", status: str = JobStatus.DONE, epochs: int = 2) -> TrainedModel:  # noqa: ANN001
-    job = Job.objects.create(kind=JobKind.MODEL, name=name, owner=owner, status=status)
+    job = Job.objects.create(kind="model", name=name, owner=owner, status=status)
     JobEvent.objects.create(job=job, status=status)
     job.directory.mkdir(parents=True, exist_ok=True)
     model = TrainedModel.objects.create(job=job, dataset=dataset, epochs=epochs)

@@ -66,7 +66,7 @@ def test_folder_with_one_class(api, data_root):  # noqa: ANN001
 def test_bad_dataset_parameters_are_field_errors(api, data_root):  # noqa: ANN001
     response = post_dataset(api, data_root, image_width=0, val_percent=150)
     assert response.status_code == 400
-    assert set(response.json()) == {"image_width", "val_percent"}
+    assert set(response.json()["errors"]) == {"image_width", "val_percent"}
 
 
 def test_non_images_and_corrupt_files_are_skipped_and_reported(celery_worker_process, api, data_root):  # noqa: ANN001
@@ -111,7 +111,7 @@ def test_all_corrupt_images_fail_with_a_message_and_leave_no_databases(celery_wo
 def test_model_on_missing_dataset(api):  # noqa: ANN001
     response = api.post("/api/models/", {"name": "m", "dataset": 999999}, format="json")
     assert response.status_code == 400
-    assert "does not exist" in response.json()["dataset"][0]
+    assert "does not exist" in response.json()["errors"]["dataset"][0]
     assert not Job.objects.exists()
 
 
@@ -121,7 +121,7 @@ def test_bad_hyperparameters_are_field_errors(api, owner):  # noqa: ANN001
         "/api/models/", {"name": "m", "dataset": dataset.pk, "epochs": 0, "learning_rate": -1, "batch_size": "x"}, format="json"
     )
     assert response.status_code == 400
-    assert set(response.json()) == {"epochs", "learning_rate", "batch_size"}
+    assert set(response.json()["errors"]) == {"epochs", "learning_rate", "batch_size"}
     assert Job.objects.count() == 1  # only the dataset
 
 
@@ -129,7 +129,7 @@ def test_model_on_failed_dataset_is_refused(api, owner):  # noqa: ANN001
     dataset = make_dataset(owner, status="error")
     response = api.post("/api/models/", {"name": "m", "dataset": dataset.pk}, format="json")
     assert response.status_code == 400
-    assert "did not build" in response.json()["dataset"][0]
+    assert "did not build" in response.json()["errors"]["dataset"][0]
 
 
 def test_classify_rejects_a_non_image(api, owner, tmp_path):  # noqa: ANN001

@@ -85,7 +85,7 @@ def test_folder_dataset_explore_edit_clone_and_delete(celery_worker_process, api
     original = Dataset.objects.get(pk=pk)
     model = make_model(owner, original, name="uses-it")
     refused = api.delete(f"/api/datasets/{pk}/")
-    assert refused.status_code == 400 and "used by model(s) uses-it" in refused.json()["detail"]
+    assert refused.status_code == 409 and "used by model(s) uses-it" in refused.json()["detail"]  # a conflict
     assert original.directory.exists()
     model.job.delete()
     assert api.delete(f"/api/datasets/{pk}/").status_code == 204

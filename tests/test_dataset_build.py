@@ -106,6 +106,22 @@ def test_separate_validation_and_test_folders(tmp_path):  # noqa: ANN001
     assert {"path": "[val] hexagon/", "reason": "class not in the training folder"} in result["skipped"]
 
 
+def test_a_split_without_its_own_folder_comes_from_the_training_folder(tmp_path):  # noqa: ANN001
+    """DIGITS' rule: a separate validation folder with a test percentage still gets a test
+    split (taken from the training folder), and a separate test folder with a validation
+    percentage still gets a validation split."""
+    train = make_shapes_folder(tmp_path / "train", per_class=10)
+    val = make_shapes_folder(tmp_path / "val", per_class=2, seed=1)
+    test = make_shapes_folder(tmp_path / "test", per_class=3, seed=2)
+    with_val = build(spec_for(tmp_path, folder=str(train), val_folder=str(val), test_percent=20, val_percent=50))
+    assert with_val["counts"] == {"train": 24, "val": 6, "test": 6}  # val from its folder, 20% of 10 per class to test
+    assert counts_per_class(with_val, "test") == [2, 2, 2]
+    (tmp_path / "out2").mkdir()
+    with_test = build(spec_for(tmp_path, output_dir=str(tmp_path / "out2"), folder=str(train), test_folder=str(test), val_percent=30))
+    assert with_test["counts"] == {"train": 21, "val": 9, "test": 9}
+    assert counts_per_class(with_test, "val") == [3, 3, 3]
+
+
 # --- text lists ----------------------------------------------------------------------
 
 

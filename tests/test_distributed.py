@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from models_app.models import Metric
-from models_app.tasks import model_rank_task
+from workers.tasks import job_rank_task
 from tests.conftest import wait_for_devices, wait_for_status
 from tests.test_model_api import built_dataset
 from workers.models import Allocation, Job, JobEvent
@@ -71,7 +71,7 @@ def test_two_rank_ddp_matches_one_rank_and_redelivery_is_ignored(celery_worker_p
     # A redelivered message for a rank that already ran does nothing.
     events = JobEvent.objects.filter(job_id=double["id"]).count()
     rank0 = ranks[0]
-    model_rank_task.apply_async(args=[rank0.pk], queue=rank0.device.queue)
+    job_rank_task.apply_async(args=[rank0.pk], queue=rank0.device.queue)
     log = celery_worker_process.logs[rank0.device.worker.split("@")[0]]
     wait_until(lambda: f"allocation {rank0.pk} was already started or released" in log.read_text(), 30, "the ignored message")
     assert JobEvent.objects.filter(job_id=double["id"]).count() == events
@@ -131,3 +131,32 @@ def test_a_killed_worker_leads_to_a_resumed_completed_job(celery_worker_process,
     attempts = sorted(set(Allocation.objects.filter(job_id=model_id).values_list("attempt", flat=True)))
     assert len(attempts) >= 2
     assert Allocation.objects.filter(job_id=model_id, attempt=attempts[-1], outcome="done").count() == 2
+
+
+def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+    """kill -9 only the Celery pool process that runs a 1-rank job (its worker lives on):
+    Celery requeues the message, and the redelivered message (or the heartbeat, whichever
+    comes first) sees that the rank's process is gone, so the job is requeued from its last
+    snapshot and completes, instead of staying "running" with its device busy for good."""
+    dataset_id = built_dataset(api, shapes_folder)
+    model_id = submit(api, dataset_id, name="pool-victim", epochs=40, snapshot_interval=2, val_interval=2)
+    wait_until(lambda: api.get(f"/api/models/{model_id}/").json()["snapshots"], 180, "the first snapshot")
+    allocation = Allocation.objects.select_related("device").get(job_id=model_id, attempt=1)
+    pool = psutil.Process(allocation.pid)
+    worker_main = pool.parent()
+    assert "celery" in " ".join(worker_main.cmdline()) and children_running(model_id)
+    pool.kill()
+    wait_until(lambda: not children_running(model_id), 30, "the training child to die with its pool process")
+    wait_until(
+        lambda: JobEvent.objects.filter(job_id=model_id, status="queued", message__startswith="Interrupted: ").exists(),
+        30, "the job to be requeued",
+    )
+    interrupted = JobEvent.objects.filter(job_id=model_id, message__startswith="Interrupted: ").get()
+    assert f"pid {allocation.pid}" not in interrupted.message  # rank wording, not a raw pid
+    assert "was killed" in interrupted.message and "Requeued to resume from the snapshot at epoch" in interrupted.message
+    assert Allocation.objects.get(pk=allocation.pk).outcome == "lost"
+    done = wait_for_status(api, f"/api/models/{model_id}/", {"done", "error"}, timeout=300)
+    assert done["job"]["status"] == "done", done["job"]
+    assert worker_main.is_running()  # the worker itself was never restarted
+    iterations = list(Metric.objects.filter(model_id=model_id, name="train_loss").values_list("iteration", flat=True))
+    assert sorted(iterations) == list(range(1, 40 * 15 + 1))

@@ -102,7 +102,7 @@ def test_bad_hyperparameters_are_field_errors(api, owner, extra, field):  # noqa
     dataset = make_dataset(owner)  # 28x28
     response = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, **extra}, format="json")
     assert response.status_code == 400, response.content
-    assert list(response.json()) == [field], response.json()
+    assert list(response.json()["errors"]) == [field], response.json()
 
 
 def test_the_form_shows_field_errors(owner):  # noqa: ANN001
@@ -214,7 +214,7 @@ def test_fine_tune_from_a_snapshot_survives_deleting_the_base(celery_worker_proc
     dataset_id = built_dataset(api, shapes_folder)
     base = train(api, dataset_id, epochs=2)
     missing = api.post("/api/models/", {"name": "ft", "dataset": dataset_id, "base_model": base["id"], "base_epoch": 7}, format="json")
-    assert missing.status_code == 400 and "no snapshot for epoch 7" in missing.json()["base_epoch"][0]
+    assert missing.status_code == 400 and "no snapshot for epoch 7" in missing.json()["errors"]["base_epoch"][0]
     tuned = train(api, dataset_id, base_model=base["id"], base_epoch=1, network="alexnet", learning_rate=0.001)
     assert tuned["job"]["status"] == "done", tuned["job"]
     # The network comes from the base model, whatever the request said.
@@ -259,7 +259,7 @@ def test_stranger_cannot_edit_or_resume_but_reads(owner, stranger):  # noqa: ANN
 
 @pytest.mark.e2e
 def test_a_waiting_model_fails_with_the_reason_when_its_dataset_fails(celery_worker_process, api, owner):  # noqa: ANN001
-    from workers.services import job_fail
+    from workers.transitions import job_fail
 
     dataset = make_dataset(owner, name="still-building", status="running")
     response = api.post("/api/models/", {"name": "waits", "dataset": dataset.pk}, format="json")

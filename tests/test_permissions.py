@@ -73,7 +73,7 @@ def test_dataset_in_use_cannot_be_deleted(owner):  # noqa: ANN001
     dataset = make_dataset(owner)
     make_model(owner, dataset, name="uses-it")
     response = token_client(owner).delete(f"/api/datasets/{dataset.pk}/")
-    assert response.status_code == 400
+    assert response.status_code == 409  # a conflict with the model that uses it
     assert "uses-it" in response.json()["detail"]
     assert dataset.directory.exists()
 

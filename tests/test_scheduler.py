@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from models_app.models import Metric, Snapshot
@@ -21,7 +22,8 @@ from tests.factories import make_dataset
 from workers.devices import reap
 from workers.models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobStatus, Priority
 from workers.scheduler import pick_devices, schedule_pass, wait_reason
-from workers.services import JobError, Placement, job_abort, placement_check
+from workers.errors import JobError
+from workers.services import Placement, job_abort, placement_check
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -280,7 +282,8 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     assert admin_api.put(f"/api/users/{teammate.pk}/device-limit/", {"max_devices": None}, format="json").status_code == 204
     assert not DeviceLimit.objects.filter(user=teammate).exists()
     # Usage: who ran what on which device for how long.
-    Allocation.objects.filter(job=busy).update(started_at=timezone.now() - timedelta(hours=2))
+    # "busy" ran for exactly 2 hours: its start is set from its (already written) release.
+    Allocation.objects.filter(job=busy).update(started_at=F("released_at") - timedelta(hours=2))
     usage = {u["user"]: u for u in admin_api.get("/api/usage/").json()["usage"]}
     assert usage["owner"]["device_hours"] >= 2.0 and usage["owner"]["jobs"] >= 1
     page = admin.get("/cluster/").content.decode()

@@ -81,3 +81,51 @@ def test_duration_filter():
     assert duration(5) == "5s"
     assert duration(185) == "3m 05s"
     assert duration(3720) == "1h 02m"
+
+
+def test_exported_classify_script_with_a_crop_prints_the_asked_top_n(tmp_path):  # noqa: ANN001
+    """The standalone classify.py of a model trained with a crop size: `--top 3` gives three
+    predictions (the crop offset, 2, once overwrote it); LeNet's archive asks for no
+    torchvision, a torchvision network's does."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import datasets.imaging
+    from models_app.export import SCRIPT, requirements
+    from models_app.networks import network_source
+
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(SCRIPT, folder / "classify.py")
+    shutil.copy(datasets.imaging.__file__, folder / "imaging.py")
+    (folder / "network.py").write_text(network_source("lenet"))
+    net = network_module("lenet").build((3, 24, 24), 3)
+    torch.save(net.state_dict(), folder / "model.pt")
+    (folder / "labels.txt").write_text("a\nb\nc\n")
+    np.save(folder / "mean.npy", np.zeros((28, 28, 3), dtype=np.float32))
+    info = {"input_shape": [3, 24, 24], "num_classes": 3, "image_width": 28, "image_height": 28, "crop_size": 24,
+            "resize_mode": "squash", "mean_subtraction": "image"}
+    (folder / "info.json").write_text(json.dumps(info))
+    wide_image().save(tmp_path / "x.png")
+    out = subprocess.run([sys.executable, "-I", str(folder / "classify.py"), str(tmp_path / "x.png"), "--top", "3", "--json"],
+                         cwd=folder, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["predictions"]) == 3  # not the crop offset, 2
+    assert requirements(network_source("lenet")) == ["torch", "numpy", "pillow"]
+    assert "torchvision" in requirements(network_source("resnet18"))
+
+
+
+def test_any_64_bit_seed_is_accepted_by_the_training_helpers():
+    """DIGITS' own tests seed with 0xCAFEBABE; a seed up to 2^63 - 1 must drive the epoch
+    order and the transforms without overflowing a 32-bit or 64-bit generator."""
+    from models_app.training.data import epoch_order
+
+    for seed in (0xCAFEBABE, 2**63 - 1):
+        order = epoch_order(10, seed, epoch=3)
+        assert sorted(order.tolist()) == list(range(10))
+        assert torch.equal(order, epoch_order(10, seed, epoch=3))
+        np.random.seed(seed % 2**32)

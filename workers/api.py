@@ -3,24 +3,78 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
-from .models import Job, JobEvent, JobKind, JobStatus, Priority
+from . import kinds
+from .models import Job, JobEvent, JobStatus, Priority
 from .selectors import job_list
-from .services import JobError
+from .errors import JobError
+from .permissions import IsStaff
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """JobError carries a message the user can act on: a 400 with {"detail": ...}."""
+    """One error shape on every endpoint: `{"detail": "...", "errors": {"field": ["..."]}}`
+    (`errors` when fields are to blame). Domain errors carry their own status (400, 403,
+    404, 409); DRF's own (validation, authentication, permission, not found) are reshaped."""
     if isinstance(exc, JobError):
-        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-    return exception_handler(exc, context)
+        body: dict[str, Any] = {"detail": str(exc)}
+        if exc.field:
+            body["errors"] = {exc.field: [str(exc)]}
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        exc = ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(exc, ValidationError):
+        errors = flatten_errors(response.data)
+        response.data = {"detail": summarize_errors(errors), "errors": errors}
+    return response
+
+
+def flatten_errors(data: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error structure as `{"field": [messages]}` (nested fields dotted)."""
+    if isinstance(data, dict):
+        out: dict[str, list[str]] = {}
+        for key, value in data.items():
+            out.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        out = {}
+        for index, value in enumerate(data):
+            out.update(flatten_errors(value, f"{prefix}.{index}" if prefix else str(index)))
+        return out
+    messages = [str(m) for m in (data if isinstance(data, list) else [data])]
+    return {prefix or "non_field_errors": messages} if messages else {}
+
+
+def summarize_errors(errors: dict[str, list[str]]) -> str:
+    parts = [
+        messages[0] if field in ("non_field_errors", api_settings.NON_FIELD_ERRORS_KEY) else f"{field}: {messages[0]}"
+        for field, messages in errors.items()
+        if messages
+    ]
+    return "; ".join(parts) or "The request is not valid."
+
+
+MAX_ID = 2**63 - 1  # what a 64-bit primary key column holds
+
+
+class IdRelatedField(serializers.PrimaryKeyRelatedField):
+    """A primary key that is checked to fit the column before the database sees it: a
+    number too large is "does not exist", not an overflow in the driver (a 500)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, int) and not 0 <= data <= MAX_ID:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(data)
 
 
 def job_log_response(job: Job, *, download: bool) -> FileResponse:
@@ -30,11 +84,6 @@ def job_log_response(job: Job, *, download: bool) -> FileResponse:
     except FileNotFoundError:
         raise Http404("This job has no log yet.") from None
     return FileResponse(handle, content_type="text/plain; charset=utf-8", as_attachment=download, filename=f"job-{job.pk}.log")
-
-
-def require_owner(job: Job, user) -> None:  # noqa: ANN001
-    if not job.can_modify(user):
-        raise PermissionDenied("Only the owner of this job (or an admin) can change it.")
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -71,7 +120,7 @@ class JobSerializer(serializers.ModelSerializer):
         return Priority(job.priority).name.lower()
 
     def get_queue(self, job: Job) -> dict[str, Any] | None:
-        if job.kind != JobKind.MODEL or job.status != JobStatus.QUEUED:
+        if job.status != JobStatus.QUEUED or job.kind not in kinds.device_kinds():
             return None
         from .scheduler import wait_reason
 
@@ -114,11 +163,6 @@ class JobLogApi(APIView):
 # -- devices and the queue -------------------------------------------------------------
 
 
-def require_staff(user) -> None:  # noqa: ANN001
-    if not user.is_staff:
-        raise PermissionDenied("Only admins can steer devices and the queue.")
-
-
 def _device_row(row: dict[str, Any]) -> dict[str, Any]:
     d, a = row["device"], row["allocation"]
     return {
@@ -145,6 +189,8 @@ class DeviceListApi(APIView):
 class DeviceDetailApi(APIView):
     """Admins: drain (`{"enabled": false}`) or enable a device."""
 
+    permission_classes = [IsAuthenticated, IsStaff]
+
     class InputSerializer(serializers.Serializer):
         enabled = serializers.BooleanField()
 
@@ -154,7 +200,6 @@ class DeviceDetailApi(APIView):
         from .selectors import device_board
         from .services import device_set_enabled
 
-        require_staff(request.user)
         device = get_object_or_404(Device, pk=pk)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -184,6 +229,8 @@ class QueueJobApi(APIView):
     """Admins: `{"action": "up"|"down"|"top"|"bottom"|"hold"|"release"|"cancel"}`, or
     `{"action": "priority", "priority": "low"|"normal"|"high"|"urgent"}`."""
 
+    permission_classes = [IsAuthenticated, IsStaff]
+
     class InputSerializer(serializers.Serializer):
         action = serializers.ChoiceField(choices=["up", "down", "top", "bottom", "hold", "release", "cancel", "priority"])
         priority = serializers.ChoiceField(choices=[p.name.lower() for p in Priority], required=False)
@@ -192,8 +239,7 @@ class QueueJobApi(APIView):
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
         from .services import job_abort, queue_hold, queue_move, queue_set_priority
 
-        require_staff(request.user)
-        job = get_object_or_404(Job, pk=pk, kind=JobKind.MODEL)
+        job = get_object_or_404(Job, pk=pk, kind__in=kinds.device_kinds())
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         action = data.validated_data["action"]
@@ -213,11 +259,12 @@ class QueueJobApi(APIView):
 class UsageApi(APIView):
     """Admins: device-hours and jobs per user, and each device's limit per user."""
 
+    permission_classes = [IsAuthenticated, IsStaff]
+
     @extend_schema(responses={200: dict})
     def get(self, request):  # noqa: ANN001, ANN201
         from .selectors import usage_by_user, user_limits
 
-        require_staff(request.user)
         return Response({
             "usage": [
                 {"user": u["user"].username, "device_hours": round(u["device_hours"], 4), "jobs": u["jobs"], "running": u["running"]}
@@ -233,6 +280,8 @@ class UsageApi(APIView):
 class UserLimitApi(APIView):
     """Admins: `{"max_devices": N}` (0: no limit) or `{"max_devices": null}` for the default."""
 
+    permission_classes = [IsAuthenticated, IsStaff]
+
     class InputSerializer(serializers.Serializer):
         max_devices = serializers.IntegerField(min_value=0, allow_null=True)
 
@@ -242,7 +291,6 @@ class UserLimitApi(APIView):
 
         from .services import user_limit_set
 
-        require_staff(request.user)
         user = get_object_or_404(get_user_model(), pk=user_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

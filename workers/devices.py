@@ -1,5 +1,5 @@
-"""Devices: what a pinned worker offers (an NVIDIA GPU through NVML, or a CPU "device"),
-its registration, its heartbeat with live stats, and the reaper that notices lost workers.
+"""Devices: registration of what a pinned worker offers (workers/hardware.py), its
+heartbeat with live stats, and the reaper that notices lost workers.
 
 A device worker is a Celery worker started with DIGITS_DEVICE=gpu:<index> (and
 CUDA_VISIBLE_DEVICES=<index>) or DIGITS_DEVICE=cpu:<index>; `manage.py serve` starts one
@@ -8,150 +8,33 @@ queue (`device.<uuid>`), so the scheduler alone decides what runs where.
 """
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
-import os
-import signal
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Q
 from django.utils import timezone
 
+from .hardware import DeviceInfo, read_stats
+from .live import store_stats
+from .models import Allocation, Device
+from .ranks import lost_rank_check
+from .scheduler import queued_jobs, schedule
+from .services import allocation_interrupt
+
 log = logging.getLogger(__name__)
-
-DEVICE_ENV = "DIGITS_DEVICE"
-LIVE_KEY = "digits:device:{uuid}"
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    kind: str  # "gpu" or "cpu"
-    index: int
-    uuid: str
-    name: str
-    memory_total: int
-
-
-def gpu_count() -> int:
-    """Number of NVIDIA GPUs NVML sees; 0 when there is no driver or no GPU."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no libnvidia-ml.so, no driver: a CPU host
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
-
-
-def this_device(spec: str | None = None) -> DeviceInfo | None:
-    """The device this worker is pinned to (from DIGITS_DEVICE), or None for other workers."""
-    spec = spec if spec is not None else os.environ.get(DEVICE_ENV, "")
-    if not spec:
-        return None
-    kind, _, index_text = spec.partition(":")
-    index = int(index_text or 0)
-    if kind == "gpu":
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return DeviceInfo(
-            kind="gpu",
-            index=index,
-            uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-            name=_text(pynvml.nvmlDeviceGetName(handle)),
-            memory_total=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-        )
-    if kind != "cpu":
-        raise ValueError(f"{DEVICE_ENV} must be gpu:<index> or cpu:<index>, not {spec!r}")
-    return DeviceInfo(
-        kind="cpu",
-        index=index,
-        uuid=f"cpu-{settings.HOST_NAME}-{index}",
-        name=f"{_cpu_model()} ({settings.CPU_DEVICE_THREADS} thread{'s' if settings.CPU_DEVICE_THREADS != 1 else ''})",
-        memory_total=psutil.virtual_memory().total // max(1, settings.CPU_DEVICES),
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_stats(info: DeviceInfo) -> dict[str, Any]:
-    """Utilisation %, memory used/total (bytes), temperature (°C) and power (W); None where
-    the device cannot tell."""
-    if info.kind == "gpu":
-        import pynvml
-
-        handle = pynvml.nvmlDeviceGetHandleByIndex(info.index)
-        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        stats: dict[str, Any] = {
-            "utilization": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
-            "memory_used": int(memory.used),
-            "memory_total": int(memory.total),
-        }
-        for key, read in (
-            ("temperature", lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)),
-            ("power", lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),
-        ):
-            try:
-                stats[key] = read()
-            except pynvml.NVMLError:  # not supported on this board
-                stats[key] = None
-        return stats
-    memory = psutil.virtual_memory()
-    temperature = None
-    try:
-        readings = [t.current for ts in psutil.sensors_temperatures().values() for t in ts if t.current]
-        temperature = max(readings) if readings else None
-    except (AttributeError, OSError):
-        pass
-    return {
-        "utilization": psutil.cpu_percent(interval=None),
-        "memory_used": int(memory.total - memory.available),
-        "memory_total": int(memory.total),
-        "temperature": temperature,
-        "power": None,
-    }
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies, so a `kill -9` of a worker also ends its
-    pool and its training child instead of leaving an orphan holding the GPU."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 # -- registration, heartbeat and the reaper ----------------------------------------------
 
 
-def register(info: DeviceInfo, worker: str):  # noqa: ANN201 - a Device
+def register(info: DeviceInfo, worker: str) -> Device:
     """Create or refresh this device's row. An allocation its worker had already started
     belongs to a previous life of this worker (killed, host rebooted): that job is
     interrupted and requeued to resume."""
-    from .models import Allocation, Device
-
     device, _ = Device.objects.update_or_create(
         uuid=info.uuid,
         defaults={
@@ -167,7 +50,7 @@ def register(info: DeviceInfo, worker: str):  # noqa: ANN201 - a Device
     )
     leftovers = Allocation.objects.filter(device=device, released_at__isnull=True, started_at__isnull=False)
     for allocation in leftovers:
-        interrupt(allocation, f"The worker of {device.label} restarted while running it")
+        allocation_interrupt(allocation, f"The worker of {device.label} restarted while running it")
     log.info("device %s registered (%s, %s)", device.label, info.name, info.uuid)
     return device
 
@@ -176,40 +59,16 @@ def heartbeat(device_id: int, info: DeviceInfo) -> dict[str, Any] | None:
     """Store the stats on the row (last seen) and in Redis (live, read by the console).
     Redis being down only loses the live view. None: the row is gone (an admin deleted
     it) and the device must register again."""
-    from .models import Device
-
     stats = read_stats(info)
     if not Device.objects.filter(pk=device_id).update(last_seen=timezone.now(), stats=stats):
         return None
-    try:
-        from .scheduler import _client
-
-        _client().set(LIVE_KEY.format(uuid=info.uuid), json.dumps(stats), ex=max(1, int(settings.DEVICE_DEAD_SECONDS)))
-    except Exception:  # noqa: BLE001 - the live view is best effort
-        log.debug("could not publish stats of device %s", device_id, exc_info=True)
+    store_stats(info.uuid, stats)
     return stats
-
-
-def live_stats(uuids: list[str]) -> dict[str, dict[str, Any]]:
-    """The latest stats from Redis, for devices that heartbeated recently."""
-    from .scheduler import _client
-
-    if not uuids:
-        return {}
-    try:
-        values = _client().mget([LIVE_KEY.format(uuid=u) for u in uuids])
-    except Exception:  # noqa: BLE001 - fall back to the rows' last stats
-        return {}
-    return {u: json.loads(v) for u, v in zip(uuids, values) if v}
 
 
 def reap() -> int:
     """Release the allocations of devices that stopped heartbeating and requeue their
     jobs. Any live worker runs this; the job's attempt number makes it idempotent."""
-    from django.db.models import Q
-
-    from .models import Allocation
-
     now = timezone.now()
     cutoff = now - timezone.timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
     lost = Allocation.objects.filter(released_at__isnull=True).filter(
@@ -219,7 +78,7 @@ def reap() -> int:
     for allocation in lost:
         seen = allocation.device.last_seen
         silent = f"no heartbeat for {(now - seen).total_seconds():.0f} s" if seen else "it shut down"
-        interrupt(allocation, f"The worker of {allocation.device.label} stopped responding ({silent})")
+        allocation_interrupt(allocation, f"The worker of {allocation.device.label} stopped responding ({silent})")
         count += 1
     # A message its (live) worker never picked up: lost with a broker restart, say.
     stuck = Allocation.objects.filter(
@@ -227,23 +86,11 @@ def reap() -> int:
         allocated_at__lt=now - timezone.timedelta(seconds=settings.RENDEZVOUS_SECONDS),
     ).select_related("device")
     for allocation in stuck:
-        interrupt(allocation, f"The worker of {allocation.device.label} did not start it within {settings.RENDEZVOUS_SECONDS:.0f} s")
+        allocation_interrupt(
+            allocation, f"The worker of {allocation.device.label} did not start it within {settings.RENDEZVOUS_SECONDS:.0f} s"
+        )
         count += 1
     return count
-
-
-def interrupt(allocation, reason: str) -> None:  # noqa: ANN001 - an Allocation
-    """A rank was lost: release it, and requeue its job (if this attempt is still the
-    job's) to resume from its last snapshot on whatever devices are free."""
-    from .models import AllocationOutcome, Allocation
-
-    Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
-        released_at=timezone.now(), outcome=AllocationOutcome.LOST
-    )
-    if allocation.job_id is not None:
-        from models_app.services import model_interrupt
-
-        model_interrupt(allocation.job_id, allocation.attempt, reason)
 
 
 class Heartbeat(threading.Thread):
@@ -256,8 +103,6 @@ class Heartbeat(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        from .scheduler import queued_jobs, schedule
-
         psutil.cpu_percent(interval=None)  # the first reading is meaningless
         while not self.stopping.wait(settings.DEVICE_HEARTBEAT_SECONDS):
             try:
@@ -265,6 +110,11 @@ class Heartbeat(threading.Thread):
                 if heartbeat(self.device_id, self.info) is None:
                     self.device_id = register(self.info, self.worker).pk
                 reap()
+                # A rank whose pool process was killed (its message may never come back).
+                for pk in Allocation.objects.filter(
+                    device_id=self.device_id, released_at__isnull=True, started_at__isnull=False
+                ).values_list("pk", flat=True):
+                    lost_rank_check(pk)
                 if queued_jobs().filter(held=False).exists():
                     schedule()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the heartbeat

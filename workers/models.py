@@ -1,8 +1,8 @@
 """Jobs: the lifecycle shared by every dataset build and training run.
 
 A Job row is the source of truth for status; the websocket only pushes what is stored here.
-Domain parameters live in `datasets.Dataset` and `models_app.TrainedModel`, which share the
-job's primary key.
+What a job computes is its kind's business (workers/kinds.py): each app keeps its own
+parameters in a row that shares the job's primary key.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
+
+from . import kinds
 
 
 class JobStatus(models.TextChoices):
@@ -29,11 +31,6 @@ class JobStatus(models.TextChoices):
         return [cls.DONE, cls.ABORTED, cls.ERROR]
 
 
-class JobKind(models.TextChoices):
-    DATASET = "dataset", "Dataset"
-    MODEL = "model", "Model"
-
-
 class Priority(models.IntegerChoices):
     """Queue priority: higher first, first come first served within one. Users pick low or
     normal; admins may set any."""
@@ -49,7 +46,8 @@ class Priority(models.IntegerChoices):
 
 
 class Job(models.Model):
-    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    # The name of a registered kind (workers/kinds.py): "dataset", "model", ...
+    kind = models.CharField(max_length=16)
     name = models.CharField(max_length=200)
     # Free-form: the console groups jobs by it (a project, an experiment series).
     group = models.CharField(max_length=100, blank=True, default="")
@@ -81,6 +79,10 @@ class Job(models.Model):
     rendezvous = models.CharField(max_length=200, blank=True, default="")
     # Automatic requeues after a lost worker; bounded so a broken job cannot loop forever.
     interruptions = models.PositiveIntegerField(default=0)
+    # The process running a device-less job (a dataset build), so a redelivered task can
+    # tell a live run from one whose process was killed.
+    runner_host = models.CharField(max_length=200, blank=True, default="")
+    runner_pid = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -91,6 +93,14 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.pk} {self.name!r} ({self.status})"
+
+    @property
+    def kind_label(self) -> str:
+        """"Dataset", "Model": what the pages call this kind of job."""
+        try:
+            return (kinds.get(self.kind).label or self.kind).capitalize()
+        except kinds.UnknownKind:
+            return self.kind
 
     @property
     def directory(self) -> Path:
@@ -112,10 +122,6 @@ class Job(models.Model):
 
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
-
-    def can_modify(self, user) -> bool:  # noqa: ANN001 - a User or AnonymousUser
-        """Owners modify their own jobs; staff may modify any. Everyone logged in may view."""
-        return bool(user.is_authenticated and (user.pk == self.owner_id or user.is_staff))
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -214,6 +220,7 @@ class Allocation(models.Model):
     world_size = models.PositiveSmallIntegerField()
     allocated_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)  # claimed by the device's worker
+    pid = models.PositiveIntegerField(null=True, blank=True)  # the worker process running this rank
     released_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=16, choices=AllocationOutcome.choices, blank=True)
 

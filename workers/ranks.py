@@ -1,21 +1,30 @@
 """The worker side of a placed job: each rank claims its allocation, rank 0 claims the job
-and publishes where it listens, the others wait for that, and every rank releases its
-device when its child ends. Used by models_app.services.model_rank_run.
+and publishes where it listens, the others wait for that, every rank runs its kind's
+child, and every rank releases its device when its child ends (`rank_run`, called by the
+Celery task on the device's own worker).
 
 A redelivered or stale message does nothing: the allocation is claimed atomically once,
-and a rank of an older attempt (the job was interrupted and placed again) is skipped.
+and a rank of an older attempt (the job was interrupted and placed again) is skipped. A
+redelivered message whose rank's process was killed (Celery requeues the message of a pool
+process that died) requeues the job to resume from its last snapshot.
 """
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 
 from django.conf import settings
 from django.utils import timezone
 
+from . import kinds
 from .models import Allocation, AllocationOutcome, Job, JobStatus
-from .services import job_claim
+from .procs import process_gone
+from .runner import Event, failure_message, relay_progress, run_child
+from .scheduler import schedule
+from .services import allocation_interrupt, job_interrupt
+from .transitions import JobError, job_claim, job_transition
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +33,28 @@ def claim_allocation(allocation_id: int) -> Allocation | None:
     """Start this rank once: None for a redelivered message, a released allocation (the
     job was aborted or interrupted meanwhile) or one that no longer exists."""
     claimed = Allocation.objects.filter(pk=allocation_id, started_at__isnull=True, released_at__isnull=True).update(
-        started_at=timezone.now()
+        started_at=timezone.now(), pid=os.getpid()
     )
     if not claimed:
+        lost_rank_check(allocation_id)
         log.info("allocation %s was already started or released; ignoring this message", allocation_id)
         return None
     return Allocation.objects.select_related("device", "job").get(pk=allocation_id)
+
+
+def lost_rank_check(allocation_id: int) -> bool:
+    """An allocation still active whose process on this host is gone was killed mid-run:
+    interrupt it, so its job resumes from its last snapshot instead of staying "running"
+    with its device busy for good. Called for a redelivered message and by the heartbeat."""
+    allocation = Allocation.objects.filter(
+        pk=allocation_id, released_at__isnull=True, started_at__isnull=False, device__host=settings.HOST_NAME
+    ).select_related("device").first()
+    if allocation is None or not process_gone(allocation.pid, allocation.started_at):
+        return False
+    allocation_interrupt(
+        allocation, f"the worker process running rank {allocation.rank} on {allocation.device.label} was killed"
+    )
+    return True
 
 
 def release(allocation: Allocation, outcome: AllocationOutcome) -> None:
@@ -70,9 +95,7 @@ def join(allocation: Allocation) -> Job | None:
         if job.status == JobStatus.RUNNING and job.rendezvous:
             return job
         time.sleep(0.1)
-    from .devices import interrupt
-
-    interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s")
+    allocation_interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s")
     return None
 
 
@@ -92,3 +115,75 @@ def rank_env(allocation: Allocation, job: Job) -> dict[str, str]:
         threads = str(settings.CPU_DEVICE_THREADS)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     return env
+
+
+def rank_run(allocation_id: int) -> None:
+    """Run one rank of a placed job. Rank 0 hands the events to the kind and finishes the
+    job; any rank's failure ends the job for all (the others see it and stop), or, when a
+    rank lost its peers, requeues it to resume from the last snapshot."""
+    allocation = claim_allocation(allocation_id)
+    if allocation is None:
+        return
+    outcome = AllocationOutcome.SKIPPED
+    try:
+        job = join(allocation)
+        if job is None:
+            return
+        outcome = _run_rank(allocation, job)
+    finally:
+        release(allocation, outcome)
+        schedule()  # its device is free: the next job may start
+
+
+def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
+    kind = kinds.get(job.kind)
+    reporter = allocation.rank == 0
+
+    def relay(batch: list[Event]) -> None:
+        if reporter:  # rank 0 reports for all; the others only run
+            relay_progress(job.pk, batch)
+            kind.apply(job.pk, batch)
+
+    attempt = {"attempt": allocation.attempt}
+    try:
+        spec = kind.spec(job)
+    except JobError as exc:
+        job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
+        return AllocationOutcome.ERROR
+    result = run_child(
+        job, kind.child_module(), spec, relay,
+        env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
+    )
+    if result.stopped:
+        # Stopped because the job moved on: rank 0 finished it (this rank was ending too),
+        # it was aborted or deleted, requeued, or failed on another rank.
+        status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+        return {
+            JobStatus.DONE: AllocationOutcome.DONE,
+            JobStatus.QUEUED: AllocationOutcome.INTERRUPTED,
+            JobStatus.ERROR: AllocationOutcome.ERROR,
+        }.get(status, AllocationOutcome.ABORTED)
+    if result.returncode == 0:
+        if reporter:
+            try:
+                message = kind.complete(job)
+            except JobError as exc:
+                job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
+                return AllocationOutcome.ERROR
+            job_transition(job.pk, JobStatus.DONE, from_=[JobStatus.RUNNING], where=attempt, message=message)
+        return AllocationOutcome.DONE
+    if result.peer_lost:
+        # Most often a peer's worker died: give the reaper the time to notice, so the
+        # requeued job is not placed on that device again; then requeue it ourselves (a
+        # peer that hangs, with its worker alive, is never reaped).
+        deadline = time.monotonic() + settings.DEVICE_DEAD_SECONDS + 2 * settings.DEVICE_HEARTBEAT_SECONDS
+        current = Job.objects.filter(pk=job.pk, attempt=allocation.attempt, status__in=JobStatus.active())
+        while time.monotonic() < deadline and current.exists():
+            time.sleep(0.25)
+        job_interrupt(job.pk, allocation.attempt, f"Rank {allocation.rank} lost contact with the other ranks")
+        return AllocationOutcome.INTERRUPTED
+    prefix = f"Rank {allocation.rank} on {allocation.device.label}: " if allocation.world_size > 1 else ""
+    job_transition(
+        job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=prefix + failure_message(job, result),
+    )
+    return AllocationOutcome.ERROR

@@ -1,9 +1,10 @@
 """Run a job's work in a child process and relay its JSON-lines output.
 
-The Celery task (thin) calls `run_child`. The child (`python -m models_app.training.train`,
-`python -m datasets.build`) prints one JSON object per line on stdout; everything
-else it prints, and all of stderr, goes to the job log. This process:
-  - batches events and hands them to the job's handler (which stores them and publishes
+The Celery task (thin) calls `job_run` (a device-less kind) or `ranks.rank_run` (one rank
+of a device kind); both start the kind's child module with `run_child`. The child prints
+one JSON object per line on stdout; everything else it prints, and all of stderr, goes to
+the job log. This process:
+  - batches events and hands them to the kind's `apply` (which stores them and publishes
     them live after commit),
   - watches the job row and kills the child's whole process group within about a second
     of an abort or delete,
@@ -28,8 +29,11 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from .devices import die_with_parent
+from . import kinds
 from .models import Job, JobStatus
+from .procs import die_with_parent, process_gone
+from .services import job_interrupt
+from .transitions import JobError, job_claim, job_fail, job_set_progress, job_transition
 
 log = logging.getLogger(__name__)
 
@@ -179,46 +183,68 @@ def last_progress(batch: list[Event]) -> Event | None:
     return next((e for e in reversed(batch) if e.get("event") == "progress"), None)
 
 
-def run_job(
-    job_id: int,
-    module: str,
-    build_spec: Callable[[Job], dict[str, Any]],
-    handle: Callable[[list[Event]], None],
-    *,
-    env: dict[str, str] | None = None,
-) -> ChildResult | None:
-    """Claim a queued job, run its child process and record the outcome on the job.
+def relay_progress(job_id: int, batch: list[Event]) -> None:
+    progress = last_progress(batch)
+    if progress is not None:
+        job_set_progress(job_id, float(progress.get("progress", 0.0)), progress.get("eta"))
 
-    Returns None when the claim fails (the job was aborted, deleted, or this is a
-    redelivered message for a job that already ran). On success the caller's handler has
-    seen every event and the job is still RUNNING: the caller stores its results and marks
-    it done. On failure the job is already in ERROR (or was aborted)."""
-    from .services import job_claim, job_fail, job_set_progress
 
-    if not job_claim(job_id):
+def _take_over(job_id: int) -> bool:
+    """A redelivered task found its job running. If the process that ran it on this host
+    is gone (killed: Celery requeued the message because its pool process died), requeue
+    the job so this task can run it again; a live run is left alone."""
+    job = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).first()
+    if job is None or job.runner_host != settings.HOST_NAME or not process_gone(job.runner_pid, job.started_at):
+        return False
+    return job_interrupt(job_id, None, f"the worker process running it (pid {job.runner_pid}) was killed")
+
+
+def job_run(job_id: int) -> ChildResult | None:
+    """Run a queued job of a device-less kind (a dataset build) and record its outcome.
+
+    Returns None when it did not run: deleted before it started, aborted, or a redelivered
+    message for a job that already ran or is running."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        log.info("job %s no longer exists (deleted before it started); nothing to run", job_id)
+        return None
+    kind = kinds.get(job.kind)
+    claim = {"also": {"runner_host": settings.HOST_NAME, "runner_pid": os.getpid()}}
+    if not job_claim(job_id, **claim) and not (_take_over(job_id) and job_claim(job_id, **claim)):
         log.info("job %s was not queued any more; skipping", job_id)
         return None
     job = Job.objects.get(pk=job_id)
 
     def relay(batch: list[Event]) -> None:
-        progress = last_progress(batch)
-        if progress is not None:
-            job_set_progress(job_id, float(progress.get("progress", 0.0)), progress.get("eta"))
-        handle(batch)
+        relay_progress(job_id, batch)
+        kind.apply(job_id, batch)
 
     try:
-        result = run_child(job, module, build_spec(job), relay, env=env)
+        result = run_child(job, kind.child_module(), kind.spec(job), relay, env=kind.env(job))
+    except JobError as exc:  # the spec could not be made (an input vanished): say so
+        job_fail(job_id, str(exc))
+        kind.cleanup(job)
+        return None
     except Exception as exc:
         log.exception("job %s failed in the worker", job_id)
         job_fail(job_id, f"The worker failed while running this job: {exc}")
+        kind.cleanup(job)
         raise
     if not Job.objects.filter(pk=job_id).exists():
         # Deleted while running: the child may have written files after the delete.
         shutil.rmtree(job.directory, ignore_errors=True)
-    if result.stopped:
         return result
-    if result.returncode != 0:
+    if not result.stopped and result.returncode == 0:
+        try:
+            message = kind.complete(job)
+        except JobError as exc:
+            job_fail(job_id, str(exc))
+        else:
+            if job_transition(job_id, JobStatus.DONE, from_=[JobStatus.RUNNING], message=message):
+                return result
+    elif not result.stopped:
         job_fail(job_id, failure_message(job, result))
+    kind.cleanup(job)
     return result
 
 

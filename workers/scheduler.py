@@ -19,7 +19,8 @@ until it has waited SCHEDULER_BACKFILL_SECONDS: then nothing behind it starts be
 
 Starting a job means one Allocation row per rank (the database refuses a second active
 allocation of a device, so a device never runs two jobs even if two passes raced) and one
-Celery message per rank on its device's own queue; see models_app.services.model_rank_run.
+Celery message per rank on its device's own queue; see workers/ranks.py. Which jobs are
+placed, and what they wait for besides devices, is their kind's business (workers/kinds.py).
 """
 from __future__ import annotations
 
@@ -28,27 +29,24 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from .models import Allocation, Device, DeviceLimit, Job, JobKind, JobStatus
+from . import kinds
+from .live import redis_client
+from .models import Allocation, Device, DeviceLimit, Job, JobStatus
+from .transitions import job_fail
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "digits:scheduler:lock"
 AGAIN_KEY = "digits:scheduler:again"
 QUEUE_ORDER = ["-priority", "queue_position", "id"]
-
-_redis: redis.Redis | None = None
-
-
-def _client() -> redis.Redis:
-    global _redis
-    if _redis is None:
-        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-    return _redis
+# workers/tasks.py, sent by name: the scheduler sits below the code that runs a rank.
+RANK_TASK = "workers.tasks.job_rank_task"
 
 
 def schedule() -> int:
@@ -56,7 +54,7 @@ def schedule() -> int:
     Never raises for a Redis outage: running jobs go on, and the next heartbeat retries."""
     started = 0
     try:
-        client = _client()
+        client = redis_client()
         client.set(AGAIN_KEY, 1)
         while True:
             lock = client.lock(LOCK_KEY, timeout=60)
@@ -78,12 +76,25 @@ def schedule_on_commit() -> None:
     transaction.on_commit(schedule)
 
 
-def queued_jobs():  # noqa: ANN201 - a QuerySet[Job]
-    """Training jobs waiting for devices, in queue order (held ones included)."""
-    return Job.objects.filter(kind=JobKind.MODEL, status=JobStatus.QUEUED, dispatched_at__isnull=True).order_by(*QUEUE_ORDER)
+def queued_jobs() -> QuerySet[Job]:
+    """Jobs waiting for devices, in queue order (held ones included)."""
+    return Job.objects.filter(
+        kind__in=kinds.device_kinds(), status=JobStatus.QUEUED, dispatched_at__isnull=True
+    ).order_by(*QUEUE_ORDER)
 
 
-def live_devices():  # noqa: ANN201 - a QuerySet[Device]
+def blocked_jobs(jobs: list[tuple[int, str]]) -> dict[int, kinds.Blocked]:
+    """Of these queued (job id, kind) pairs, those their kind says must not start yet."""
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for pk, kind in jobs:
+        by_kind[kind].append(pk)
+    blocked: dict[int, kinds.Blocked] = {}
+    for kind, ids in by_kind.items():
+        blocked.update(kinds.get(kind).blocked(ids))
+    return blocked
+
+
+def live_devices() -> QuerySet[Device]:
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
     return Device.objects.filter(last_seen__gte=cutoff)
 
@@ -131,21 +142,12 @@ class _State:
     started: list[int] = field(default_factory=list)
 
 
-def fail_orphans() -> None:
-    """Queued models whose dataset failed to build fail with the dataset's reason."""
-    from .services import job_fail
-
-    orphans = queued_jobs().filter(
-        model__dataset__job__status__in=[JobStatus.ERROR, JobStatus.ABORTED]
-    ).select_related("model__dataset__job")
-    for job in orphans:
-        dataset_job = job.model.dataset.job
-        job_fail(job.pk, f"Dataset {dataset_job.name!r} did not build ({dataset_job.status}): {dataset_job.error}")
-
-
 def schedule_pass() -> int:
     """One pass over the queue (see the module docstring). Returns the jobs started."""
-    fail_orphans()
+    blocked = blocked_jobs(list(queued_jobs().values_list("pk", "kind")))
+    for pk, why in list(blocked.items()):
+        if why.fail:  # it can never start (its dataset failed): say why, now
+            job_fail(pk, why.reason)
     free_devices = list(live_devices().filter(enabled=True).exclude(pk__in=busy_device_ids()))
     if not free_devices:
         return 0
@@ -155,13 +157,12 @@ def schedule_pass() -> int:
         limits=dict(DeviceLimit.objects.values_list("user_id", "max_devices")),
     )
     now = timezone.now()
-    queue = queued_jobs().filter(held=False).select_related("model__dataset__job").prefetch_related("requested_devices")
+    queue = queued_jobs().filter(held=False).exclude(pk__in=list(blocked)).prefetch_related("requested_devices")
     # Small chunks: most passes place one job on the one device just freed, and stop there.
+    # Blocked jobs (waiting for their dataset) take nothing meanwhile.
     for job in queue.iterator(chunk_size=20):
         if not state.free:
             break
-        if job.model.dataset.job.status != JobStatus.DONE:
-            continue  # waits for its dataset; takes nothing meanwhile
         need = job.devices_requested
         limit = user_limit(job.owner_id, state.limits)
         if limit and state.in_use[job.owner_id] + need > limit:
@@ -187,8 +188,6 @@ def schedule_pass() -> int:
 
 def _dispatch(job: Job, devices: list[Device]) -> bool:
     """Allocate `devices` to a new attempt of `job` and send each rank to its device."""
-    from models_app.tasks import model_rank_task
-
     try:
         with transaction.atomic():
             updated = Job.objects.filter(
@@ -207,7 +206,7 @@ def _dispatch(job: Job, devices: list[Device]) -> bool:
             if any(a.pk is None for a in allocations):  # backends without RETURNING
                 allocations = list(Allocation.objects.filter(job=job, attempt=attempt).order_by("rank"))
             messages = [(a.pk, d.queue) for a, d in zip(allocations, devices)]
-            transaction.on_commit(lambda: [model_rank_task.apply_async(args=[pk], queue=q) for pk, q in messages])
+            transaction.on_commit(lambda: [current_app.send_task(RANK_TASK, args=[pk], queue=q) for pk, q in messages])
     except IntegrityError:
         log.warning("scheduler: a device of job %s was taken meanwhile; it waits for the next pass", job.pk)
         return False
@@ -228,11 +227,14 @@ class QueueView:
     busy: set[int]
     in_use: Counter[int]
     limits: dict[int, int]
+    blocked: dict[int, kinds.Blocked]
 
     @classmethod
     def now(cls) -> QueueView:
+        queue = list(queued_jobs().values_list("pk", "held", "kind"))
         return cls(
-            order=list(queued_jobs().values_list("pk", "held")),
+            order=[(pk, held) for pk, held, _ in queue],
+            blocked=blocked_jobs([(pk, kind) for pk, _, kind in queue]),
             devices=list(live_devices()),
             busy=busy_device_ids(),
             in_use=devices_in_use_by_user(),
@@ -262,12 +264,12 @@ def wait_reason(job: Job, view: QueueView | None = None) -> dict[str, object]:
     noun = "device" if need == 1 else "devices"
     kind = _kind_word(devices)
     jobs_ahead = f"{ahead} job{'s' if ahead != 1 else ''} ahead"
-    dataset_job = job.model.dataset.job if hasattr(job, "model") else None
+    blocked = view.blocked.get(job.pk)
     wanted = list(job.requested_devices.all())
     if job.held:
         reason = "Held by an admin: it keeps its place but does not start until released."
-    elif dataset_job is not None and dataset_job.status != JobStatus.DONE:
-        reason = f"Waiting for dataset {dataset_job.name!r} to finish building; training starts as soon as it is done."
+    elif blocked is not None:
+        reason = blocked.reason
     elif len(usable) < need and not wanted:
         reason = (
             f"Waiting for {need} {kind}{'s' if need != 1 else ''}: only {len(usable)} enabled "

@@ -52,14 +52,14 @@ def queue_summary() -> list[dict[str, Any]]:
     now = timezone.now()
     view = QueueView.now()
     rows = []
-    for job in queued_jobs().select_related("owner", "model__dataset__job").prefetch_related("requested_devices"):
+    for job in queued_jobs().select_related("owner").prefetch_related("requested_devices"):
         rows.append({"job": job, "waited": (now - (job.queued_at or job.created_at)).total_seconds(), **wait_reason(job, view)})
     return rows
 
 
 def device_board() -> list[dict[str, Any]]:
     """Every device with its live stats, its current job and the queued jobs asking for it."""
-    from .devices import live_stats
+    from .live import live_stats
     from .scheduler import queued_jobs
 
     active = {

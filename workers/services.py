@@ -1,34 +1,41 @@
-"""Job lifecycle services: every status change goes through `job_transition`."""
+"""Job lifecycle services: create, queue, abort, interrupt, resume, edit and delete jobs
+of any kind, and steer the GPU queue. Status changes themselves go through
+`transitions.job_transition`; what a kind does on each is its own hook (kinds.py)."""
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
+from celery import current_app
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
+from . import kinds
 from .events import publish
-from .models import Job, JobEvent, JobKind, JobStatus, Priority
+from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority
+from .scheduler import queued_jobs, schedule_on_commit, user_limit
+from .transitions import JobError, job_transition
 
 log = logging.getLogger(__name__)
 
+AnyUser = AbstractBaseUser | AnonymousUser
 
-class JobError(Exception):
-    """A user-facing problem with a job request; the message says what to do. `field`
-    names the form field it belongs to, when there is one."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+# Celery task names (workers/tasks.py), sent by name so this layer needs no import of it.
+RUN_TASK = "workers.tasks.job_run_task"
 
 
 def job_create(
-    *, kind: JobKind, name: str, owner, group: str = "", notes: str = "", placement: Placement | None = None  # noqa: ANN001
+    *, kind: str, name: str, owner: AbstractBaseUser, group: str = "", notes: str = "", placement: Placement | None = None
 ) -> Job:
-    fields = {}
+    kinds.get(kind)  # an unknown kind is a programming error: fail before writing anything
+    fields: dict[str, object] = {}
     if placement is not None:
         fields = {"devices_requested": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host}
     job = Job.objects.create(kind=kind, name=name, owner=owner, group=group.strip(), notes=notes, **fields)
@@ -51,7 +58,7 @@ class Placement:
 
 
 def placement_check(
-    user,  # noqa: ANN001
+    user: AnyUser,
     *,
     devices: int | None = None,
     device_ids: Iterable[int] = (),
@@ -60,9 +67,6 @@ def placement_check(
 ) -> Placement:
     """Validate what a user asked for; JobError names the field to fix. (That the batch
     splits evenly over the devices is checked by model_create.)"""
-    from .models import Device
-    from .scheduler import user_limit
-
     ids = tuple(dict.fromkeys(int(i) for i in device_ids))
     if priority is None:
         priority = Priority.NORMAL
@@ -104,64 +108,86 @@ def placement_check(
     return Placement(devices=devices, device_ids=ids, priority=int(priority), multi_host=bool(multi_host))
 
 
-def job_transition(
-    job_id: int,
-    to: JobStatus,
-    *,
-    from_: Iterable[str] | None = None,
-    message: str = "",
-    where: dict[str, Any] | None = None,
-    also: dict[str, Any] | None = None,
-) -> bool:
-    """Atomically move a job to `to` if it is currently in one of `from_`.
+def job_enqueue(job_id: int, *, from_: Iterable[str], message: str = "") -> bool:
+    """Queue a job at the back of its priority, with a fresh allowance of automatic
+    requeues. A device kind waits for the scheduler; any other kind is sent to its queue."""
+    job = Job.objects.only("kind").get(pk=job_id)
+    kind = kinds.get(job.kind)
+    queued = job_transition(
+        job_id, JobStatus.QUEUED, from_=from_, message=message, also={"queue_position": time.time(), "interruptions": 0}
+    )
+    if queued:
+        if kind.uses_devices:
+            schedule_on_commit()
+        else:
+            transaction.on_commit(lambda: current_app.send_task(RUN_TASK, args=[job_id], queue=kind.queue))
+    return queued
 
-    Returns False when the job was not in an allowed state (e.g. a redelivered task whose
-    job already runs, or an abort racing with completion) — callers treat that as "someone
-    else got there first" and do nothing. `where` adds conditions (an attempt number),
-    `also` more fields to set in the same update.
-    """
-    allowed = list(from_) if from_ is not None else [s for s in JobStatus.values if s != to]
-    now = timezone.now()
-    fields: dict[str, object] = {"status": to}
-    if to == JobStatus.RUNNING:
-        fields.update(started_at=now, finished_at=None, error="")
-    if to in JobStatus.finished():
-        fields["finished_at"] = now
-        fields["eta_seconds"] = None
-    if to == JobStatus.ERROR:
-        fields["error"] = message
-    if to == JobStatus.DONE:
-        fields["progress"] = 1.0
-    if to == JobStatus.QUEUED:
-        fields.update(queued_at=now, dispatched_at=None, rendezvous="")
-    fields.update(also or {})
+
+def job_resume(job: Job) -> str:
+    """Continue an aborted or failed job where its kind says it can (its last snapshot)."""
+    kind = kinds.get(job.kind)
+    if job.status not in (JobStatus.ABORTED, JobStatus.ERROR):
+        raise JobError(
+            f"Only an aborted or failed {kind.label} can be resumed; this one is {job.get_status_display().lower()}."
+        )
     with transaction.atomic():
-        updated = Job.objects.filter(pk=job_id, status__in=allowed, **(where or {})).update(**fields)
-        if not updated:
+        message = kind.prepare_resume(job)
+        if not job_enqueue(job.pk, from_=[JobStatus.ABORTED, JobStatus.ERROR], message=message):
+            raise JobError("This job changed meanwhile; reload the page.")
+    return message
+
+
+def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
+    """The run of a job was lost (worker or process killed, host rebooted, peers gone):
+    release every device of that attempt and requeue the job, keeping its place in the
+    queue, to resume from its last checkpoint (the kind's `rewind` drops what was recorded
+    after it, so charts continue without duplicates). `attempt` None: a device-less job.
+    False: that run was already over."""
+    with transaction.atomic():
+        rows = Job.objects.select_for_update().filter(pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+        if attempt is not None:
+            rows = rows.filter(attempt=attempt)
+        job = rows.first()
+        if job is None:
             return False
-        JobEvent.objects.create(job_id=job_id, status=to, message=message)
-        publish(job_id, {"type": "status", "status": str(to), "message": message}, broadcast=True)
-    return True
+        kind = kinds.get(job.kind)
+        Allocation.objects.filter(job_id=job_id, released_at__isnull=True).update(
+            released_at=timezone.now(), outcome=AllocationOutcome.INTERRUPTED
+        )
+        if job.interruptions >= settings.MAX_INTERRUPTIONS:
+            job_transition(
+                job_id, JobStatus.ERROR, from_=JobStatus.active(),
+                message=f"{reason}. It was interrupted {job.interruptions + 1} times, so it was not requeued again; "
+                "check the workers, then resume it.",
+            )
+            transaction.on_commit(lambda: kind.cleanup(job))
+            return True
+        then = kind.rewind(job_id)
+        requeued = job_transition(
+            job_id, JobStatus.QUEUED, from_=[JobStatus.QUEUED, JobStatus.RUNNING],
+            where={} if attempt is None else {"attempt": attempt},
+            also={"interruptions": F("interruptions") + 1, "runner_pid": None, "runner_host": ""},
+            message=f"Interrupted: {reason}. {then}",
+        )
+        if requeued and kind.uses_devices:
+            schedule_on_commit()
+    return requeued
 
 
-def job_claim(job_id: int, **kwargs: Any) -> bool:
-    """Claim a queued job for running; a redelivered task that loses the claim must exit."""
-    return job_transition(job_id, JobStatus.RUNNING, from_=[JobStatus.QUEUED], **kwargs)
-
-
-def job_fail(job_id: int, message: str) -> bool:
-    return job_transition(job_id, JobStatus.ERROR, from_=JobStatus.active(), message=message)
+def allocation_interrupt(allocation: Allocation, reason: str) -> None:
+    """A rank was lost: release it, and requeue its job if this attempt is still the job's."""
+    Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
+        released_at=timezone.now(), outcome=AllocationOutcome.LOST
+    )
+    if allocation.job_id is not None:
+        job_interrupt(allocation.job_id, allocation.attempt, reason)
 
 
 def job_abort(job: Job) -> None:
     if not job.is_active:
         raise JobError(f"This job is already {job.get_status_display().lower()}; there is nothing to abort.")
     job_transition(job.pk, JobStatus.ABORTED, from_=JobStatus.active(), message="Aborted by the user.")
-
-
-def job_set_progress(job_id: int, progress: float, eta_seconds: float | None) -> None:
-    Job.objects.filter(pk=job_id).update(progress=progress, eta_seconds=eta_seconds)
-    publish(job_id, {"type": "progress", "progress": progress, "eta": eta_seconds})
 
 
 def job_update(job: Job, *, name: str | None = None, group: str | None = None, notes: str | None = None) -> Job:
@@ -197,8 +223,6 @@ def job_delete(job: Job) -> None:
 
 def queue_move(job: Job, where: str) -> None:
     """Move a queued job up, down, to the top or to the bottom of its priority."""
-    from .scheduler import queued_jobs, schedule_on_commit
-
     if job.status != JobStatus.QUEUED:
         raise JobError("Only a queued job can be moved.")
     same = list(queued_jobs().filter(priority=job.priority).values_list("pk", "queue_position"))
@@ -226,8 +250,6 @@ def queue_move(job: Job, where: str) -> None:
 
 
 def queue_set_priority(job: Job, priority: int) -> None:
-    from .scheduler import schedule_on_commit
-
     if priority not in Priority.values:
         raise JobError(f"Pick a priority among {', '.join(Priority.labels)}.")
     Job.objects.filter(pk=job.pk).update(priority=priority)
@@ -236,8 +258,6 @@ def queue_set_priority(job: Job, priority: int) -> None:
 
 def queue_hold(job: Job, held: bool) -> None:
     """Hold a queued job (it keeps its place, does not start) or release it."""
-    from .scheduler import schedule_on_commit
-
     if held and job.status != JobStatus.QUEUED:
         raise JobError("Only a queued job can be held.")
     Job.objects.filter(pk=job.pk).update(held=held)
@@ -245,20 +265,14 @@ def queue_hold(job: Job, held: bool) -> None:
     schedule_on_commit()
 
 
-def device_set_enabled(device, enabled: bool) -> None:  # noqa: ANN001 - a Device
+def device_set_enabled(device: Device, enabled: bool) -> None:
     """Drain (its current job finishes, no new one starts) or enable a device."""
-    from .models import Device
-    from .scheduler import schedule_on_commit
-
     Device.objects.filter(pk=device.pk).update(enabled=enabled)
     schedule_on_commit()
 
 
-def user_limit_set(user, max_devices: int | None) -> None:  # noqa: ANN001
+def user_limit_set(user: AbstractBaseUser, max_devices: int | None) -> None:
     """Set a user's device limit (0: no limit), or None to use the default again."""
-    from .models import DeviceLimit
-    from .scheduler import schedule_on_commit
-
     if max_devices is None:
         DeviceLimit.objects.filter(user=user).delete()
     else:

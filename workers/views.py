@@ -8,22 +8,23 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from .models import Device, Job, JobKind, Priority
+from . import kinds
+from .models import Device, Job, Priority
 from .selectors import device_board, queue_summary, usage_by_user, usage_history, user_limits
-from .services import JobError, device_set_enabled, job_abort, queue_hold, queue_move, queue_set_priority, user_limit_set
+from .errors import JobError
+from .permissions import check_staff
+from .services import device_set_enabled, job_abort, queue_hold, queue_move, queue_set_priority, user_limit_set
 
 
 def staff_only(view: Callable) -> Callable:
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:  # noqa: ANN002, ANN003
-        if not request.user.is_staff:
-            raise PermissionDenied("The cluster console is for admins.")
+        check_staff(request.user, "use the cluster console")
         return view(request, *args, **kwargs)
 
     return wrapper
@@ -63,7 +64,7 @@ def cluster_device(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_only
 @require_POST
 def cluster_job(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(Job, pk=pk, kind=JobKind.MODEL)
+    job = get_object_or_404(Job, pk=pk, kind__in=kinds.device_kinds())
     action = request.POST.get("action", "")
     try:
         if action in ("up", "down", "top", "bottom"):

@@ -4,23 +4,27 @@
   when ready and heartbeats until it stops.
 - Every pool process, and every job child (workers/runner.py), dies with its parent, so a
   `kill -9` of a worker leaves no orphan holding a device.
+
+Imported before Django's apps are ready: what touches models is imported in the handlers.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
-from .devices import DeviceInfo, Heartbeat, die_with_parent, this_device
+from .hardware import DeviceInfo, this_device
+from .procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
 _device: DeviceInfo | None = None
-_heartbeat: Heartbeat | None = None
+_heartbeat: Any = None  # a devices.Heartbeat
 
 
 @celeryd_after_setup.connect
-def _add_device_queue(sender, instance, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _add_device_queue(sender: str, instance: Any, **kwargs: Any) -> None:
     global _device
     _device = this_device()
     if _device is not None:
@@ -30,11 +34,11 @@ def _add_device_queue(sender, instance, **kwargs) -> None:  # noqa: ANN001, ANN0
 
 
 @worker_ready.connect
-def _register_device(sender, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _register_device(sender: Any, **kwargs: Any) -> None:
     global _heartbeat
     if _device is None:
         return
-    from .devices import register
+    from .devices import Heartbeat, register
     from .scheduler import schedule
 
     device = register(_device, sender.hostname)
@@ -44,7 +48,7 @@ def _register_device(sender, **kwargs) -> None:  # noqa: ANN001, ANN003
 
 
 @worker_shutdown.connect
-def _stop_heartbeat(**kwargs) -> None:  # noqa: ANN003
+def _stop_heartbeat(**kwargs: Any) -> None:
     if _heartbeat is None or _device is None:
         return
     _heartbeat.stop()
@@ -55,5 +59,5 @@ def _stop_heartbeat(**kwargs) -> None:  # noqa: ANN003
 
 
 @worker_process_init.connect
-def _pool_dies_with_worker(**kwargs) -> None:  # noqa: ANN003
+def _pool_dies_with_worker(**kwargs: Any) -> None:
     die_with_parent()

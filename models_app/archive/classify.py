@@ -46,8 +46,8 @@ def classify(path: str, net: torch.nn.Module, info: dict, labels: list[str], mea
     elif mean is not None and mode == "pixel":
         x -= mean.astype(np.float32).mean(axis=(0, 1))
     if crop:  # the centre crop validation used
-        top, left = (x.shape[0] - crop) // 2, (x.shape[1] - crop) // 2
-        x = x[top : top + crop, left : left + crop]
+        y0, x0 = (x.shape[0] - crop) // 2, (x.shape[1] - crop) // 2
+        x = x[y0 : y0 + crop, x0 : x0 + crop]
     x = torch.from_numpy(np.ascontiguousarray((x / 255.0).transpose(2, 0, 1)))[None]
     with torch.no_grad():
         probs = torch.softmax(net(x), dim=1)[0]

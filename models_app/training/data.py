@@ -114,7 +114,7 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**64)  # any 64-bit seed
     return torch.randperm(count, generator=generator)
 
 

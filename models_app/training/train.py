@@ -186,7 +186,7 @@ class Trainer:
         )
         self.seed = int(spec.get("seed", 0))
         torch.manual_seed(self.seed + self.rank)
-        np.random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)  # numpy takes 32-bit seeds; ours are 64-bit
         self.out_dir = Path(spec["output_dir"])
         workers = int(spec.get("num_workers", 2))
         cache = int(spec.get("cache_bytes", 2 << 30))
@@ -209,7 +209,7 @@ class Trainer:
                 f"The crop size {self.transform_spec.crop_size} is larger than the images ({width}x{height}); "
                 "use a smaller crop or a dataset with larger images."
             )
-        self.transform = BatchTransform(self.transform_spec, mean, self.device, seed=self.seed * 7919 + self.rank)
+        self.transform = BatchTransform(self.transform_spec, mean, self.device, seed=(self.seed * 7919 + self.rank) % 2**63)
         self.input_shape = self.transform_spec.output_shape(channels, height, width)
         self.num_classes = int(spec["num_classes"])
         self.batch_size = rank_batch_size(spec, self.world_size)

@@ -1,12 +1,12 @@
 """`make run`: migrate, make sure Redis answers, create the first admin, then run the web
-server and the Celery workers (one per GPU, or a CPU worker) until Ctrl-C."""
+server and the Celery workers (one per GPU, or a CPU worker) until Ctrl-C. A process that
+dies is restarted with a backoff (workers/supervisor.py); the others keep running."""
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from urllib.parse import urlparse
@@ -17,7 +17,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.devices import DEVICE_ENV, gpu_count
+from workers.hardware import DEVICE_ENV, gpu_count
+from workers.supervisor import Supervisor
 
 
 def redis_answers(url: str) -> bool:
@@ -43,7 +44,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts) -> None:  # noqa: ANN002, ANN003
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.supervisor = Supervisor(settings.BASE_DIR, say=self.stdout.write)
         signal.signal(signal.SIGTERM, _stop_signal)
         try:
             self.start_redis_if_needed()
@@ -56,15 +57,14 @@ class Command(BaseCommand):
             )
             shown = "localhost" if opts["host"] in ("0.0.0.0", "::") else opts["host"]
             self.stdout.write(self.style.SUCCESS(f"DIGITS-NG is up: http://{shown}:{opts['port']}/  (Ctrl-C stops everything)"))
-            self.supervise()
+            self.supervisor.run_forever()
         except KeyboardInterrupt:
             self.stdout.write("Stopping…")
         finally:
-            self.stop_all()
+            self.supervisor.stop_all()
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=settings.BASE_DIR, start_new_session=True)
-        self.children.append((name, proc))
+        self.supervisor.spawn(name, cmd, env)
 
     def start_redis_if_needed(self) -> None:
         url = settings.REDIS_URL
@@ -120,21 +120,3 @@ class Command(BaseCommand):
                 env = {"CUDA_VISIBLE_DEVICES": "", DEVICE_ENV: f"cpu:{index}", "DIGITS_CPU_DEVICES": str(cpu_devices)}
                 self.spawn(f"cpu{index} worker", [*celery, "-n", f"cpu{index}@%h"], env)
             self.stdout.write(f"No GPU found: started {cpu_devices} CPU device worker(s).")
-
-    def supervise(self) -> None:
-        while True:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    raise CommandError(f"The {name} exited with code {proc.returncode}; stopping everything.")
-            time.sleep(1)
-
-    def stop_all(self) -> None:
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in self.children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)

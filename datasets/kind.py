@@ -1,0 +1,55 @@
+"""The dataset build as a kind of job: no device, its own Celery queue (builds never wait
+behind training), `python -m datasets.build` as its child. Registered by DatasetsConfig."""
+from __future__ import annotations
+
+from typing import Any
+
+from workers.errors import JobError
+from workers.kinds import Blocked, Event, Kind
+from workers.models import Job
+
+from .models import DATASET_KIND, Dataset
+from .services import dataset_build_spec, dataset_remove_partial, dataset_store_result
+
+
+class DatasetBuild(Kind):
+    name = DATASET_KIND
+    label = "dataset"
+    uses_devices = False
+    queue = "datasets"
+    module = "datasets.build"
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        return dataset_build_spec(Dataset.objects.get(pk=job.pk))
+
+    def apply(self, job_id: int, events: list[Event]) -> None:
+        # The child reports its result once, as its last event; store it with the row.
+        for event in events:
+            if event.get("event") == "result":
+                dataset = Dataset.objects.filter(pk=job_id).first()
+                if dataset is not None:
+                    dataset_store_result(dataset, event)
+
+    def complete(self, job: Job) -> str:
+        dataset = Dataset.objects.get(pk=job.pk)
+        if not dataset.counts:
+            raise JobError("The build ended without reporting a result; see the log.")
+        skipped, dropped = len(dataset.skipped), len(dataset.dropped_classes)
+        notes = []
+        if skipped:
+            notes.append(f"{skipped} file(s) skipped")
+        if dropped:
+            notes.append(f"{dropped} class(es) dropped below the minimum per class")
+        return "; ".join(notes) + "; see the report on the dataset page." if notes else ""
+
+    def cleanup(self, job: Job) -> None:
+        dataset = Dataset.objects.filter(pk=job.pk).first()
+        if dataset is not None:
+            dataset_remove_partial(dataset)
+
+    def rewind(self, job_id: int) -> str:
+        self.cleanup(Job(pk=job_id))
+        return "Building again from the start."
+
+    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
+        return {}

@@ -1,0 +1,64 @@
+"""Training as a kind of job: placed on devices by the scheduler (one rank per device),
+`python -m models_app.training.train` as its child (settings.TRAINING_MODULE, which the
+bench swaps), waiting for its dataset. Registered by ModelsAppConfig."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from datasets.models import Dataset
+from workers.errors import JobError
+from workers.kinds import Blocked, Event, Kind
+from workers.models import Job, JobStatus
+
+from .models import MODEL_KIND, TrainedModel
+from .services import latest_snapshot, model_record_events, model_rewind, model_train_spec
+from .training import CHILD_ENV
+
+
+class ModelTraining(Kind):
+    name = MODEL_KIND
+    label = "model"
+    uses_devices = True
+
+    def child_module(self) -> str:
+        return settings.TRAINING_MODULE
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        return model_train_spec(TrainedModel.objects.select_related("dataset").get(pk=job.pk))
+
+    def env(self, job: Job) -> dict[str, str]:
+        return dict(CHILD_ENV)
+
+    def apply(self, job_id: int, events: list[Event]) -> None:
+        model_record_events(job_id, events)
+
+    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
+        """Models whose dataset is not built yet wait (taking no device); those whose
+        dataset failed can never start."""
+        waiting = Dataset.objects.filter(models__pk__in=job_ids).exclude(job__status=JobStatus.DONE)
+        rows = waiting.values_list("models__pk", "job__name", "job__status", "job__error")
+        blocked = {}
+        for model_id, name, status, error in rows:
+            if status in (JobStatus.ERROR, JobStatus.ABORTED):
+                blocked[model_id] = Blocked(f"Dataset {name!r} did not build ({status}): {error}", fail=True)
+            else:
+                blocked[model_id] = Blocked(
+                    f"Waiting for dataset {name!r} to finish building; training starts as soon as it is done."
+                )
+        return blocked
+
+    def rewind(self, job_id: int) -> str:
+        snapshot = model_rewind(job_id)
+        if snapshot is None:
+            return "Requeued to start again: it had no snapshot yet."
+        return f"Requeued to resume from the snapshot at epoch {snapshot.epoch:g}."
+
+    def prepare_resume(self, job: Job) -> str:
+        model = TrainedModel.objects.get(pk=job.pk)
+        if latest_snapshot(model) is None:
+            raise JobError("This model has no snapshot to resume from; clone it to train again from the start.")
+        snapshot = model_rewind(job.pk)
+        assert snapshot is not None
+        return f"Resumed from the snapshot at epoch {snapshot.epoch:g}."

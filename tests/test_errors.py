@@ -1,0 +1,74 @@
+"""One error model: every endpoint answers with `{"detail": ..., "errors": {field: [...]}}`
+and the status that fits (400, 403, 404, 409); pages show the same messages."""
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from tests.conftest import token_client
+from tests.factories import make_dataset, make_model
+
+pytestmark = pytest.mark.django_db
+
+
+def test_serializer_errors_name_their_fields(owner) -> None:  # noqa: ANN001
+    dataset = make_dataset(owner)
+    response = token_client(owner).post(
+        "/api/models/", {"name": "m", "dataset": dataset.pk, "epochs": "many", "learning_rate": -1}, format="json"
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == {"detail", "errors"}
+    assert set(body["errors"]) >= {"epochs", "learning_rate"}
+    assert all(isinstance(m, str) for messages in body["errors"].values() for m in messages)
+    assert body["detail"].startswith("epochs: ") or "epochs: " in body["detail"]
+
+
+def test_a_service_error_with_a_field_has_the_same_shape(owner, data_root) -> None:  # noqa: ANN001
+    response = token_client(owner).post(
+        "/api/datasets/", {"name": "d", "folder": "/etc", "image_width": 28, "image_height": 28}, format="json"
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert "outside the allowed data roots" in body["detail"]
+    assert body["errors"] == {"folder": [body["detail"]]}
+
+
+def test_forbidden_not_found_and_conflict(owner, stranger) -> None:  # noqa: ANN001
+    dataset = make_dataset(owner)
+    make_model(owner, dataset, name="uses-it")
+    other = token_client(stranger)
+    forbidden = other.patch(f"/api/datasets/{dataset.pk}/", {"name": "mine"}, format="json")
+    assert forbidden.status_code == 403 and forbidden.json() == {"detail": "Only the owner of this job (or an admin) can change it."}
+    missing = other.get("/api/datasets/987654/")
+    assert missing.status_code == 404 and set(missing.json()) == {"detail"}
+    conflict = token_client(owner).delete(f"/api/datasets/{dataset.pk}/")
+    assert conflict.status_code == 409 and "Delete those models first" in conflict.json()["detail"]
+    staff_only = other.get("/api/usage/")
+    assert staff_only.status_code == 403 and "Only admins" in staff_only.json()["detail"]
+
+
+def test_pages_show_the_same_messages(owner, stranger) -> None:  # noqa: ANN001
+    dataset = make_dataset(owner)
+    model = make_model(owner, dataset, status="running")
+    client = Client()
+    client.force_login(stranger)
+    refused = client.post(f"/models/{model.pk}/abort/")
+    assert refused.status_code == 403
+    assert "Only the owner of this job (or an admin) can change it." in refused.content.decode()
+    console = client.get("/cluster/")
+    assert console.status_code == 403 and "Only admins can use the cluster console." in console.content.decode()
+
+
+def test_a_64_bit_seed_is_accepted_and_a_larger_one_named(owner) -> None:  # noqa: ANN001
+    dataset = make_dataset(owner)
+    api = token_client(owner)
+    too_big = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, "seed": 2**64}, format="json")
+    assert too_big.status_code == 400 and "seed" in too_big.json()["errors"]
+    huge_id = api.post("/api/models/", {"name": "m", "dataset": 2**70}, format="json")
+    assert huge_id.status_code == 400 and "dataset" in huge_id.json()["errors"]
+    assert api.get(f"/api/datasets/{2**70}/").status_code == 404
+    assert api.get(f"/api/models/{2**70}/download/").status_code == 404
+    created = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, "seed": 0xCAFEBABE}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["seed"] == 0xCAFEBABE

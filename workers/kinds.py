@@ -1,0 +1,125 @@
+"""Kinds of jobs: the job engine's one plug-in point.
+
+The engine (scheduler, runner, ranks, reaper, abort, resume) knows no domain. Each app
+describes its kinds of work by subclassing `Kind` and registering an instance from its
+`AppConfig.ready()`; the engine looks a job's kind up by the name stored on the row and
+calls the hooks below. Adding a kind is one module in its app and one `register()` line:
+
+    class EvaluationKind(Kind):
+        name = "evaluation"
+        module = "models_app.evaluation.run"
+        ...
+
+    register(EvaluationKind())
+
+Who calls what:
+  - `spec`, `env` and `module`: the runner, to start the child process;
+  - `apply`: the runner, for every batch of the child's events while the run owns the job
+    (store them, then publish after commit);
+  - `complete`: once the child exited 0, before the job is marked done (may raise JobError
+    to fail it instead, e.g. a build that reported no result);
+  - `cleanup`: after a failed or aborted run (nothing half-written stays);
+  - `blocked`: the scheduler, for jobs that wait on something else (a dataset);
+  - `rewind`: when a job is interrupted and requeued (lost worker, killed process), to
+    drop what was recorded after its last checkpoint;
+  - `prepare_resume`: when a person resumes an aborted or failed job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import JobError
+
+if TYPE_CHECKING:
+    from .models import Job
+
+Event = dict[str, Any]
+
+
+class UnknownKind(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a queued job cannot start yet. `fail`: it never will (its dataset failed),
+    so the scheduler fails it with `reason`."""
+
+    reason: str
+    fail: bool = False
+
+
+class Kind:
+    """What the engine needs to know about one kind of job. Override what differs."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    # True: the scheduler places it on devices, one rank per device (gang allocation), on
+    # each device's own queue. False: one task on `queue`, no device.
+    uses_devices: ClassVar[bool] = False
+    queue: ClassVar[str] = "default"
+    # The child process: `python -m <module> --spec spec.json`.
+    module: ClassVar[str] = ""
+
+    def child_module(self) -> str:
+        """The module to run; a kind may read it from settings (the bench swaps the trainer)."""
+        return self.module
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def env(self, job: Job) -> dict[str, str]:
+        return {}
+
+    def apply(self, job_id: int, events: list[Event]) -> None:
+        """Store a batch of the child's events; publish them after commit."""
+
+    def complete(self, job: Job) -> str:
+        """The child exited 0: finish the domain's side. Returns the "done" timeline message."""
+        return ""
+
+    def cleanup(self, job: Job) -> None:
+        """The run failed or was aborted: remove partial outputs."""
+
+    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
+        """For the given queued jobs, those that must not start yet, and why."""
+        return {}
+
+    def rewind(self, job_id: int) -> str:
+        """The job is requeued after an interruption: drop what a rerun will record again.
+        Returns what the timeline says about where it restarts."""
+        return "Requeued to start again."
+
+    def prepare_resume(self, job: Job) -> str:
+        """A person resumes an aborted or failed job: check it can go on (JobError if not),
+        drop what a rerun will record again, and say where it restarts."""
+        raise JobError(f"A {self.label or self.name} job cannot be resumed; clone it to run it again.")
+
+
+_registry: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    if not kind.name:
+        raise ValueError(f"{type(kind).__name__} has no name")
+    if kind.name in _registry and type(_registry[kind.name]) is not type(kind):
+        raise ValueError(f"a different kind named {kind.name!r} is already registered")
+    _registry[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> Kind:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownKind(f"no kind of job named {name!r} is registered (is its app installed?)") from None
+
+
+def all_kinds() -> list[Kind]:
+    return list(_registry.values())
+
+
+def device_kinds() -> list[str]:
+    """Names of the kinds the scheduler places on devices."""
+    return [k.name for k in _registry.values() if k.uses_devices]

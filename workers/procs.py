@@ -1,0 +1,32 @@
+"""Process helpers shared by the runner, the ranks and the device heartbeat."""
+from __future__ import annotations
+
+import ctypes
+import signal
+from datetime import datetime
+
+import psutil
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a `kill -9` of a worker also ends its
+    pool and its job's child instead of leaving an orphan holding the GPU."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def process_gone(pid: int | None, since: datetime | None) -> bool:
+    """Has the process `pid`, which was alive at `since`, ended? A pid that now belongs to
+    a process started after `since` was reused: the one we knew is gone."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return True
+    return since is not None and started > since.timestamp() + 1.0
