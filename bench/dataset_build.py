@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets.imaging import encode, load_image, resize_image, to_array  # noqa: E402
-from datasets.lmdb_store import LmdbImageDataset  # noqa: E402
+from datasets.lmdb_store import forget  # noqa: E402
+from models_app.training.data import RawLmdbImages  # noqa: E402
 
 
 def make_folder(root: Path, count: int, size: tuple[int, int], mode: str, fmt: str, classes: int = 10) -> Path:
@@ -125,11 +126,12 @@ def run_build(spec: dict, workdir: Path) -> tuple[dict, float, int]:
     return result or {}, time.perf_counter() - started, peak
 
 
-def loader_rate(db: Path, mean: np.ndarray, workers: int, batch: int = 256, limit: int = 20000) -> float:
+def loader_rate(db: Path, workers: int, batch: int = 256, limit: int = 20000) -> float:
+    """The trainer's own reader (decode per record) through a DataLoader."""
     import torch
 
     torch.set_num_threads(1)
-    dataset = LmdbImageDataset(db, mean)
+    dataset = RawLmdbImages(db)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
     seen = 0
     started = time.perf_counter()
@@ -173,11 +175,14 @@ def bench_case(name: str, folder: Path, width: int, height: int, channels: int, 
             "machine_scaling": ceiling / (cores * single_decode),
             "peak_tree_rss_mib": peak / 2**20,
             "db_mib": sum(f.stat().st_size for f in out.rglob("*.mdb")) / 2**20,
-            "loader_per_s_0_workers": loader_rate(out / "train_db", mean, 0),
-            "loader_per_s_n_workers": loader_rate(out / "train_db", mean, cores),
+            "mean_pixel": float(mean.mean()),
+            "loader_per_s_0_workers": loader_rate(out / "train_db", 0),
+            "loader_per_s_n_workers": loader_rate(out / "train_db", cores),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+        for split in ("train", "val"):
+            forget(out / f"{split}_db")  # LMDB refuses a new environment on a reused inode while one is open
         shutil.rmtree(out)
     return rows
 

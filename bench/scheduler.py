@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--latency-jobs", type=int, default=100)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (datasets, snapshots, logs)")
     args = parser.parse_args()
     import redis
 
@@ -198,6 +200,8 @@ def main() -> None:
             os.killpg(proc.pid, 15)
         for proc in WORKERS:
             proc.wait(30)
+        if not args.keep:  # datasets, snapshots and logs: hundreds of MB otherwise left in /tmp
+            shutil.rmtree(WORK, ignore_errors=True)
     db = "Postgres" if os.environ.get("DATABASE_URL") else "SQLite"
     p50, p95, ping50 = statistics.median(lat), percentile(lat, 0.95), statistics.median(pings)
     print(f"\n{db}, 2 CPU device workers, {args.latency_jobs} latency jobs, {args.jobs} queued jobs")
@@ -208,7 +212,7 @@ def main() -> None:
           f"(each job's own turnaround bounds this)")
     print(f"scheduler alone, one pass placing {args.jobs} jobs on {args.jobs} devices: {alone:.0f} jobs/s "
           f"({alone / dispatch_rate:.0f}x the end-to-end rate)")
-    print(f"(work folder {WORK})")
+    print(f"(work folder {WORK}{'' if args.keep else ', removed; --keep keeps it'})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def start_worker() -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (datasets, snapshots, logs)")
     args = parser.parse_args()
     import redis
 
@@ -154,6 +156,8 @@ def main() -> None:
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)
+        if not args.keep:  # datasets, snapshots and logs: hundreds of MB otherwise left in /tmp
+            shutil.rmtree(WORK, ignore_errors=True)
     print()
     print(f"{'case':10} {'network':9} {'train imgs':>10} {'epochs':>6} {'plain img/s':>12} {'system img/s':>13} {'ratio':>6}"
           f" {'job s':>7} {'job img/s':>10} {'e2e ratio':>9}")
@@ -167,7 +171,7 @@ def main() -> None:
         system_runs = " / ".join(f"{v:.0f}" for v in r["system_runs"])
         print(f"{r['case']}: plain runs {runs} img/s; system runs {system_runs} img/s; best system: start-up {t['startup_seconds']:.1f} s, "
               f"training {t['train_seconds']:.1f} s (snapshots {t['snapshot_seconds']:.2f} s), validation {t['validation_seconds']:.1f} s")
-    print(f"\n(target: ratio >= 0.95; work folder {WORK})")
+    print(f"\n(target: ratio >= 0.95; work folder {WORK}{'' if args.keep else ', removed; --keep keeps it'})")
 
 
 if __name__ == "__main__":

@@ -100,14 +100,6 @@ def to_array(img: Image.Image) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def to_input(arr: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    """The network input for one HxWxC uint8 image: CxHxW float32, mean-subtracted, /255."""
-    x = arr.astype(np.float32)
-    if mean is not None:
-        x -= mean.astype(np.float32)
-    return np.ascontiguousarray((x / 255.0).transpose(2, 0, 1))
-
-
 def encode(arr: np.ndarray, encoding: str = "png", quality: int = 90) -> bytes:
     """Encode an HxWxC uint8 image for storage: raw bytes ("none"), PNG (lossless, fast
     setting) or JPEG (lossy, `quality` 1-100)."""

@@ -18,7 +18,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .imaging import decode, to_input
+from .imaging import decode
 
 META_KEY = b"__meta__"
 LABELS_KEY = b"__labels__"
@@ -145,24 +145,3 @@ def read_raw(txn: lmdb.Transaction, index: int) -> tuple[bytes, int]:
 def read_record(txn: lmdb.Transaction, index: int, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
     data, label = read_raw(txn, index)
     return decode(data, meta.get("encoding", "png"), meta_shape(meta)), label
-
-
-class LmdbImageDataset:
-    """A map-style PyTorch Dataset: (CxHxW float tensor, label). Each DataLoader worker
-    process opens the environment itself on first use and decodes its own images."""
-
-    def __init__(self, path: Path | str, mean: np.ndarray | None = None) -> None:
-        self.path = str(path)
-        self.mean = mean
-        self.meta = read_meta(Path(path))
-
-    def __len__(self) -> int:
-        return int(self.meta["count"])
-
-    def __getitem__(self, index: int):  # noqa: ANN204 - returns (torch.Tensor, int)
-        import torch  # here, so the dataset builder never pays for importing torch
-
-        with open_readonly(self.path).begin() as txn:
-            arr, label = read_record(txn, index, self.meta)
-        return torch.from_numpy(to_input(arr, self.mean)), label
-

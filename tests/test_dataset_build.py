@@ -19,7 +19,7 @@ from PIL import Image
 
 from datasets.build import OUTPUTS, BuildError, build
 from datasets.imaging import load_image, resize_image, to_array
-from datasets.lmdb_store import LmdbImageDataset, open_readonly, read_labels, read_meta, read_record
+from datasets.lmdb_store import open_readonly, read_labels, read_meta, read_record
 from datasets.splits import cap_per_class, drop_small_classes, split_stratified
 from tests.imagegen import make_shapes_folder
 
@@ -344,10 +344,12 @@ def test_grayscale_and_the_mean_image(tmp_path):  # noqa: ANN001
     assert result["mean_pixel"] == pytest.approx([float(mean.mean())], abs=1e-3)
     with Image.open(out / "mean.png") as png:
         assert png.mode == "L" and png.size == (12, 10)
-    # The training Dataset yields CxHxW, mean-subtracted, scaled.
-    x, label = LmdbImageDataset(out / "train_db", mean)[0]
+    # The trainer's reader yields the stored image CxHxW, as it was stored.
+    from models_app.training.data import RawLmdbImages
+
+    x, label = RawLmdbImages(out / "train_db")[0]
     assert tuple(x.shape) == (1, 10, 12) and 0 <= label < 3
-    assert np.allclose(x.numpy(), (images[0].astype(np.float32) - mean).transpose(2, 0, 1) / 255, atol=1e-6)
+    assert np.array_equal(x.numpy(), images[0].transpose(2, 0, 1))
 
 
 # --- input formats -----------------------------------------------------------------------

@@ -86,3 +86,26 @@ def test_deleting_a_running_model_stops_it_and_removes_its_files(celery_worker_p
     assert api.get(f"/api/models/{model_id}/").status_code == 404
     wait_until(lambda: not processes_mentioning(spec), timeout=15)
     wait_until(lambda: not directory.exists(), timeout=10)
+
+
+def test_a_dataset_deleted_before_its_build_starts_ends_quietly(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+    """The build's message reaches the worker after the dataset is gone: the task ends with
+    a log line, not a Job.DoesNotExist traceback."""
+    import signal
+
+    worker = celery_worker_process.procs["datasets"]
+    log_path = celery_worker_process.logs["datasets"]
+    offset = log_path.stat().st_size
+    os.kill(worker.pid, signal.SIGSTOP)  # the message waits in the queue meanwhile
+    try:
+        dataset_id = create_dataset(api, shapes_folder)
+        assert api.delete(f"/api/datasets/{dataset_id}/").status_code == 204
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while f"job {dataset_id} no longer exists" not in log_path.read_text()[offset:]:
+        assert time.monotonic() < deadline, log_path.read_text()[offset:]
+        time.sleep(0.2)
+    tail = log_path.read_text()[offset:]
+    assert "Traceback" not in tail and "DoesNotExist" not in tail
+    assert not Job.objects.filter(pk=dataset_id).exists()

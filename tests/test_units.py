@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from datasets.splits import split_stratified
-from datasets.imaging import load_image, resize_image, to_input
+from datasets.imaging import load_image, resize_image
 from frontend.templatetags.digits import duration
 from models_app.networks import network_module
 
@@ -52,12 +52,6 @@ def test_rgba_is_composited_on_white_and_grayscale_has_one_channel():
     buf.seek(0)
     img = load_image(buf, channels=1)
     assert img.mode == "L" and np.asarray(img).min() == 255
-
-
-def test_to_input_is_channels_first_and_mean_subtracted():
-    arr = np.full((2, 3, 3), 100, dtype=np.uint8)
-    x = to_input(arr, np.full((2, 3, 3), 50, dtype=np.float32))
-    assert x.shape == (3, 2, 3) and np.allclose(x, 50 / 255)
 
 
 def test_split_is_stratified_with_at_least_one_validation_image():
