@@ -34,6 +34,7 @@ bench: install
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache

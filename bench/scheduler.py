@@ -185,7 +185,7 @@ def main() -> None:
         redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     except redis.RedisError as exc:
         raise SystemExit(f"Redis is not reachable at {os.environ['REDIS_URL']} ({exc}): start redis-server or set BENCH_REDIS_URL.") from None
-    call_command("migrate", verbosity=0)
+    call_command("prepare")  # data folders, secret key, tables
     owner = get_user_model().objects.create_user("bench", password="bench-only")
     dataset = fake_dataset(owner)
     WORKERS.extend(start_workers())

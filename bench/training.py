@@ -141,7 +141,7 @@ def main() -> None:
         redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     except redis.RedisError as exc:
         raise SystemExit(f"Redis is not reachable at {os.environ['REDIS_URL']} ({exc}): start redis-server or set BENCH_REDIS_URL.") from None
-    call_command("migrate", verbosity=0)
+    call_command("prepare")  # data folders, secret key, tables
     owner = get_user_model().objects.create_user("bench", password="bench-only")
     worker = start_worker()
     threads = torch.get_num_threads()

@@ -1,5 +1,11 @@
-"""Django settings. Everything comes from the environment (see env.py); the defaults make
-`make run` work with nothing set: SQLite in the data directory, Redis on localhost."""
+"""Django settings. Everything comes from the environment through django-environ
+(`NAME_FILE` may point at a file holding the value: Docker/Kubernetes secrets, so secrets
+never live in the repo); the defaults make `make run` work with nothing set: SQLite in
+the data directory, Redis on localhost.
+
+Importing this module has no side effects: it creates no folder and writes no secret.
+`manage.py serve` (what `make run` starts) prepares the data directory and the secret key
+on first start (workers/setup.py)."""
 from __future__ import annotations
 
 import os
@@ -7,22 +13,38 @@ import socket
 from pathlib import Path
 
 import dj_database_url
+import environ
 
-from .env import env, env_bool, env_paths, persistent_secret
+env = environ.FileAwareEnv()
+
+
+def env_paths(name: str, default: str) -> list[Path]:
+    """A PATH-like list (entries separated by os.pathsep), resolved to absolute paths."""
+    return [Path(item).expanduser().resolve() for item in env.str(name, default=default).split(os.pathsep) if item]
+
+
+def read_secret(path: Path) -> str:
+    """The secret key kept in the data directory by the setup step, if it is there yet."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Where datasets, job folders, the SQLite database and generated secrets live.
-DATA_DIR = Path(env("DIGITS_DATA_DIR", str(BASE_DIR / "data"))).expanduser().resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR = Path(env.str("DIGITS_DATA_DIR", default=str(BASE_DIR / "data"))).expanduser().resolve()
 JOBS_DIR = DATA_DIR / "jobs"
 # Server folders that datasets may be read from; nothing outside them is ever opened.
 DATA_ROOTS: list[Path] = env_paths("DIGITS_DATA_ROOTS", str(DATA_DIR / "images"))
 
-SECRET_KEY = env("SECRET_KEY") or persistent_secret(DATA_DIR)
-DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = [h for h in env("ALLOWED_HOSTS", "*").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+SECRET_KEY_FILE = DATA_DIR / "secret_key"
+# No key set and none written yet (a command run before the first `make run`): a key for
+# this process only. Sessions need the persistent one, which serve writes before the web starts.
+SECRET_KEY = env.str("SECRET_KEY", default="") or read_secret(SECRET_KEY_FILE) or "unset-" + os.urandom(24).hex()
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = [h for h in env.str("ALLOWED_HOSTS", default="*").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env.str("CSRF_TRUSTED_ORIGINS", default="").split(",") if o]
 
 INSTALLED_APPS = [
     "daphne",
@@ -91,7 +113,7 @@ def _database(url: str) -> dict:
     return dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
 
 
-DATABASES = {"default": _database(env("DATABASE_URL"))}
+DATABASES = {"default": _database(env.str("DATABASE_URL", default=""))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -103,68 +125,67 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env("TIME_ZONE", "UTC")
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 # Serve straight from the app folders: no collectstatic step for a self-hosted tool.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # Uploads (classify-one images): refuse anything large before it is read.
-MAX_UPLOAD_IMAGE_BYTES = int(env("DIGITS_MAX_UPLOAD_IMAGE_BYTES", str(20 * 1024 * 1024)))
+MAX_UPLOAD_IMAGE_BYTES = env.int("DIGITS_MAX_UPLOAD_IMAGE_BYTES", default=20 * 1024 * 1024)
 # Dataset archives arrive in chunks of at most MAX_UPLOAD_CHUNK_BYTES (resumable), up to
 # MAX_UPLOAD_ARCHIVE_BYTES in all, and may expand to MAX_ARCHIVE_EXTRACT_BYTES on disk.
-MAX_UPLOAD_ARCHIVE_BYTES = int(env("DIGITS_MAX_UPLOAD_ARCHIVE_BYTES", str(4 * 1024**3)))
+MAX_UPLOAD_ARCHIVE_BYTES = env.int("DIGITS_MAX_UPLOAD_ARCHIVE_BYTES", default=4 * 1024**3)
 MAX_UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
-MAX_ARCHIVE_EXTRACT_BYTES = int(env("DIGITS_MAX_ARCHIVE_EXTRACT_BYTES", str(16 * 1024**3)))
+MAX_ARCHIVE_EXTRACT_BYTES = env.int("DIGITS_MAX_ARCHIVE_EXTRACT_BYTES", default=16 * 1024**3)
 # Uploaded text lists (path label lines) and labels files.
-MAX_UPLOAD_LIST_BYTES = int(env("DIGITS_MAX_UPLOAD_LIST_BYTES", str(64 * 1024 * 1024)))
+MAX_UPLOAD_LIST_BYTES = env.int("DIGITS_MAX_UPLOAD_LIST_BYTES", default=64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # Training: a split whose decoded images fit TRAIN_CACHE_BYTES is held in memory (per
 # process); larger ones stream from LMDB through TRAIN_LOADER_WORKERS loader processes.
-TRAIN_CACHE_BYTES = int(env("DIGITS_TRAIN_CACHE_BYTES", str(4 * 1024**3)))
-TRAIN_LOADER_WORKERS = int(env("DIGITS_TRAIN_LOADER_WORKERS", "2"))
+TRAIN_CACHE_BYTES = env.int("DIGITS_TRAIN_CACHE_BYTES", default=4 * 1024**3)
+TRAIN_LOADER_WORKERS = env.int("DIGITS_TRAIN_LOADER_WORKERS", default=2)
 # The module each training rank runs (`python -m ...`); bench/scheduler.py swaps in a no-op
 # to measure the scheduler alone.
-TRAINING_MODULE = env("DIGITS_TRAINING_MODULE", "models_app.training.train")
+TRAINING_MODULE = env.str("DIGITS_TRAINING_MODULE", default="models_app.training.train")
 # Custom network code runs in a child process (visualize, classify) under these limits.
-SANDBOX_SECONDS = int(env("DIGITS_SANDBOX_SECONDS", "60"))
-SANDBOX_MEMORY_BYTES = int(env("DIGITS_SANDBOX_MEMORY_BYTES", str(8 * 1024**3)))
+SANDBOX_SECONDS = env.int("DIGITS_SANDBOX_SECONDS", default=60)
+SANDBOX_MEMORY_BYTES = env.int("DIGITS_SANDBOX_MEMORY_BYTES", default=8 * 1024**3)
 
 # Devices and scheduling (workers/devices.py, workers/scheduler.py).
 # A host without GPUs offers this many CPU "devices" (one pinned worker each).
-CPU_DEVICES = int(env("DIGITS_CPU_DEVICES", "1"))
+CPU_DEVICES = env.int("DIGITS_CPU_DEVICES", default=1)
 # Torch threads of a job on a CPU device: the host's cores shared among its CPU devices.
-CPU_DEVICE_THREADS = int(env("DIGITS_CPU_DEVICE_THREADS", "0")) or max(1, (os.cpu_count() or 1) // max(1, CPU_DEVICES))
+CPU_DEVICE_THREADS = env.int("DIGITS_CPU_DEVICE_THREADS", default=0) or max(1, (os.cpu_count() or 1) // max(1, CPU_DEVICES))
 # This host's name and the address other hosts reach it at (for multi-host DDP).
-HOST_NAME = env("DIGITS_HOST_NAME", socket.gethostname())
-HOST_ADDRESS = env("DIGITS_HOST_ADDRESS", "127.0.0.1")
-DEVICE_HEARTBEAT_SECONDS = float(env("DIGITS_DEVICE_HEARTBEAT_SECONDS", "3"))
+HOST_NAME = env.str("DIGITS_HOST_NAME", default=socket.gethostname())
+HOST_ADDRESS = env.str("DIGITS_HOST_ADDRESS", default="127.0.0.1")
+DEVICE_HEARTBEAT_SECONDS = env.float("DIGITS_DEVICE_HEARTBEAT_SECONDS", default=3)
 # A device silent this long is lost: its job is requeued to resume from its last snapshot.
-DEVICE_DEAD_SECONDS = float(env("DIGITS_DEVICE_DEAD_SECONDS", "15"))
+DEVICE_DEAD_SECONDS = env.float("DIGITS_DEVICE_DEAD_SECONDS", default=15)
 # Devices one user's jobs may hold at once (0: no limit); admins set per-user overrides.
-USER_DEVICE_LIMIT = int(env("DIGITS_USER_DEVICE_LIMIT", "0"))
+USER_DEVICE_LIMIT = env.int("DIGITS_USER_DEVICE_LIMIT", default=0)
 # Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this
 # long; then nothing behind it starts until it fits, so large jobs cannot starve.
-SCHEDULER_BACKFILL_SECONDS = float(env("DIGITS_SCHEDULER_BACKFILL_SECONDS", "1800"))
+SCHEDULER_BACKFILL_SECONDS = env.float("DIGITS_SCHEDULER_BACKFILL_SECONDS", default=1800)
 # A job requeued this many times after lost workers fails instead of looping.
-MAX_INTERRUPTIONS = int(env("DIGITS_MAX_INTERRUPTIONS", "3"))
+MAX_INTERRUPTIONS = env.int("DIGITS_MAX_INTERRUPTIONS", default=3)
 # Ranks wait this long for rank 0 and for each other (torch.distributed timeout).
-RENDEZVOUS_SECONDS = float(env("DIGITS_RENDEZVOUS_SECONDS", "120"))
+RENDEZVOUS_SECONDS = env.float("DIGITS_RENDEZVOUS_SECONDS", default=120)
 
-REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env("DIGITS_CHANNEL_PREFIX", "digits")},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("DIGITS_CHANNEL_PREFIX", default="digits")},
     }
 }
 
@@ -205,6 +226,6 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"daphne": {"level": "WARNING"}},
 }

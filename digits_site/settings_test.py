@@ -7,6 +7,8 @@ import tempfile
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
 os.environ.setdefault("DIGITS_DATA_DIR", tempfile.mkdtemp(prefix="digits-test-"))
+# The test data folder is the one thing test settings make: `serve` makes it in production.
+os.makedirs(os.path.join(os.environ["DIGITS_DATA_DIR"], "static"), exist_ok=True)
 os.environ.setdefault("DIGITS_DATA_ROOTS", os.path.join(os.environ["DIGITS_DATA_DIR"], "images"))
 os.environ.setdefault("DIGITS_CHANNEL_PREFIX", "digits-test")
 # Two CPU devices of one thread each; heartbeats fast enough that a killed worker is

@@ -9,7 +9,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import torch
 from django.utils import timezone
 
 import datasets.imaging
@@ -46,6 +45,8 @@ def requirements(code: str) -> list[str]:
 
 def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
     """Write the archive to a temporary file (streamed by the view, removed after)."""
+    import torch  # here: the web process loads torch only when someone downloads a model
+
     dataset = model.dataset
     checkpoint = torch.load(snapshot.path, map_location="cpu", weights_only=True)
     code = network_code(model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-import torch
 from django.conf import settings
 from django.db import transaction
 
@@ -16,7 +15,7 @@ from workers.models import JobStatus, Priority
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
 from .models import MODEL_KIND, LrPolicy, Metric, Network, Snapshot, TrainedModel
-from .networks import network_module
+from .networks import check_input
 from .training.lr_policy import parse_steps
 
 # The parameters a user sets (on the form, in the API, copied by clone). Validators on
@@ -71,8 +70,7 @@ def validate_params(user, dataset: Dataset, params: dict[str, Any]) -> dict[str,
     shape = _input_size(dataset, crop)
     if network != Network.CUSTOM:
         try:
-            with torch.device("meta"):  # shapes only: no memory, no time
-                network_module(network).build(shape, max(dataset.num_classes, 2))
+            check_input(network, Network(network).label, shape)
         except ValueError as exc:
             raise JobError(f"{exc} Pick another network, or a crop size.", field="network") from None
     if params.get("rotate90") and shape[1] != shape[2]:

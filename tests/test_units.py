@@ -123,3 +123,25 @@ def test_any_64_bit_seed_is_accepted_by_the_training_helpers():
         assert sorted(order.tolist()) == list(range(10))
         assert torch.equal(order, epoch_order(10, seed, epoch=3))
         np.random.seed(seed % 2**32)
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet", "googlenet", "resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "vit_b_16"])
+def test_the_forms_input_rule_matches_what_build_accepts(name):  # noqa: ANN001
+    """The web process checks a network's input from constants in its source (no torch);
+    build() must accept exactly the same shapes."""
+    from models_app.networks import check_input, network_constants
+
+    assert "INTENDED_INPUT" in network_constants(name)
+    for shape in [(3, 15, 15), (1, 16, 16), (3, 28, 28), (3, 31, 40), (3, 32, 32), (3, 62, 62), (3, 63, 63), (1, 48, 48), (3, 64, 80)]:
+        try:
+            check_input(name, name, shape)
+            form_ok = True
+        except ValueError:
+            form_ok = False
+        try:
+            with torch.device("meta"):
+                network_module(name).build(shape, 3)
+            build_ok = True
+        except ValueError:
+            build_ok = False
+        assert form_ok == build_ok, (name, shape)

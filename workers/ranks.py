@@ -99,6 +99,16 @@ def join(allocation: Allocation) -> Job | None:
     return None
 
 
+def _wait_for_peers(allocation: Allocation) -> None:
+    """Until the other ranks of this attempt have released their devices (bounded: a rank
+    still running after that is stopped by the job's end, as after an abort)."""
+    peers = Allocation.objects.filter(job_id=allocation.job_id, attempt=allocation.attempt, released_at__isnull=True)
+    peers = peers.exclude(pk=allocation.pk)
+    deadline = time.monotonic() + settings.RENDEZVOUS_SECONDS
+    while peers.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def rank_env(allocation: Allocation, job: Job) -> dict[str, str]:
     """torch.distributed's environment for this rank (one device per process, so the local
     rank is always 0), and the thread count of a CPU device."""
@@ -170,6 +180,10 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
             except JobError as exc:
                 job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
                 return AllocationOutcome.ERROR
+            # "Done" means every rank has ended and given its device back: wait for the
+            # others (they finish the same last step), then release this rank first.
+            _wait_for_peers(allocation)
+            release(allocation, AllocationOutcome.DONE)
             job_transition(job.pk, JobStatus.DONE, from_=[JobStatus.RUNNING], where=attempt, message=message)
         return AllocationOutcome.DONE
     if result.peer_lost:

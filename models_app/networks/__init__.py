@@ -12,7 +12,10 @@ never in the web process: `load_custom` is called there.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import importlib.util
 import sys
 import traceback
 import types
@@ -49,15 +52,53 @@ def network_module(name: str) -> ModuleType:
 
 
 def network_source_path(name: str) -> Path:
-    return Path(network_module(name).__file__ or "")
+    """The module's file, found without importing it (importing it imports torch)."""
+    if name not in STANDARD_NETWORKS:
+        raise ValueError(f"Unknown network {name!r}; choose one of {', '.join(STANDARD_NETWORKS)}.")
+    spec = importlib.util.find_spec(STANDARD_NETWORKS[name])
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin)
 
 
 def network_source(name: str) -> str:
     return network_source_path(name).read_text()
 
 
+@functools.cache
+def network_constants(name: str) -> dict[str, object]:
+    """A standard network's module-level constants (INTENDED_INPUT, MIN_SIDE,
+    SIDE_MULTIPLE), read from its source: the web process checks a request without
+    importing torch."""
+    constants: dict[str, object] = {}
+    for node in ast.parse(network_source(name)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            if target.isupper():
+                try:
+                    constants[target] = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
+    return constants
+
+
 def intended_input(name: str) -> tuple[int, int]:
-    return tuple(network_module(name).INTENDED_INPUT)  # type: ignore[return-value]
+    height, width = network_constants(name)["INTENDED_INPUT"]  # type: ignore[misc]
+    return int(height), int(width)
+
+
+def check_input(name: str, label: str, input_shape: tuple[int, int, int]) -> None:
+    """Raise ValueError if the standard network `name` cannot take this input (the same
+    rule its build() applies)."""
+    constants = network_constants(name)
+    _, height, width = input_shape
+    multiple = constants.get("SIDE_MULTIPLE")
+    if isinstance(multiple, int) and (height != width or height % multiple):
+        raise ValueError(
+            f"{label} needs square images whose side is a multiple of {multiple} (like 224x224), got {width}x{height}."
+        )
+    side = constants.get("MIN_SIDE", 1)
+    if isinstance(side, int) and min(height, width) < side:
+        raise ValueError(f"{label} needs images of at least {side}x{side} pixels, got {width}x{height}.")
 
 
 def user_line(exc: BaseException) -> int | None:

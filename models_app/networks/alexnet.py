@@ -9,11 +9,13 @@ import torchvision
 from torch import nn
 
 INTENDED_INPUT = (224, 224)
+# The smallest side it takes (the model form checks it without importing torch).
+MIN_SIDE = 63
 
 
 def build(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     channels, height, width = input_shape
-    if min(height, width) < 63:
+    if min(height, width) < MIN_SIDE:
         raise ValueError(f"AlexNet needs images of at least 63x63 pixels, got {width}x{height}.")
     net = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     if channels != 3:  # grayscale: the first convolution takes one channel

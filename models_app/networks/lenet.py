@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 INTENDED_INPUT = (28, 28)
+# The smallest side it takes (the model form checks it without importing torch).
+MIN_SIDE = 16
 
 
 class LeNet(nn.Module):
@@ -34,6 +36,6 @@ class LeNet(nn.Module):
 
 
 def build(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    if min(input_shape[1:]) < 16:
+    if min(input_shape[1:]) < MIN_SIDE:
         raise ValueError(f"LeNet needs images of at least 16x16 pixels, got {input_shape[2]}x{input_shape[1]}.")
     return LeNet(tuple(input_shape), num_classes)  # type: ignore[arg-type]

@@ -8,11 +8,13 @@ import torchvision
 from torch import nn
 
 INTENDED_INPUT = (224, 224)
+# The smallest side it takes (the model form checks it without importing torch).
+MIN_SIDE = 32
 
 
 def build(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     channels, height, width = input_shape
-    if min(height, width) < 32:
+    if min(height, width) < MIN_SIDE:
         raise ValueError(f"MobileNetV3 needs images of at least 32x32 pixels, got {width}x{height}.")
     net = torchvision.models.mobilenet_v3_large(weights=None, num_classes=num_classes)
     if channels != 3:  # grayscale: the first convolution takes one channel

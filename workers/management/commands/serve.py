@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from workers.hardware import DEVICE_ENV, gpu_count
+from workers.setup import prepare_data_dir
 from workers.supervisor import Supervisor
 
 
@@ -47,6 +48,7 @@ class Command(BaseCommand):
         self.supervisor = Supervisor(settings.BASE_DIR, say=self.stdout.write)
         signal.signal(signal.SIGTERM, _stop_signal)
         try:
+            prepare_data_dir()  # before anything reads the data directory or the secret key
             self.start_redis_if_needed()
             call_command("migrate", interactive=False, verbosity=0)
             self.ensure_admin()
