@@ -6,13 +6,15 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
-from rest_framework import serializers, status
+import django_filters
+from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from workers.api import JobEditSerializer, JobSerializer
 from workers.errors import JobError
+from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update
 
 from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
@@ -79,13 +81,29 @@ def _create(request, data: dict) -> Dataset:  # noqa: ANN001
     return dataset_create(owner=request.user, params=DatasetParams.from_data(values), uploaded=uploaded)
 
 
-class DatasetListApi(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+class DatasetFilter(JobFilterSet):
+    PREFIX = "job__"
+    source = django_filters.ChoiceFilter(choices=Source.choices)
+    ordering = job_ordering(PREFIX)
 
-    @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
-    def get(self, request):  # noqa: ANN001, ANN201
-        datasets = dataset_list().select_related("upload").prefetch_related("job__events")
-        return Response(DatasetOutputSerializer(datasets[:500], many=True).data)
+    class Meta:
+        model = Dataset
+        fields = ["source"]
+
+
+class DatasetListApi(generics.ListAPIView):
+    """Datasets, newest first, paginated; filter by owner, status, group, source or name."""
+
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    serializer_class = DatasetOutputSerializer
+    filterset_class = DatasetFilter
+
+    def get_queryset(self):  # noqa: ANN201 - a QuerySet[Dataset]
+        return dataset_list().select_related("upload").prefetch_related(*job_prefetches("job__"))
+
+    @extend_schema(operation_id="datasets_list")
+    def get(self, request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(request=DatasetInputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
     "drf_spectacular",
     "channels",
     "workers",
@@ -214,6 +215,9 @@ REST_FRAMEWORK = {
         "workers.permissions.IsOwnerOrReadOnly",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Every list: paginated (workers/listing.py), filtered with django-filter.
+    "DEFAULT_PAGINATION_CLASS": "workers.listing.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "workers.api.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {

@@ -7,7 +7,8 @@ from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+import django_filters
+from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,10 +17,11 @@ from datasets.selectors import dataset_list
 from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
 from workers.models import Priority
 from workers.errors import JobError
+from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
 from .export import archive_name, build_archive
-from .models import Snapshot, TrainedModel
+from .models import Network, Snapshot, TrainedModel
 from .selectors import model_list, model_metrics
 from .services import (
     PARAM_FIELDS,
@@ -93,11 +95,36 @@ def _create(request, data: dict) -> Response:  # noqa: ANN001
     return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
-class ModelListApi(APIView):
-    @extend_schema(responses=ModelOutputSerializer(many=True), operation_id="models_list")
-    def get(self, request):  # noqa: ANN001, ANN201
-        models = model_list().prefetch_related("job__events", "snapshots")
-        return Response(ModelOutputSerializer(models[:500], many=True).data)
+class ModelFilter(JobFilterSet):
+    PREFIX = "job__"
+    dataset = django_filters.NumberFilter(field_name="dataset_id", help_text="Models trained on this dataset.")
+    network = django_filters.ChoiceFilter(choices=Network.choices)
+    has_snapshots = django_filters.BooleanFilter(
+        method="filter_has_snapshots", help_text="Only models with (or without) a snapshot: what can be fine-tuned."
+    )
+    ordering = job_ordering(PREFIX)
+
+    class Meta:
+        model = TrainedModel
+        fields = ["dataset", "network"]
+
+    def filter_has_snapshots(self, queryset, name: str, value: bool):  # noqa: ANN001, ANN201
+        return queryset.filter(snapshots__isnull=not value).distinct()
+
+
+class ModelListApi(generics.ListAPIView):
+    """Models, newest first, paginated; filter by owner, status, group, dataset, network,
+    name, or whether they have a snapshot."""
+
+    serializer_class = ModelOutputSerializer
+    filterset_class = ModelFilter
+
+    def get_queryset(self):  # noqa: ANN201 - a QuerySet[TrainedModel]
+        return model_list().prefetch_related("snapshots", *job_prefetches("job__"))
+
+    @extend_schema(operation_id="models_list")
+    def get(self, request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request):  # noqa: ANN001, ANN201

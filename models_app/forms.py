@@ -85,8 +85,12 @@ class ModelForm(forms.ModelForm):
         self.fields["dataset"].queryset = dataset_usable_list()
         self.fields["dataset"].help_text = "A built dataset, or one still building (training waits for it)."
         self.fields["dataset"].label_from_instance = lambda d: f"{d.job.name} ({d.image_width}x{d.image_height}, {d.job.status}, #{d.pk})"
+        # Any number of models: not a dropdown but an id, with a search picker fed by the
+        # paginated API (frontend/static/js/model_new.js); the id alone works without JS.
         self.fields["base_model"].queryset = model_list().filter(snapshots__isnull=False).distinct()
-        self.fields["base_model"].label_from_instance = lambda m: f"{m.job.name} ({m.get_network_display()}, #{m.pk})"
+        self.fields["base_model"].widget = forms.NumberInput(
+            attrs={"placeholder": "model id", "min": 1, "data-picker": "models", "autocomplete": "off"}
+        )
         self.fields["network"].choices = network_choices()
         self.fields["custom_code"].required = False
         self._placement_fields(user)

@@ -196,6 +196,31 @@ def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):  
     assert page.locator("#visualize-error").inner_text().startswith("Line ")
 
 
+def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):  # noqa: ANN001
+    """Fine-tuning picks its base model from a search fed by the paginated API, not from a
+    dropdown of every model; picking one fills the id and loads its snapshots' epochs."""
+    dataset = make_dataset(owner, name="pick-data")
+    for i in range(30):
+        make_model(owner if i % 2 else teammate, dataset, name=f"sweep-{i:02d}")
+    target = make_model(owner, dataset, name="the-best-run", epochs=3)
+    _login(page, live_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_url}/models/new/?dataset={dataset.pk}")
+    assert page.locator("select[name=base_model]").count() == 0  # no 31-option dropdown
+    page.check("input[name=network_mode][value=previous]")
+    page.fill("#base-model-search", "best")
+    page.wait_for_function("document.querySelectorAll('#base-model-results option').length === 1")
+    page.select_option("#base-model-results", str(target.pk))
+    assert page.input_value("input[name=base_model]") == str(target.pk)
+    assert "the-best-run" in page.inner_text("#base-model-chosen")
+    page.wait_for_function("document.querySelectorAll('#base-epoch-select option').length === 4")  # latest + 3
+    page.fill("#base-model-search", "sweep")
+    page.wait_for_function("document.querySelectorAll('#base-model-results option').length === 21")  # 20 + "more"
+    assert "10 more" in page.inner_text("#base-model-results")
+    assert not errors, errors
+
+
 def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, page, owner, shapes_folder):  # noqa: ANN001
     from tests.conftest import token_client, wait_for_status
 

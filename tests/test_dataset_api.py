@@ -287,4 +287,4 @@ def test_console_filters_by_group(owner):  # noqa: ANN001
     Job.objects.filter(pk=a.pk).update(group="exp-1")
     page = _browser(owner).get("/?group=exp-1").content.decode()
     assert "in-group" in page and "other</a>" not in page and 'id="groups"' in page
-    assert [j["name"] for j in token_client(owner).get("/api/jobs/?group=exp-1").json()] == ["in-group"]
+    assert [j["name"] for j in token_client(owner).get("/api/jobs/?group=exp-1").json()["results"]] == ["in-group"]

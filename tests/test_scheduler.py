@@ -247,9 +247,9 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     assert owner_api.patch(f"/api/devices/{d0.pk}/", {"enabled": False}, format="json").status_code == 403
     assert owner_api.post(f"/api/queue/{a.pk}/", {"action": "hold"}, format="json").status_code == 403
     assert owner_api.get("/api/usage/").status_code == 403
-    devices = {d["label"]: d for d in owner_api.get("/api/devices/").json()}
+    devices = {d["label"]: d for d in owner_api.get("/api/devices/").json()["results"]}
     assert devices["h/cpu0"]["state"] == "busy" and devices["h/cpu0"]["job"]["name"] == "busy"
-    assert [q["name"] for q in owner_api.get("/api/queue/").json()] == ["a", "b"]
+    assert [q["name"] for q in owner_api.get("/api/queue/").json()["results"]] == ["a", "b"]
 
     admin = Client()
     admin.force_login(admin_user)
@@ -257,7 +257,7 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     assert "h/cpu0" in page and "h/cpu1" in page and f'data-job="{a.pk}"' in page and "Device limits" in page
     # Reorder: b to the top, then hold it; a goes first when a device frees.
     admin.post(f"/cluster/jobs/{b.pk}/", {"action": "top"})
-    assert [q["name"] for q in owner_api.get("/api/queue/").json()] == ["b", "a"]
+    assert [q["name"] for q in owner_api.get("/api/queue/").json()["results"]] == ["b", "a"]
     admin.post(f"/cluster/jobs/{b.pk}/", {"action": "hold"})
     assert Job.objects.get(pk=b.pk).held
     # Drain the device of "busy": when it finishes, the device takes nothing new.
@@ -265,7 +265,7 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     finish(busy)
     schedule_pass()
     assert not running(a)
-    assert owner_api.get("/api/devices/").json()[0]["state"] in ("drained", "busy")
+    assert owner_api.get("/api/devices/").json()["results"][0]["state"] in ("drained", "busy")
     admin_api = token_client(admin_user)
     assert admin_api.patch(f"/api/devices/{d0.pk}/", {"enabled": True}, format="json").status_code == 200
     Device.objects.update(enabled=True)

@@ -126,7 +126,7 @@ def test_dataset_model_classify_download(celery_worker_process, api, owner, shap
     assert script_top1 == server_top1
 
     # 7. The console lists both, newest first.
-    jobs = api.get("/api/jobs/").json()
+    jobs = api.get("/api/jobs/").json()["results"]
     assert [j["id"] for j in jobs[:2]] == [model_id, dataset_id]
     assert all(j["duration_seconds"] > 0 for j in jobs[:2])
     print(

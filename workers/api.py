@@ -6,8 +6,9 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from drf_spectacular.utils import extend_schema
+import django_filters
+from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -16,8 +17,8 @@ from rest_framework.views import APIView, exception_handler
 
 from . import kinds
 from .models import Job, JobEvent, JobStatus, Priority
-from .selectors import job_list
 from .errors import JobError
+from .listing import JobFilterSet, Pagination, job_ordering
 from .permissions import IsStaff
 
 
@@ -122,34 +123,39 @@ class JobSerializer(serializers.ModelSerializer):
     def get_queue(self, job: Job) -> dict[str, Any] | None:
         if job.status != JobStatus.QUEUED or job.kind not in kinds.device_kinds():
             return None
-        from .scheduler import wait_reason
+        from .scheduler import QueueView, wait_reason
 
-        return wait_reason(job)
+        # One read of the queue and devices for a whole list (the context is shared).
+        if "queue_view" not in self.context:
+            self.context["queue_view"] = QueueView.now()
+        return wait_reason(job, self.context["queue_view"])
 
     def get_devices(self, job: Job) -> list[str]:
-        from .selectors import job_devices
+        # From the prefetched allocations in lists (workers/listing.py), a query otherwise.
+        allocations = [a for a in job.allocations.all() if a.attempt == job.attempt] if job.attempt else []
+        return [a.device.label for a in sorted(allocations, key=lambda a: a.rank)]
 
-        return [a.device.label for a in job_devices(job)]
+
+class JobFilter(JobFilterSet):
+    kind = django_filters.CharFilter(help_text="dataset, model, or another registered kind.")
+    ordering = job_ordering()
+
+    class Meta:
+        model = Job
+        fields = ["kind"]
 
 
-class JobListApi(APIView):
-    """The console: every job, newest first (filter with ?kind=dataset|model, ?status=..., ?group=...)."""
+class JobListApi(generics.ListAPIView):
+    """The console: every job, newest first, paginated; filter by kind, owner, status,
+    group or name."""
 
     class OutputSerializer(JobSerializer):
         class Meta(JobSerializer.Meta):
             fields = [f for f in JobSerializer.Meta.fields if f not in ("timeline", "queue", "devices")]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("kind", str, enum=["dataset", "model"]), OpenApiParameter("status", str),
-            OpenApiParameter("group", str),
-        ],
-        responses=OutputSerializer(many=True),
-    )
-    def get(self, request):  # noqa: ANN001, ANN201
-        q = request.query_params
-        jobs = job_list(kind=q.get("kind"), status=q.get("status"), group=q.get("group"))
-        return Response(self.OutputSerializer(jobs[:500], many=True).data)
+    serializer_class = OutputSerializer
+    filterset_class = JobFilter
+    queryset = Job.objects.select_related("owner").order_by("-created_at", "-id")
 
 
 class JobLogApi(APIView):
@@ -175,15 +181,59 @@ def _device_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class DeviceStatsSerializer(serializers.Serializer):
+    utilization = serializers.FloatField(allow_null=True, required=False, help_text="Percent.")
+    memory_used = serializers.IntegerField(allow_null=True, required=False, help_text="Bytes.")
+    memory_total = serializers.IntegerField(allow_null=True, required=False, help_text="Bytes.")
+    temperature = serializers.FloatField(allow_null=True, required=False, help_text="°C.")
+    power = serializers.FloatField(allow_null=True, required=False, help_text="W.")
+
+
+class DeviceJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField(allow_null=True)
+    name = serializers.CharField()
+    owner = serializers.CharField()
+    rank = serializers.IntegerField()
+    world_size = serializers.IntegerField()
+
+
+class DeviceSerializer(serializers.Serializer):
+    """One device: its live stats, state, current job and the queued jobs asking for it."""
+
+    id = serializers.IntegerField()
+    label = serializers.CharField()
+    host = serializers.CharField()
+    kind = serializers.CharField()
+    index = serializers.IntegerField()
+    uuid = serializers.CharField()
+    name = serializers.CharField()
+    memory_total = serializers.IntegerField()
+    enabled = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["free", "busy", "draining", "drained", "offline"])
+    last_seen = serializers.DateTimeField(allow_null=True)
+    stats = DeviceStatsSerializer()
+    job = DeviceJobSerializer(allow_null=True)
+    queued_for_it = serializers.ListField(child=serializers.IntegerField())
+
+
+def paginated(view: APIView, rows: list[dict[str, Any]], serializer: type[serializers.Serializer]) -> Response:
+    """A list computed in Python (devices, the queue), paginated like every other list."""
+    paginator = Pagination()
+    page = paginator.paginate_queryset(rows, view.request, view=view)  # type: ignore[arg-type]
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
 class DeviceListApi(APIView):
     """Every device with its live stats (utilisation %, memory bytes, °C, W), state
     (free, busy, draining, drained, offline), current job and the queued jobs asking for it."""
 
-    @extend_schema(responses={200: dict})
+    pagination_class = Pagination  # read by `paginated` and by the schema
+
+    @extend_schema(responses=DeviceSerializer(many=True))
     def get(self, request):  # noqa: ANN001, ANN201
         from .selectors import device_board
 
-        return Response([_device_row(row) for row in device_board()])
+        return paginated(self, [_device_row(row) for row in device_board()], DeviceSerializer)
 
 
 class DeviceDetailApi(APIView):
@@ -207,22 +257,37 @@ class DeviceDetailApi(APIView):
         return Response(next(_device_row(r) for r in device_board() if r["device"].pk == device.pk))
 
 
+class QueuedJobSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    job = serializers.IntegerField()
+    name = serializers.CharField()
+    owner = serializers.CharField()
+    priority = serializers.ChoiceField(choices=[p.name.lower() for p in Priority])
+    devices = serializers.IntegerField()
+    held = serializers.BooleanField()
+    waited_seconds = serializers.FloatField()
+    reason = serializers.CharField()
+
+
 class QueueApi(APIView):
     """The training queue in order: position, job, owner, priority, devices, held, how long
     it has waited and why."""
 
-    @extend_schema(responses={200: dict})
+    pagination_class = Pagination  # read by `paginated` and by the schema
+
+    @extend_schema(responses=QueuedJobSerializer(many=True))
     def get(self, request):  # noqa: ANN001, ANN201
         from .selectors import queue_summary
 
-        return Response([
+        rows = [
             {
                 "position": n, "job": r["job"].pk, "name": r["job"].name, "owner": r["job"].owner.username,
                 "priority": Priority(r["job"].priority).name.lower(), "devices": r["job"].devices_requested,
                 "held": r["job"].held, "waited_seconds": round(r["waited"], 1), "reason": r["reason"],
             }
             for n, r in enumerate(queue_summary(), start=1)
-        ])
+        ]
+        return paginated(self, rows, QueuedJobSerializer)
 
 
 class QueueJobApi(APIView):

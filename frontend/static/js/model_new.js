@@ -62,6 +62,66 @@
   $("base_model").addEventListener("change", loadEpochs);
   loadEpochs();
 
+  // Base-model picker: search the paginated API by name (models with a snapshot), pick
+  // one; the id field underneath stays the form's value.
+  const idInput = $("base_model");
+  const search = document.createElement("input");
+  search.type = "search";
+  search.id = "base-model-search";
+  search.placeholder = "Search models by name…";
+  search.autocomplete = "off";
+  const results = document.createElement("select");
+  results.id = "base-model-results";
+  results.size = 6;
+  results.hidden = true;
+  const chosen = document.createElement("span");
+  chosen.id = "base-model-chosen";
+  chosen.className = "muted";
+  idInput.insertAdjacentElement("beforebegin", search);
+  search.insertAdjacentElement("afterend", results);
+  idInput.insertAdjacentElement("afterend", chosen);
+  function describe(m) {
+    return m.job.name + " (" + m.network + ", " + m.job.owner + ", #" + m.id + ")";
+  }
+  let searchTimer = null;
+  function runSearch() {
+    const params = new URLSearchParams({ has_snapshots: "true", page_size: "20", search: search.value.trim() });
+    fetch(url("models-api") + "?" + params, { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (page) {
+        results.innerHTML = "";
+        page.results.forEach(function (m) {
+          const o = document.createElement("option");
+          o.value = m.id;
+          o.textContent = describe(m);
+          results.appendChild(o);
+        });
+        if (page.count > page.results.length) {
+          const more = document.createElement("option");
+          more.disabled = true;
+          more.textContent = (page.count - page.results.length) + " more: type more of the name";
+          results.appendChild(more);
+        }
+        results.hidden = page.results.length === 0;
+      });
+  }
+  search.addEventListener("input", function () {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(runSearch, 200);
+  });
+  search.addEventListener("focus", runSearch);
+  results.addEventListener("change", function () {
+    idInput.value = results.value;
+    chosen.textContent = results.options[results.selectedIndex].textContent;
+    results.hidden = true;
+    idInput.dispatchEvent(new Event("change"));
+  });
+  if (idInput.value) {  // a fine-tune link or a clone: say which model it is
+    fetch(url("models-api") + idInput.value + "/", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (m) { if (m) chosen.textContent = describe(m); });
+  }
+
   // -- Customize and Visualize --------------------------------------------------------
   document.getElementById("customize").addEventListener("click", function () {
     const name = $("network").value;

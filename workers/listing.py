@@ -1,0 +1,65 @@
+"""Lists in the API: one pagination, the filters every job list shares, and the prefetches
+that keep a list request at a fixed number of queries whatever its length."""
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import Prefetch, Q, QuerySet
+from rest_framework.pagination import PageNumberPagination
+
+from .models import Allocation, JobStatus
+
+
+class Pagination(PageNumberPagination):
+    """`?page=N&page_size=M` (default 50, at most 500): `{"count", "next", "previous", "results"}`."""
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def job_prefetches(prefix: str = "") -> list[Any]:
+    """What JobSerializer reads for every row (timeline, devices, requested devices), in
+    three queries for the whole page. `prefix` leads from the listed model to its Job
+    ("job__" for datasets and models)."""
+    return [
+        f"{prefix}events",
+        f"{prefix}requested_devices",
+        Prefetch(f"{prefix}allocations", queryset=Allocation.objects.select_related("device").order_by("rank")),
+    ]
+
+
+def job_ordering(prefix: str = "") -> django_filters.OrderingFilter:
+    """`?ordering=created|name|status` (`-` for descending) on the job behind each row."""
+    return django_filters.OrderingFilter(
+        fields=((f"{prefix}created_at", "created"), (f"{prefix}name", "name"), (f"{prefix}status", "status")),
+        help_text="created, name or status; prefix with - for descending (default: -created).",
+    )
+
+
+class JobFilterSet(django_filters.FilterSet):
+    """Filters of every job list: `owner` (username), `status` (one or more), `group`,
+    `search` (in the name). Subclasses set PREFIX, the path from their model to its Job,
+    and declare `ordering = job_ordering(PREFIX)`."""
+
+    PREFIX = ""
+
+    owner = django_filters.CharFilter(method="filter_owner", help_text="Username of the owner.")
+    status = django_filters.MultipleChoiceFilter(
+        choices=JobStatus.choices, method="filter_status", help_text="One or more statuses."
+    )
+    group = django_filters.CharFilter(method="filter_group", help_text="The job's group (exact).")
+    search = django_filters.CharFilter(method="filter_search", help_text="Text in the name (case-insensitive).")
+
+    def filter_owner(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(**{f"{self.PREFIX}owner__username": value})
+
+    def filter_status(self, queryset: QuerySet, name: str, value: list[str]) -> QuerySet:
+        return queryset.filter(**{f"{self.PREFIX}status__in": value}) if value else queryset
+
+    def filter_group(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(**{f"{self.PREFIX}group": value})
+
+    def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(Q(**{f"{self.PREFIX}name__icontains": value}))
