@@ -27,6 +27,7 @@ run: install
 test: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks: dataset ingestion, training throughput and the scheduler (ratios against baselines measured in the same run).

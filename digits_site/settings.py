@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "workers",
     "datasets",
@@ -214,7 +215,7 @@ REST_FRAMEWORK = {
         "rest_framework.permissions.IsAuthenticated",
         "workers.permissions.IsOwnerOrReadOnly",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "workers.schema.AutoSchema",
     # Every list: paginated (workers/listing.py), filtered with django-filter.
     "DEFAULT_PAGINATION_CLASS": "workers.listing.Pagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -224,6 +225,12 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "DIGITS-NG API",
     "DESCRIPTION": "Datasets, models, training jobs, inference and downloads.",
     "VERSION": "0.1.0",
+    # Request bodies get their own components, so uploads are binary in multipart bodies.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from drf-spectacular-sidecar: the docs work with no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

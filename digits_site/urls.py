@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
 from datasets import api as datasets_api
@@ -65,6 +65,7 @@ api_patterns = [
     path("users/<id:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
 ]
 
 urlpatterns = [
@@ -101,3 +102,7 @@ urlpatterns = [
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]
+
+# Errors outside the views (no URL matched, a crash): JSON under /api/, pages elsewhere.
+handler404 = frontend_views.not_found
+handler500 = frontend_views.server_error

@@ -1,7 +1,7 @@
 """The home console, a job's raw log and the profile page (API token)."""
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
@@ -32,3 +32,18 @@ def job_log(request: HttpRequest, pk: int) -> HttpResponse:
     """The whole raw log of a job as text (?download=1: as a file). Teammates may read it."""
     job = get_object_or_404(Job, pk=pk)
     return job_log_response(job, download=request.GET.get("download") == "1")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for a URL that matches no page: JSON in the API's one error shape, a page elsewhere."""
+    message = "No such page or object; check the address (ids are whole numbers)."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=404)
+    return render(request, "error.html", {"message": message}, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    message = "The server failed on this request; it is logged. Try again, or tell an admin what you did."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=500)
+    return render(request, "error.html", {"message": message}, status=500)

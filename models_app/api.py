@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -184,12 +184,29 @@ class ModelCloneApi(APIView):
         return _create(request, {**model_clone_params(model), **request.data})
 
 
+# {series name: [{"iteration", "epoch", "value"}, ...]}: open-ended names, so a raw schema.
+METRICS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"iteration": {"type": "integer"}, "epoch": {"type": "number"}, "value": {"type": "number"}},
+            "required": ["iteration", "epoch", "value"],
+        },
+    },
+}
+
+
 class ModelMetricsApi(APIView):
     """Chart series; ?after=N returns only points after iteration N (for polling clients)."""
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="only points after this iteration")],
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiResponse(
+            response=METRICS_SCHEMA,
+            description="Each series by name (train_loss, val_accuracy, learning_rate, ...), in iteration order.",
+        )},
     )
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
         model = get_object_or_404(model_list(), pk=pk)
@@ -250,10 +267,21 @@ class ModelDownloadApi(APIView):
         return FileResponse(handle, as_attachment=True, filename=archive_name(model, snapshot), content_type="application/gzip")
 
 
-class NetworkListApi(APIView):
-    """The standard networks with their intended input sizes."""
+class NetworkSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    intended_input = serializers.ListField(child=serializers.IntegerField(), help_text="[height, width]")
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+
+class NetworkDetailSerializer(NetworkSerializer):
+    description = serializers.CharField()
+    source = serializers.CharField(help_text="The module's code: build(input_shape, num_classes).")
+
+
+class NetworkListApi(APIView):
+    """The standard networks with their intended input sizes (a fixed catalogue: one page)."""
+
+    @extend_schema(responses=NetworkSerializer(many=True), operation_id="networks_list")
     def get(self, request):  # noqa: ANN001, ANN201
         return Response(network_catalogue())
 
@@ -261,7 +289,7 @@ class NetworkListApi(APIView):
 class NetworkDetailApi(APIView):
     """One standard network with its source code (the starting point of "Customize")."""
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses=NetworkDetailSerializer)
     def get(self, request, name: str):  # noqa: ANN001, ANN201
         return Response(network_details(name))
 
@@ -270,13 +298,27 @@ class VisualizeApi(APIView):
     """The layer table of a network for a dataset's input: each layer's output shape and
     parameter count. Runs in a child process with a time limit, never in the web server."""
 
+    @extend_schema_serializer(component_name="VisualizeRequest")
     class InputSerializer(serializers.Serializer):
         dataset = serializers.PrimaryKeyRelatedField(queryset=dataset_list())
         network = serializers.CharField()
         custom_code = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
         crop_size = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=4096)
 
-    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=InputSerializer, responses=inline_serializer("VisualizeResult", {
+        "ok": serializers.BooleanField(),
+        "error": serializers.CharField(required=False, help_text="When not ok: what failed in the network code."),
+        "line": serializers.IntegerField(required=False, allow_null=True, help_text="The line of the code that failed."),
+        "input_shape": serializers.ListField(child=serializers.IntegerField()),
+        "layers": inline_serializer("VisualizeLayer", {
+            "name": serializers.CharField(), "type": serializers.CharField(),
+            "output_shape": serializers.ListField(child=serializers.IntegerField()),
+            "params": serializers.IntegerField(), "depth": serializers.IntegerField(),
+        }, many=True, required=False),
+        "output_shape": serializers.ListField(child=serializers.IntegerField(), required=False),
+        "total_params": serializers.IntegerField(required=False),
+        "trainable_params": serializers.IntegerField(required=False),
+    }))
     def post(self, request):  # noqa: ANN001, ANN201
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -286,6 +328,8 @@ class VisualizeApi(APIView):
 class LrPreviewApi(APIView):
     """The learning rate over the epochs for the given policy fields (the form's chart)."""
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses=inline_serializer("LrPreview", {
+        "points": serializers.ListField(child=serializers.ListField(child=serializers.FloatField()), help_text="[epoch, lr] pairs"),
+    }))
     def get(self, request):  # noqa: ANN001, ANN201
         return Response(lr_preview(request.query_params))

@@ -2,16 +2,17 @@
 source ("Customize"), the layer table ("Visualize") and the learning-rate preview."""
 from __future__ import annotations
 
+import ast
+
 from typing import Any
 
-from django.http import Http404
 from django.http import QueryDict
 
 from datasets.models import Dataset
-from workers.errors import JobError
+from workers.errors import JobError, NotFound
 
 from .models import LrPolicy, Network, TrainedModel
-from .networks import STANDARD_NETWORKS, intended_input, network_module, network_source
+from .networks import STANDARD_NETWORKS, intended_input, network_source
 from .sandbox import SandboxError, run_sandboxed
 from .services import can_submit_code
 from .training.lr_policy import LrSchedule, parse_steps
@@ -26,14 +27,15 @@ def network_catalogue() -> list[dict[str, Any]]:
 
 def network_details(name: str) -> dict[str, Any]:
     if name not in STANDARD_NETWORKS:
-        raise Http404(f"No standard network {name!r}.")
-    module = network_module(name)
+        raise NotFound(f"No standard network {name!r}; choose one of {', '.join(STANDARD_NETWORKS)}.")
+    source = network_source(name)
     return {
         "name": name,
         "label": dict(Network.choices)[name],
         "intended_input": list(intended_input(name)),
-        "description": (module.__doc__ or "").strip().splitlines()[0],
-        "source": network_source(name),
+        # Read from the source: importing the module would import torch into the web server.
+        "description": (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()[0],
+        "source": source,
     }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
@@ -103,7 +103,7 @@ class JobEditSerializer(serializers.Serializer):
 
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
-    duration_seconds = serializers.FloatField(read_only=True)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True, help_text="Run time; null before it starts.")
     timeline = JobEventSerializer(source="events", many=True, read_only=True)
     priority = serializers.SerializerMethodField()
     queue = serializers.SerializerMethodField(help_text="While queued: position, jobs ahead and why it waits.")
@@ -149,6 +149,7 @@ class JobListApi(generics.ListAPIView):
     """The console: every job, newest first, paginated; filter by kind, owner, status,
     group or name."""
 
+    @extend_schema_serializer(component_name="JobSummary")
     class OutputSerializer(JobSerializer):
         class Meta(JobSerializer.Meta):
             fields = [f for f in JobSerializer.Meta.fields if f not in ("timeline", "queue", "devices")]
@@ -241,10 +242,11 @@ class DeviceDetailApi(APIView):
 
     permission_classes = [IsAuthenticated, IsStaff]
 
+    @extend_schema_serializer(component_name="DeviceUpdate")
     class InputSerializer(serializers.Serializer):
         enabled = serializers.BooleanField()
 
-    @extend_schema(request=InputSerializer, responses={200: dict})
+    @extend_schema(request=InputSerializer, responses=DeviceSerializer)
     def patch(self, request, pk: int):  # noqa: ANN001, ANN201
         from .models import Device
         from .selectors import device_board
@@ -296,6 +298,7 @@ class QueueJobApi(APIView):
 
     permission_classes = [IsAuthenticated, IsStaff]
 
+    @extend_schema_serializer(component_name="QueueAction")
     class InputSerializer(serializers.Serializer):
         action = serializers.ChoiceField(choices=["up", "down", "top", "bottom", "hold", "release", "cancel", "priority"])
         priority = serializers.ChoiceField(choices=[p.name.lower() for p in Priority], required=False)
@@ -326,7 +329,18 @@ class UsageApi(APIView):
 
     permission_classes = [IsAuthenticated, IsStaff]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses=inline_serializer("Usage", {
+        "usage": inline_serializer("UserUsage", {
+            "user": serializers.CharField(), "device_hours": serializers.FloatField(),
+            "jobs": serializers.IntegerField(), "running": serializers.IntegerField(),
+        }, many=True),
+        "limits": inline_serializer("UserDeviceLimit", {
+            "user": serializers.CharField(), "user_id": serializers.IntegerField(),
+            "limit": serializers.IntegerField(help_text="Devices at once; 0: no limit."),
+            "override": serializers.BooleanField(help_text="An admin set this user's limit."),
+            "in_use": serializers.IntegerField(),
+        }, many=True),
+    }))
     def get(self, request):  # noqa: ANN001, ANN201
         from .selectors import usage_by_user, user_limits
 
@@ -347,6 +361,7 @@ class UserLimitApi(APIView):
 
     permission_classes = [IsAuthenticated, IsStaff]
 
+    @extend_schema_serializer(component_name="DeviceLimitUpdate")
     class InputSerializer(serializers.Serializer):
         max_devices = serializers.IntegerField(min_value=0, allow_null=True)
 
