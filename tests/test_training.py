@@ -353,11 +353,25 @@ def test_early_stopping_when_validation_loss_stops_improving(shapes3, tmp_path):
     assert snapshots(events)[-1]["epoch"] == 3.0 and len(series(events, "val_loss")) == 3
 
 
+def run_child(spec: dict, spec_path: Path) -> list[dict]:
+    """Train in a child process, as the worker runs it (its entry point sets the CPU's
+    floating-point mode); returns the events it printed."""
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-m", "models_app.training.train", "--spec", str(spec_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3, tmp_path):  # noqa: ANN001
     """The child is killed after its second snapshot, then resumed from it: the remaining
-    points and the final weights equal those of a run that was never interrupted."""
+    points and the final weights equal those of a run that was never interrupted. Every
+    run is a real child process, as the worker starts it."""
     extra = {"epochs": 4, "snapshot_interval": 0.6, "flip": "h", "hsv_jitter": 0.1}
-    straight = run_training(make_spec(shapes3, tmp_path / "straight", **extra))
+    straight = run_child(make_spec(shapes3, tmp_path / "straight", **extra), tmp_path / "straight" / "spec.json")
 
     spec = make_spec(shapes3, tmp_path / "killed", **extra)
     spec_path = tmp_path / "killed" / "spec.json"
@@ -378,7 +392,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3
     proc.wait()
     assert [s["epoch"] for s in seen] == [0.6, 1.2]  # 3 iterations per 0.6 epoch
 
-    resumed = run_training({**spec, "resume_from": str(tmp_path / "killed" / seen[-1]["filename"])})
+    resumed = run_child({**spec, "resume_from": str(tmp_path / "killed" / seen[-1]["filename"])}, tmp_path / "resumed.json")
     cut = seen[-1]["iteration"]
     for name in ("train_loss", "lr", "val_loss", "val_accuracy"):
         assert series(resumed, name) == [p for p in series(straight, name) if p[0] > cut], name

@@ -44,14 +44,8 @@ import numpy as np
 import psutil
 import torch
 
-# Tiny gradients and momentum terms become denormal floats, which x86 CPUs handle many
-# times slower: flushing them to zero measured up to 20 % faster on LeNet. This must run
-# before anything starts torch's CPU thread pool (the imports below may): pool threads
-# copy the flag only when they are created.
-torch.set_flush_denormal(True)
-
-import torch.distributed as dist  # noqa: E402
-from torch import nn  # noqa: E402
+import torch.distributed as dist
+from torch import nn
 
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
@@ -549,6 +543,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train an image classifier from a job spec.")
     parser.add_argument("--spec", required=True, type=Path)
     args = parser.parse_args(argv)
+    # Tiny gradients and momentum terms become denormal floats, which x86 CPUs handle many
+    # times slower: flushing them to zero measured up to 20 % faster on LeNet. Set here, in
+    # the child's entry point (not at import: it is process-wide state), before any torch
+    # operation starts the CPU thread pool: pool threads copy the flag when created.
+    torch.set_flush_denormal(True)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads(args.spec.read_text())
     try:
