@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from datasets.imaging import encode, load_image, resize_image, to_array  # noqa: E402
 from datasets.lmdb_store import forget  # noqa: E402
+from workers import protocol  # noqa: E402
 from models_app.training.data import RawLmdbImages  # noqa: E402
 
 
@@ -115,11 +116,11 @@ def run_build(spec: dict, workdir: Path) -> tuple[dict, float, int]:
     sampler.start()
     result = None
     for line in proc.stdout:  # type: ignore[union-attr]
-        event = json.loads(line)
-        if event["event"] == "result":
-            result = event
-        elif event["event"] == "error":
-            raise SystemExit(f"build failed: {event['message']}")
+        event = protocol.decode(line)
+        if isinstance(event, protocol.Result):
+            result = event.data
+        elif isinstance(event, protocol.Error):
+            raise SystemExit(f"build failed: {event.message}")
     proc.wait()
     done.set()
     sampler.join()

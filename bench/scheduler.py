@@ -23,6 +23,7 @@ Target: p95 submit-to-start under 1 s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -51,6 +52,7 @@ if os.environ.get("BENCH_DATABASE_URL"):
     os.environ["DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
 
 import django  # noqa: E402
+import psutil  # noqa: E402
 
 django.setup()
 
@@ -63,6 +65,7 @@ from digits_site.celery import app  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Device, Job, JobStatus  # noqa: E402
 from workers.scheduler import live_devices, schedule, schedule_pass  # noqa: E402
+from workers.services import job_abort  # noqa: E402
 
 
 def start_workers() -> list[subprocess.Popen]:
@@ -83,7 +86,7 @@ def start_workers() -> list[subprocess.Popen]:
     return procs
 
 
-def fake_dataset(owner) -> Dataset:  # noqa: ANN001
+def fake_dataset(owner) -> Dataset:
     job = Job.objects.create(kind="dataset", name="bench", owner=owner, status=JobStatus.DONE)
     return Dataset.objects.create(
         job=job, folder="/nowhere", labels=["a", "b"], counts={"train": 8, "val": 2}, image_width=28, image_height=28,
@@ -107,7 +110,7 @@ def wait_all_finished(ids: list[int], timeout: float) -> None:
         raise SystemExit(f"job {failed.pk} ended {failed.status}: {failed.error}")
 
 
-def latency(owner, dataset, count: int) -> list[float]:  # noqa: ANN001
+def latency(owner, dataset, count: int) -> list[float]:
     out = []
     for i in range(count):
         submitted = timezone.now()
@@ -128,7 +131,7 @@ def ping_round_trips(count: int) -> list[float]:
     return out
 
 
-def throughput(owner, dataset, count: int) -> tuple[float, float]:  # noqa: ANN001
+def throughput(owner, dataset, count: int) -> tuple[float, float]:
     Device.objects.update(enabled=False)
     ids = [model_create(owner=owner, name=f"tp{i}", dataset=dataset, epochs=1).pk for i in range(count)]
     began = time.monotonic()
@@ -145,7 +148,59 @@ def throughput(owner, dataset, count: int) -> tuple[float, float]:  # noqa: ANN0
     return count / dispatched, count / finished
 
 
-def scheduler_alone(owner, dataset, count: int) -> float:  # noqa: ANN001
+def child_of(job_id: int) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"/jobs/{job_id}/spec" in " ".join(proc.info["cmdline"] or []):
+            return proc
+    return None
+
+
+def abort_latency(owner, dataset, count: int) -> tuple[list[float], list[float]]:
+    """Abort (the service the page and the API call) a running job, timed until its child's
+    process group is gone; and, as the baseline, a direct SIGTERM of the same kind of child."""
+    aborts, direct = [], []
+    for i in range(count):
+        model = model_create(owner=owner, name=f"abort{i}", dataset=dataset, epochs=1000)
+        deadline = time.monotonic() + 60
+        while (child := child_of(model.pk)) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the child of job {model.pk} did not start; see {WORK}")
+            time.sleep(0.02)
+        time.sleep(0.3)  # running and reporting
+        group = os.getpgid(child.pid)
+        began = time.perf_counter()
+        job_abort(Job.objects.get(pk=model.pk))
+        while any(p.info["pid"] for p in psutil.process_iter(["pid"]) if _in_group(p, group)):
+            time.sleep(0.005)
+        aborts.append(time.perf_counter() - began)
+        # Baseline: the same child started by hand, ended with a signal to its group.
+        proc = subprocess.Popen([sys.executable, "-m", "bench.noop_train", "--spec", str(WORK / "long.json")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.3)
+        began = time.perf_counter()
+        os.killpg(proc.pid, 15)
+        proc.wait()
+        direct.append(time.perf_counter() - began)
+        wait_all_finished_any([model.pk], 30)
+    return aborts, direct
+
+
+def _in_group(proc: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(proc.info["pid"]) == group and proc.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.Error):
+        return False
+
+
+def wait_all_finished_any(ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while Job.objects.filter(pk__in=ids).exclude(status__in=JobStatus.finished()).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"jobs did not end in {timeout:.0f}s; see {WORK}")
+        time.sleep(0.05)
+
+
+def scheduler_alone(owner, dataset, count: int) -> float:
     """One pass placing `count` queued jobs on `count` device rows that no worker serves."""
     for proc in WORKERS:
         os.killpg(proc.pid, 19)  # SIGSTOP: their heartbeats must not run passes meanwhile
@@ -177,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--latency-jobs", type=int, default=100)
+    parser.add_argument("--abort-jobs", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (datasets, snapshots, logs)")
     args = parser.parse_args()
     import redis
@@ -193,6 +249,8 @@ def main() -> None:
         latency(owner, dataset, 3)  # warm-up: imports, connections
         pings = ping_round_trips(args.latency_jobs)
         lat = latency(owner, dataset, args.latency_jobs)
+        (WORK / "long.json").write_text(json.dumps({"epochs": 1000}))
+        aborts, direct = abort_latency(owner, dataset, args.abort_jobs)
         dispatch_rate, finish_rate = throughput(owner, dataset, args.jobs)
         alone = scheduler_alone(owner, dataset, args.jobs)
     finally:
@@ -208,6 +266,9 @@ def main() -> None:
     print(f"submit-to-start on an idle device: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
           f"  (target p95 < 1000 ms: {'met' if p95 < 1 else 'MISSED'})")
     print(f"baseline, Celery control ping round trip: p50 {ping50 * 1000:.1f} ms -> latency p50 / ping p50 = {p50 / ping50:.1f}x")
+    a50, a95, d50 = statistics.median(aborts), percentile(aborts, 0.95), statistics.median(direct)
+    print(f"abort, request to process group gone ({len(aborts)} jobs): p50 {a50 * 1000:.0f} ms, p95 {a95 * 1000:.0f} ms, "
+          f"max {max(aborts) * 1000:.0f} ms; baseline, SIGTERM of the group by hand: p50 {d50 * 1000:.1f} ms -> {a50 / d50:.0f}x")
     print(f"{args.jobs} queued jobs on 2 devices: {dispatch_rate:.1f} dispatched/s, {finish_rate:.1f} finished/s "
           f"(each job's own turnaround bounds this)")
     print(f"scheduler alone, one pass placing {args.jobs} jobs on {args.jobs} devices: {alone:.0f} jobs/s "

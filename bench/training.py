@@ -84,7 +84,7 @@ def plain_loop(network: str, train_db: Path, mean_path: Path, epochs: int, batch
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(owner, name: str, network: str, size: int, mode: str, count: int, epochs: int, batch: int, lr: float) -> dict:  # noqa: ANN001
+def run_case(owner, name: str, network: str, size: int, mode: str, count: int, epochs: int, batch: int, lr: float) -> dict:
     folder = make_folder(WORK / "images" / name, count, (size, size), "RGB" if mode == "color" else "L", "png")
     params = DatasetParams(
         name=name, folder=str(folder), image_width=size, image_height=size, image_mode=mode, encoding="none", val_percent=10

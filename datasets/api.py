@@ -1,19 +1,24 @@
 """REST endpoints for datasets and archive uploads: thin views that validate and call services."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.http import HttpResponse
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from workers.api import JobEditSerializer, JobSerializer
 from workers.errors import JobError
+from workers.permissions import current_user
 from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update
 
@@ -43,7 +48,7 @@ class DatasetInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
-    source = serializers.ChoiceField(choices=Source.choices, default=Source.FOLDER)
+    source = serializers.ChoiceField(choices=Source.choices, default=Source.FOLDER)  # type: ignore[assignment]  # a field named like Field.source
     folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
                                    help_text="Server folder of class subfolders (source=folder).")
     val_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
@@ -73,12 +78,12 @@ class DatasetInputSerializer(serializers.Serializer):
     seed = serializers.IntegerField(default=0, min_value=0, max_value=2**63 - 1)
 
 
-def _create(request, data: dict) -> Dataset:  # noqa: ANN001
+def _create(request: Request, data: Any) -> Dataset:
     serializer = DatasetInputSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
     uploaded = {k[: -len("_upload")]: values.pop(k) for k in list(values) if k.endswith("_upload")}
-    return dataset_create(owner=request.user, params=DatasetParams.from_data(values), uploaded=uploaded)
+    return dataset_create(owner=current_user(request.user), params=DatasetParams.from_data(values), uploaded=uploaded)
 
 
 class DatasetFilter(JobFilterSet):
@@ -98,26 +103,26 @@ class DatasetListApi(generics.ListAPIView):
     serializer_class = DatasetOutputSerializer
     filterset_class = DatasetFilter
 
-    def get_queryset(self):  # noqa: ANN201 - a QuerySet[Dataset]
+    def get_queryset(self) -> QuerySet[Dataset]:
         return dataset_list().select_related("upload").prefetch_related(*job_prefetches("job__"))
 
     @extend_schema(operation_id="datasets_list")
-    def get(self, request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
     @extend_schema(request=DatasetInputSerializer, responses={201: DatasetOutputSerializer})
-    def post(self, request):  # noqa: ANN001, ANN201
+    def post(self, request: Request) -> Response:
         dataset = _create(request, request.data)
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DatasetDetailApi(APIView):
     @extend_schema(responses=DatasetOutputSerializer)
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> Response:
         return Response(DatasetOutputSerializer(get_object_or_404(dataset_list(), pk=pk)).data)
 
     @extend_schema(request=JobEditSerializer, responses=DatasetOutputSerializer)
-    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+    def patch(self, request: Request, pk: int) -> Response:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         self.check_object_permissions(request, dataset)
         data = JobEditSerializer(data=request.data)
@@ -126,7 +131,7 @@ class DatasetDetailApi(APIView):
         return Response(DatasetOutputSerializer(dataset).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, pk: int):  # noqa: ANN001, ANN201
+    def delete(self, request: Request, pk: int) -> Response:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         self.check_object_permissions(request, dataset)
         dataset_delete(dataset)
@@ -135,7 +140,7 @@ class DatasetDetailApi(APIView):
 
 class DatasetAbortApi(APIView):
     @extend_schema(request=None, responses=DatasetOutputSerializer)
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         self.check_object_permissions(request, dataset)
         job_abort(dataset.job)
@@ -147,7 +152,7 @@ class DatasetCloneApi(APIView):
     """Create a new dataset with the same parameters; any field in the body overrides."""
 
     @extend_schema(request=DatasetInputSerializer, responses={201: DatasetOutputSerializer})
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         original = get_object_or_404(dataset_list(), pk=pk)
         data = {k: v for k, v in dataset_clone_params(original).items() if v is not None}
         data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
@@ -165,7 +170,7 @@ class DatasetImagesApi(APIView):
         ],
         responses=dict,
     )
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> Response:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         q = request.query_params
         label = int(q["label"]) if q.get("label", "").isdigit() else None
@@ -189,7 +194,7 @@ class DatasetImagesApi(APIView):
 
 class DatasetImageApi(APIView):
     @extend_schema(responses={(200, "image/png"): bytes}, operation_id="datasets_image_retrieve")
-    def get(self, request, pk: int, split: str, index: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int, split: str, index: int) -> HttpResponse:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         data, content_type, label = dataset_image(dataset, split, index)
         response = HttpResponse(data, content_type=content_type)
@@ -216,25 +221,25 @@ class UploadListApi(APIView):
         size = serializers.IntegerField(min_value=1)
 
     @extend_schema(request=StartSerializer, responses={201: UploadSerializer})
-    def post(self, request):  # noqa: ANN001, ANN201
+    def post(self, request: Request) -> Response:
         if request.content_type.startswith("multipart/"):
             # Refuse by the announced length before the body is read at all.
             if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_UPLOAD_ARCHIVE_BYTES:
                 raise JobError(f"The archive is larger than {settings.MAX_UPLOAD_ARCHIVE_BYTES >> 20} MiB.")
-            file = request.data.get("file")
+            file = request.FILES.get("file")
             if file is None:
                 raise JobError("Send the archive as the multipart field `file`.")
-            upload = upload_whole(owner=request.user, file=file)
+            upload = upload_whole(owner=current_user(request.user), file=file)
             return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
         data = self.StartSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        upload = upload_start(owner=request.user, **data.validated_data)
+        upload = upload_start(owner=current_user(request.user), **data.validated_data)
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
 
 
 class UploadDetailApi(APIView):
     @extend_schema(responses=UploadSerializer)
-    def get(self, request, pk: str):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: str) -> Response:
         return Response(UploadSerializer(upload_get(pk, request.user)).data)
 
     @extend_schema(
@@ -242,7 +247,7 @@ class UploadDetailApi(APIView):
         parameters=[OpenApiParameter("Upload-Offset", int, OpenApiParameter.HEADER, required=True)],
         responses=UploadSerializer,
     )
-    def put(self, request, pk: str):  # noqa: ANN001, ANN201
+    def put(self, request: Request, pk: str) -> Response:
         """Append one chunk (the raw request body) at the offset in the Upload-Offset header."""
         upload = upload_get(pk, request.user)
         try:
@@ -255,6 +260,6 @@ class UploadDetailApi(APIView):
         return Response(UploadSerializer(upload).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, pk: str):  # noqa: ANN001, ANN201
+    def delete(self, request: Request, pk: str) -> Response:
         upload_delete(upload_get(pk, request.user))
         return Response(status=status.HTTP_204_NO_CONTENT)

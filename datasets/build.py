@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from workers import protocol
+
 from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_array
 from .lmdb_store import LmdbWriter, StoreWriteError
 from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
@@ -44,8 +46,9 @@ class BuildError(Exception):
     pass
 
 
-def emit(event: str, **data: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+def emit(event: protocol.Event) -> None:
+    """One event for the worker (workers/protocol.py), flushed at once."""
+    protocol.emit(event)
     sys.stdout.flush()
 
 
@@ -124,7 +127,7 @@ def gather(spec: dict[str, Any], workdir: Path) -> Gathered:
         if source == "folder":
             gathered = _gather_folders(spec, Path(spec["folder"]))
         elif source == "upload":
-            emit("progress", progress=0.0, eta=None, phase="extracting")
+            emit(protocol.Progress(progress=0.0, phase="extracting"))
             root, skipped = extract_archive(
                 Path(spec["archive"]),
                 workdir / "source",
@@ -278,7 +281,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
                     if now - last_report > 0.5:
                         last_report = now
                         rate = done / max(now - encode_started, 1e-6)
-                        emit("progress", progress=done / total, eta=(total - done) / rate if rate else None, phase="encoding")
+                        emit(protocol.Progress(progress=done / total, eta=(total - done) / rate if rate else None, phase="encoding"))
                 writer.close(meta)
             except StoreWriteError as exc:
                 raise BuildError(
@@ -333,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         result = build(spec)
     except BuildError as exc:
         shutil.rmtree(Path(spec["output_dir"]) / "build.tmp", ignore_errors=True)
-        emit("error", message=str(exc))
+        emit(protocol.Error(message=str(exc)))
         return 1
-    emit("result", **result)
+    emit(protocol.Result(data=result))
     return 0
 
 

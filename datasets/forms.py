@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
@@ -72,7 +74,7 @@ class DatasetForm(forms.Form):
                                        help_text="0: no limit.")
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**63 - 1, help_text="Same seed, same split and same noise padding.")
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in self.DEFAULTED:
             self.fields[name].required = False
@@ -85,8 +87,8 @@ class DatasetForm(forms.Form):
         "encoding", "jpeg_quality", "min_per_class", "max_per_class", "seed",
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         for name in self.DEFAULTED:
             if data.get(name) in (None, "") and name not in self.errors:
                 data[name] = self.fields[name].initial

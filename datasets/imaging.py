@@ -9,6 +9,7 @@ import io
 import struct
 import warnings
 import zlib
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -21,7 +22,7 @@ ENCODINGS = ("none", "png", "jpeg")
 Image.MAX_IMAGE_PIXELS = 256_000_000
 
 
-def load_image(source: str | BinaryIO, channels: int, size: tuple[int, int] | None = None) -> Image.Image:
+def load_image(source: str | Path | BinaryIO, channels: int, size: tuple[int, int] | None = None) -> Image.Image:
     """Open an image, apply its EXIF orientation, composite transparency on white, and
     convert to RGB (channels=3) or L (channels=1). Raises ValueError with a reason.
 
@@ -33,13 +34,14 @@ def load_image(source: str | BinaryIO, channels: int, size: tuple[int, int] | No
             # Pillow only warns between 1x and 2x the pixel limit: refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(source)
-        with opened as img:
+        with opened as file:
+            img: Image.Image = file
             if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
                 exif_rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
                 w, h = size
-                img.draft("RGB" if channels == 3 else "L", (h, w) if exif_rotated else (w, h))
-            img.load()
-            img = ImageOps.exif_transpose(img)
+                file.draft("RGB" if channels == 3 else "L", (h, w) if exif_rotated else (w, h))
+            file.load()
+            img = ImageOps.exif_transpose(file)
             if img.mode in ("P", "PA"):
                 img = img.convert("RGBA")
             if img.mode in ("RGBA", "LA"):

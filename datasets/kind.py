@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from workers.errors import JobError
-from workers.kinds import Blocked, Event, Kind
+from workers.kinds import Blocked, Kind
+from workers.protocol import Event, Result
 from workers.models import Job
 
 from .models import DATASET_KIND, Dataset
@@ -25,10 +26,10 @@ class DatasetBuild(Kind):
     def apply(self, job_id: int, events: list[Event]) -> None:
         # The child reports its result once, as its last event; store it with the row.
         for event in events:
-            if event.get("event") == "result":
+            if isinstance(event, Result):
                 dataset = Dataset.objects.filter(pk=job_id).first()
                 if dataset is not None:
-                    dataset_store_result(dataset, event)
+                    dataset_store_result(dataset, event.data)
 
     def complete(self, job: Job) -> str:
         dataset = Dataset.objects.get(pk=job.pk)

@@ -56,7 +56,7 @@ def _check_split(dataset: Dataset, split: str) -> None:
     if status != JobStatus.DONE:
         raise NotFound("This dataset is still building; its images can be explored once it is done.")
     if split not in dataset.counts:
-        splits = ", ".join(dataset.counts) or "none"
+        splits = ", ".join(dataset.splits) or "none"
         raise NotFound(f"This dataset has no {split} split (it has: {splits}).")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
@@ -119,7 +120,8 @@ class DatasetParams:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> DatasetParams:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: ("" if v is None else v) for k, v in data.items() if k in names})
+        values: dict[str, Any] = {k: ("" if v is None else v) for k, v in data.items() if k in names}
+        return cls(**values)
 
 
 LIST_FIELDS = ("train_list", "val_list", "test_list", "labels_file")
@@ -149,7 +151,7 @@ def _check_options(p: DatasetParams) -> None:
         raise JobError("The minimum per class is larger than the maximum.", field="min_per_class")
 
 
-def _check_source(p: DatasetParams, owner, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:  # noqa: ANN001
+def _check_source(p: DatasetParams, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
     """Validate the source and return the resolved fields to store."""
     if p.source == Source.FOLDER:
         folder = resolve_data_folder(p.folder)
@@ -183,7 +185,7 @@ def _check_source(p: DatasetParams, owner, uploaded: dict[str, UploadedFile]) ->
 
 
 @transaction.atomic
-def dataset_create(*, owner, params: DatasetParams, uploaded: dict[str, UploadedFile] | None = None) -> Dataset:  # noqa: ANN001
+def dataset_create(*, owner: User, params: DatasetParams, uploaded: dict[str, UploadedFile] | None = None) -> Dataset:
     """Validate a dataset request, store it and queue its build (after commit)."""
     if not params.name.strip():
         raise JobError("Give the dataset a name.", field="name")

@@ -7,6 +7,8 @@ one bad file. Paths in the report are relative to the source root where there is
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import shutil
 import stat
@@ -168,8 +170,8 @@ def _members(archive: Path) -> Iterable[tuple[str, str | None, int, Callable[[],
                 if info.is_dir():
                     continue
                 mode = info.external_attr >> 16
-                reason = "symbolic link (not extracted)" if stat.S_ISLNK(mode) else _unsafe_member_name(info.filename)
-                yield info.filename, reason, info.file_size, lambda info=info: zf.open(info)
+                zip_reason = "symbolic link (not extracted)" if stat.S_ISLNK(mode) else _unsafe_member_name(info.filename)
+                yield info.filename, zip_reason, info.file_size, functools.partial(zf.open, info)
         return
     try:
         tf = tarfile.open(archive, "r:*")
@@ -185,7 +187,7 @@ def _members(archive: Path) -> Iterable[tuple[str, str | None, int, Callable[[],
                 reason = "not a regular file (not extracted)"
             else:
                 reason = _unsafe_member_name(member.name)
-            yield member.name, reason, member.size, lambda member=member: tf.extractfile(member)
+            yield member.name, reason, member.size, functools.partial(tf.extractfile, member)
 
 
 def extract_archive(

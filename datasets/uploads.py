@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.uploadedfile import UploadedFile
 
 from workers.errors import JobError
@@ -21,7 +22,7 @@ from .sources import ARCHIVE_SUFFIXES
 READ_BLOCK = 1 << 20
 
 
-def upload_start(*, owner, filename: str, size: int) -> Upload:  # noqa: ANN001
+def upload_start(*, owner: User, filename: str, size: int) -> Upload:
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255]
     if not name.lower().endswith(ARCHIVE_SUFFIXES):
         raise JobError(f"Upload a {', '.join(ARCHIVE_SUFFIXES)} archive of class folders (got {name or 'no name'}).", field="archive")
@@ -73,7 +74,7 @@ def upload_append(upload: Upload, offset: int, read: Callable[[int], bytes], len
     return upload
 
 
-def upload_whole(*, owner, file: UploadedFile) -> Upload:  # noqa: ANN001
+def upload_whole(*, owner: User, file: UploadedFile) -> Upload:
     """A whole archive sent in one request (already spooled to disk by Django): stored
     through the same chunked path, so it gets the same checks. Nothing is kept on failure."""
     upload = upload_start(owner=owner, filename=file.name or "", size=file.size or 0)
@@ -106,14 +107,14 @@ def _finish(upload: Upload) -> None:
     upload.save(update_fields=["complete"])
 
 
-def upload_get(upload_id: str, owner) -> Upload:  # noqa: ANN001
+def upload_get(upload_id: str, owner: User | AnonymousUser) -> Upload:
     try:
-        return Upload.objects.get(pk=uuid.UUID(str(upload_id)), owner=owner)
+        return Upload.objects.get(pk=uuid.UUID(str(upload_id)), owner_id=owner.pk)
     except (ValueError, Upload.DoesNotExist):
         raise JobError("No such upload (it may have been deleted); upload the archive again.", field="upload") from None
 
 
-def upload_for_build(upload_id: str, user) -> Upload:  # noqa: ANN001
+def upload_for_build(upload_id: str, user: User) -> Upload:
     """A complete upload that `user` may build from: their own, or one that a dataset they
     can see (any dataset: teammates see them all) was built from, for clones."""
     try:

@@ -7,18 +7,18 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from workers.errors import JobError
-from workers.permissions import can_modify, check_modify
+from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_update
 
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
-from .models import ImageMode, Source
+from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
 from .selectors import dataset_gallery, dataset_image, dataset_list
 from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
 
 
-def _modifiable(request: HttpRequest, pk: int):  # noqa: ANN202 - a Dataset
+def _modifiable(request: HttpRequest, pk: int) -> Dataset:
     dataset = get_object_or_404(dataset_list(), pk=pk)
     check_modify(request.user, dataset)
     return dataset
@@ -33,7 +33,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = {k: v for k, v in form.cleaned_data.items() if not k.endswith("_upload")}
         try:
-            dataset = dataset_create(owner=request.user, params=DatasetParams.from_data(data), uploaded=form.uploaded_lists())
+            dataset = dataset_create(owner=current_user(request.user), params=DatasetParams.from_data(data), uploaded=form.uploaded_lists())
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
@@ -70,7 +70,7 @@ def dataset_edit(request: HttpRequest, pk: int) -> HttpResponse:
         job_update(dataset.job, **form.cleaned_data)
         messages.success(request, "Saved.")
     else:
-        messages.error(request, "Not saved: " + "; ".join(e for errs in form.errors.values() for e in errs))
+        messages.error(request, "Not saved: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
     return redirect("dataset_detail", pk=pk)
 
 

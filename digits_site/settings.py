@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import environ
@@ -98,7 +99,7 @@ TEMPLATES = [
 ]
 
 
-def _database(url: str) -> dict:
+def _database(url: str) -> dict[str, Any]:
     if not url:
         config = {
             "ENGINE": "django.db.backends.sqlite3",
@@ -112,7 +113,7 @@ def _database(url: str) -> dict:
             },
         }
         return config
-    return dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    return dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
 
 
 DATABASES = {"default": _database(env.str("DATABASE_URL", default=""))}

@@ -3,16 +3,19 @@ answers 401/403 as JSON instead of redirecting to the login page."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 
 from workers.errors import JobError
 
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
-    def process_view(self, request, view_func, view_args, view_kwargs):  # noqa: ANN001, ANN201
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., HttpResponseBase], view_args: tuple[Any, ...], view_kwargs: dict[str, Any]
+    ) -> HttpResponseBase | None:
         if request.path.startswith("/api/") or request.path.startswith("/static/"):
             return None
         return super().process_view(request, view_func, view_args, view_kwargs)

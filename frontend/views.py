@@ -1,13 +1,14 @@
 """The home console, a job's raw log and the profile page (API token)."""
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
 from workers.api import job_log_response
 from workers.models import Job
+from workers.permissions import current_user
 from workers.selectors import job_console
 
 
@@ -16,19 +17,20 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def profile(request: HttpRequest) -> HttpResponse:
-    token = Token.objects.filter(user=request.user).first()
+    token = Token.objects.filter(user=current_user(request.user)).first()
     return render(request, "profile.html", {"token": token})
 
 
 @require_POST
 def profile_token(request: HttpRequest) -> HttpResponse:
     """Create, or replace, the user's API token."""
-    Token.objects.filter(user=request.user).delete()
-    Token.objects.create(user=request.user)
+    user = current_user(request.user)
+    Token.objects.filter(user=user).delete()
+    Token.objects.create(user=user)
     return redirect("profile")
 
 
-def job_log(request: HttpRequest, pk: int) -> HttpResponse:
+def job_log(request: HttpRequest, pk: int) -> FileResponse:
     """The whole raw log of a job as text (?download=1: as a file). Teammates may read it."""
     job = get_object_or_404(Job, pk=pk)
     return job_log_response(job, download=request.GET.get("download") == "1")

@@ -3,13 +3,17 @@ edit, metrics, abort, resume, clone, delete, classify, download; the network cat
 visualize and the learning-rate preview."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django.http import FileResponse
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -17,6 +21,7 @@ from datasets.selectors import dataset_list
 from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
 from workers.models import Priority
 from workers.errors import JobError
+from workers.permissions import current_user
 from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
@@ -79,19 +84,20 @@ class ModelInputSerializer(serializers.ModelSerializer):
         fields = ["name", "group", "notes", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority"]
 
 
-def _create(request, data: dict) -> Response:  # noqa: ANN001
+def _create(request: Request, data: Any) -> Response:
     """Validate `data`, create the model; a service error names its field when it can."""
     serializer = ModelInputSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
+    user = current_user(request.user)
     placement = placement_check(
-        request.user,
+        user,
         devices=values.pop("devices"),
         device_ids=values.pop("device_ids"),
         multi_host=values.pop("multi_host"),
         priority=Priority[values.pop("priority").upper()],
     )
-    model = model_create(owner=request.user, placement=placement, **values)
+    model = model_create(owner=user, placement=placement, **values)
     return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
@@ -108,7 +114,7 @@ class ModelFilter(JobFilterSet):
         model = TrainedModel
         fields = ["dataset", "network"]
 
-    def filter_has_snapshots(self, queryset, name: str, value: bool):  # noqa: ANN001, ANN201
+    def filter_has_snapshots(self, queryset: QuerySet[TrainedModel], name: str, value: bool) -> QuerySet[TrainedModel]:
         return queryset.filter(snapshots__isnull=not value).distinct()
 
 
@@ -119,25 +125,25 @@ class ModelListApi(generics.ListAPIView):
     serializer_class = ModelOutputSerializer
     filterset_class = ModelFilter
 
-    def get_queryset(self):  # noqa: ANN201 - a QuerySet[TrainedModel]
+    def get_queryset(self) -> QuerySet[TrainedModel]:
         return model_list().prefetch_related("snapshots", *job_prefetches("job__"))
 
     @extend_schema(operation_id="models_list")
-    def get(self, request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
     @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
-    def post(self, request):  # noqa: ANN001, ANN201
+    def post(self, request: Request) -> Response:
         return _create(request, request.data)
 
 
 class ModelDetailApi(APIView):
     @extend_schema(responses=ModelOutputSerializer)
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> Response:
         return Response(ModelOutputSerializer(get_object_or_404(model_list(), pk=pk)).data)
 
     @extend_schema(request=JobEditSerializer, responses=ModelOutputSerializer)
-    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+    def patch(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         self.check_object_permissions(request, model)
         data = JobEditSerializer(data=request.data)
@@ -146,7 +152,7 @@ class ModelDetailApi(APIView):
         return Response(ModelOutputSerializer(model).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, pk: int):  # noqa: ANN001, ANN201
+    def delete(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         self.check_object_permissions(request, model)
         model_delete(model)
@@ -155,7 +161,7 @@ class ModelDetailApi(APIView):
 
 class ModelAbortApi(APIView):
     @extend_schema(request=None, responses=ModelOutputSerializer)
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         self.check_object_permissions(request, model)
         job_abort(model.job)
@@ -167,7 +173,7 @@ class ModelResumeApi(APIView):
     """Continue an aborted or failed model from its latest snapshot."""
 
     @extend_schema(request=None, responses=ModelOutputSerializer)
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         self.check_object_permissions(request, model)
         model_resume(model)
@@ -179,9 +185,9 @@ class ModelCloneApi(APIView):
     """A new model with this one's parameters; any field in the body overrides."""
 
     @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
-        return _create(request, {**model_clone_params(model), **request.data})
+        return _create(request, {**model_clone_params(model), **cast(dict[str, Any], request.data)})
 
 
 # {series name: [{"iteration", "epoch", "value"}, ...]}: open-ended names, so a raw schema.
@@ -208,7 +214,7 @@ class ModelMetricsApi(APIView):
             description="Each series by name (train_loss, val_accuracy, learning_rate, ...), in iteration order.",
         )},
     )
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         after = request.query_params.get("after")
         return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None))
@@ -242,12 +248,12 @@ class ModelClassifyApi(APIView):
             },
         ),
     )
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         upload = request.FILES.get("image")
         if upload is None:
             raise JobError("Attach an image file in the 'image' field.")
-        snapshot, predictions = model_classify_upload(model, _epoch_param(request.data.get("epoch")), upload)
+        snapshot, predictions = model_classify_upload(model, _epoch_param(cast(dict[str, Any], request.data).get("epoch")), upload)
         return Response({"epoch": snapshot.epoch, "predictions": predictions})
 
 
@@ -258,7 +264,7 @@ class ModelDownloadApi(APIView):
         parameters=[OpenApiParameter("epoch", float, description="snapshot epoch; default: the latest")],
         responses={(200, "application/gzip"): OpenApiTypes.BINARY},
     )
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> FileResponse:
         model = get_object_or_404(model_list(), pk=pk)
         snapshot = snapshot_for(model, _epoch_param(request.query_params.get("epoch")))
         path = build_archive(model, snapshot)
@@ -269,20 +275,20 @@ class ModelDownloadApi(APIView):
 
 class NetworkSerializer(serializers.Serializer):
     name = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named like Field.label
     intended_input = serializers.ListField(child=serializers.IntegerField(), help_text="[height, width]")
 
 
 class NetworkDetailSerializer(NetworkSerializer):
     description = serializers.CharField()
-    source = serializers.CharField(help_text="The module's code: build(input_shape, num_classes).")
+    source = serializers.CharField(help_text="The module's code: build(input_shape, num_classes).")  # type: ignore[assignment]
 
 
 class NetworkListApi(APIView):
     """The standard networks with their intended input sizes (a fixed catalogue: one page)."""
 
     @extend_schema(responses=NetworkSerializer(many=True), operation_id="networks_list")
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request: Request) -> Response:
         return Response(network_catalogue())
 
 
@@ -290,7 +296,7 @@ class NetworkDetailApi(APIView):
     """One standard network with its source code (the starting point of "Customize")."""
 
     @extend_schema(responses=NetworkDetailSerializer)
-    def get(self, request, name: str):  # noqa: ANN001, ANN201
+    def get(self, request: Request, name: str) -> Response:
         return Response(network_details(name))
 
 
@@ -319,7 +325,7 @@ class VisualizeApi(APIView):
         "total_params": serializers.IntegerField(required=False),
         "trainable_params": serializers.IntegerField(required=False),
     }))
-    def post(self, request):  # noqa: ANN001, ANN201
+    def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(visualize(request.user, **data.validated_data))
@@ -331,5 +337,5 @@ class LrPreviewApi(APIView):
     @extend_schema(responses=inline_serializer("LrPreview", {
         "points": serializers.ListField(child=serializers.ListField(child=serializers.FloatField()), help_text="[epoch, lr] pairs"),
     }))
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request: Request) -> Response:
         return Response(lr_preview(request.query_params))

@@ -6,6 +6,7 @@ import ast
 
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser, User
 from django.http import QueryDict
 
 from datasets.models import Dataset
@@ -39,7 +40,7 @@ def network_details(name: str) -> dict[str, Any]:
     }
 
 
-def visualize(user, *, dataset: Dataset, network: str, custom_code: str = "", crop_size: int | None = None) -> dict[str, Any]:  # noqa: ANN001
+def visualize(user: User | AnonymousUser, *, dataset: Dataset, network: str, custom_code: str = "", crop_size: int | None = None) -> dict[str, Any]:
     """Layers with output shapes and parameter counts, computed in the sandbox child.
     Errors come back as {"error", "line"} so the form can point at the user's line."""
     if network == Network.CUSTOM and not can_submit_code(user):

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
+from django.contrib.auth.models import AnonymousUser, User
 
 from datasets.selectors import dataset_usable_list
-
 from workers.models import Device, Priority
 
 from .models import Network, TrainedModel
@@ -38,13 +40,13 @@ class ModelForm(forms.ModelForm):
         min_value=1, initial=1, required=False, label="Number of devices",
         help_text="One rank per device (DDP). The batch size is the global batch, split evenly over them.",
     )
-    device_ids = forms.ModelMultipleChoiceField(
-        queryset=None, required=False, widget=forms.CheckboxSelectMultiple, label="Devices",
+    device_ids: forms.ModelMultipleChoiceField[Device] = forms.ModelMultipleChoiceField(
+        queryset=Device.objects.none(), required=False, widget=forms.CheckboxSelectMultiple, label="Devices",
         help_text="The job starts when all of them are free at once.",
     )
     multi_host = forms.BooleanField(required=False, label="Allow several hosts", help_text="Ranks on one host are faster; allow this to start sooner on a busy team.")
     priority = forms.TypedChoiceField(
-        coerce=int, initial=Priority.NORMAL, empty_value=Priority.NORMAL, required=False, label="Priority",
+        coerce=int, initial=Priority.NORMAL, required=False, label="Priority",
         help_text="First come, first served within a priority.",
     )
 
@@ -80,36 +82,42 @@ class ModelForm(forms.ModelForm):
             "custom_code": "Define build(input_shape, num_classes) returning a torch.nn.Module; input_shape is (channels, height, width).",
         }
 
-    def __init__(self, *args, user=None, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+    def __init__(self, *args: Any, user: User | AnonymousUser | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["dataset"].queryset = dataset_usable_list()
-        self.fields["dataset"].help_text = "A built dataset, or one still building (training waits for it)."
-        self.fields["dataset"].label_from_instance = lambda d: f"{d.job.name} ({d.image_width}x{d.image_height}, {d.job.status}, #{d.pk})"
+        dataset = cast(forms.ModelChoiceField, self.fields["dataset"])
+        dataset.queryset = dataset_usable_list()
+        dataset.help_text = "A built dataset, or one still building (training waits for it)."
+        # Django's per-field override of the option labels.
+        dataset.label_from_instance = lambda d: (  # type: ignore[method-assign,assignment]
+            f"{d.job.name} ({d.image_width}x{d.image_height}, {d.job.status}, #{d.pk})"
+        )
         # Any number of models: not a dropdown but an id, with a search picker fed by the
         # paginated API (frontend/static/js/model_new.js); the id alone works without JS.
-        self.fields["base_model"].queryset = model_list().filter(snapshots__isnull=False).distinct()
-        self.fields["base_model"].widget = forms.NumberInput(
+        base_model = cast(forms.ModelChoiceField, self.fields["base_model"])
+        base_model.queryset = model_list().filter(snapshots__isnull=False).distinct()
+        base_model.widget = forms.NumberInput(
             attrs={"placeholder": "model id", "min": 1, "data-picker": "models", "autocomplete": "off"}
         )
-        self.fields["network"].choices = network_choices()
+        network = cast(forms.ChoiceField, self.fields["network"])
+        network.choices = network_choices()
         self.fields["custom_code"].required = False
         self._placement_fields(user)
         from .services import can_submit_code
 
         if user is not None and not can_submit_code(user):
-            self.fields["network"].choices = [c for c in self.fields["network"].choices if c[0] != Network.CUSTOM]
+            network.choices = [c for c in network.choices if c[0] != Network.CUSTOM]
             self.fields["custom_code"].disabled = True
             self.fields["custom_code"].help_text = (
                 "Custom code needs the 'Can train networks from custom PyTorch code' permission; ask an admin."
             )
 
-    def _placement_fields(self, user) -> None:  # noqa: ANN001
+    def _placement_fields(self, user: User | AnonymousUser | None) -> None:
         """Each device labelled with what runs on it and what waits for it (DIGITS users
         asked to see that before picking), and the priorities this user may choose."""
         from workers.selectors import device_board
 
         board = {row["device"].pk: row for row in device_board()}
-        field = self.fields["device_ids"]
+        field = cast(forms.ModelMultipleChoiceField, self.fields["device_ids"])
         field.queryset = Device.objects.all()
 
         def label(device: Device) -> str:
@@ -122,12 +130,14 @@ class ModelForm(forms.ModelForm):
             waiting = f"; {asked} queued job{'s' if asked != 1 else ''} asked for it" if asked else ""
             return f"{device.label}: {device.name}, {state}{waiting}"
 
-        field.label_from_instance = label
-        allowed = Priority.values if user is not None and user.is_staff else Priority.for_users()
-        self.fields["priority"].choices = [(v, label) for v, label in Priority.choices if v in allowed]
+        field.label_from_instance = label  # type: ignore[method-assign,assignment]  # Django's per-field override
+        allowed = Priority.values if user is not None and getattr(user, "is_staff", False) else Priority.for_users()
+        cast(forms.ChoiceField, self.fields["priority"]).choices = [(v, label) for v, label in Priority.choices if v in allowed]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("priority") in (None, ""):  # not sent: the default priority
+            data["priority"] = int(Priority.NORMAL)
         mode = data.get("placement") or "next"
         if mode == "next":
             data["devices"], data["device_ids"] = 1, []
@@ -138,7 +148,7 @@ class ModelForm(forms.ModelForm):
             self.add_error("device_ids", "Pick at least one device.")
         return data
 
-    def split(self) -> tuple[dict, dict]:
+    def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model parameters, placement request) from the cleaned data."""
         data = dict(self.cleaned_data)
         placement = {name: data.pop(name, None) for name in self.PLACEMENT_FIELDS}
@@ -164,6 +174,6 @@ class ClassifyForm(forms.Form):
     image = forms.ImageField()
     epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None)
 
-    def __init__(self, *args, epochs: list[float] | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args: Any, epochs: list[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["epoch"].choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
+        cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]

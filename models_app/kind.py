@@ -9,7 +9,8 @@ from django.conf import settings
 
 from datasets.models import Dataset
 from workers.errors import JobError
-from workers.kinds import Blocked, Event, Kind
+from workers.kinds import Blocked, Kind
+from workers.protocol import Event
 from workers.models import Job, JobStatus
 
 from .models import MODEL_KIND, TrainedModel

@@ -81,7 +81,7 @@ def _visualize(net: Any, input_shape: list[int]) -> dict[str, Any]:
     for name, module in net.named_modules():
         if name and not list(module.children()):
 
-            def hook(mod, inputs, output, name=name):  # noqa: ANN001, ANN202
+            def hook(mod: Any, inputs: Any, output: Any, name: str = name) -> None:
                 layers.append(
                     {
                         "name": name,

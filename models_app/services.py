@@ -3,13 +3,18 @@ training run and its events, resume, clone and delete."""
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from dataclasses import asdict
+from collections.abc import Mapping
+from typing import Any, BinaryIO, cast
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from datasets.models import Dataset
 from workers.errors import JobError
+from workers import protocol
 from workers.events import publish
 from workers.models import JobStatus, Priority
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
@@ -30,7 +35,7 @@ PARAM_FIELDS = [
 CUSTOM_PERMISSION = "models_app.submit_custom_network"
 
 
-def can_submit_code(user) -> bool:  # noqa: ANN001
+def can_submit_code(user: User | AnonymousUser) -> bool:
     return bool(user.is_authenticated and user.has_perm(CUSTOM_PERMISSION))
 
 
@@ -40,7 +45,7 @@ def _input_size(dataset: Dataset, crop_size: int | None) -> tuple[int, int, int]
     return dataset.channels, dataset.image_height, dataset.image_width
 
 
-def validate_params(user, dataset: Dataset, params: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dict[str, Any]:
     """Cross-field rules. Returns the params to store (a fine-tune takes its network from
     the base model); raises JobError naming the field."""
     params = dict(params)
@@ -89,7 +94,7 @@ def validate_params(user, dataset: Dataset, params: dict[str, Any]) -> dict[str,
 @transaction.atomic
 def model_create(
     *,
-    owner,  # noqa: ANN001
+    owner: User,
     name: str,
     dataset: Dataset,
     group: str = "",
@@ -142,7 +147,9 @@ def model_clone_params(model: TrainedModel) -> dict[str, Any]:
 def model_resume(model: TrainedModel) -> Snapshot:
     """Continue an aborted or failed run from its latest snapshot (see ModelTraining.prepare_resume)."""
     job_resume(model.job)
-    return latest_snapshot(model)  # type: ignore[return-value] - prepare_resume checked there is one
+    snapshot = latest_snapshot(model)
+    assert snapshot is not None  # prepare_resume refused a model without one
+    return snapshot
 
 
 def latest_snapshot(model: TrainedModel) -> Snapshot | None:
@@ -180,37 +187,36 @@ def model_train_spec(model: TrainedModel) -> dict[str, Any]:
     return spec
 
 
-def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
+def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
     """Store a batch of the child's events (training rows, validation and throughput
     metrics, snapshots, notices), then publish them live, after commit, as one message."""
     rows: list[Metric] = []
-    snapshots: list[dict[str, Any]] = []
+    snapshots: list[protocol.Snapshot] = []
     notices: list[str] = []
-    summary: dict[str, Any] | None = None
+    summary: protocol.Summary | None = None
     next_snapshot_eta = None
 
-    def add(iteration: int, epoch: float, values: dict[str, Any]) -> None:
+    def add(iteration: int, epoch: float, values: Mapping[str, Any]) -> None:
         for name, value in values.items():
             if value is not None:
                 rows.append(Metric(model_id=model_id, name=name, iteration=iteration, epoch=epoch, value=value))
 
     for event in batch:
-        kind = event.get("event")
-        if kind == "train":
-            for iteration, epoch, values in event["rows"]:
+        if isinstance(event, protocol.TrainRows):
+            for iteration, epoch, values in event.rows:
                 add(iteration, epoch, values)
-        elif kind == "metrics":
-            add(event["iteration"], event["epoch"], event["values"])
-        elif kind == "snapshot":
+        elif isinstance(event, protocol.Metrics):
+            add(event.iteration, event.epoch, event.values)
+        elif isinstance(event, protocol.Snapshot):
             snapshots.append(event)
-        elif kind == "notice":
-            notices.append(str(event["message"]))
-        elif kind == "progress":
-            next_snapshot_eta = event.get("next_snapshot_eta")
-        elif kind == "summary":
-            summary = {k: v for k, v in event.items() if k != "event"}
+        elif isinstance(event, protocol.Notice):
+            notices.append(event.message)
+        elif isinstance(event, protocol.Progress):
+            next_snapshot_eta = event.next_snapshot_eta
+        elif isinstance(event, protocol.Summary):
+            summary = event
     if summary is not None:
-        TrainedModel.objects.filter(pk=model_id).update(timings=summary)
+        TrainedModel.objects.filter(pk=model_id).update(timings=asdict(summary))
     if not rows and not snapshots and not notices:
         return
     with transaction.atomic():
@@ -218,11 +224,13 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
         for snap in snapshots:
             Snapshot.objects.update_or_create(
                 model_id=model_id,
-                epoch=snap["epoch"],
+                epoch=snap.epoch,
                 defaults={
-                    "iteration": snap.get("iteration", 0),
-                    "filename": snap["filename"],
-                    **{k: snap.get(k) for k in ("val_loss", "val_accuracy", "val_top5")},
+                    "iteration": snap.iteration,
+                    "filename": snap.filename,
+                    "val_loss": snap.val_loss,
+                    "val_accuracy": snap.val_accuracy,
+                    "val_top5": snap.val_top5,
                 },
             )
         if notices:
@@ -234,7 +242,7 @@ def model_record_events(model_id: int, batch: list[dict[str, Any]]) -> None:
             {
                 "type": "metrics",
                 "points": [{"name": m.name, "iteration": m.iteration, "epoch": m.epoch, "value": m.value} for m in rows],
-                "snapshots": [s["epoch"] for s in snapshots],
+                "snapshots": [s.epoch for s in snapshots],
                 "notices": notices,
                 "next_snapshot_eta": next_snapshot_eta,
             },
@@ -259,7 +267,7 @@ def snapshot_for(model: TrainedModel, epoch: float | None, *, field: str | None 
     return snapshot
 
 
-def model_classify_upload(model: TrainedModel, epoch: float | None, upload) -> tuple[Snapshot, list[dict[str, Any]]]:  # noqa: ANN001
+def model_classify_upload(model: TrainedModel, epoch: float | None, upload: UploadedFile) -> tuple[Snapshot, list[dict[str, Any]]]:
     """Classify one uploaded image (used by the page and the API): size-checked, with the
     snapshot of `epoch` or the latest. Every failure is a JobError the user can act on."""
     from .inference import classify_image
@@ -269,6 +277,6 @@ def model_classify_upload(model: TrainedModel, epoch: float | None, upload) -> t
         raise JobError(f"The image is larger than {limit // (1024 * 1024)} MiB; upload a smaller one.")
     snapshot = snapshot_for(model, epoch)
     try:
-        return snapshot, classify_image(model, snapshot, upload)
+        return snapshot, classify_image(model, snapshot, cast(BinaryIO, upload))  # an uploaded file reads as a binary file
     except ValueError as exc:
         raise JobError(f"Could not classify this file: {exc}") from exc

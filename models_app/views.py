@@ -10,7 +10,7 @@ from workers.models import Priority
 from workers.scheduler import wait_reason
 from workers.selectors import job_devices
 from workers.errors import JobError
-from workers.permissions import can_modify, check_modify
+from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_update, placement_check
 
 from .forms import ClassifyForm, ModelForm
@@ -32,10 +32,11 @@ def model_new(request: HttpRequest) -> HttpResponse:
         initial.update(base_model=int(request.GET["base_model"]), base_epoch=request.GET.get("base_epoch") or None)
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
-        params, placement = form.split()
+        params, requested = form.split()
         try:
-            placement = placement_check(request.user, **placement)
-            model = model_create(owner=request.user, placement=placement, **params)
+            user = current_user(request.user)
+            placement = placement_check(user, **requested)
+            model = model_create(owner=user, placement=placement, **params)
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:

@@ -29,7 +29,7 @@ def _clean_redis() -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _end_subprocess_connections(django_db_setup, django_db_blocker) -> Iterator[None]:  # noqa: ANN001
+def _end_subprocess_connections(django_db_setup, django_db_blocker) -> Iterator[None]:
     """Workers and web servers started by tests may hold connections for a moment after
     they exit; end them so the test database can be dropped cleanly."""
     yield
@@ -111,7 +111,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def worker_cluster(django_db_setup, django_db_blocker) -> Iterator[Cluster]:  # noqa: ANN001
+def worker_cluster(django_db_setup, django_db_blocker) -> Iterator[Cluster]:
     cluster = Cluster(subprocess_env(settings.DATABASES["default"]["NAME"]))
     try:
         cluster.start("datasets")
@@ -136,38 +136,38 @@ def wait_for_devices(count: int, timeout: float = 30) -> list:
 
 
 @pytest.fixture
-def celery_worker_process(worker_cluster: Cluster, transactional_db) -> Cluster:  # noqa: ANN001
+def celery_worker_process(worker_cluster: Cluster, transactional_db) -> Cluster:
     """The running cluster, with every device worker up and its device online."""
     worker_cluster.start_devices()
     wait_for_devices(Cluster.DEVICES)
     return worker_cluster
 
 
-def _user(django_user_model, name: str, **extra):  # noqa: ANN001, ANN202
+def _user(django_user_model, name: str, **extra):
     return django_user_model.objects.create_user(name, f"{name}@example.com", "pw-" + name, **extra)
 
 
 @pytest.fixture
-def owner(django_user_model):  # noqa: ANN001, ANN201
+def owner(django_user_model):
     return _user(django_user_model, "owner")
 
 
 @pytest.fixture
-def teammate(django_user_model):  # noqa: ANN001, ANN201
+def teammate(django_user_model):
     return _user(django_user_model, "teammate")
 
 
 @pytest.fixture
-def stranger(django_user_model):  # noqa: ANN001, ANN201
+def stranger(django_user_model):
     return _user(django_user_model, "stranger")
 
 
 @pytest.fixture
-def admin_user(django_user_model):  # noqa: ANN001, ANN201
+def admin_user(django_user_model):
     return _user(django_user_model, "boss", is_staff=True, is_superuser=True)
 
 
-def token_client(user) -> APIClient:  # noqa: ANN001
+def token_client(user) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
@@ -175,7 +175,7 @@ def token_client(user) -> APIClient:  # noqa: ANN001
 
 
 @pytest.fixture
-def api(owner) -> APIClient:  # noqa: ANN001
+def api(owner) -> APIClient:
     return token_client(owner)
 
 
@@ -187,7 +187,7 @@ def data_root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def shapes_folder(data_root: Path, request) -> Iterator[Path]:  # noqa: ANN001
+def shapes_folder(data_root: Path, request) -> Iterator[Path]:
     folder = data_root / f"shapes-{request.node.name}"
     make_shapes_folder(folder, per_class=100)
     yield folder

@@ -6,7 +6,7 @@ from models_app.models import Metric, Snapshot, TrainedModel
 from workers.models import Job, JobEvent, JobStatus
 
 
-def make_dataset(owner, name: str = "ds", status: str = JobStatus.DONE) -> Dataset:  # noqa: ANN001
+def make_dataset(owner, name: str = "ds", status: str = JobStatus.DONE) -> Dataset:
     job = Job.objects.create(kind="dataset", name=name, owner=owner, status=status)
     JobEvent.objects.create(job=job, status=status)
     job.directory.mkdir(parents=True, exist_ok=True)
@@ -16,7 +16,7 @@ def make_dataset(owner, name: str = "ds", status: str = JobStatus.DONE) -> Datas
     )
 
 
-def make_model(owner, dataset: Dataset, name: str = "m", status: str = JobStatus.DONE, epochs: int = 2) -> TrainedModel:  # noqa: ANN001
+def make_model(owner, dataset: Dataset, name: str = "m", status: str = JobStatus.DONE, epochs: int = 2) -> TrainedModel:
     job = Job.objects.create(kind="model", name=name, owner=owner, status=status)
     JobEvent.objects.create(job=job, status=status)
     job.directory.mkdir(parents=True, exist_ok=True)

@@ -15,18 +15,18 @@ from workers.models import Job
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def post_dataset(api, folder, **extra):  # noqa: ANN001, ANN003, ANN201
+def post_dataset(api, folder, **extra):
     return api.post("/api/datasets/", {"name": "bad", "folder": str(folder), **extra}, format="json")
 
 
-def test_folder_that_does_not_exist(api, data_root):  # noqa: ANN001
+def test_folder_that_does_not_exist(api, data_root):
     response = post_dataset(api, data_root / "no-such-folder")
     assert response.status_code == 400
     assert "does not exist" in response.json()["detail"]
     assert not Job.objects.exists()
 
 
-def test_folder_outside_allowed_roots(api, tmp_path):  # noqa: ANN001
+def test_folder_outside_allowed_roots(api, tmp_path):
     make_shapes_folder(tmp_path / "elsewhere", per_class=2)
     response = post_dataset(api, tmp_path / "elsewhere")
     assert response.status_code == 400
@@ -34,7 +34,7 @@ def test_folder_outside_allowed_roots(api, tmp_path):  # noqa: ANN001
     assert not Job.objects.exists()
 
 
-def test_dotdot_and_symlink_cannot_escape_roots(api, data_root, tmp_path):  # noqa: ANN001
+def test_dotdot_and_symlink_cannot_escape_roots(api, data_root, tmp_path):
     secret = make_shapes_folder(tmp_path / "secret", per_class=2)
     # A path that starts inside the root but climbs out of it with `..`.
     dotdot = f"{data_root}/{os.path.relpath(secret, data_root)}"
@@ -53,7 +53,7 @@ def test_dotdot_and_symlink_cannot_escape_roots(api, data_root, tmp_path):  # no
     assert not Job.objects.exists()
 
 
-def test_folder_with_one_class(api, data_root):  # noqa: ANN001
+def test_folder_with_one_class(api, data_root):
     folder = make_shapes_folder(data_root / "one-class", per_class=3, classes=("circle",))
     try:
         response = post_dataset(api, folder)
@@ -63,13 +63,13 @@ def test_folder_with_one_class(api, data_root):  # noqa: ANN001
     assert "at least two classes" in response.json()["detail"]
 
 
-def test_bad_dataset_parameters_are_field_errors(api, data_root):  # noqa: ANN001
+def test_bad_dataset_parameters_are_field_errors(api, data_root):
     response = post_dataset(api, data_root, image_width=0, val_percent=150)
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"image_width", "val_percent"}
 
 
-def test_non_images_and_corrupt_files_are_skipped_and_reported(celery_worker_process, api, data_root):  # noqa: ANN001
+def test_non_images_and_corrupt_files_are_skipped_and_reported(celery_worker_process, api, data_root):
     folder = make_shapes_folder(data_root / "mixed", per_class=10, classes=("circle", "square"))
     (folder / "circle" / "notes.txt").write_text("not an image")
     (folder / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
@@ -88,7 +88,7 @@ def test_non_images_and_corrupt_files_are_skipped_and_reported(celery_worker_pro
     assert "2 file(s) skipped" in data["job"]["timeline"][-1]["message"]
 
 
-def test_all_corrupt_images_fail_with_a_message_and_leave_no_databases(celery_worker_process, api, data_root):  # noqa: ANN001
+def test_all_corrupt_images_fail_with_a_message_and_leave_no_databases(celery_worker_process, api, data_root):
     folder = data_root / "corrupt"
     for cls in ("a", "b"):
         (folder / cls).mkdir(parents=True)
@@ -108,14 +108,14 @@ def test_all_corrupt_images_fail_with_a_message_and_leave_no_databases(celery_wo
     assert leftovers == set()
 
 
-def test_model_on_missing_dataset(api):  # noqa: ANN001
+def test_model_on_missing_dataset(api):
     response = api.post("/api/models/", {"name": "m", "dataset": 999999}, format="json")
     assert response.status_code == 400
     assert "does not exist" in response.json()["errors"]["dataset"][0]
     assert not Job.objects.exists()
 
 
-def test_bad_hyperparameters_are_field_errors(api, owner):  # noqa: ANN001
+def test_bad_hyperparameters_are_field_errors(api, owner):
     dataset = make_dataset(owner)
     response = api.post(
         "/api/models/", {"name": "m", "dataset": dataset.pk, "epochs": 0, "learning_rate": -1, "batch_size": "x"}, format="json"
@@ -125,14 +125,14 @@ def test_bad_hyperparameters_are_field_errors(api, owner):  # noqa: ANN001
     assert Job.objects.count() == 1  # only the dataset
 
 
-def test_model_on_failed_dataset_is_refused(api, owner):  # noqa: ANN001
+def test_model_on_failed_dataset_is_refused(api, owner):
     dataset = make_dataset(owner, status="error")
     response = api.post("/api/models/", {"name": "m", "dataset": dataset.pk}, format="json")
     assert response.status_code == 400
     assert "did not build" in response.json()["errors"]["dataset"][0]
 
 
-def test_classify_rejects_a_non_image(api, owner, tmp_path):  # noqa: ANN001
+def test_classify_rejects_a_non_image(api, owner, tmp_path):
     dataset = make_dataset(owner)
     model = make_model(owner, dataset)
     bogus = tmp_path / "x.png"

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_url(transactional_db) -> Iterator[str]:  # noqa: ANN001
+def live_url(transactional_db) -> Iterator[str]:
     port = free_port()
     env = subprocess_env(settings.DATABASES["default"]["NAME"])
     proc = subprocess.Popen(
@@ -49,7 +49,7 @@ def live_url(transactional_db) -> Iterator[str]:  # noqa: ANN001
 
 
 @pytest.fixture
-def page(monkeypatch):  # noqa: ANN001, ANN201
+def page(monkeypatch):
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
@@ -68,7 +68,7 @@ def page(monkeypatch):  # noqa: ANN001, ANN201
         browser.close()
 
 
-def test_login_console_and_model_page(live_url, page, owner, tmp_path):  # noqa: ANN001
+def test_login_console_and_model_page(live_url, page, owner, tmp_path):
     dataset = make_dataset(owner, name="browser-data")
     model = make_model(owner, dataset, name="browser-model", status="running")
 
@@ -93,14 +93,14 @@ def test_login_console_and_model_page(live_url, page, owner, tmp_path):  # noqa:
         shutil.copy(tmp_path / "model.png", os.environ["DIGITS_SCREENSHOTS"])
 
 
-def _keep(page, name: str) -> None:  # noqa: ANN001
+def _keep(page, name: str) -> None:
     """Save a full-page screenshot when DIGITS_SCREENSHOT_DIR is set (for reviewing the UI)."""
     folder = os.environ.get("DIGITS_SCREENSHOT_DIR")
     if folder:
         page.screenshot(path=os.path.join(folder, name + ".png"), full_page=True)
 
 
-def _login(page, live_url: str, name: str = "owner") -> None:  # noqa: ANN001
+def _login(page, live_url: str, name: str = "owner") -> None:
     page.goto(live_url + "/accounts/login/")
     page.fill("input[name=username]", name)
     page.fill("input[name=password]", "pw-" + name)
@@ -108,7 +108,7 @@ def _login(page, live_url: str, name: str = "owner") -> None:  # noqa: ANN001
     page.wait_for_url(live_url + "/")
 
 
-def test_dataset_from_an_uploaded_archive_with_preview_and_gallery(celery_worker_process, live_url, page, owner, tmp_path):  # noqa: ANN001
+def test_dataset_from_an_uploaded_archive_with_preview_and_gallery(celery_worker_process, live_url, page, owner, tmp_path):
     import zipfile
 
     from tests.imagegen import shape_image
@@ -156,7 +156,7 @@ def test_dataset_from_an_uploaded_archive_with_preview_and_gallery(celery_worker
     _keep(page, "dataset-explore")
 
 
-def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):  # noqa: ANN001
+def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):
     from django.contrib.auth.models import Permission
 
     dataset = make_dataset(owner, name="form-data")
@@ -196,7 +196,7 @@ def test_model_form_lr_preview_visualize_and_customize(live_url, page, owner):  
     assert page.locator("#visualize-error").inner_text().startswith("Line ")
 
 
-def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):  # noqa: ANN001
+def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):
     """Fine-tuning picks its base model from a search fed by the paginated API, not from a
     dropdown of every model; picking one fills the id and loads its snapshots' epochs."""
     dataset = make_dataset(owner, name="pick-data")
@@ -221,7 +221,7 @@ def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):  #
     assert not errors, errors
 
 
-def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, page, owner, shapes_folder):  # noqa: ANN001
+def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, page, owner, shapes_folder):
     from tests.conftest import token_client, wait_for_status
 
     api = token_client(owner)

@@ -21,19 +21,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def folder(data_root, request):  # noqa: ANN001, ANN201
+def folder(data_root, request):
     path = make_shapes_folder(data_root / f"api-{request.node.name}"[:80], per_class=10)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-def create(api, **data):  # noqa: ANN001, ANN003, ANN201
+def create(api, **data):
     response = api.post("/api/datasets/", {"name": "ds", "image_width": 16, "image_height": 16, **data}, format="json")
     assert response.status_code == 201, response.content
     return wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done", "error"}, timeout=120)
 
 
-def test_folder_dataset_explore_edit_clone_and_delete(celery_worker_process, api, owner, teammate, folder):  # noqa: ANN001
+def test_folder_dataset_explore_edit_clone_and_delete(celery_worker_process, api, owner, teammate, folder):
     data = create(api, source="folder", folder=str(folder), val_percent=20, test_percent=10, encoding="jpeg",
                   jpeg_quality=80, group="shapes", notes="first try")
     assert data["job"]["status"] == "done", data["job"]["error"]
@@ -93,7 +93,7 @@ def test_folder_dataset_explore_edit_clone_and_delete(celery_worker_process, api
     token_client(teammate).delete(f"/api/datasets/{clone['id']}/")
 
 
-def test_text_lists_uploaded_with_the_request(celery_worker_process, api, folder):  # noqa: ANN001
+def test_text_lists_uploaded_with_the_request(celery_worker_process, api, folder):
     train = "\n".join(f"{cls}/{cls}_{i:04d}.png {n}" for n, cls in enumerate(("circle", "square", "triangle")) for i in range(8))
     val = "circle/circle_0008.png 0\nsquare/square_0008.png 1\ntriangle/triangle_0008.png 5\n"
     files = {
@@ -114,7 +114,7 @@ def test_text_lists_uploaded_with_the_request(celery_worker_process, api, folder
     assert [i["label"] for i in first] == [0] * 8  # list order kept
 
 
-def test_text_list_source_needs_a_labels_file(api, folder):  # noqa: ANN001
+def test_text_list_source_needs_a_labels_file(api, folder):
     response = api.post("/api/datasets/", {
         "name": "lists", "source": "textfile", "train_list_upload": _file("train.txt", "a.png 0\n"),
     }, format="multipart")
@@ -122,7 +122,7 @@ def test_text_list_source_needs_a_labels_file(api, folder):  # noqa: ANN001
     assert not Job.objects.exists()
 
 
-def test_resumable_archive_upload_then_build(celery_worker_process, api, owner, stranger, settings):  # noqa: ANN001
+def test_resumable_archive_upload_then_build(celery_worker_process, api, owner, stranger, settings):
     settings.MAX_UPLOAD_CHUNK_BYTES = 512
     blob = _zip_of_classes(per_class=6, size=40)
     assert len(blob) > 3 * 512
@@ -131,7 +131,7 @@ def test_resumable_archive_upload_then_build(celery_worker_process, api, owner, 
     uid = start.json()["id"]
     url = f"/api/uploads/{uid}/"
 
-    def put(offset: int, chunk: bytes):  # noqa: ANN202
+    def put(offset: int, chunk: bytes):
         return api.generic("PUT", url, chunk, content_type="application/octet-stream", HTTP_UPLOAD_OFFSET=str(offset))
 
     assert put(0, blob[:512]).json()["offset"] == 512
@@ -161,7 +161,7 @@ def test_resumable_archive_upload_then_build(celery_worker_process, api, owner, 
     assert not Upload.objects.filter(pk=uid).exists() and not path.exists()
 
 
-def test_upload_limits_and_validation(api, settings):  # noqa: ANN001
+def test_upload_limits_and_validation(api, settings):
     settings.MAX_UPLOAD_ARCHIVE_BYTES = 1000
     too_big = api.post("/api/uploads/", {"filename": "big.zip", "size": 1001}, format="json")
     assert too_big.status_code == 400 and "the limit is" in too_big.json()["detail"]
@@ -180,14 +180,14 @@ def test_upload_limits_and_validation(api, settings):  # noqa: ANN001
     assert not Job.objects.exists()
 
 
-def test_whole_archive_upload_in_one_request(api):  # noqa: ANN001
+def test_whole_archive_upload_in_one_request(api):
     blob = _zip_of_classes(per_class=2, size=16)
     response = api.post("/api/uploads/", {"file": _file("small.zip", blob)}, format="multipart")
     assert response.status_code == 201, response.content
     assert response.json()["complete"] is True and response.json()["size"] == len(blob)
 
 
-def test_resize_preview_for_a_folder_and_an_upload(owner, folder, api):  # noqa: ANN001
+def test_resize_preview_for_a_folder_and_an_upload(owner, folder, api):
     browser = _browser(owner)
     response = browser.get("/datasets/preview/", {"folder": str(folder), "width": 20, "height": 10, "image_mode": "grayscale"})
     assert response.status_code == 200
@@ -205,7 +205,7 @@ def test_resize_preview_for_a_folder_and_an_upload(owner, folder, api):  # noqa:
     assert data["name"] == "blue/0.png" and data["original_size"] == [30, 30]
 
 
-def test_new_form_clone_prefill_and_edit_page(owner, stranger):  # noqa: ANN001
+def test_new_form_clone_prefill_and_edit_page(owner, stranger):
     dataset = make_dataset(owner, name="orig")
     Dataset.objects.filter(pk=dataset.pk).update(
         image_width=40, image_height=30, resize_mode="fill", encoding="none", test_percent=5, min_per_class=3, seed=9
@@ -229,7 +229,7 @@ def test_new_form_clone_prefill_and_edit_page(owner, stranger):  # noqa: ANN001
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _browser(user):  # noqa: ANN001, ANN202
+def _browser(user):
     from django.test import Client
 
     client = Client()
@@ -237,7 +237,7 @@ def _browser(user):  # noqa: ANN001, ANN202
     return client
 
 
-def _file(name: str, content: str | bytes):  # noqa: ANN202
+def _file(name: str, content: str | bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile(name, content.encode() if isinstance(content, str) else content)
@@ -256,7 +256,7 @@ def _zip_of_classes(per_class: int, size: int) -> bytes:
     return buf.getvalue()
 
 
-def test_aborting_a_build_removes_its_partial_databases(celery_worker_process, api, data_root):  # noqa: ANN001
+def test_aborting_a_build_removes_its_partial_databases(celery_worker_process, api, data_root):
     folder = make_shapes_folder(data_root / "abort-build", per_class=300)
     try:
         response = api.post("/api/datasets/", {
@@ -281,7 +281,7 @@ def test_aborting_a_build_removes_its_partial_databases(celery_worker_process, a
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_console_filters_by_group(owner):  # noqa: ANN001
+def test_console_filters_by_group(owner):
     a = make_dataset(owner, name="in-group")
     make_dataset(owner, name="other")
     Job.objects.filter(pk=a.pk).update(group="exp-1")

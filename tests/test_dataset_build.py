@@ -24,7 +24,7 @@ from datasets.splits import cap_per_class, drop_small_classes, split_stratified
 from tests.imagegen import make_shapes_folder
 
 
-def spec_for(tmp_path: Path, **extra) -> dict:  # noqa: ANN003
+def spec_for(tmp_path: Path, **extra) -> dict:
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     return {
@@ -48,7 +48,7 @@ def counts_per_class(result: dict, split: str) -> list[int]:
 # --- split rules ---------------------------------------------------------------------
 
 
-def test_percent_split_gives_exact_per_class_counts(tmp_path):  # noqa: ANN001
+def test_percent_split_gives_exact_per_class_counts(tmp_path):
     folder = make_shapes_folder(tmp_path / "src", per_class=10)
     result = build(spec_for(tmp_path, folder=str(folder), val_percent=20, test_percent=10))
     assert result["counts"] == {"train": 21, "val": 6, "test": 3}
@@ -73,7 +73,7 @@ def test_split_is_deterministic_for_a_seed_and_differs_for_another():
     assert split_stratified(items, 25, 10, 7)["val"] != split_stratified(items, 25, 10, 8)["val"]
 
 
-def test_min_per_class_drops_and_renumbers_and_max_caps_each_split(tmp_path):  # noqa: ANN001
+def test_min_per_class_drops_and_renumbers_and_max_caps_each_split(tmp_path):
     folder = tmp_path / "src"
     make_shapes_folder(folder, per_class=12, classes=("circle", "square"))
     make_shapes_folder(folder, per_class=3, classes=("triangle",))
@@ -94,7 +94,7 @@ def test_rule_functions_directly():
     assert cap_per_class(kept, 1)["train"] == [("b", 0), ("d", 1)]
 
 
-def test_separate_validation_and_test_folders(tmp_path):  # noqa: ANN001
+def test_separate_validation_and_test_folders(tmp_path):
     train = make_shapes_folder(tmp_path / "train", per_class=4)
     val = make_shapes_folder(tmp_path / "val", per_class=2, seed=1)
     test = make_shapes_folder(tmp_path / "test", per_class=1, classes=("circle", "square"), seed=2)
@@ -106,7 +106,7 @@ def test_separate_validation_and_test_folders(tmp_path):  # noqa: ANN001
     assert {"path": "[val] hexagon/", "reason": "class not in the training folder"} in result["skipped"]
 
 
-def test_a_split_without_its_own_folder_comes_from_the_training_folder(tmp_path):  # noqa: ANN001
+def test_a_split_without_its_own_folder_comes_from_the_training_folder(tmp_path):
     """DIGITS' rule: a separate validation folder with a test percentage still gets a test
     split (taken from the training folder), and a separate test folder with a validation
     percentage still gets a validation split."""
@@ -125,7 +125,7 @@ def test_a_split_without_its_own_folder_comes_from_the_training_folder(tmp_path)
 # --- text lists ----------------------------------------------------------------------
 
 
-def test_text_lists_with_image_folder_and_every_bad_line(tmp_path):  # noqa: ANN001
+def test_text_lists_with_image_folder_and_every_bad_line(tmp_path):
     images = make_shapes_folder(tmp_path / "imgs", per_class=3)
     (tmp_path / "labels.txt").write_text("circle\nsquare\ntriangle\n\n")
     outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
@@ -162,7 +162,7 @@ def test_text_lists_with_image_folder_and_every_bad_line(tmp_path):  # noqa: ANN
     assert read_labels(tmp_path / "out" / "train_db").tolist() == [0, 0, 0, 1, 1, 2, 0]
 
 
-def test_text_list_shuffle_changes_order_deterministically(tmp_path):  # noqa: ANN001
+def test_text_list_shuffle_changes_order_deterministically(tmp_path):
     images = make_shapes_folder(tmp_path / "imgs", per_class=10, classes=("circle", "square"))
     (tmp_path / "labels.txt").write_text("circle\nsquare\n")
     lines = [f"circle/circle_{i:04d}.png 0" for i in range(10)] + [f"square/square_{i:04d}.png 1" for i in range(10)]
@@ -178,7 +178,7 @@ def test_text_list_shuffle_changes_order_deterministically(tmp_path):  # noqa: A
     assert orders[0] == orders[1] and orders[0] != [0] * 10 + [1] * 10
 
 
-def test_labels_file_with_one_label_is_refused(tmp_path):  # noqa: ANN001
+def test_labels_file_with_one_label_is_refused(tmp_path):
     (tmp_path / "labels.txt").write_text("only\n")
     (tmp_path / "train.txt").write_text("x.png 0\n")
     with pytest.raises(BuildError, match="needs two"):
@@ -194,7 +194,7 @@ def _png_bytes(color: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def test_zip_archive_with_a_wrapping_folder_and_traversal_names(tmp_path):  # noqa: ANN001
+def test_zip_archive_with_a_wrapping_folder_and_traversal_names(tmp_path):
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
@@ -217,7 +217,7 @@ def test_zip_archive_with_a_wrapping_folder_and_traversal_names(tmp_path):  # no
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(set(OUTPUTS) - {"test_db"})
 
 
-def test_tar_gz_archive_skips_links_and_enforces_the_size_limit(tmp_path):  # noqa: ANN001
+def test_tar_gz_archive_skips_links_and_enforces_the_size_limit(tmp_path):
     archive = tmp_path / "data.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         for cls, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
@@ -241,7 +241,7 @@ def test_tar_gz_archive_skips_links_and_enforces_the_size_limit(tmp_path):  # no
         build(spec_for(tmp_path, source="upload", archive=str(archive), max_extract_bytes=100))
 
 
-def test_a_file_that_is_not_an_archive(tmp_path):  # noqa: ANN001
+def test_a_file_that_is_not_an_archive(tmp_path):
     archive = tmp_path / "data.zip"
     archive.write_bytes(b"this is not an archive at all" * 10)
     with pytest.raises(BuildError, match="not a zip or tar archive"):
@@ -269,7 +269,7 @@ def _is_green(px: np.ndarray) -> bool:
 
 
 @pytest.mark.parametrize("wide", [True, False], ids=["wide", "tall"])
-def test_every_resize_mode_on_wide_and_tall_images(wide):  # noqa: ANN001
+def test_every_resize_mode_on_wide_and_tall_images(wide):
     img = _striped(200, 100) if wide else _striped(100, 200)
     out = {mode: to_array(resize_image(img, 40, 40, mode, seed=1)) for mode in ("squash", "crop", "fill", "half_crop")}
     assert all(a.shape == (40, 40, 3) for a in out.values())
@@ -308,7 +308,7 @@ def test_resize_noise_is_reproducible_for_a_seed():
 
 
 @pytest.mark.parametrize("encoding", ["none", "png", "jpeg"])
-def test_each_encoding_round_trips(tmp_path, encoding):  # noqa: ANN001
+def test_each_encoding_round_trips(tmp_path, encoding):
     folder = make_shapes_folder(tmp_path / "src", per_class=4, classes=("circle", "square"))
     build(spec_for(tmp_path, folder=str(folder), encoding=encoding, jpeg_quality=95))
     out = tmp_path / "out"
@@ -332,7 +332,7 @@ def test_each_encoding_round_trips(tmp_path, encoding):  # noqa: ANN001
         assert best == 0 if encoding != "jpeg" else 0 < best < 10, best  # chroma subsampling at 16 px
 
 
-def test_grayscale_and_the_mean_image(tmp_path):  # noqa: ANN001
+def test_grayscale_and_the_mean_image(tmp_path):
     folder = make_shapes_folder(tmp_path / "src", per_class=6)
     result = build(spec_for(tmp_path, folder=str(folder), channels=1, width=12, height=10, val_percent=34))
     out = tmp_path / "out"
@@ -358,7 +358,7 @@ def test_grayscale_and_the_mean_image(tmp_path):  # noqa: ANN001
 @pytest.mark.parametrize("ext,fmt", [
     ("png", "PNG"), ("jpg", "JPEG"), ("bmp", "BMP"), ("ppm", "PPM"), ("gif", "GIF"), ("webp", "WEBP"), ("tiff", "TIFF"),
 ])
-def test_every_input_format_loads(tmp_path, ext, fmt):  # noqa: ANN001
+def test_every_input_format_loads(tmp_path, ext, fmt):
     path = tmp_path / f"img.{ext}"
     Image.new("RGB", (20, 10), (200, 30, 30)).save(path, fmt)
     img = load_image(str(path), 3)
@@ -366,13 +366,13 @@ def test_every_input_format_loads(tmp_path, ext, fmt):  # noqa: ANN001
     assert abs(int(np.asarray(img)[5, 10, 0]) - 200) < 12
 
 
-def test_pgm_loads_as_grayscale(tmp_path):  # noqa: ANN001
+def test_pgm_loads_as_grayscale(tmp_path):
     Image.new("L", (6, 4), 77).save(tmp_path / "g.pgm")
     assert np.asarray(load_image(str(tmp_path / "g.pgm"), 1)).tolist() == [[77] * 6] * 4
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
-def test_transparency_is_composited_on_white(mode):  # noqa: ANN001
+def test_transparency_is_composited_on_white(mode):
     if mode == "P":
         img = Image.new("P", (4, 4), 0)
         img.putpalette([10, 20, 30] * 256)
@@ -385,7 +385,7 @@ def test_transparency_is_composited_on_white(mode):  # noqa: ANN001
     assert np.asarray(load_image(buf, 3))[0, 0].tolist() == [255, 255, 255]
 
 
-def test_cmyk_16bit_and_exif_orientation(tmp_path):  # noqa: ANN001
+def test_cmyk_16bit_and_exif_orientation(tmp_path):
     Image.new("CMYK", (5, 5), (0, 255, 255, 0)).save(tmp_path / "c.jpg", "JPEG")
     red = np.asarray(load_image(str(tmp_path / "c.jpg"), 3))[2, 2]
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
@@ -403,7 +403,7 @@ def test_cmyk_16bit_and_exif_orientation(tmp_path):  # noqa: ANN001
     assert load_image(str(tmp_path / "o.jpg"), 3, (10, 20)).size == (10, 20)
 
 
-def test_jpeg_draft_decoding_matches_size_and_content(tmp_path):  # noqa: ANN001
+def test_jpeg_draft_decoding_matches_size_and_content(tmp_path):
     arr = np.zeros((400, 600, 3), dtype=np.uint8)
     arr[:, :300] = (250, 0, 0)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
@@ -427,7 +427,7 @@ def _bomb_png(path: Path, side: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_bad_files_are_skipped_with_reasons(tmp_path):  # noqa: ANN001
+def test_bad_files_are_skipped_with_reasons(tmp_path):
     folder = make_shapes_folder(tmp_path / "src", per_class=3, classes=("circle", "square"))
     good = (folder / "circle" / "circle_0000.png").read_bytes()
     (folder / "circle" / "truncated.png").write_bytes(good[: len(good) // 2])
@@ -449,7 +449,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):  # noqa: ANN001
     assert result["labels"] == ["circle", "square"] and result["counts"]["train"] == 6
 
 
-def test_single_class_and_nothing_usable_fail_without_leftovers(tmp_path):  # noqa: ANN001
+def test_single_class_and_nothing_usable_fail_without_leftovers(tmp_path):
     one = make_shapes_folder(tmp_path / "one", per_class=2, classes=("circle",))
     with pytest.raises(BuildError, match="needs at least two"):
         build(spec_for(tmp_path, folder=str(one)))
@@ -462,7 +462,7 @@ def test_single_class_and_nothing_usable_fail_without_leftovers(tmp_path):  # no
     assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
 
 
-def test_a_full_disk_fails_with_a_clear_message_and_no_partial_files(tmp_path):  # noqa: ANN001
+def test_a_full_disk_fails_with_a_clear_message_and_no_partial_files(tmp_path):
     """RLIMIT_FSIZE makes LMDB's writes fail exactly as a full disk does (EFBIG/ENOSPC)."""
     folder = make_shapes_folder(tmp_path / "src", per_class=40)
     spec = spec_for(tmp_path, folder=str(folder), width=64, height=64, encoding="none")

@@ -17,7 +17,7 @@ from workers.models import Allocation, Job, JobEvent
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def submit(api, dataset_id: int, **extra) -> int:  # noqa: ANN001, ANN003
+def submit(api, dataset_id: int, **extra) -> int:
     body = {"name": "m", "dataset": dataset_id, "epochs": 2, "batch_size": 16, "seed": 3, **extra}
     response = api.post("/api/models/", body, format="json")
     assert response.status_code == 201, response.content
@@ -28,7 +28,7 @@ def losses(model_id: int) -> list[tuple[int, float]]:
     return list(Metric.objects.filter(model_id=model_id, name="train_loss").order_by("iteration").values_list("iteration", "value"))
 
 
-def wait_until(condition, timeout: float = 120, what: str = "condition") -> None:  # noqa: ANN001
+def wait_until(condition, timeout: float = 120, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -45,7 +45,7 @@ def children_running(model_id: int) -> list[psutil.Process]:
     return found
 
 
-def test_two_rank_ddp_matches_one_rank_and_redelivery_is_ignored(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_two_rank_ddp_matches_one_rank_and_redelivery_is_ignored(celery_worker_process, api, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     single = wait_for_status(api, f"/api/models/{submit(api, dataset_id)}/", {"done", "error"})
     double = wait_for_status(api, f"/api/models/{submit(api, dataset_id, devices=2)}/", {"done", "error"})
@@ -79,7 +79,7 @@ def test_two_rank_ddp_matches_one_rank_and_redelivery_is_ignored(celery_worker_p
     assert Allocation.objects.filter(job_id=double["id"]).count() == 2
 
 
-def test_two_jobs_share_the_devices_and_a_gang_job_waits_for_both(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_two_jobs_share_the_devices_and_a_gang_job_waits_for_both(celery_worker_process, api, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     a = submit(api, dataset_id, name="a", epochs=40)
     b = submit(api, dataset_id, name="b", epochs=4)
@@ -107,7 +107,7 @@ def test_two_jobs_share_the_devices_and_a_gang_job_waits_for_both(celery_worker_
     assert gang_start >= max(first_a.released_at, first_b.released_at)
 
 
-def test_a_killed_worker_leads_to_a_resumed_completed_job(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_a_killed_worker_leads_to_a_resumed_completed_job(celery_worker_process, api, shapes_folder):
     """kill -9 the worker of rank 1 of a 2-rank job: its child dies with it, rank 0 stops
     instead of hanging, the job is requeued and, once the worker is back, resumes from its
     last snapshot and completes with every iteration recorded once."""
@@ -133,7 +133,7 @@ def test_a_killed_worker_leads_to_a_resumed_completed_job(celery_worker_process,
     assert Allocation.objects.filter(job_id=model_id, attempt=attempts[-1], outcome="done").count() == 2
 
 
-def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_process, api, shapes_folder):
     """kill -9 only the Celery pool process that runs a 1-rank job (its worker lives on):
     Celery requeues the message, and the redelivered message (or the heartbeat, whichever
     comes first) sees that the rank's process is gone, so the job is requeued from its last

@@ -11,7 +11,7 @@ from tests.factories import make_dataset, make_model
 pytestmark = pytest.mark.django_db
 
 
-def test_serializer_errors_name_their_fields(owner) -> None:  # noqa: ANN001
+def test_serializer_errors_name_their_fields(owner) -> None:
     dataset = make_dataset(owner)
     response = token_client(owner).post(
         "/api/models/", {"name": "m", "dataset": dataset.pk, "epochs": "many", "learning_rate": -1}, format="json"
@@ -24,7 +24,7 @@ def test_serializer_errors_name_their_fields(owner) -> None:  # noqa: ANN001
     assert body["detail"].startswith("epochs: ") or "epochs: " in body["detail"]
 
 
-def test_a_service_error_with_a_field_has_the_same_shape(owner, data_root) -> None:  # noqa: ANN001
+def test_a_service_error_with_a_field_has_the_same_shape(owner, data_root) -> None:
     response = token_client(owner).post(
         "/api/datasets/", {"name": "d", "folder": "/etc", "image_width": 28, "image_height": 28}, format="json"
     )
@@ -34,7 +34,7 @@ def test_a_service_error_with_a_field_has_the_same_shape(owner, data_root) -> No
     assert body["errors"] == {"folder": [body["detail"]]}
 
 
-def test_forbidden_not_found_and_conflict(owner, stranger) -> None:  # noqa: ANN001
+def test_forbidden_not_found_and_conflict(owner, stranger) -> None:
     dataset = make_dataset(owner)
     make_model(owner, dataset, name="uses-it")
     other = token_client(stranger)
@@ -48,7 +48,7 @@ def test_forbidden_not_found_and_conflict(owner, stranger) -> None:  # noqa: ANN
     assert staff_only.status_code == 403 and "Only admins" in staff_only.json()["detail"]
 
 
-def test_pages_show_the_same_messages(owner, stranger) -> None:  # noqa: ANN001
+def test_pages_show_the_same_messages(owner, stranger) -> None:
     dataset = make_dataset(owner)
     model = make_model(owner, dataset, status="running")
     client = Client()
@@ -60,7 +60,7 @@ def test_pages_show_the_same_messages(owner, stranger) -> None:  # noqa: ANN001
     assert console.status_code == 403 and "Only admins can use the cluster console." in console.content.decode()
 
 
-def test_a_64_bit_seed_is_accepted_and_a_larger_one_named(owner) -> None:  # noqa: ANN001
+def test_a_64_bit_seed_is_accepted_and_a_larger_one_named(owner) -> None:
     dataset = make_dataset(owner)
     api = token_client(owner)
     too_big = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, "seed": 2**64}, format="json")
@@ -72,3 +72,20 @@ def test_a_64_bit_seed_is_accepted_and_a_larger_one_named(owner) -> None:  # noq
     created = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, "seed": 0xCAFEBABE}, format="json")
     assert created.status_code == 201, created.content
     assert created.json()["seed"] == 0xCAFEBABE
+
+
+def test_exploring_a_dataset_that_did_not_build_says_why(owner) -> None:
+    api = token_client(owner)
+    aborted = make_dataset(owner, name="stopped", status="aborted")
+    response = api.get(f"/api/datasets/{aborted.pk}/images/?split=val")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "This dataset's build was aborted, so it stored no images. Clone it to build it again."
+    building = make_dataset(owner, name="busy", status="running")
+    assert "still building" in api.get(f"/api/datasets/{building.pk}/images/").json()["detail"]
+    done = make_dataset(owner, name="done")
+    missing = api.get(f"/api/datasets/{done.pk}/images/?split=test")
+    assert missing.status_code == 404 and missing.json()["detail"] == "This dataset has no test split (it has: train, val)."
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/datasets/{aborted.pk}/explore/?split=val")
+    assert page.status_code == 404 and "build was aborted" in page.content.decode()

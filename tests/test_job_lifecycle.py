@@ -25,27 +25,27 @@ def processes_mentioning(text: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
-def create_dataset(api, folder) -> int:  # noqa: ANN001
+def create_dataset(api, folder) -> int:
     response = api.post("/api/datasets/", {"name": "shapes", "folder": str(folder), "val_percent": 20}, format="json")
     assert response.status_code == 201, response.content
     return response.json()["id"]
 
 
-def create_model(api, dataset_id: int, **extra) -> int:  # noqa: ANN001, ANN003
+def create_model(api, dataset_id: int, **extra) -> int:
     body = {"name": "m", "dataset": dataset_id, "epochs": 2, "batch_size": 16, **extra}
     response = api.post("/api/models/", body, format="json")
     assert response.status_code == 201, response.content
     return response.json()["id"]
 
 
-def wait_until(predicate, timeout: float = 120) -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
 
 
-def test_model_waits_for_building_dataset_then_abort_stops_the_process(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_model_waits_for_building_dataset_then_abort_stops_the_process(celery_worker_process, api, shapes_folder):
     dataset_id = create_dataset(api, shapes_folder)
     # Created at once, while the dataset may still be building: training waits for it.
     model_id = create_model(api, dataset_id, epochs=500)
@@ -68,7 +68,7 @@ def test_model_waits_for_building_dataset_then_abort_stops_the_process(celery_wo
     assert response.status_code == 400 and "already aborted" in response.json()["detail"]
 
 
-def test_diverging_training_errors_with_advice(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_diverging_training_errors_with_advice(celery_worker_process, api, shapes_folder):
     dataset_id = create_dataset(api, shapes_folder)
     model_id = create_model(api, dataset_id, learning_rate=10, epochs=5)
     data = wait_for_status(api, f"/api/models/{model_id}/", {"done", "error"})
@@ -76,7 +76,7 @@ def test_diverging_training_errors_with_advice(celery_worker_process, api, shape
     assert "Try decreasing the learning rate" in data["job"]["error"]
 
 
-def test_deleting_a_running_model_stops_it_and_removes_its_files(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_deleting_a_running_model_stops_it_and_removes_its_files(celery_worker_process, api, shapes_folder):
     dataset_id = wait_for_status(api, f"/api/datasets/{create_dataset(api, shapes_folder)}/", {"done"})["id"]
     model_id = create_model(api, dataset_id, epochs=500)
     directory = Job.objects.get(pk=model_id).directory
@@ -88,7 +88,7 @@ def test_deleting_a_running_model_stops_it_and_removes_its_files(celery_worker_p
     wait_until(lambda: not directory.exists(), timeout=10)
 
 
-def test_a_dataset_deleted_before_its_build_starts_ends_quietly(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_a_dataset_deleted_before_its_build_starts_ends_quietly(celery_worker_process, api, shapes_folder):
     """The build's message reaches the worker after the dataset is gone: the task ends with
     a log line, not a Job.DoesNotExist traceback."""
     import signal

@@ -13,7 +13,7 @@ from workers.models import Allocation, Device, Job
 pytestmark = pytest.mark.django_db
 
 
-def make_rows(owner, teammate, count: int) -> None:  # noqa: ANN001
+def make_rows(owner, teammate, count: int) -> None:
     device = Device.objects.create(uuid=f"cpu-lists-{count}", host="h", address="127.0.0.1", kind="cpu", index=0, name="cpu")
     dataset = make_dataset(owner, name=f"base-{count}")
     for i in range(count):
@@ -28,7 +28,7 @@ def make_rows(owner, teammate, count: int) -> None:  # noqa: ANN001
         make_dataset(user, name=f"ds-{i:03d}")
 
 
-def queries_for(api, url: str) -> tuple[int, dict]:  # noqa: ANN001
+def queries_for(api, url: str) -> tuple[int, dict]:
     with CaptureQueriesContext(connection) as ctx:
         response = api.get(url)
     assert response.status_code == 200, response.content
@@ -36,7 +36,7 @@ def queries_for(api, url: str) -> tuple[int, dict]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("url", ["/api/models/?page_size=500", "/api/datasets/?page_size=500", "/api/jobs/?page_size=500"])
-def test_queries_per_list_do_not_grow_with_rows(owner, teammate, url) -> None:  # noqa: ANN001
+def test_queries_per_list_do_not_grow_with_rows(owner, teammate, url) -> None:
     api = token_client(owner)
     make_rows(owner, teammate, 10)
     few, body = queries_for(api, url)
@@ -47,7 +47,7 @@ def test_queries_per_list_do_not_grow_with_rows(owner, teammate, url) -> None:  
     assert many == few, f"{url}: {few} queries for the first rows, {many} for ten times as many"
 
 
-def test_pagination_filters_and_ordering(owner, teammate) -> None:  # noqa: ANN001
+def test_pagination_filters_and_ordering(owner, teammate) -> None:
     api = token_client(owner)
     make_rows(owner, teammate, 12)
     first = api.get("/api/models/?page_size=5").json()

@@ -19,18 +19,18 @@ from tests.test_training import CUSTOM, RUNTIME_ERROR
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def grant_code_permission(user) -> None:  # noqa: ANN001
+def grant_code_permission(user) -> None:
     user.user_permissions.add(Permission.objects.get(codename="submit_custom_network"))
 
 
-def built_dataset(api, folder, **extra) -> int:  # noqa: ANN001, ANN003
+def built_dataset(api, folder, **extra) -> int:
     body = {"name": "shapes", "folder": str(folder), "val_percent": 20, "image_width": 28, "image_height": 28, **extra}
     response = api.post("/api/datasets/", body, format="json")
     assert response.status_code == 201, response.content
     return wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
 
 
-def train(api, dataset_id: int, statuses: set[str] | None = None, **extra) -> dict:  # noqa: ANN001, ANN003
+def train(api, dataset_id: int, statuses: set[str] | None = None, **extra) -> dict:
     body = {"name": "m", "dataset": dataset_id, "epochs": 2, "batch_size": 16, **extra}
     response = api.post("/api/models/", body, format="json")
     assert response.status_code == 201, response.content
@@ -46,7 +46,7 @@ def png_bytes() -> io.BytesIO:
 
 
 @pytest.mark.e2e
-def test_every_option_through_the_api(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_every_option_through_the_api(celery_worker_process, api, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     options = {
         "solver": "adam", "learning_rate": 0.002, "weight_decay": 0.0001, "lr_policy": "step", "lr_step_size": 50,
@@ -98,14 +98,14 @@ def test_every_option_through_the_api(celery_worker_process, api, shapes_folder)
         ({"network": "custom", "custom_code": CUSTOM}, "custom_code"),
     ],
 )
-def test_bad_hyperparameters_are_field_errors(api, owner, extra, field):  # noqa: ANN001
+def test_bad_hyperparameters_are_field_errors(api, owner, extra, field):
     dataset = make_dataset(owner)  # 28x28
     response = api.post("/api/models/", {"name": "m", "dataset": dataset.pk, **extra}, format="json")
     assert response.status_code == 400, response.content
     assert list(response.json()["errors"]) == [field], response.json()
 
 
-def test_the_form_shows_field_errors(owner):  # noqa: ANN001
+def test_the_form_shows_field_errors(owner):
     dataset = make_dataset(owner)
     client = Client()
     client.force_login(owner)
@@ -123,7 +123,7 @@ def test_the_form_shows_field_errors(owner):  # noqa: ANN001
     assert list(errors) == ["network"] and "multiple of 16" in errors["network"][0]
 
 
-def test_custom_code_and_visualize_need_the_permission(api, owner):  # noqa: ANN001
+def test_custom_code_and_visualize_need_the_permission(api, owner):
     dataset = make_dataset(owner)
     body = {"dataset": dataset.pk, "network": "custom", "custom_code": CUSTOM}
     refused = api.post("/api/networks/visualize/", body, format="json")
@@ -143,7 +143,7 @@ def test_custom_code_and_visualize_need_the_permission(api, owner):  # noqa: ANN
 
 
 @pytest.mark.e2e
-def test_custom_networks_train_classify_and_report_the_users_line(celery_worker_process, owner, shapes_folder):  # noqa: ANN001
+def test_custom_networks_train_classify_and_report_the_users_line(celery_worker_process, owner, shapes_folder):
     grant_code_permission(owner)
     api = token_client(owner)
     dataset_id = built_dataset(api, shapes_folder)
@@ -163,7 +163,7 @@ def test_custom_networks_train_classify_and_report_the_users_line(celery_worker_
 
 
 @pytest.mark.e2e
-def test_clone_trains_the_identical_model(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_clone_trains_the_identical_model(celery_worker_process, api, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     first = train(api, dataset_id, seed=3, flip="h", solver="rmsprop", learning_rate=0.001, lr_policy="cosine")
     response = api.post(f"/api/models/{first['id']}/clone/", {"name": "again"}, format="json")
@@ -178,7 +178,7 @@ def test_clone_trains_the_identical_model(celery_worker_process, api, shapes_fol
 
 
 @pytest.mark.e2e
-def test_abort_then_resume_continues_the_same_curves(celery_worker_process, api, owner, stranger, shapes_folder):  # noqa: ANN001
+def test_abort_then_resume_continues_the_same_curves(celery_worker_process, api, owner, stranger, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     response = api.post("/api/models/", {"name": "long", "dataset": dataset_id, "epochs": 60, "batch_size": 16,
                                          "snapshot_interval": 3, "val_interval": 3}, format="json")
@@ -210,7 +210,7 @@ def test_abort_then_resume_continues_the_same_curves(celery_worker_process, api,
 
 
 @pytest.mark.e2e
-def test_fine_tune_from_a_snapshot_survives_deleting_the_base(celery_worker_process, api, shapes_folder):  # noqa: ANN001
+def test_fine_tune_from_a_snapshot_survives_deleting_the_base(celery_worker_process, api, shapes_folder):
     dataset_id = built_dataset(api, shapes_folder)
     base = train(api, dataset_id, epochs=2)
     missing = api.post("/api/models/", {"name": "ft", "dataset": dataset_id, "base_model": base["id"], "base_epoch": 7}, format="json")
@@ -227,7 +227,7 @@ def test_fine_tune_from_a_snapshot_survives_deleting_the_base(celery_worker_proc
     assert response.status_code == 200
 
 
-def test_network_catalogue_source_and_lr_preview(api):  # noqa: ANN001
+def test_network_catalogue_source_and_lr_preview(api):
     catalogue = api.get("/api/networks/").json()
     assert [n["name"] for n in catalogue] == [
         "lenet", "alexnet", "googlenet", "resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "vit_b_16",
@@ -244,7 +244,7 @@ def test_network_catalogue_source_and_lr_preview(api):  # noqa: ANN001
     assert bad.status_code == 400 and "increasing order" in bad.json()["detail"]
 
 
-def test_stranger_cannot_edit_or_resume_but_reads(owner, stranger):  # noqa: ANN001
+def test_stranger_cannot_edit_or_resume_but_reads(owner, stranger):
     from tests.factories import make_model
 
     model = make_model(owner, make_dataset(owner), status="aborted")
@@ -258,7 +258,7 @@ def test_stranger_cannot_edit_or_resume_but_reads(owner, stranger):  # noqa: ANN
 
 
 @pytest.mark.e2e
-def test_a_waiting_model_fails_with_the_reason_when_its_dataset_fails(celery_worker_process, api, owner):  # noqa: ANN001
+def test_a_waiting_model_fails_with_the_reason_when_its_dataset_fails(celery_worker_process, api, owner):
     from workers.transitions import job_fail
 
     dataset = make_dataset(owner, name="still-building", status="running")

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def browser(owner) -> Client:  # noqa: ANN001
+def browser(owner) -> Client:
     client = Client()
     client.force_login(owner)
     return client
 
 
-def test_dataset_form_shows_folder_error(browser, data_root):  # noqa: ANN001
+def test_dataset_form_shows_folder_error(browser, data_root):
     response = browser.post("/datasets/new/", {
         "name": "x", "folder": "/etc", "image_width": 28, "image_height": 28,
         "image_mode": "color", "resize_mode": "squash", "val_percent": 25,
@@ -31,7 +31,7 @@ def test_dataset_form_shows_folder_error(browser, data_root):  # noqa: ANN001
     assert not Job.objects.exists()
 
 
-def test_dataset_form_builds_a_dataset(celery_worker_process, browser, data_root):  # noqa: ANN001
+def test_dataset_form_builds_a_dataset(celery_worker_process, browser, data_root):
     # The worker runs it to the end: a job still running at teardown would race the flush.
     folder = make_shapes_folder(data_root / "page-form", per_class=2)
     response = browser.post("/datasets/new/", {
@@ -52,7 +52,7 @@ def test_dataset_form_builds_a_dataset(celery_worker_process, browser, data_root
     assert 'id="split-counts"' in page and "class-chart" in page
 
 
-def test_model_form_rejects_bad_learning_rate(browser, owner):  # noqa: ANN001
+def test_model_form_rejects_bad_learning_rate(browser, owner):
     dataset = make_dataset(owner)
     response = browser.post("/models/new/", {
         "name": "m", "dataset": dataset.pk, "network": "lenet", "solver": "sgd", "epochs": 5,
@@ -62,7 +62,7 @@ def test_model_form_rejects_bad_learning_rate(browser, owner):  # noqa: ANN001
     assert "learning_rate" in response.context["form"].errors
 
 
-def test_console_lists_running_before_finished(browser, owner):  # noqa: ANN001
+def test_console_lists_running_before_finished(browser, owner):
     dataset = make_dataset(owner, name="finished-ds")
     make_model(owner, dataset, name="running-model", status="running")
     response = browser.get("/")
@@ -70,7 +70,7 @@ def test_console_lists_running_before_finished(browser, owner):  # noqa: ANN001
     assert [j.name for j in response.context["finished"]] == ["finished-ds"]
 
 
-def test_error_page_shows_message_and_log_tail(browser, owner):  # noqa: ANN001
+def test_error_page_shows_message_and_log_tail(browser, owner):
     dataset = make_dataset(owner)
     model = make_model(owner, dataset, status="error")
     Job.objects.filter(pk=model.pk).update(error="The loss became nan. Try decreasing the learning rate.")
@@ -80,7 +80,7 @@ def test_error_page_shows_message_and_log_tail(browser, owner):  # noqa: ANN001
     assert "Traceback: boom" in page
 
 
-def test_model_page_says_it_waits_for_its_dataset(browser, owner):  # noqa: ANN001
+def test_model_page_says_it_waits_for_its_dataset(browser, owner):
     dataset = make_dataset(owner, name="still-building", status="running")
     model = make_model(owner, dataset, status="queued")
     page = browser.get(f"/models/{model.pk}/").content.decode()

@@ -23,13 +23,13 @@ def test_anonymous_api_is_refused():
 
 
 @pytest.mark.parametrize("url", ["/", "/datasets/new/", "/models/new/", "/profile/"])
-def test_anonymous_pages_redirect_to_login(url):  # noqa: ANN001
+def test_anonymous_pages_redirect_to_login(url):
     response = Client().get(url)
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
 
 
-def test_teammate_sees_owner_jobs(owner, teammate):  # noqa: ANN001
+def test_teammate_sees_owner_jobs(owner, teammate):
     dataset = make_dataset(owner, name="owners-data")
     model = make_model(owner, dataset, name="owners-model")
     client = Client()
@@ -41,7 +41,7 @@ def test_teammate_sees_owner_jobs(owner, teammate):  # noqa: ANN001
     assert api.get(f"/api/models/{model.pk}/").json()["job"]["owner"] == "owner"
 
 
-def test_stranger_cannot_delete_or_abort(owner, stranger):  # noqa: ANN001
+def test_stranger_cannot_delete_or_abort(owner, stranger):
     dataset = make_dataset(owner)
     model = make_model(owner, dataset, status="running")
     api = token_client(stranger)
@@ -54,7 +54,7 @@ def test_stranger_cannot_delete_or_abort(owner, stranger):  # noqa: ANN001
     assert Job.objects.get(pk=model.pk).status == "running"
 
 
-def test_owner_deletes_model_and_its_files(owner):  # noqa: ANN001
+def test_owner_deletes_model_and_its_files(owner):
     dataset = make_dataset(owner)
     model = make_model(owner, dataset)
     directory = model.directory
@@ -64,12 +64,12 @@ def test_owner_deletes_model_and_its_files(owner):  # noqa: ANN001
     assert not directory.exists()
 
 
-def test_admin_may_delete_anything(owner, admin_user):  # noqa: ANN001
+def test_admin_may_delete_anything(owner, admin_user):
     dataset = make_dataset(owner)
     assert token_client(admin_user).delete(f"/api/datasets/{dataset.pk}/").status_code == 204
 
 
-def test_dataset_in_use_cannot_be_deleted(owner):  # noqa: ANN001
+def test_dataset_in_use_cannot_be_deleted(owner):
     dataset = make_dataset(owner)
     make_model(owner, dataset, name="uses-it")
     response = token_client(owner).delete(f"/api/datasets/{dataset.pk}/")
@@ -78,7 +78,7 @@ def test_dataset_in_use_cannot_be_deleted(owner):  # noqa: ANN001
     assert dataset.directory.exists()
 
 
-def test_forms_need_csrf(owner):  # noqa: ANN001
+def test_forms_need_csrf(owner):
     dataset = make_dataset(owner)
     client = Client(enforce_csrf_checks=True)
     client.force_login(owner)
@@ -86,7 +86,7 @@ def test_forms_need_csrf(owner):  # noqa: ANN001
     assert Job.objects.filter(pk=dataset.pk).exists()
 
 
-def test_profile_creates_an_api_token(owner):  # noqa: ANN001
+def test_profile_creates_an_api_token(owner):
     client = Client()
     client.force_login(owner)
     client.post("/profile/token/")
@@ -97,12 +97,12 @@ def test_profile_creates_an_api_token(owner):  # noqa: ANN001
     assert api.get("/api/jobs/").status_code == 200
 
 
-def test_token_endpoint(owner):  # noqa: ANN001
+def test_token_endpoint(owner):
     response = APIClient().post("/api/token/", {"username": "owner", "password": "pw-owner"})
     assert response.status_code == 200 and len(response.json()["token"]) == 40
 
 
-def test_websocket_refuses_anonymous_users(owner):  # noqa: ANN001
+def test_websocket_refuses_anonymous_users(owner):
     dataset = make_dataset(owner)
 
     async def connect() -> tuple[bool, object]:
@@ -115,7 +115,7 @@ def test_websocket_refuses_anonymous_users(owner):  # noqa: ANN001
     assert not connected and code == 4401
 
 
-def test_openapi_schema_describes_the_endpoints(owner):  # noqa: ANN001
+def test_openapi_schema_describes_the_endpoints(owner):
     response = token_client(owner).get("/api/schema/", HTTP_ACCEPT="application/json")
     assert response.status_code == 200
     paths = response.json()["paths"]

@@ -46,3 +46,34 @@ def test_every_event_round_trips(event: p.Event) -> None:
 def test_malformed_lines_are_refused_with_a_reason(line: str, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         p.decode(line)
+
+
+CHILD = """
+from workers import protocol
+protocol.emit(protocol.Progress(progress=0.5))
+print('{"v": 1, "event": "progress", "progress": "half"}')
+print('{"v": 1, "event": "teleport"}')
+print('plain log output')
+protocol.emit(protocol.Notice(message="still here"))
+"""
+
+
+@pytest.mark.django_db(transaction=True)  # the runner ends stale connections, as a worker does
+def test_the_runner_logs_and_counts_a_malformed_event_and_relays_the_rest(tmp_path, owner) -> None:
+    """A child that prints bad events between good ones: the good ones reach the handler,
+    the bad ones go to the job log with the reason, and the run is not disturbed."""
+    from django.utils import timezone
+
+    from workers.models import Job
+    from workers.runner import run_child
+
+    (tmp_path / "child_with_bad_events.py").write_text(CHILD)
+    job = Job.objects.create(kind="dataset", name="bad-events", owner=owner, status="running", started_at=timezone.now())
+    seen: list = []
+    result = run_child(job, "child_with_bad_events", {}, seen.extend, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and result.bad_events == 2
+    assert seen == [p.Progress(progress=0.5), p.Notice(message="still here")]
+    log = job.log_path.read_text()
+    assert "plain log output" in log
+    assert "[ignored a malformed event: progress: field 'progress' is str" in log
+    assert "[ignored a malformed event: unknown event 'teleport'" in log

@@ -44,14 +44,14 @@ def fake_devices(worker_cluster: Cluster) -> Iterator[None]:
             os.killpg(proc.pid, signal.SIGCONT)
 
 
-def device(host: str, index: int, **extra) -> Device:  # noqa: ANN003
+def device(host: str, index: int, **extra) -> Device:
     fields = {"last_seen": timezone.now(), **extra}
     return Device.objects.create(
         uuid=f"fake-{host}-{index}", host=host, address="127.0.0.1", kind="cpu", index=index, name="fake", **fields
     )
 
 
-def queue(owner, dataset, name: str, devices: int = 1, **placement) -> Job:  # noqa: ANN001, ANN003
+def queue(owner, dataset, name: str, devices: int = 1, **placement) -> Job:
     model = model_create(owner=owner, name=name, dataset=dataset, batch_size=12, placement=Placement(devices=devices, **placement))
     return model.job
 
@@ -75,7 +75,7 @@ def test_pick_devices_best_fit_and_spanning() -> None:
     assert pick_devices(free, 6, True) is None
 
 
-def test_priority_then_fifo_and_hold(fake_devices, owner, admin_user) -> None:  # noqa: ANN001
+def test_priority_then_fifo_and_hold(fake_devices, owner, admin_user) -> None:
     dataset = make_dataset(owner)
     low = queue(owner, dataset, "low", priority=Priority.LOW)
     first = queue(owner, dataset, "first")
@@ -99,7 +99,7 @@ def test_priority_then_fifo_and_hold(fake_devices, owner, admin_user) -> None:  
     assert running(low)
 
 
-def test_per_user_limit(fake_devices, owner, teammate, settings) -> None:  # noqa: ANN001
+def test_per_user_limit(fake_devices, owner, teammate, settings) -> None:
     settings.USER_DEVICE_LIMIT = 1
     dataset = make_dataset(owner)
     for i in range(3):
@@ -119,7 +119,7 @@ def test_per_user_limit(fake_devices, owner, teammate, settings) -> None:  # noq
         placement_check(teammate, devices=2)
 
 
-def test_gang_allocation_never_deadlocks_and_backfills(fake_devices, owner, settings) -> None:  # noqa: ANN001
+def test_gang_allocation_never_deadlocks_and_backfills(fake_devices, owner, settings) -> None:
     dataset = make_dataset(owner)
     for i in range(3):
         device("h", i)
@@ -147,7 +147,7 @@ def test_gang_allocation_never_deadlocks_and_backfills(fake_devices, owner, sett
     assert len(running(hog)) == 2 and running(big3) == [] and running(late) == []
 
 
-def test_specific_drained_and_offline_devices(fake_devices, owner) -> None:  # noqa: ANN001
+def test_specific_drained_and_offline_devices(fake_devices, owner) -> None:
     dataset = make_dataset(owner)
     d0, d1 = device("h", 0), device("h", 1)
     device("h", 2, enabled=False)  # drained
@@ -165,7 +165,7 @@ def test_specific_drained_and_offline_devices(fake_devices, owner) -> None:  # n
     assert running(after) == ["h/cpu0"]
 
 
-def test_placement_validation(fake_devices, owner, admin_user) -> None:  # noqa: ANN001
+def test_placement_validation(fake_devices, owner, admin_user) -> None:
     device("a", 0), device("a", 1), device("b", 0)
     with pytest.raises(JobError, match="Only admins") as exc:
         placement_check(owner, priority=Priority.HIGH)
@@ -184,7 +184,7 @@ def test_placement_validation(fake_devices, owner, admin_user) -> None:  # noqa:
         placement_check(owner, device_ids=[999999])
 
 
-def test_a_device_never_holds_two_allocations(fake_devices, owner) -> None:  # noqa: ANN001
+def test_a_device_never_holds_two_allocations(fake_devices, owner) -> None:
     dataset = make_dataset(owner)
     d = device("h", 0)
     job = queue(owner, dataset, "one")
@@ -195,7 +195,7 @@ def test_a_device_never_holds_two_allocations(fake_devices, owner) -> None:  # n
         Allocation.objects.create(job=other, job_name="two", owner=owner, device=d, attempt=1, rank=0, world_size=1)
 
 
-def test_reaper_requeues_a_lost_job_to_resume_without_duplicate_points(fake_devices, owner) -> None:  # noqa: ANN001
+def test_reaper_requeues_a_lost_job_to_resume_without_duplicate_points(fake_devices, owner) -> None:
     dataset = make_dataset(owner)
     d = device("h", 0)
     job = queue(owner, dataset, "lost")
@@ -224,7 +224,7 @@ def test_reaper_requeues_a_lost_job_to_resume_without_duplicate_points(fake_devi
     assert Job.objects.get(pk=job.pk).status == JobStatus.ABORTED
 
 
-def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teammate, admin_user) -> None:  # noqa: ANN001
+def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teammate, admin_user) -> None:
     from django.test import Client
 
     from tests.conftest import token_client

@@ -40,7 +40,7 @@ def _keep_the_test_connection() -> Iterator[None]:
 
 
 @pytest.fixture
-def auth(db, owner, teammate, admin_user, _keep_the_test_connection) -> dict[str, str]:  # noqa: ANN001
+def auth(db, owner, teammate, admin_user, _keep_the_test_connection) -> dict[str, str]:
     """Something to find: datasets and models of two users, with snapshots; the requests
     come from an admin, so every operation is allowed and its real body is checked."""
     dataset = make_dataset(owner, name="schema-ds")
@@ -53,7 +53,7 @@ def auth(db, owner, teammate, admin_user, _keep_the_test_connection) -> dict[str
 @schema.exclude(path_regex="|".join(p.replace("{", r"\{").replace("}", r"\}") for p in SKIPPED)).parametrize()
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @pytest.mark.django_db
-def test_responses_match_the_schema(case, auth) -> None:  # noqa: ANN001
+def test_responses_match_the_schema(case, auth) -> None:
     # Every response check; not the two that judge input validation by the schema alone
     # (a folder that exists on the server, a dataset that is built: rules no schema can
     # state; and lenient query parameters, such as a page size out of range, that fall
@@ -62,7 +62,7 @@ def test_responses_match_the_schema(case, auth) -> None:  # noqa: ANN001
 
 
 @pytest.mark.django_db
-def test_api_docs_work_offline(owner) -> None:  # noqa: ANN001
+def test_api_docs_work_offline(owner) -> None:
     """Swagger UI and Redoc come from drf-spectacular-sidecar, served by this server: no CDN."""
     import re
 

@@ -39,17 +39,17 @@ def _build(root: Path, classes: tuple[str, ...], size: int = 28) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shapes3(tmp_path_factory) -> Path:  # noqa: ANN001
+def shapes3(tmp_path_factory) -> Path:
     """3 classes: 45 training and 15 validation images, 28x28 colour."""
     return _build(tmp_path_factory.mktemp("shapes3"), ("circle", "square", "triangle"))
 
 
 @pytest.fixture(scope="module")
-def shapes2(tmp_path_factory) -> Path:  # noqa: ANN001
+def shapes2(tmp_path_factory) -> Path:
     return _build(tmp_path_factory.mktemp("shapes2"), ("circle", "square"))
 
 
-def make_spec(db: Path, out: Path, **extra) -> dict:  # noqa: ANN003
+def make_spec(db: Path, out: Path, **extra) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     classes = len((db / "labels.txt").read_text().splitlines())
     return {
@@ -97,7 +97,7 @@ CAFFE = {
 
 
 @pytest.mark.parametrize("policy", sorted(CAFFE))
-def test_learning_rate_policies_follow_the_caffe_formulas(policy):  # noqa: ANN001
+def test_learning_rate_policies_follow_the_caffe_formulas(policy):
     gamma = {"exp": 0.97, "inv": 0.05, "sigmoid": 0.2}.get(policy, 0.5)
     schedule = LrSchedule(base_lr=0.1, policy=policy, step_size=25, steps=(30.0, 70.0), gamma=gamma, power=2.0)
     total = 400
@@ -122,7 +122,7 @@ def test_multistep_steps_are_validated():
             parse_steps(bad)
 
 
-def test_training_uses_the_policy_for_every_iteration(shapes3, tmp_path):  # noqa: ANN001
+def test_training_uses_the_policy_for_every_iteration(shapes3, tmp_path):
     spec = make_spec(shapes3, tmp_path, epochs=4, lr_policy="multistep", lr_steps="50,75", lr_gamma=0.5, lr_warmup_epochs=1)
     events = run_training(spec)
     lrs = series(events, "lr")
@@ -143,7 +143,7 @@ SOLVER_STATE = {
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVER_STATE))
-def test_every_solver_trains_and_snapshots_its_state(shapes3, tmp_path, solver):  # noqa: ANN001
+def test_every_solver_trains_and_snapshots_its_state(shapes3, tmp_path, solver):
     lr = {"adadelta": 1.0, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}.get(solver, 0.01)
     events = run_training(make_spec(shapes3, tmp_path, epochs=1, solver=solver, learning_rate=lr, weight_decay=1e-4))
     losses = [v for _, v in series(events, "train_loss")]
@@ -156,20 +156,20 @@ def test_every_solver_trains_and_snapshots_its_state(shapes3, tmp_path, solver):
         assert state["optimizer"]["param_groups"][0]["nesterov"] is True
 
 
-def test_fractional_snapshot_and_validation_intervals(shapes3, tmp_path):  # noqa: ANN001
+def test_fractional_snapshot_and_validation_intervals(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path, epochs=2, snapshot_interval=0.4, val_interval=0.4))
     assert [s["epoch"] for s in snapshots(events)] == [0.4, 0.8, 1.2, 1.6, 2.0]
     assert [it for it, _ in series(events, "val_loss")] == [2, 4, 6, 8, 10]
     assert sorted(p.name for p in tmp_path.glob("snapshot_*.pt")) == sorted(s["filename"] for s in snapshots(events))
 
 
-def test_multi_epoch_snapshot_interval_still_snapshots_the_end(shapes3, tmp_path):  # noqa: ANN001
+def test_multi_epoch_snapshot_interval_still_snapshots_the_end(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path, epochs=5, snapshot_interval=2))
     assert [s["epoch"] for s in snapshots(events)] == [2.0, 4.0, 5.0]
     assert len(series(events, "val_loss")) == 5  # validation stays every epoch
 
 
-def test_fractional_epochs(shapes3, tmp_path):  # noqa: ANN001
+def test_fractional_epochs(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path, epochs=1.4))
     assert len(series(events, "train_loss")) == 7 and snapshots(events)[-1]["epoch"] == 1.4
 
@@ -178,7 +178,7 @@ def _final_weights(out: Path, events: list[dict]) -> dict:
     return torch.load(out / snapshots(events)[-1]["filename"], weights_only=True)["model"]
 
 
-def test_batch_accumulation_equals_one_larger_batch(shapes3, tmp_path):  # noqa: ANN001
+def test_batch_accumulation_equals_one_larger_batch(shapes3, tmp_path):
     common = {"momentum": 0.0, "epochs": 2, "learning_rate": 0.05}
     small = run_training(make_spec(shapes3, tmp_path / "a", batch_size=6, batch_accumulation=2, **common))
     large = run_training(make_spec(shapes3, tmp_path / "b", batch_size=12, **common))
@@ -190,7 +190,7 @@ def test_batch_accumulation_equals_one_larger_batch(shapes3, tmp_path):  # noqa:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
 
 
-def test_same_seed_same_curves_other_seed_other_curves(shapes3, tmp_path):  # noqa: ANN001
+def test_same_seed_same_curves_other_seed_other_curves(shapes3, tmp_path):
     extra = {"flip": "h", "rotation": 10, "hsv_jitter": 0.1, "crop_size": 24}
     first = run_training(make_spec(shapes3, tmp_path / "a", **extra))
     again = run_training(make_spec(shapes3, tmp_path / "b", **extra))
@@ -204,7 +204,7 @@ def test_same_seed_same_curves_other_seed_other_curves(shapes3, tmp_path):  # no
 
 
 @pytest.mark.parametrize("mean", ["none", "image", "pixel"])
-def test_crop_and_mean_variants_train(shapes3, tmp_path, mean):  # noqa: ANN001
+def test_crop_and_mean_variants_train(shapes3, tmp_path, mean):
     events = run_training(make_spec(shapes3, tmp_path, epochs=1, crop_size=20, mean_subtraction=mean, flip="hv", rotate90=True))
     state = torch.load(tmp_path / snapshots(events)[-1]["filename"], weights_only=True)
     assert state["input_shape"] == [3, 20, 20] and state["mean_subtraction"] == mean and state["crop_size"] == 20
@@ -268,7 +268,7 @@ def test_hsv_jitter_keeps_grey_pixels_grey_and_changes_colours():
 
 
 @pytest.mark.parametrize("base_classes,new_classes", [("shapes2", "shapes3"), ("shapes3", "shapes2")])
-def test_fine_tune_reinitialises_only_the_classifier(request, tmp_path, base_classes, new_classes):  # noqa: ANN001
+def test_fine_tune_reinitialises_only_the_classifier(request, tmp_path, base_classes, new_classes):
     base_db, new_db = request.getfixturevalue(base_classes), request.getfixturevalue(new_classes)
     base_events = run_training(make_spec(base_db, tmp_path / "base", epochs=1))
     base_file = tmp_path / "base" / snapshots(base_events)[-1]["filename"]
@@ -310,7 +310,7 @@ def build(input_shape, num_classes):
 '''
 
 
-def test_custom_code_trains(shapes3, tmp_path):  # noqa: ANN001
+def test_custom_code_trains(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path, network="custom", custom_code=CUSTOM, epochs=1))
     assert snapshots(events) and all(math.isfinite(v) for _, v in series(events, "train_loss"))
 
@@ -324,7 +324,7 @@ def test_custom_code_trains(shapes3, tmp_path):  # noqa: ANN001
         ("def helper():\n    pass\n", None, "must define build"),
     ],
 )
-def test_custom_code_errors_name_the_users_line(shapes3, tmp_path, code, line, words):  # noqa: ANN001
+def test_custom_code_errors_name_the_users_line(shapes3, tmp_path, code, line, words):
     with pytest.raises(TrainingError) as info:
         run_training(make_spec(shapes3, tmp_path, network="custom", custom_code=code, epochs=1))
     message = str(info.value)
@@ -333,7 +333,7 @@ def test_custom_code_errors_name_the_users_line(shapes3, tmp_path, code, line, w
         assert message.startswith(f"Line {line} of your network code")
 
 
-def test_memory_error_gives_batch_advice(shapes3, tmp_path, capsys):  # noqa: ANN001
+def test_memory_error_gives_batch_advice(shapes3, tmp_path, capsys):
     code = RUNTIME_ERROR.replace("return self.fc(x.flatten(1))", "raise MemoryError()")
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(make_spec(shapes3, tmp_path, network="custom", custom_code=code, batch_size=32)))
@@ -346,7 +346,7 @@ def test_memory_error_gives_batch_advice(shapes3, tmp_path, capsys):  # noqa: AN
 # --- stopping, resuming --------------------------------------------------------------------
 
 
-def test_early_stopping_when_validation_loss_stops_improving(shapes3, tmp_path):  # noqa: ANN001
+def test_early_stopping_when_validation_loss_stops_improving(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path, epochs=20, learning_rate=1e-12, early_stopping_patience=2))
     notices = [e["message"] for e in events if e["event"] == "notice"]
     assert any(n.startswith("Early stopping at epoch 3.00") for n in notices), notices
@@ -366,7 +366,7 @@ def run_child(spec: dict, spec_path: Path) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3, tmp_path):  # noqa: ANN001
+def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3, tmp_path):
     """The child is killed after its second snapshot, then resumed from it: the remaining
     points and the final weights equal those of a run that was never interrupted. Every
     run is a real child process, as the worker starts it."""
@@ -401,7 +401,7 @@ def test_resume_after_a_kill_continues_exactly_like_an_uninterrupted_run(shapes3
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
-def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):  # noqa: ANN001
+def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):
     from models_app.training.data import Split
 
     split = Split(shapes3 / "train_db", cache_bytes=1 << 30, workers=0)
@@ -416,7 +416,7 @@ def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):  # noqa:
     assert torch.equal(s_images, images) and torch.equal(s_labels, labels)
 
 
-def test_a_snapshot_without_optimizer_state_cannot_be_resumed(shapes3, tmp_path):  # noqa: ANN001
+def test_a_snapshot_without_optimizer_state_cannot_be_resumed(shapes3, tmp_path):
     events = run_training(make_spec(shapes3, tmp_path / "first", epochs=1))
     state = torch.load(tmp_path / "first" / snapshots(events)[-1]["filename"], weights_only=True)
     old = tmp_path / "old.pt"

@@ -22,7 +22,7 @@ def wide_image() -> Image.Image:
 
 
 @pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
-def test_every_resize_mode_gives_the_requested_size(mode):  # noqa: ANN001
+def test_every_resize_mode_gives_the_requested_size(mode):
     assert resize_image(wide_image(), 40, 30, mode).size == (40, 30)
 
 
@@ -77,7 +77,7 @@ def test_duration_filter():
     assert duration(3720) == "1h 02m"
 
 
-def test_exported_classify_script_with_a_crop_prints_the_asked_top_n(tmp_path):  # noqa: ANN001
+def test_exported_classify_script_with_a_crop_prints_the_asked_top_n(tmp_path):
     """The standalone classify.py of a model trained with a crop size: `--top 3` gives three
     predictions (the crop offset, 2, once overwrote it); LeNet's archive asks for no
     torchvision, a torchvision network's does."""
@@ -126,7 +126,7 @@ def test_any_64_bit_seed_is_accepted_by_the_training_helpers():
 
 
 @pytest.mark.parametrize("name", ["lenet", "alexnet", "googlenet", "resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "vit_b_16"])
-def test_the_forms_input_rule_matches_what_build_accepts(name):  # noqa: ANN001
+def test_the_forms_input_rule_matches_what_build_accepts(name):
     """The web process checks a network's input from constants in its source (no torch);
     build() must accept exactly the same shapes."""
     from models_app.networks import check_input, network_constants

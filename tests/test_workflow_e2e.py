@@ -41,7 +41,7 @@ async def _first_metrics_message(job_id: int, cookie: str, timeout: float) -> di
     raise AssertionError("no live metrics message")
 
 
-def test_dataset_model_classify_download(celery_worker_process, api, owner, shapes_folder, tmp_path):  # noqa: ANN001
+def test_dataset_model_classify_download(celery_worker_process, api, owner, shapes_folder, tmp_path):
     started = time.monotonic()
     # 2. Dataset from a server folder: 3 classes x 100 images, 20% validation.
     response = api.post(

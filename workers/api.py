@@ -1,7 +1,7 @@
 """Shared REST pieces: job output fields, the error handler, the console listing."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
@@ -11,6 +11,7 @@ import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
@@ -126,9 +127,10 @@ class JobSerializer(serializers.ModelSerializer):
         from .scheduler import QueueView, wait_reason
 
         # One read of the queue and devices for a whole list (the context is shared).
-        if "queue_view" not in self.context:
-            self.context["queue_view"] = QueueView.now()
-        return wait_reason(job, self.context["queue_view"])
+        context = cast(dict[str, Any], self.context)
+        if "queue_view" not in context:
+            context["queue_view"] = QueueView.now()
+        return wait_reason(job, context["queue_view"])
 
     def get_devices(self, job: Job) -> list[str]:
         # From the prefetched allocations in lists (workers/listing.py), a query otherwise.
@@ -163,7 +165,7 @@ class JobLogApi(APIView):
     """A job's raw log as text/plain (?download=1 for an attachment)."""
 
     @extend_schema(responses={(200, "text/plain"): str})
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+    def get(self, request: Request, pk: int) -> FileResponse:
         return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1")
 
 
@@ -202,7 +204,7 @@ class DeviceSerializer(serializers.Serializer):
     """One device: its live stats, state, current job and the queued jobs asking for it."""
 
     id = serializers.IntegerField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named like Field.label
     host = serializers.CharField()
     kind = serializers.CharField()
     index = serializers.IntegerField()
@@ -220,7 +222,7 @@ class DeviceSerializer(serializers.Serializer):
 def paginated(view: APIView, rows: list[dict[str, Any]], serializer: type[serializers.Serializer]) -> Response:
     """A list computed in Python (devices, the queue), paginated like every other list."""
     paginator = Pagination()
-    page = paginator.paginate_queryset(rows, view.request, view=view)  # type: ignore[arg-type]
+    page = paginator.paginate_queryset(rows, view.request, view=view)
     return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
@@ -231,7 +233,7 @@ class DeviceListApi(APIView):
     pagination_class = Pagination  # read by `paginated` and by the schema
 
     @extend_schema(responses=DeviceSerializer(many=True))
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request: Request) -> Response:
         from .selectors import device_board
 
         return paginated(self, [_device_row(row) for row in device_board()], DeviceSerializer)
@@ -247,7 +249,7 @@ class DeviceDetailApi(APIView):
         enabled = serializers.BooleanField()
 
     @extend_schema(request=InputSerializer, responses=DeviceSerializer)
-    def patch(self, request, pk: int):  # noqa: ANN001, ANN201
+    def patch(self, request: Request, pk: int) -> Response:
         from .models import Device
         from .selectors import device_board
         from .services import device_set_enabled
@@ -278,7 +280,7 @@ class QueueApi(APIView):
     pagination_class = Pagination  # read by `paginated` and by the schema
 
     @extend_schema(responses=QueuedJobSerializer(many=True))
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request: Request) -> Response:
         from .selectors import queue_summary
 
         rows = [
@@ -304,7 +306,7 @@ class QueueJobApi(APIView):
         priority = serializers.ChoiceField(choices=[p.name.lower() for p in Priority], required=False)
 
     @extend_schema(request=InputSerializer, responses={204: None})
-    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+    def post(self, request: Request, pk: int) -> Response:
         from .services import job_abort, queue_hold, queue_move, queue_set_priority
 
         job = get_object_or_404(Job, pk=pk, kind__in=kinds.device_kinds())
@@ -341,7 +343,7 @@ class UsageApi(APIView):
             "in_use": serializers.IntegerField(),
         }, many=True),
     }))
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request: Request) -> Response:
         from .selectors import usage_by_user, user_limits
 
         return Response({
@@ -366,7 +368,7 @@ class UserLimitApi(APIView):
         max_devices = serializers.IntegerField(min_value=0, allow_null=True)
 
     @extend_schema(request=InputSerializer, responses={204: None})
-    def put(self, request, user_id: int):  # noqa: ANN001, ANN201
+    def put(self, request: Request, user_id: int) -> Response:
         from django.contrib.auth import get_user_model
 
         from .services import user_limit_set

@@ -8,6 +8,8 @@ queue (`device.<uuid>`), so the scheduler alone decides what runs where.
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import logging
 import threading
 from typing import Any
@@ -70,7 +72,7 @@ def reap() -> int:
     """Release the allocations of devices that stopped heartbeating and requeue their
     jobs. Any live worker runs this; the job's attempt number makes it idempotent."""
     now = timezone.now()
-    cutoff = now - timezone.timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
+    cutoff = now - timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
     lost = Allocation.objects.filter(released_at__isnull=True).filter(
         Q(device__last_seen__lt=cutoff) | Q(device__last_seen__isnull=True)
     ).select_related("device")
@@ -83,7 +85,7 @@ def reap() -> int:
     # A message its (live) worker never picked up: lost with a broker restart, say.
     stuck = Allocation.objects.filter(
         released_at__isnull=True, started_at__isnull=True,
-        allocated_at__lt=now - timezone.timedelta(seconds=settings.RENDEZVOUS_SECONDS),
+        allocated_at__lt=now - timedelta(seconds=settings.RENDEZVOUS_SECONDS),
     ).select_related("device")
     for allocation in stuck:
         allocation_interrupt(

@@ -14,8 +14,8 @@ calls the hooks below. Adding a kind is one module in its app and one `register(
 
 Who calls what:
   - `spec`, `env` and `module`: the runner, to start the child process;
-  - `apply`: the runner, for every batch of the child's events while the run owns the job
-    (store them, then publish after commit);
+  - `apply`: the runner, for every batch of the child's events (typed: workers/protocol.py)
+    while the run owns the job (store them, then publish after commit);
   - `complete`: once the child exited 0, before the job is marked done (may raise JobError
     to fail it instead, e.g. a build that reported no result);
   - `cleanup`: after a failed or aborted run (nothing half-written stays);
@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import JobError
+from .protocol import Event
 
 if TYPE_CHECKING:
     from .models import Job
-
-Event = dict[str, Any]
 
 
 class UnknownKind(LookupError):

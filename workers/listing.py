@@ -30,9 +30,18 @@ def job_prefetches(prefix: str = "") -> list[Any]:
     ]
 
 
+class StableOrdering(django_filters.OrderingFilter):
+    """Ordering by the fields asked for, then by id, so pages never overlap or skip rows;
+    an empty or unknown `ordering` keeps the list's default order."""
+
+    def filter(self, qs: QuerySet, value: Any) -> QuerySet:
+        fields = [self.get_ordering_value(param) for param in value or [] if param]
+        return qs.order_by(*fields, "-pk") if fields else qs
+
+
 def job_ordering(prefix: str = "") -> django_filters.OrderingFilter:
     """`?ordering=created|name|status` (`-` for descending) on the job behind each row."""
-    return django_filters.OrderingFilter(
+    return StableOrdering(
         fields=((f"{prefix}created_at", "created"), (f"{prefix}name", "name"), (f"{prefix}status", "status")),
         help_text="created, name or status; prefix with - for descending (default: -created).",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -37,7 +37,7 @@ def live_stats(uuids: list[str]) -> dict[str, dict[str, Any]]:
     if not uuids:
         return {}
     try:
-        values = redis_client().mget([LIVE_KEY.format(uuid=u) for u in uuids])
+        values = cast(list[bytes | None], redis_client().mget([LIVE_KEY.format(uuid=u) for u in uuids]))
     except redis.RedisError:  # fall back to the rows' last stats
         return {}
     return {u: json.loads(v) for u, v in zip(uuids, values) if v}

@@ -7,6 +7,7 @@ parameters in a row that shares the job's primary key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -70,7 +71,9 @@ class Job(models.Model):
     held = models.BooleanField(default=False, help_text="Held by an admin: stays queued and is not started.")
     devices_requested = models.PositiveSmallIntegerField(default=1)
     # Specific devices (all of them, at once); empty: any free ones.
-    requested_devices = models.ManyToManyField("Device", blank=True, related_name="requested_by")
+    requested_devices: models.ManyToManyField[Device, Any] = models.ManyToManyField(
+        "Device", blank=True, related_name="requested_by"
+    )
     multi_host = models.BooleanField(default=False, help_text="May the ranks be spread over several hosts?")
     # Each dispatch is a new attempt; ranks of an older attempt stop and are ignored.
     attempt = models.PositiveIntegerField(default=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from .errors import Forbidden
@@ -71,3 +71,10 @@ class IsStaffForWrites(BasePermission):
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         return request.method in SAFE_METHODS or IsStaff().has_permission(request, view)
+
+
+def current_user(user: AnyUser) -> User:
+    """The logged-in user of a request (every page and endpoint requires a login)."""
+    if not isinstance(user, User):
+        raise Forbidden("Log in first.")
+    return user

@@ -15,6 +15,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import IO, Any, ClassVar, Union
 
@@ -57,7 +58,7 @@ class Metrics(Event):
     name: ClassVar[str] = "metrics"
     iteration: int
     epoch: float
-    values: dict[str, float | None]
+    values: Mapping[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Telemetry(Event):
     """Device readings from inside the child (utilisation, memory, temperature, power)."""
 
     name: ClassVar[str] = "telemetry"
-    values: dict[str, float | None] = field(default_factory=dict)
+    values: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,6 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         return isinstance(value, list)
-    if origin is dict:
+    if origin in (dict, Mapping):
         return isinstance(value, dict)
     return isinstance(value, hint)

@@ -88,12 +88,13 @@ def join(allocation: Allocation) -> Job | None:
             return None
         return Job.objects.get(pk=job.pk)
     deadline = time.monotonic() + settings.RENDEZVOUS_SECONDS
+    job_id = job.pk
     while time.monotonic() < deadline:
-        job = Job.objects.filter(pk=allocation.job_id).first()
-        if job is None or job.attempt != allocation.attempt or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        current = Job.objects.filter(pk=job_id).first()
+        if current is None or current.attempt != allocation.attempt or current.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return None
-        if job.status == JobStatus.RUNNING and job.rendezvous:
-            return job
+        if current.status == JobStatus.RUNNING and current.rendezvous:
+            return current
         time.sleep(0.1)
     allocation_interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s")
     return None
@@ -102,7 +103,7 @@ def join(allocation: Allocation) -> Job | None:
 def _wait_for_peers(allocation: Allocation) -> None:
     """Until the other ranks of this attempt have released their devices (bounded: a rank
     still running after that is stopped by the job's end, as after an abort)."""
-    peers = Allocation.objects.filter(job_id=allocation.job_id, attempt=allocation.attempt, released_at__isnull=True)
+    peers = Allocation.objects.filter(job=allocation.job, attempt=allocation.attempt, released_at__isnull=True)
     peers = peers.exclude(pk=allocation.pk)
     deadline = time.monotonic() + settings.RENDEZVOUS_SECONDS
     while peers.exists() and time.monotonic() < deadline:
@@ -168,11 +169,12 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),
         # it was aborted or deleted, requeued, or failed on another rank.
         status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
-        return {
+        outcomes: dict[str | None, AllocationOutcome] = {
             JobStatus.DONE: AllocationOutcome.DONE,
             JobStatus.QUEUED: AllocationOutcome.INTERRUPTED,
             JobStatus.ERROR: AllocationOutcome.ERROR,
-        }.get(status, AllocationOutcome.ABORTED)
+        }
+        return outcomes.get(status, AllocationOutcome.ABORTED)
     if result.returncode == 0:
         if reporter:
             try:

@@ -24,12 +24,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from . import kinds
+from . import kinds, protocol
 from .models import Job, JobStatus
 from .procs import die_with_parent, process_gone
 from .services import job_interrupt
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 KILL_GRACE_SECONDS = 5.0
 
-Event = dict[str, Any]
+Event = protocol.Event
 
 
 @dataclass
@@ -49,6 +49,7 @@ class ChildResult:
     stopped: bool  # killed because the job was aborted or deleted
     error: str = ""  # the child's own error message, if it reported one
     peer_lost: bool = False  # a distributed rank lost contact with the others
+    bad_events: int = 0  # JSON lines that were not valid events (logged, then ignored)
 
 
 def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
@@ -60,15 +61,25 @@ def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
     return path
 
 
-def _reader(stream, out: queue.Queue, logfile, ended: threading.Event) -> None:  # noqa: ANN001
+def _reader(stream: IO[bytes], out: queue.Queue, logfile: IO[str], ended: threading.Event, counts: ChildResult) -> None:
+    """Events go to `out`; other output goes to the job log; a JSON line that is not a
+    valid event is logged, counted and otherwise ignored: a child's bug must not stop the
+    relay of its good events."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         if line.startswith("{"):
             try:
-                out.put(json.loads(line))
-                continue
-            except json.JSONDecodeError:
-                pass
+                event = protocol.decode(line)
+            except protocol.ProtocolError as exc:
+                counts.bad_events += 1
+                log.warning("ignored a malformed event from a job's child (%s): %.200s", exc, line)
+                line = f"[ignored a malformed event: {exc}] {line[:500]}"
+            else:
+                if isinstance(event, protocol.Log):
+                    line = event.message
+                else:
+                    out.put(event)
+                    continue
         logfile.write(line + "\n")
         logfile.flush()
     out.put(None)
@@ -131,9 +142,9 @@ def run_child(
         )
         events: queue.Queue = queue.Queue()
         ended = threading.Event()
-        thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile, ended), daemon=True)
-        thread.start()
         result = ChildResult(returncode=0, stopped=False)
+        thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile, ended, result), daemon=True)
+        thread.start()
         finished = False
         try:
             while not finished:
@@ -151,9 +162,9 @@ def run_child(
                         break
                     batch.append(item)
                 for event in batch:
-                    if event.get("event") == "error":
-                        result.error = str(event.get("message", ""))
-                        result.peer_lost = bool(event.get("peer_lost"))
+                    if isinstance(event, protocol.Error):
+                        result.error = event.message
+                        result.peer_lost = event.peer_lost
                 close_old_connections()
                 if batch:
                     # Events are stored only while this run still owns the job: after an
@@ -178,15 +189,15 @@ def run_child(
     return result
 
 
-def last_progress(batch: list[Event]) -> Event | None:
+def last_progress(batch: list[Event]) -> protocol.Progress | None:
     """Progress reports are cumulative: only the newest in a batch needs storing."""
-    return next((e for e in reversed(batch) if e.get("event") == "progress"), None)
+    return next((e for e in reversed(batch) if isinstance(e, protocol.Progress)), None)
 
 
 def relay_progress(job_id: int, batch: list[Event]) -> None:
     progress = last_progress(batch)
     if progress is not None:
-        job_set_progress(job_id, float(progress.get("progress", 0.0)), progress.get("eta"))
+        job_set_progress(job_id, float(progress.progress), progress.eta)
 
 
 def _take_over(job_id: int) -> bool:

@@ -24,6 +24,8 @@ placed, and what they wait for besides devices, is their kind's business (worker
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -95,7 +97,7 @@ def blocked_jobs(jobs: list[tuple[int, str]]) -> dict[int, kinds.Blocked]:
 
 
 def live_devices() -> QuerySet[Device]:
-    cutoff = timezone.now() - timezone.timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
+    cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_DEAD_SECONDS)
     return Device.objects.filter(last_seen__gte=cutoff)
 
 

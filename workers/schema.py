@@ -14,7 +14,7 @@ class ErrorSerializer(serializers.Serializer):
     """Every error (workers/api.py's exception handler)."""
 
     detail = serializers.CharField(help_text="What went wrong and what to do next.")
-    errors = serializers.DictField(
+    errors = serializers.DictField(  # type: ignore[assignment]  # a field named like Serializer.errors
         child=serializers.ListField(child=serializers.CharField()), required=False,
         help_text="Per field (dotted for nested ones): its messages. Present when fields are to blame.",
     )

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from celery import current_app
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -25,14 +24,12 @@ from .transitions import JobError, job_transition
 
 log = logging.getLogger(__name__)
 
-AnyUser = AbstractBaseUser | AnonymousUser
-
 # Celery task names (workers/tasks.py), sent by name so this layer needs no import of it.
 RUN_TASK = "workers.tasks.job_run_task"
 
 
 def job_create(
-    *, kind: str, name: str, owner: AbstractBaseUser, group: str = "", notes: str = "", placement: Placement | None = None
+    *, kind: str, name: str, owner: User, group: str = "", notes: str = "", placement: Placement | None = None
 ) -> Job:
     kinds.get(kind)  # an unknown kind is a programming error: fail before writing anything
     fields: dict[str, object] = {}
@@ -58,7 +55,7 @@ class Placement:
 
 
 def placement_check(
-    user: AnyUser,
+    user: User,
     *,
     devices: int | None = None,
     device_ids: Iterable[int] = (),
@@ -271,7 +268,7 @@ def device_set_enabled(device: Device, enabled: bool) -> None:
     schedule_on_commit()
 
 
-def user_limit_set(user: AbstractBaseUser, max_devices: int | None) -> None:
+def user_limit_set(user: User, max_devices: int | None) -> None:
     """Set a user's device limit (0: no limit), or None to use the default again."""
     if max_devices is None:
         DeviceLimit.objects.filter(user=user).delete()

@@ -3,8 +3,11 @@ queue with reorder, priority, hold/release and cancel, drain/enable, per-user de
 limits, and who used which device for how long. Thin views over workers.services."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -23,7 +26,7 @@ from .services import device_set_enabled, job_abort, queue_hold, queue_move, que
 
 def staff_only(view: Callable) -> Callable:
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:  # noqa: ANN002, ANN003
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         check_staff(request.user, "use the cluster console")
         return view(request, *args, **kwargs)
 
@@ -32,7 +35,7 @@ def staff_only(view: Callable) -> Callable:
 
 @staff_only
 def cluster(request: HttpRequest) -> HttpResponse:
-    week = timezone.now() - timezone.timedelta(days=7)
+    week = timezone.now() - timedelta(days=7)
     return render(
         request,
         "cluster/console.html",

@@ -21,6 +21,10 @@ import traceback
 import types
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import torch
 
 STANDARD_NETWORKS = {
     "lenet": "models_app.networks.lenet",
@@ -82,7 +86,7 @@ def network_constants(name: str) -> dict[str, object]:
 
 
 def intended_input(name: str) -> tuple[int, int]:
-    height, width = network_constants(name)["INTENDED_INPUT"]  # type: ignore[misc]
+    height, width = cast(tuple[int, int], network_constants(name)["INTENDED_INPUT"])
     return int(height), int(width)
 
 
@@ -140,7 +144,7 @@ def load_custom(code: str) -> ModuleType:
     return module
 
 
-def build_network(network: str, custom_code: str, input_shape: tuple[int, int, int], num_classes: int):  # noqa: ANN201
+def build_network(network: str, custom_code: str, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
     """Build the network (child processes only for custom code). Raises ValueError for a
     standard network that cannot take this input, NetworkCodeError for user code."""
     import torch

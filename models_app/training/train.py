@@ -38,7 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psutil
@@ -46,6 +46,8 @@ import torch
 
 import torch.distributed as dist
 from torch import nn
+
+from workers import protocol
 
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
@@ -66,8 +68,9 @@ class TrainingError(Exception):
     """A failure the user can act on; its message is shown on the job page."""
 
 
-def emit(event: str, **data: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+def emit(event: protocol.Event) -> None:
+    """One event for the worker (workers/protocol.py), flushed at once."""
+    protocol.emit(event)
     sys.stdout.flush()
 
 
@@ -193,6 +196,7 @@ class Trainer:
             budget = torch.cuda.get_device_properties(self.device).total_memory // 4
             for split in (self.train_set, self.val_set):
                 if split is not None and split.move_to(self.device, budget):
+                    assert split.images is not None  # moved: it is in memory
                     budget -= split.images.numel()
                     log.info("%s is held in GPU memory", split.path.name)
         mean = np.load(spec["mean_path"]) if spec.get("mean_path") and Path(spec["mean_path"]).exists() else None
@@ -237,7 +241,7 @@ class Trainer:
     def notice(self, message: str) -> None:
         log.info(message)
         if self.report:
-            emit("notice", message=message)
+            emit(protocol.Notice(message=message))
 
     def _build_network(self) -> nn.Module:
         spec = self.spec
@@ -327,7 +331,7 @@ class Trainer:
                     x = self.transform.train(images)
                     # DDP: only the last batch of an accumulation group all-reduces gradients.
                     sync = j == len(group) - 1 or self.world_size == 1
-                    ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
+                    ctx = cast(nn.parallel.DistributedDataParallel, self.net).no_sync() if not sync else contextlib.nullcontext()
                     with ctx, self._autocast():
                         # Weighted so k accumulated batches give the gradient of one k-times batch.
                         loss = self.criterion(self.net(x), targets) * (len(targets) / group_size)
@@ -359,16 +363,15 @@ class Trainer:
         if self.report:
             loop = time.monotonic() - started
             train_seconds = loop - self.validation_seconds
-            images = images_total * self.world_size
-            emit(
-                "summary",
+            seen = images_total * self.world_size
+            emit(protocol.Summary(
                 startup_seconds=round(startup_seconds, 3),
                 train_seconds=round(train_seconds, 3),
                 validation_seconds=round(self.validation_seconds, 3),
                 snapshot_seconds=round(self.snapshot_seconds, 3),
-                images=images,
-                images_per_second=round(images / train_seconds, 1) if train_seconds > 0 else None,
-            )
+                images=seen,
+                images_per_second=round(seen / train_seconds, 1) if train_seconds > 0 else None,
+            ))
         if self.world_size > 1:
             dist.destroy_process_group()
 
@@ -395,9 +398,9 @@ class Trainer:
             [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
             for (iteration, _, lr, _), loss in zip(pending, losses)
         ]
-        emit("train", rows=rows)
+        emit(protocol.TrainRows(rows=rows))
         last = pending[-1][0]
-        emit("metrics", iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput})
+        emit(protocol.Metrics(iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput}))
 
     def _progress(self, start_iteration: int, started: float, now: float) -> None:
         if not self.report:
@@ -407,12 +410,11 @@ class Trainer:
         per_iteration = (now - started) / done if done else None
         next_snapshot = (self.iteration // plan.snapshot_every + 1) * plan.snapshot_every
         next_snapshot = min(next_snapshot, plan.total_iterations)
-        emit(
-            "progress",
+        emit(protocol.Progress(
             progress=self.iteration / plan.total_iterations,
             eta=per_iteration * (plan.total_iterations - self.iteration) if per_iteration else None,
             next_snapshot_eta=per_iteration * (next_snapshot - self.iteration) if per_iteration else None,
-        )
+        ))
 
     def _maybe_validate_and_snapshot(self) -> bool:
         """Validate and snapshot at their intervals (and at the end). True: stop early."""
@@ -425,7 +427,7 @@ class Trainer:
             metrics = self.evaluate()
             self.validation_seconds += time.monotonic() - began
             if self.report:
-                emit("metrics", iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics)
+                emit(protocol.Metrics(iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics))
             patience = self.spec.get("early_stopping_patience")
             if metrics["val_loss"] < self.best_val_loss:
                 self.best_val_loss, self.bad_validations = metrics["val_loss"], 0
@@ -492,7 +494,10 @@ class Trainer:
                 "mean_subtraction": self.transform_spec.mean_subtraction,
             }
         )
-        event = {"epoch": epoch, "iteration": it, "filename": filename, **{k: metrics.get(k) for k in ("val_loss", "val_accuracy", "val_top5")}}
+        event = protocol.Snapshot(
+            epoch=epoch, iteration=it, filename=filename,
+            val_loss=metrics.get("val_loss"), val_accuracy=metrics.get("val_accuracy"), val_top5=metrics.get("val_top5"),
+        )
 
         def write() -> None:
             try:
@@ -502,7 +507,7 @@ class Trainer:
                     f"Could not write the snapshot at epoch {epoch:g} ({exc.strerror or exc}). The disk may be full: "
                     "free some space, then resume the model from its last snapshot."
                 ) from exc
-            emit("snapshot", **event)
+            emit(event)
 
         self.wait_for_snapshots()  # one at a time: memory stays bounded, files stay in order
         self._writing = self._writer.submit(write)
@@ -553,16 +558,16 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(spec)
     except TrainingError as exc:
-        emit("error", message=str(exc))
+        emit(protocol.Error(message=str(exc)))
         return 1
     except (torch.OutOfMemoryError, MemoryError):
-        emit("error", message=out_of_memory_message(spec))
+        emit(protocol.Error(message=out_of_memory_message(spec)))
         return 1
     except (RuntimeError, dist.DistError) as exc:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _is_peer_failure(exc):
             # Not this rank's fault: another rank died or hung. The worker requeues the job.
             log.error("lost contact with the other ranks: %s", exc)
-            emit("error", message=f"Lost contact with the other ranks: {str(exc)[:300]}", peer_lost=True)
+            emit(protocol.Error(message=f"Lost contact with the other ranks: {str(exc)[:300]}", peer_lost=True))
             return 1
         raise
     return 0

@@ -9,13 +9,14 @@ import shutil
 import signal
 import sys
 import time
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workers.hardware import DEVICE_ENV, gpu_count
 from workers.setup import prepare_data_dir
@@ -36,7 +37,7 @@ def _stop_signal(signum: int, frame: object) -> None:
 class Command(BaseCommand):
     help = "Run the whole system: web server (ASGI, websockets) and Celery workers."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("DIGITS_HOST", "0.0.0.0"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("DIGITS_PORT", "8000")))
         parser.add_argument(
@@ -44,7 +45,7 @@ class Command(BaseCommand):
             help="CPU 'devices' (training workers) when there is no GPU; default DIGITS_CPU_DEVICES",
         )
 
-    def handle(self, *args, **opts) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args: Any, **opts: Any) -> None:
         self.supervisor = Supervisor(settings.BASE_DIR, say=self.stdout.write)
         signal.signal(signal.SIGTERM, _stop_signal)
         try:
