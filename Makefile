@@ -36,6 +36,7 @@ bench: install
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.startup
 	$(PY) -m bench.memory
 
 clean:

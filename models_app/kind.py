@@ -32,6 +32,9 @@ class ModelTraining(Kind):
     def env(self, job: Job) -> dict[str, str]:
         return dict(CHILD_ENV)
 
+    def preload_env(self) -> dict[str, str]:
+        return dict(CHILD_ENV)
+
     def apply(self, job_id: int, events: list[Event]) -> None:
         model_record_events(job_id, events)
 

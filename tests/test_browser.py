@@ -14,6 +14,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import ROOT, subprocess_env
+from models_app.models import Metric
 from tests.factories import make_dataset, make_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -221,6 +222,58 @@ def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):
     assert not errors, errors
 
 
+# Holds back each websocket's "open" handler until the test calls __release(): the page
+# behaves as if its subscription were slow, so the test decides what happens before it.
+HOLD_OPEN = """
+(() => {
+  const Native = window.WebSocket;
+  const held = [];
+  window.WebSocket = function (url, protocols) {
+    const ws = new Native(url, protocols);
+    let onopen = null;
+    Object.defineProperty(ws, "onopen", { set(fn) { onopen = fn; }, get() { return onopen; } });
+    ws.addEventListener("open", (event) => held.push(() => onopen && onopen(event)));
+    return ws;
+  };
+  window.__heldOpens = () => held.length;
+  window.__release = () => held.splice(0).forEach((run) => run());
+})();
+"""
+
+
+def test_the_live_page_catches_up_with_points_stored_before_it_subscribed(live_url, page, owner):
+    """A fast job can store points between the page's render and its websocket
+    subscription, when nothing is pushed to this page yet: once subscribed, the page
+    fetches what it missed, each point once and in order."""
+    model = make_model(owner, make_dataset(owner, name="gap-data"), name="gap", status="running")
+    _login(page, live_url)
+    page.add_init_script(HOLD_OPEN)
+    page.goto(f"{live_url}/models/{model.pk}/")
+    page.wait_for_function("window.__heldOpens() === 1")
+    assert page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length") == 10
+    for i in range(11, 16):  # stored meanwhile, and never published
+        Metric.objects.create(model=model, name="train_loss", iteration=i, epoch=i / 5, value=1.0 / i)
+    page.evaluate("window.__release()")  # subscribed now
+    page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length === 15")
+    epochs = page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.map(p => p.x)")
+    assert epochs == sorted(epochs) and len(set(epochs)) == 15
+
+
+def test_a_status_change_before_the_subscription_reloads_the_page(live_url, page, owner):
+    from workers.models import Job
+
+    model = make_model(owner, make_dataset(owner, name="gap-data2"), name="gap2", status="running")
+    _login(page, live_url)
+    page.add_init_script(HOLD_OPEN)
+    page.goto(f"{live_url}/models/{model.pk}/")
+    page.wait_for_function("window.__heldOpens() === 1")
+    assert page.locator("#job-status").inner_text().strip() == "Running"
+    Job.objects.filter(pk=model.pk).update(status="done")  # finished, and nothing was pushed
+    with page.expect_navigation():
+        page.evaluate("window.__release()")
+    page.wait_for_function("document.getElementById('job-status').textContent.trim() === 'Done'")
+
+
 def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, page, owner, shapes_folder):
     from tests.conftest import token_client, wait_for_status
 
@@ -240,7 +293,12 @@ def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, 
     # Points arrive over the websocket while it trains: no reload.
     page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length > 20", timeout=60_000)
     page.wait_for_function("document.getElementById('next-snapshot').textContent.includes('Next snapshot')", timeout=30_000)
-    page.wait_for_function("document.getElementById('job-status').textContent.trim() === 'Done'", timeout=120_000)
+    page.wait_for_function(
+        "['Done', 'Error', 'Aborted'].includes(document.getElementById('job-status').textContent.trim())", timeout=120_000
+    )
+    model_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    job = token_client(owner).get(f"/api/models/{model_id}/").json()["job"]
+    assert job["status"] == "done", job
     page.reload()
     assert page.locator("#snapshots tbody tr").count() == 3
     assert "images/s" in page.locator("#timings").inner_text()

@@ -71,6 +71,11 @@ class Kind:
     def env(self, job: Job) -> dict[str, str]:
         return {}
 
+    def preload_env(self) -> dict[str, str]:
+        """Environment the child needs from its very start (read by the C library when the
+        process starts), so also given to the zygote that pre-imports `child_module()`."""
+        return {}
+
     def apply(self, job_id: int, events: list[Event]) -> None:
         """Store a batch of the child's events; publish them after commit."""
 

@@ -18,7 +18,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 
-from . import kinds
+from . import kinds, zygote
 from .models import Allocation, AllocationOutcome, Job, JobStatus
 from .procs import process_gone
 from .runner import Event, failure_message, relay_progress, run_child
@@ -164,6 +164,7 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
     result = run_child(
         job, kind.child_module(), spec, relay,
         env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
+        zygote_socket=zygote.socket_path(allocation.device.uuid),
     )
     if result.stopped:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),

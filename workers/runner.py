@@ -29,7 +29,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from . import kinds, protocol
+from . import kinds, protocol, zygote
 from .models import Job, JobStatus
 from .procs import die_with_parent, process_gone
 from .services import job_interrupt
@@ -97,7 +97,7 @@ def _still_wanted(job: Job, *, lock: bool = False) -> bool:
     return rows.exists()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes] | zygote.ZygoteChild) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -120,26 +120,18 @@ def run_child(
     *,
     env: dict[str, str] | None = None,
     name: str = "",
+    zygote_socket: Path | None = None,
 ) -> ChildResult:
     """Run `module` on `spec`; `name` tells ranks apart ("rank1": spec-rank1.json and
-    job-rank1.log; rank 0 and single-process jobs use spec.json and job.log)."""
+    job-rank1.log; rank 0 and single-process jobs use spec.json and job.log). With a
+    `zygote_socket` the child is forked from that pre-imported zygote (workers/zygote.py)
+    when it answers, and started directly otherwise."""
     spec_path = write_spec(job, spec, f"spec-{name}.json" if name else "spec.json")
     log_path = job.directory / f"job-{name}.log" if name else job.log_path
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("a", buffering=1) as logfile:
         logfile.write(f"$ {sys.executable} -m {module} --spec {spec_path}\n")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--spec", str(spec_path)],
-            cwd=settings.BASE_DIR,
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=logfile,
-            stdin=subprocess.DEVNULL,
-            # Its own process group, so an abort ends its DataLoader workers too; and it
-            # dies with this process, so a killed worker leaves no orphan on its device.
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        proc = _start(module, ["--spec", str(spec_path)], child_env, logfile, zygote_socket)
         events: queue.Queue = queue.Queue()
         ended = threading.Event()
         result = ChildResult(returncode=0, stopped=False)
@@ -187,6 +179,29 @@ def run_child(
         result.returncode = proc.wait()
         thread.join(timeout=5)
     return result
+
+
+def _start(
+    module: str, args: list[str], env: dict[str, str], logfile: IO[str], zygote_socket: Path | None
+) -> subprocess.Popen[bytes] | zygote.ZygoteChild:
+    """The child process: forked from the zygote when one answers, else a fresh Python.
+    Either way it runs in its own process group (an abort ends its DataLoader workers
+    too) and dies with this process (a killed worker leaves no orphan on its device)."""
+    if zygote_socket is not None and settings.ZYGOTE:
+        try:
+            return zygote.start(zygote_socket, module, args, env, str(settings.BASE_DIR), logfile.fileno())
+        except zygote.ZygoteUnavailable as exc:
+            log.info("no zygote at %s (%s): starting the child directly", zygote_socket, exc)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=logfile,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
 
 
 def last_progress(batch: list[Event]) -> protocol.Progress | None:

@@ -1,7 +1,8 @@
 """Celery worker signals (imported by digits_site/celery.py, so every worker has them).
 
 - A device worker (DIGITS_DEVICE set) adds its device's own queue, registers the device
-  when ready and heartbeats until it stops.
+  when ready and heartbeats until it stops, and starts the zygote its jobs' children
+  are forked from (workers/zygote.py).
 - Every pool process, and every job child (workers/runner.py), dies with its parent, so a
   `kill -9` of a worker leaves no orphan holding a device.
 
@@ -10,6 +11,9 @@ Imported before Django's apps are ready: what touches models is imported in the 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _device: DeviceInfo | None = None
 _heartbeat: Any = None  # a devices.Heartbeat
+_zygote: subprocess.Popen[bytes] | None = None
 
 
 @celeryd_after_setup.connect
@@ -44,11 +49,39 @@ def _register_device(sender: Any, **kwargs: Any) -> None:
     device = register(_device, sender.hostname)
     _heartbeat = Heartbeat(device.pk, _device, sender.hostname)
     _heartbeat.start()
+    _start_zygote(_device)
     schedule()  # a new (or returning) device may let a queued job start now
+
+
+def _start_zygote(device: DeviceInfo) -> None:
+    """Pre-import the device kinds' child modules in a zygote (with the environment their
+    process needs from its start: malloc settings, the CPU device's thread count)."""
+    global _zygote
+    from django.conf import settings
+
+    from . import kinds
+    from .zygote import socket_path
+
+    if not settings.ZYGOTE:
+        return
+    device_kinds = [k for k in kinds.all_kinds() if k.uses_devices]
+    env = {**os.environ}
+    for kind in device_kinds:
+        env.update(kind.preload_env())
+    if device.kind == "cpu":
+        threads = str(settings.CPU_DEVICE_THREADS)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    modules = sorted({k.child_module() for k in device_kinds})
+    _zygote = subprocess.Popen(
+        [sys.executable, "-m", "workers.zygote", "--socket", str(socket_path(device.uuid)), "--preload", *modules],
+        cwd=settings.BASE_DIR, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )
 
 
 @worker_shutdown.connect
 def _stop_heartbeat(**kwargs: Any) -> None:
+    if _zygote is not None and _zygote.poll() is None:
+        _zygote.terminate()
     if _heartbeat is None or _device is None:
         return
     _heartbeat.stop()

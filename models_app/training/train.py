@@ -553,6 +553,8 @@ def cli(argv: list[str] | None = None) -> int:
     # the child's entry point (not at import: it is process-wide state), before any torch
     # operation starts the CPU thread pool: pool threads copy the flag when created.
     torch.set_flush_denormal(True)
+    if os.environ.get("OMP_NUM_THREADS"):  # a CPU device's share of the cores, also when forked from a zygote
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads(args.spec.read_text())
     try:

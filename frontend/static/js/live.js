@@ -13,7 +13,9 @@
     return s + "s";
   }
 
-  function connect(path, onMessage, onReconnect) {
+  // onReconnect: after a lost connection; onFirstOpen: once subscribed the first time
+  // (what happened between the page's render and then was not pushed: catch up).
+  function connect(path, onMessage, onReconnect, onFirstOpen) {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     let delay = 1000;
     let opened = false;
@@ -21,6 +23,7 @@
       const socket = new WebSocket(scheme + window.location.host + path);
       socket.onopen = function () {
         if (opened && onReconnect) onReconnect();
+        if (!opened && onFirstOpen) onFirstOpen();
         opened = true;
         delay = 1000;
         document.body.dataset.live = "connected";
@@ -37,8 +40,9 @@
   }
 
   // Keep a job header (partials/job_header.html) current; reload when the job finishes
-  // so the server renders its results.
-  function followJob(onMessage) {
+  // so the server renders its results. `onSubscribed` lets a page fetch what it may have
+  // missed before its websocket was subscribed (points of a fast job, say).
+  function followJob(onMessage, onSubscribed) {
     const header = document.getElementById("job");
     if (!header) return;
     const jobId = header.dataset.job;
@@ -55,7 +59,13 @@
         window.location.href = "/";
       }
       if (onMessage) onMessage(msg);
-    }, function () { window.location.reload(); });
+    }, function () { window.location.reload(); }, function () {
+      // A status change between the render and the subscription was not pushed to us.
+      fetch(header.dataset.api, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) { if (data && data.job.status !== header.dataset.status) window.location.reload(); });
+      if (onSubscribed) onSubscribed();
+    });
   }
 
   // While a training job waits, refresh its place in the queue and the reason.

@@ -91,17 +91,51 @@
     });
   }
 
-  DigitsLive.followJob(function (msg) {
-    if (msg.type !== "metrics") return;
+  // The newest iteration drawn; points arrive in order, from the page and the websocket.
+  let lastIteration = 0;
+  Object.keys(series).forEach(function (name) {
+    series[name].forEach(function (p) { lastIteration = Math.max(lastIteration, p.iteration); });
+  });
+
+  function addPoints(list) {
     const touched = new Set();
-    msg.points.forEach(function (p) {
+    list.forEach(function (p) {
       const target = where[p.name];
       if (!target) return;
-      target[0].data.datasets[target[1]].data.push({ x: p.epoch, y: p.value * target[2] });
+      const data = target[0].data.datasets[target[1]].data;
+      const point = { x: p.epoch, y: p.value * target[2] };
+      // In order and once: a point fetched after subscribing may also come by websocket.
+      if (data.length && data[data.length - 1].x >= point.x) {
+        if (data.some(function (q) { return q.x === point.x; })) return;
+        data.push(point);
+        data.sort(function (a, b) { return a.x - b.x; });
+      } else {
+        data.push(point);
+      }
       touched.add(target[0]);
     });
     if (touched.has(charts.loss)) resmooth();
     touched.forEach(function (chart) { chart.update("none"); });
+  }
+
+  // Once subscribed: the points stored between this page's render and the subscription.
+  function catchUp() {
+    fetch("/api/models/" + jobId + "/metrics/?after=" + lastIteration, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (missed) {
+        if (!missed) return;
+        const list = [];
+        Object.keys(missed).forEach(function (name) {
+          missed[name].forEach(function (p) { list.push({ name: name, iteration: p.iteration, epoch: p.epoch, value: p.value }); });
+        });
+        list.sort(function (a, b) { return a.iteration - b.iteration; });
+        addPoints(list);
+      });
+  }
+
+  DigitsLive.followJob(function (msg) {
+    if (msg.type !== "metrics") return;
+    addPoints(msg.points);
     (msg.notices || []).forEach(function (text) {
       const div = document.createElement("div");
       div.className = "notice";
@@ -116,5 +150,5 @@
         .then(function (r) { return r.json(); })
         .then(function (data) { renderSnapshots(data.snapshots); });
     }
-  });
+  }, catchUp);
 })();
