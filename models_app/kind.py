@@ -27,7 +27,7 @@ class ModelTraining(Kind):
         return settings.TRAINING_MODULE
 
     def spec(self, job: Job) -> dict[str, Any]:
-        return model_train_spec(TrainedModel.objects.select_related("dataset").get(pk=job.pk))
+        return model_train_spec(TrainedModel.objects.select_related("dataset").get(pk=job.pk)).to_dict()
 
     def env(self, job: Job) -> dict[str, str]:
         return dict(CHILD_ENV)

@@ -9,6 +9,8 @@ from django.db import models
 from datasets.models import Dataset
 from workers.models import Job
 
+from .training.spec import DEFAULTS
+
 
 class Network(models.TextChoices):
     LENET = "lenet", "LeNet"
@@ -81,7 +83,7 @@ class TrainedModel(models.Model):
 
     # The network: a standard one, custom code, or (with base_model) a previous model's
     # network fine-tuned from one of its snapshots.
-    network = models.CharField(max_length=32, choices=Network.choices, default=Network.LENET)
+    network = models.CharField(max_length=32, choices=Network.choices, default=DEFAULTS.network)
     custom_code = models.TextField(blank=True, default="")
     base_model = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fine_tuned",
@@ -93,31 +95,31 @@ class TrainedModel(models.Model):
     pretrained_file = models.CharField(max_length=200, blank=True, default="")
 
     # Solver.
-    solver = models.CharField(max_length=16, choices=Solver.choices, default=Solver.SGD)
-    epochs = models.FloatField(default=10, validators=_range(0.01, 10_000), help_text="Fractions allowed.")
-    batch_size = models.PositiveIntegerField(default=64, validators=_range(1, 65_536))
+    solver = models.CharField(max_length=16, choices=Solver.choices, default=DEFAULTS.solver)
+    epochs = models.FloatField(default=DEFAULTS.epochs, validators=_range(0.01, 10_000), help_text="Fractions allowed.")
+    batch_size = models.PositiveIntegerField(default=DEFAULTS.batch_size, validators=_range(1, 65_536))
     batch_accumulation = models.PositiveIntegerField(
-        default=1, validators=_range(1, 1024), help_text="Sum the gradients of this many batches before each step."
+        default=DEFAULTS.batch_accumulation, validators=_range(1, 1024), help_text="Sum the gradients of this many batches before each step."
     )
-    learning_rate = models.FloatField(default=0.01, validators=_range(1e-12, 10))
-    momentum = models.FloatField(default=0.9, validators=_range(0, 0.9999), help_text="SGD, Nesterov and RMSprop.")
-    weight_decay = models.FloatField(default=0.0, validators=_range(0, 0.9999))
+    learning_rate = models.FloatField(default=DEFAULTS.learning_rate, validators=_range(1e-12, 10))
+    momentum = models.FloatField(default=DEFAULTS.momentum, validators=_range(0, 0.9999), help_text="SGD, Nesterov and RMSprop.")
+    weight_decay = models.FloatField(default=DEFAULTS.weight_decay, validators=_range(0, 0.9999))
     # Any 64-bit seed a database column holds (DIGITS' own tests use 0xCAFEBABE).
-    seed = models.BigIntegerField(default=0, validators=_range(0, 2**63 - 1), help_text="Same seed and data on CPU: the same curves.")
+    seed = models.BigIntegerField(default=DEFAULTS.seed, validators=_range(0, 2**63 - 1), help_text="Same seed and data on CPU: the same curves.")
 
     # Learning-rate policy, over training progress (DIGITS' percent-of-training units).
-    lr_policy = models.CharField(max_length=16, choices=LrPolicy.choices, default=LrPolicy.FIXED)
-    lr_step_size = models.FloatField(default=33.0, validators=_range(0.01, 100), help_text="Step / sigmoid: % of training.")
+    lr_policy = models.CharField(max_length=16, choices=LrPolicy.choices, default=DEFAULTS.lr_policy)
+    lr_step_size = models.FloatField(default=DEFAULTS.lr_step_size, validators=_range(0.01, 100), help_text="Step / sigmoid: % of training.")
     lr_steps = models.CharField(
-        max_length=200, blank=True, default="50,85", help_text="Multistep: comma-separated % of training."
+        max_length=200, blank=True, default=DEFAULTS.lr_steps, help_text="Multistep: comma-separated % of training."
     )
-    lr_gamma = models.FloatField(default=0.1, validators=_range(1e-9, 100), help_text="Step, multistep, exp, inv, sigmoid.")
-    lr_power = models.FloatField(default=1.0, validators=_range(1e-6, 100), help_text="Inv and poly.")
-    lr_warmup_epochs = models.FloatField(default=0.0, validators=_range(0, 1000), help_text="Linear warm-up from 0.")
+    lr_gamma = models.FloatField(default=DEFAULTS.lr_gamma, validators=_range(1e-9, 100), help_text="Step, multistep, exp, inv, sigmoid.")
+    lr_power = models.FloatField(default=DEFAULTS.lr_power, validators=_range(1e-6, 100), help_text="Inv and poly.")
+    lr_warmup_epochs = models.FloatField(default=DEFAULTS.lr_warmup_epochs, validators=_range(0, 1000), help_text="Linear warm-up from 0.")
 
     # Validation, snapshots and stopping.
-    val_interval = models.FloatField(default=1.0, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
-    snapshot_interval = models.FloatField(default=1.0, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
+    val_interval = models.FloatField(default=DEFAULTS.val_interval, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
+    snapshot_interval = models.FloatField(default=DEFAULTS.snapshot_interval, validators=_range(0.01, 1000), help_text="In epochs; fractions allowed.")
     early_stopping_patience = models.PositiveIntegerField(
         null=True, blank=True, validators=_range(1, 1000),
         help_text="Stop after this many validations without a lower validation loss (empty: never).",
@@ -127,15 +129,15 @@ class TrainedModel(models.Model):
     crop_size = models.PositiveIntegerField(
         null=True, blank=True, validators=_range(1, 4096), help_text="Random crop in training, centre crop in validation."
     )
-    mean_subtraction = models.CharField(max_length=8, choices=MeanSubtraction.choices, default=MeanSubtraction.IMAGE)
-    flip = models.CharField(max_length=4, choices=Flip.choices, default=Flip.NONE)
-    rotate90 = models.BooleanField(default=False, help_text="Random quarter turns (square inputs).")
-    rotation = models.FloatField(default=0.0, validators=_range(0, 45), help_text="Random rotation up to ± this many degrees.")
-    scale_jitter = models.FloatField(default=0.0, validators=_range(0, 0.5), help_text="Random zoom by up to ± this fraction.")
+    mean_subtraction = models.CharField(max_length=8, choices=MeanSubtraction.choices, default=DEFAULTS.mean_subtraction)
+    flip = models.CharField(max_length=4, choices=Flip.choices, default=DEFAULTS.flip)
+    rotate90 = models.BooleanField(default=DEFAULTS.rotate90, help_text="Random quarter turns (square inputs).")
+    rotation = models.FloatField(default=DEFAULTS.rotation, validators=_range(0, 45), help_text="Random rotation up to ± this many degrees.")
+    scale_jitter = models.FloatField(default=DEFAULTS.scale_jitter, validators=_range(0, 0.5), help_text="Random zoom by up to ± this fraction.")
     hsv_jitter = models.FloatField(
-        default=0.0, validators=_range(0, 0.5), help_text="Random hue, saturation and value shifts up to ± this fraction."
+        default=DEFAULTS.hsv_jitter, validators=_range(0, 0.5), help_text="Random hue, saturation and value shifts up to ± this fraction."
     )
-    precision = models.CharField(max_length=8, choices=Precision.choices, default=Precision.FP32)
+    precision = models.CharField(max_length=8, choices=Precision.choices, default=DEFAULTS.precision)
 
     # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
     notices = models.JSONField(default=list, blank=True)

@@ -22,6 +22,7 @@ from workers.services import Placement, job_create, job_delete, job_enqueue, job
 from .models import MODEL_KIND, LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import check_input
 from .training.lr_policy import parse_steps
+from .training.spec import TrainSpec
 
 # The parameters a user sets (on the form, in the API, copied by clone). Validators on
 # the model fields check each alone; `validate_params` checks them together.
@@ -165,26 +166,26 @@ def model_rewind(model_id: int) -> Snapshot | None:
     return snapshot
 
 
-def model_train_spec(model: TrainedModel) -> dict[str, Any]:
+def model_train_spec(model: TrainedModel) -> TrainSpec:
+    """What the training child is asked to do: every parameter of the model, its data,
+    and where to resume or fine-tune from."""
     dataset = model.dataset
-    spec: dict[str, Any] = {f: getattr(model, f) for f in PARAM_FIELDS if f not in ("base_model", "base_epoch")}
-    spec.update(
+    params = {f: getattr(model, f) for f in PARAM_FIELDS if f not in ("base_model", "base_epoch")}
+    latest = latest_snapshot(model)
+    return TrainSpec(
+        **params,
         num_classes=dataset.num_classes,
-        input_shape=[dataset.channels, dataset.image_height, dataset.image_width],
+        input_shape=(dataset.channels, dataset.image_height, dataset.image_width),
         train_db=str(dataset.split_path("train")),
         val_db=str(dataset.split_path("val")),
         mean_path=str(dataset.mean_path),
         output_dir=str(model.directory),
         num_workers=settings.TRAIN_LOADER_WORKERS,
         cache_bytes=settings.TRAIN_CACHE_BYTES,
+        pretrained=str(model.directory / model.pretrained_file) if model.pretrained_file else "",
+        pretrained_label=f"model {model.base_model_id}, epoch {model.base_epoch:g}" if model.base_epoch else "the base model",
+        resume_from=str(latest.path) if latest is not None else "",  # a resumed run
     )
-    if model.pretrained_file:
-        spec["pretrained"] = str(model.directory / model.pretrained_file)
-        spec["pretrained_label"] = f"model {model.base_model_id}, epoch {model.base_epoch:g}" if model.base_epoch else "the base model"
-    latest = latest_snapshot(model)
-    if latest is not None:  # a resumed run
-        spec["resume_from"] = str(latest.path)
-    return spec
 
 
 def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:

@@ -21,6 +21,7 @@ import torch
 from datasets.build import build
 from models_app.training.augment import BatchTransform, TransformSpec, centre_crop
 from models_app.training.lr_policy import LrSchedule, parse_steps
+from models_app.training.spec import TrainSpec
 from models_app.training.train import TrainingError, cli, main
 from tests.imagegen import make_shapes_folder
 
@@ -127,7 +128,7 @@ def test_training_uses_the_policy_for_every_iteration(shapes3, tmp_path):
     events = run_training(spec)
     lrs = series(events, "lr")
     total = 4 * 5  # 45 images / batch 9 = 5 iterations per epoch
-    schedule = LrSchedule.from_spec(spec)
+    schedule = LrSchedule.from_spec(TrainSpec.from_dict(spec))
     assert [it for it, _ in lrs] == list(range(1, total + 1))
     # The rate used for step i (reported at iteration i + 1) is the schedule's value for i.
     assert [lr for _, lr in lrs] == pytest.approx([schedule.learning_rate(i, total, 5) for i in range(total)])
@@ -423,3 +424,24 @@ def test_a_snapshot_without_optimizer_state_cannot_be_resumed(shapes3, tmp_path)
     torch.save({k: state[k] for k in ("model", "epoch", "network", "num_classes", "input_shape")}, old)
     with pytest.raises(TrainingError, match="cannot be resumed; clone the model"):
         run_training(make_spec(shapes3, tmp_path / "again", epochs=2, resume_from=str(old)))
+
+
+def test_the_spec_is_typed_and_refuses_unknown_fields(tmp_path):
+    """One typed spec on both sides: the model's defaults are the spec's, a spec round-trips
+    through its JSON, and a misspelt field is refused by the child, not silently defaulted."""
+    from models_app.models import TrainedModel
+    from models_app.training.spec import DEFAULTS
+
+    for name in ("epochs", "batch_size", "learning_rate", "lr_steps", "val_interval", "network", "precision"):
+        assert TrainedModel._meta.get_field(name).default == getattr(DEFAULTS, name), name
+    spec = TrainSpec(num_classes=3, input_shape=(1, 28, 28), train_db="/x", output_dir="/y", epochs=2.5, crop_size=24)
+    assert TrainSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="unknown spec field"):
+        TrainSpec.from_dict({"learnig_rate": 0.1})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**spec.to_dict(), "learnig_rate": 0.1}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["--spec", str(path)]) == 1
+    error = json.loads(out.getvalue().splitlines()[-1])
+    assert error["event"] == "error" and "unknown spec field(s): learnig_rate" in error["message"]

@@ -12,6 +12,11 @@ own position, as Caffe did.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import TrainSpec
+
 import math
 from dataclasses import dataclass
 
@@ -37,15 +42,15 @@ class TransformSpec:
     hsv_jitter: float = 0.0  # max hue (fraction of a turn), saturation and value change
 
     @classmethod
-    def from_spec(cls, spec: dict) -> TransformSpec:
+    def from_spec(cls, spec: TrainSpec) -> TransformSpec:
         return cls(
-            crop_size=int(spec["crop_size"]) if spec.get("crop_size") else None,
-            mean_subtraction=spec.get("mean_subtraction", "image"),
-            flip=spec.get("flip", "none"),
-            rotate90=bool(spec.get("rotate90", False)),
-            rotation=float(spec.get("rotation", 0.0)),
-            scale_jitter=float(spec.get("scale_jitter", 0.0)),
-            hsv_jitter=float(spec.get("hsv_jitter", 0.0)),
+            crop_size=spec.crop_size or None,
+            mean_subtraction=spec.mean_subtraction,
+            flip=spec.flip,
+            rotate90=spec.rotate90,
+            rotation=spec.rotation,
+            scale_jitter=spec.scale_jitter,
+            hsv_jitter=spec.hsv_jitter,
         )
 
     def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:

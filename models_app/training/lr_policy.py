@@ -18,6 +18,11 @@ iterations until warm-up ends. The training loop and the form's preview chart bo
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import TrainSpec
+
 import math
 from dataclasses import dataclass, field
 
@@ -51,15 +56,15 @@ class LrSchedule:
     warmup_epochs: float = 0.0
 
     @classmethod
-    def from_spec(cls, spec: dict) -> LrSchedule:
+    def from_spec(cls, spec: TrainSpec) -> LrSchedule:
         return cls(
-            base_lr=float(spec["learning_rate"]),
-            policy=spec.get("lr_policy", "fixed"),
-            step_size=float(spec.get("lr_step_size", 33.0)),
-            steps=tuple(parse_steps(spec.get("lr_steps", "") or "")),
-            gamma=float(spec.get("lr_gamma", 0.1)),
-            power=float(spec.get("lr_power", 1.0)),
-            warmup_epochs=float(spec.get("lr_warmup_epochs", 0.0)),
+            base_lr=spec.learning_rate,
+            policy=spec.lr_policy,
+            step_size=spec.lr_step_size,
+            steps=tuple(parse_steps(spec.lr_steps or "")),
+            gamma=spec.lr_gamma,
+            power=spec.lr_power,
+            warmup_epochs=spec.lr_warmup_epochs,
         )
 
     def factor(self, x: float) -> float:

@@ -1,17 +1,18 @@
 """The solvers a model can train with, as torch.optim optimizers."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import TrainSpec
+
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 
 
-def make_optimizer(spec: dict[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    solver = spec.get("solver", "sgd")
-    lr = float(spec["learning_rate"])
-    momentum = float(spec.get("momentum", 0.9))
-    decay = float(spec.get("weight_decay", 0.0))
+def make_optimizer(spec: TrainSpec, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    solver, lr, momentum, decay = spec.solver, spec.learning_rate, spec.momentum, spec.weight_decay
     if solver == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
     if solver == "nesterov":

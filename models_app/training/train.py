@@ -44,6 +44,7 @@ import numpy as np
 import psutil
 import torch
 
+import torch._dynamo  # noqa: F401 - every optimizer imports it lazily (about 1 s): here, so a zygote pre-imports it
 import torch.distributed as dist
 from torch import nn
 
@@ -55,6 +56,7 @@ from .augment import BatchTransform, TransformSpec
 from .data import Split, chunk, epoch_order, per_rank_count, shard
 from .lr_policy import LrSchedule
 from .solvers import make_optimizer
+from .spec import TrainSpec
 
 log = logging.getLogger("models_app.training")
 
@@ -93,10 +95,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
-def rank_batch_size(spec: dict[str, Any], world_size: int) -> int:
+def rank_batch_size(spec: TrainSpec, world_size: int) -> int:
     """`batch_size` is the global batch: each of N ranks takes 1/N of it, so the same
     settings give the same curves on 1 or N devices."""
-    batch = int(spec["batch_size"])
+    batch = spec.batch_size
     if batch % world_size:
         raise TrainingError(
             f"The batch size {batch} cannot be split evenly over {world_size} devices; "
@@ -158,21 +160,21 @@ class Plan:
         return iteration / self.iterations_per_epoch
 
     @classmethod
-    def make(cls, spec: dict[str, Any], train_count: int, world_size: int) -> Plan:
+    def make(cls, spec: TrainSpec, train_count: int, world_size: int) -> Plan:
         batches = math.ceil(per_rank_count(train_count, world_size) / rank_batch_size(spec, world_size))
-        accumulation = max(1, int(spec.get("batch_accumulation", 1)))
+        accumulation = max(1, spec.batch_accumulation)
         per_epoch = math.ceil(batches / accumulation)
         return cls(
             batches_per_epoch=batches,
             accumulation=accumulation,
-            total_iterations=max(1, math.ceil(float(spec["epochs"]) * per_epoch)),
-            val_every=max(1, round(float(spec.get("val_interval", 1.0)) * per_epoch)),
-            snapshot_every=max(1, round(float(spec.get("snapshot_interval", 1.0)) * per_epoch)),
+            total_iterations=max(1, math.ceil(spec.epochs * per_epoch)),
+            val_every=max(1, round(spec.val_interval * per_epoch)),
+            snapshot_every=max(1, round(spec.snapshot_interval * per_epoch)),
         )
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
         self.rank, self.world_size, self.device = init_distributed()
         self.report = self.rank == 0
@@ -181,14 +183,13 @@ class Trainer:
             self.rank, self.world_size, self.device, torch.__version__, torch.get_num_threads(),
             sorted(os.sched_getaffinity(0)),
         )
-        self.seed = int(spec.get("seed", 0))
+        self.seed = spec.seed
         torch.manual_seed(self.seed + self.rank)
         np.random.seed(self.seed % 2**32)  # numpy takes 32-bit seeds; ours are 64-bit
-        self.out_dir = Path(spec["output_dir"])
-        workers = int(spec.get("num_workers", 2))
-        cache = int(spec.get("cache_bytes", 2 << 30))
-        self.train_set = Split(spec["train_db"], cache_bytes=cache, workers=workers)
-        self.val_set = Split(spec["val_db"], cache_bytes=cache, workers=workers) if spec.get("val_db") else None
+        self.out_dir = Path(spec.output_dir)
+        workers, cache = spec.num_workers, spec.cache_bytes
+        self.train_set = Split(spec.train_db, cache_bytes=cache, workers=workers)
+        self.val_set = Split(spec.val_db, cache_bytes=cache, workers=workers) if spec.val_db else None
         if len(self.train_set) == 0:
             raise TrainingError("The dataset's training split is empty.")
         if self.device.type == "cuda":
@@ -199,9 +200,9 @@ class Trainer:
                     assert split.images is not None  # moved: it is in memory
                     budget -= split.images.numel()
                     log.info("%s is held in GPU memory", split.path.name)
-        mean = np.load(spec["mean_path"]) if spec.get("mean_path") and Path(spec["mean_path"]).exists() else None
+        mean = np.load(spec.mean_path) if spec.mean_path and Path(spec.mean_path).exists() else None
         self.transform_spec = TransformSpec.from_spec(spec)
-        channels, height, width = (int(v) for v in spec["input_shape"])
+        channels, height, width = spec.input_shape
         if self.transform_spec.crop_size and self.transform_spec.crop_size > min(height, width):
             raise TrainingError(
                 f"The crop size {self.transform_spec.crop_size} is larger than the images ({width}x{height}); "
@@ -209,7 +210,7 @@ class Trainer:
             )
         self.transform = BatchTransform(self.transform_spec, mean, self.device, seed=(self.seed * 7919 + self.rank) % 2**63)
         self.input_shape = self.transform_spec.output_shape(channels, height, width)
-        self.num_classes = int(spec["num_classes"])
+        self.num_classes = spec.num_classes
         self.batch_size = rank_batch_size(spec, self.world_size)
         self.plan = Plan.make(spec, len(self.train_set), self.world_size)
         self.net = self._build_network()
@@ -233,8 +234,8 @@ class Trainer:
         self.iteration = 0
         self.best_val_loss = math.inf
         self.bad_validations = 0
-        if spec.get("resume_from"):
-            self._resume(spec["resume_from"])
+        if spec.resume_from:
+            self._resume(spec.resume_from)
 
     # -- setup -------------------------------------------------------------------------
 
@@ -246,24 +247,24 @@ class Trainer:
     def _build_network(self) -> nn.Module:
         spec = self.spec
         try:
-            net = build_network(spec["network"], spec.get("custom_code", ""), self.input_shape, self.num_classes)
+            net = build_network(spec.network, spec.custom_code, self.input_shape, self.num_classes)
         except NetworkCodeError as exc:
             raise TrainingError(str(exc)) from exc
         except ValueError as exc:
             raise TrainingError(f"{exc} Pick a network made for this image size, or set a crop size.") from exc
-        if spec.get("pretrained") and not spec.get("resume_from"):
-            fresh = load_pretrained(net, spec["pretrained"])
+        if spec.pretrained and not spec.resume_from:
+            fresh = load_pretrained(net, spec.pretrained)
             if fresh:
                 self.notice(
-                    f"Fine-tuning from {spec.get('pretrained_label', 'the base model')}: these layers did not match the "
+                    f"Fine-tuning from {spec.pretrained_label}: these layers did not match the "
                     f"new {self.num_classes}-class network and were re-initialised: {', '.join(fresh)}."
                 )
             else:
-                self.notice(f"Fine-tuning from {spec.get('pretrained_label', 'the base model')}: every layer was loaded.")
+                self.notice(f"Fine-tuning from {spec.pretrained_label}: every layer was loaded.")
         return net.to(self.device)
 
     def _precision(self) -> torch.dtype | None:
-        wanted = self.spec.get("precision", "fp32")
+        wanted = self.spec.precision
         if wanted == "fp32":
             return None
         if self.device.type != "cuda":
@@ -428,7 +429,7 @@ class Trainer:
             self.validation_seconds += time.monotonic() - began
             if self.report:
                 emit(protocol.Metrics(iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics))
-            patience = self.spec.get("early_stopping_patience")
+            patience = self.spec.early_stopping_patience
             if metrics["val_loss"] < self.best_val_loss:
                 self.best_val_loss, self.bad_validations = metrics["val_loss"], 0
             else:
@@ -487,7 +488,7 @@ class Trainer:
                 "bad_validations": self.bad_validations,
                 "torch_rng": torch.get_rng_state(),
                 "augment_rng": self.transform.generator.get_state(),
-                "network": spec["network"],
+                "network": spec.network,
                 "num_classes": self.num_classes,
                 "input_shape": list(self.input_shape),
                 "crop_size": self.transform_spec.crop_size,
@@ -519,7 +520,9 @@ class Trainer:
             self._writing = None
 
 
-def main(spec: dict[str, Any]) -> None:
+def main(spec: TrainSpec | dict[str, Any]) -> None:
+    if isinstance(spec, dict):
+        spec = TrainSpec.from_dict(spec)
     trainer = None
     try:
         trainer = Trainer(spec)
@@ -527,7 +530,7 @@ def main(spec: dict[str, Any]) -> None:
     except (TrainingError, torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:
-        if spec.get("network") == "custom" and user_line(exc):
+        if spec.network == "custom" and user_line(exc):
             raise TrainingError(str(describe_code_error(exc, "Your network failed during training"))) from exc
         raise
     finally:
@@ -535,12 +538,12 @@ def main(spec: dict[str, Any]) -> None:
             trainer.wait_for_snapshots()  # what was written before a failure is kept
 
 
-def out_of_memory_message(spec: dict[str, Any]) -> str:
-    batch = int(spec.get("batch_size", 0))
+def out_of_memory_message(spec: TrainSpec) -> str:
+    batch = spec.batch_size
     half = max(1, batch // 2)
     return (
         f"Out of memory with batch size {batch}. Try a smaller batch size ({half}), or keep the effective batch with "
-        f"batch size {half} and batch accumulation {2 * int(spec.get('batch_accumulation', 1))}."
+        f"batch size {half} and batch accumulation {2 * spec.batch_accumulation}."
     )
 
 
@@ -548,15 +551,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train an image classifier from a job spec.")
     parser.add_argument("--spec", required=True, type=Path)
     args = parser.parse_args(argv)
-    # Tiny gradients and momentum terms become denormal floats, which x86 CPUs handle many
-    # times slower: flushing them to zero measured up to 20 % faster on LeNet. Set here, in
-    # the child's entry point (not at import: it is process-wide state), before any torch
-    # operation starts the CPU thread pool: pool threads copy the flag when created.
-    torch.set_flush_denormal(True)
-    if os.environ.get("OMP_NUM_THREADS"):  # a CPU device's share of the cores, also when forked from a zygote
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    spec = json.loads(args.spec.read_text())
+    try:
+        spec = TrainSpec.from_dict(json.loads(args.spec.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        emit(protocol.Error(message=f"The job spec {args.spec} cannot be read: {exc}"))
+        return 1
     try:
         main(spec)
     except TrainingError as exc:
@@ -585,5 +585,20 @@ def _is_peer_failure(exc: BaseException) -> bool:
     )
 
 
+def process_setup() -> None:
+    """The training process's CPU settings, made once at its entry (not at import, nor in
+    `cli`, which tests call in their own process: this is process-wide state).
+
+    Tiny gradients and momentum terms become denormal floats, which x86 CPUs handle many
+    times slower: flushing them to zero measured up to 20 % faster on LeNet. It must be set
+    before any torch operation starts the CPU thread pool: pool threads copy the flag when
+    they are created. And a CPU device's share of the cores, also when forked from a
+    zygote (whose OpenMP read the variable before this job's environment was set)."""
+    torch.set_flush_denormal(True)
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 if __name__ == "__main__":
+    process_setup()
     sys.exit(cli())
