@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
+import subprocess
 from datetime import datetime
+from typing import Protocol
 
 import psutil
 
@@ -15,6 +18,31 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+class Waitable(Protocol):
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def signal_group(proc: Waitable, signum: int) -> bool:
+    """Signal the process group `proc` leads; False when it is gone already."""
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def end_group(proc: Waitable, grace: float) -> None:
+    """Wait up to `grace` seconds for `proc` (already asked to stop), then SIGKILL its
+    whole process group and reap it."""
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        signal_group(proc, signal.SIGKILL)
+        proc.wait()
 
 
 def process_gone(pid: int | None, since: datetime | None) -> bool:

@@ -31,7 +31,7 @@ from django.db import close_old_connections, transaction
 
 from . import kinds, protocol, zygote
 from .models import Job, JobStatus
-from .procs import die_with_parent, process_gone
+from .procs import die_with_parent, end_group, process_gone, signal_group
 from .services import job_interrupt
 from .transitions import JobError, job_claim, job_fail, job_set_progress, job_transition
 
@@ -98,18 +98,8 @@ def _still_wanted(job: Job, *, lock: bool = False) -> bool:
 
 
 def _kill_group(proc: subprocess.Popen[bytes] | zygote.ZygoteChild) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    if signal_group(proc, signal.SIGTERM):
+        end_group(proc, KILL_GRACE_SECONDS)
 
 
 def run_child(

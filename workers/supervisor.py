@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .procs import end_group, signal_group
+
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 1.0
@@ -77,18 +79,8 @@ class Supervisor:
 
     def stop_all(self, grace: float = 15.0) -> None:
         running = [c.proc for c in reversed(self.children) if c.proc is not None and c.proc.poll() is None]
-        for proc in running:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for proc in running:  # all at once, then one shared grace period
+            signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in running:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+            end_group(proc, max(0.1, deadline - time.monotonic()))

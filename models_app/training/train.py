@@ -7,11 +7,12 @@ The Celery worker launches this as a child process; it also runs by hand or unde
 
 (the worker also sets the allocator variables of `models_app.training.CHILD_ENV`).
 
-The spec (written by `models_app.services.model_train_spec`) holds the dataset paths, the
-network (standard name or custom code), solver, learning-rate policy, transforms and
-intervals; `resume_from` continues from a snapshot and `pretrained` starts from weights.
+The spec (`TrainSpec` in spec.py, written by `models_app.services.model_train_spec`) holds
+the dataset paths, the network (standard name or custom code), solver, learning-rate
+policy, transforms and intervals; `resume_from` continues from a snapshot and `pretrained`
+starts from weights. An unknown field is refused.
 
-Events on stdout (rank 0 only), one JSON object per line:
+Events on stdout (rank 0 only), one versioned JSON line each (workers/protocol.py):
   {"event": "train", "rows": [[iteration, epoch, {"train_loss", "lr"}], ...]}
   {"event": "metrics", "iteration", "epoch", "values": {...}}   validation, throughput
   {"event": "progress", "progress", "eta", "next_snapshot_eta"}
