@@ -145,6 +145,9 @@ def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_proces
     pool = psutil.Process(allocation.pid)
     worker_main = pool.parent()
     assert "celery" in " ".join(worker_main.cmdline()) and children_running(model_id)
+    # The training child was forked from the device worker's pre-imported zygote, and yet
+    # it must die with the pool process that asked for it.
+    assert "workers.zygote" in " ".join(children_running(model_id)[0].parent().cmdline())
     pool.kill()
     wait_until(lambda: not children_running(model_id), 30, "the training child to die with its pool process")
     wait_until(

@@ -164,7 +164,7 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
     result = run_child(
         job, kind.child_module(), spec, relay,
         env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
-        zygote_socket=zygote.socket_path(allocation.device.uuid),
+        zygote_socket=zygote.socket_path(allocation.device.uuid, str(settings.DATA_DIR)),
     )
     if result.stopped:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),

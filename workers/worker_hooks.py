@@ -73,7 +73,7 @@ def _start_zygote(device: DeviceInfo) -> None:
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     modules = sorted({k.child_module() for k in device_kinds})
     _zygote = subprocess.Popen(
-        [sys.executable, "-m", "workers.zygote", "--socket", str(socket_path(device.uuid)), "--preload", *modules],
+        [sys.executable, "-m", "workers.zygote", "--socket", str(socket_path(device.uuid, str(settings.DATA_DIR))), "--preload", *modules],
         cwd=settings.BASE_DIR, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )
 

@@ -24,6 +24,7 @@ loop over the listening socket and a self-pipe woken by SIGCHLD.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -44,13 +45,16 @@ import setproctitle
 MAX_REQUEST_BYTES = 1 << 20
 
 
-def socket_path(device_uuid: str) -> Path:
+def socket_path(device_uuid: str, scope: str) -> Path:
     """Where a device's zygote listens: a private folder (a Unix socket path must stay
-    under about 100 bytes, so not under the data directory)."""
+    under about 100 bytes, so not under the data directory), one name per device and
+    installation (`scope`: its data directory), so two installations on one host, such
+    as a test run beside `make run`, never share a zygote."""
     folder = Path("/tmp") / f"digits-zygotes-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_uuid)[-60:]
-    return folder / f"{safe}.sock"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_uuid)[-40:]
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:12]
+    return folder / f"{safe}-{digest}.sock"
 
 
 # -- the runner's side ---------------------------------------------------------------------
