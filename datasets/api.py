@@ -23,6 +23,7 @@ from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update
 
 from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
+from .spec import DEFAULTS
 from .selectors import dataset_gallery, dataset_image, dataset_list
 from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
@@ -63,19 +64,19 @@ class DatasetInputSerializer(serializers.Serializer):
     val_list_upload = serializers.FileField(required=False)
     test_list_upload = serializers.FileField(required=False)
     labels_file_upload = serializers.FileField(required=False)
-    shuffle = serializers.BooleanField(default=True)
+    shuffle = serializers.BooleanField(default=DEFAULTS.shuffle)
     upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
-    image_width = serializers.IntegerField(min_value=1, max_value=4096, default=28)
-    image_height = serializers.IntegerField(min_value=1, max_value=4096, default=28)
+    image_width = serializers.IntegerField(min_value=1, max_value=4096, default=DEFAULTS.width)
+    image_height = serializers.IntegerField(min_value=1, max_value=4096, default=DEFAULTS.height)
     image_mode = serializers.ChoiceField(choices=ImageMode.choices, default=ImageMode.COLOR)
-    resize_mode = serializers.ChoiceField(choices=ResizeMode.choices, default=ResizeMode.SQUASH)
-    encoding = serializers.ChoiceField(choices=Encoding.choices, default=Encoding.PNG)
-    jpeg_quality = serializers.IntegerField(min_value=1, max_value=100, default=90)
-    val_percent = serializers.FloatField(min_value=0, max_value=99, default=25.0)
-    test_percent = serializers.FloatField(min_value=0, max_value=99, default=0.0)
-    min_per_class = serializers.IntegerField(min_value=0, default=0)
-    max_per_class = serializers.IntegerField(min_value=0, default=0)
-    seed = serializers.IntegerField(default=0, min_value=0, max_value=2**63 - 1)
+    resize_mode = serializers.ChoiceField(choices=ResizeMode.choices, default=DEFAULTS.resize_mode)
+    encoding = serializers.ChoiceField(choices=Encoding.choices, default=DEFAULTS.encoding)
+    jpeg_quality = serializers.IntegerField(min_value=1, max_value=100, default=DEFAULTS.jpeg_quality)
+    val_percent = serializers.FloatField(min_value=0, max_value=99, default=DEFAULTS.val_percent)
+    test_percent = serializers.FloatField(min_value=0, max_value=99, default=DEFAULTS.test_percent)
+    min_per_class = serializers.IntegerField(min_value=0, default=DEFAULTS.min_per_class)
+    max_per_class = serializers.IntegerField(min_value=0, default=DEFAULTS.max_per_class)
+    seed = serializers.IntegerField(default=DEFAULTS.seed, min_value=0, max_value=2**63 - 1)
 
 
 def _create(request: Request, data: Any) -> Dataset:

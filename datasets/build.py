@@ -37,6 +37,7 @@ from workers import protocol
 from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_array
 from .lmdb_store import LmdbWriter, StoreWriteError
 from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
+from .spec import BuildSpec
 from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
 
 OUTPUTS = ("train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png")
@@ -62,16 +63,16 @@ class Gathered:
     requested: tuple[str, ...] = ("train", "val")  # splits that get a database
 
 
-def _gather_folders(spec: dict[str, Any], root: Path) -> Gathered:
+def _gather_folders(spec: BuildSpec, root: Path) -> Gathered:
     labels, items, skipped = scan_folder(root)
     if len(labels) < 2:
         raise BuildError(
             f"{root.name or root} has {len(labels)} class subfolder(s) with images; "
             "a classification dataset needs at least two."
         )
-    seed = int(spec.get("seed", 0))
-    val_folder, test_folder = spec.get("val_folder"), spec.get("test_folder")
-    val_percent, test_percent = float(spec.get("val_percent", 25)), float(spec.get("test_percent", 0))
+    seed = spec.seed
+    val_folder, test_folder = spec.val_folder, spec.test_folder
+    val_percent, test_percent = spec.val_percent, spec.test_percent
     # A split with a folder of its own comes from that folder; one without comes from the
     # training folder by its percentage (as DIGITS did): a separate validation folder with
     # a test percentage still gets a test split, and the other way round.
@@ -91,18 +92,18 @@ def _gather_folders(spec: dict[str, Any], root: Path) -> Gathered:
     return Gathered(labels, splits, root, skipped, requested=requested)
 
 
-def _gather_lists(spec: dict[str, Any]) -> Gathered:
-    roots = [Path(r) for r in spec["data_roots"]]
+def _gather_lists(spec: BuildSpec) -> Gathered:
+    roots = [Path(r) for r in spec.data_roots]
     try:
-        labels = read_labels_file(Path(spec["labels_file"]))
+        labels = read_labels_file(Path(spec.labels_file))
     except SourceError as exc:
         raise BuildError(str(exc)) from exc
-    image_folder = Path(spec["image_folder"]) if spec.get("image_folder") else None
+    image_folder = Path(spec.image_folder) if spec.image_folder else None
     splits: Splits = {split: [] for split in SPLITS}
     skipped: list[Skip] = []
     requested = []
     for split in SPLITS:
-        list_path = spec.get(f"{split}_list")
+        list_path = {"train": spec.train_list, "val": spec.val_list, "test": spec.test_list}[split]
         if not list_path:
             continue
         requested.append(split)
@@ -111,8 +112,8 @@ def _gather_lists(spec: dict[str, Any]) -> Gathered:
         except SourceError as exc:
             raise BuildError(str(exc)) from exc
         skipped += bad
-    if spec.get("shuffle", True):
-        rng = random.Random(int(spec.get("seed", 0)))
+    if spec.shuffle:
+        rng = random.Random(spec.seed)
         for split_items in splits.values():
             rng.shuffle(split_items)
     if "val" not in requested:
@@ -120,18 +121,18 @@ def _gather_lists(spec: dict[str, Any]) -> Gathered:
     return Gathered(labels, splits, image_folder, skipped, requested=tuple(requested))
 
 
-def gather(spec: dict[str, Any], workdir: Path) -> Gathered:
+def gather(spec: BuildSpec, workdir: Path) -> Gathered:
     """Collect (path, label) items per split from the spec's source and apply the rules."""
-    source = spec.get("source", "folder")
+    source = spec.source
     try:
         if source == "folder":
-            gathered = _gather_folders(spec, Path(spec["folder"]))
+            gathered = _gather_folders(spec, Path(spec.folder))
         elif source == "upload":
             emit(protocol.Progress(progress=0.0, phase="extracting"))
             root, skipped = extract_archive(
-                Path(spec["archive"]),
+                Path(spec.archive),
                 workdir / "source",
-                int(spec.get("max_extract_bytes", 8 << 30)),
+                spec.max_extract_bytes,
             )
             gathered = _gather_folders(spec, root)
             gathered.skipped = skipped + gathered.skipped
@@ -141,12 +142,12 @@ def gather(spec: dict[str, Any], workdir: Path) -> Gathered:
             raise BuildError(f"Unknown source {source!r}.")
     except SourceError as exc:
         raise BuildError(str(exc)) from exc
-    min_per_class = int(spec.get("min_per_class") or 0)
+    min_per_class = spec.min_per_class
     if min_per_class > 1:
         gathered.labels, gathered.splits, gathered.dropped = drop_small_classes(
             gathered.labels, gathered.splits, min_per_class
         )
-    max_per_class = int(spec.get("max_per_class") or 0)
+    max_per_class = spec.max_per_class
     if max_per_class > 0:
         gathered.splits = cap_per_class(gathered.splits, max_per_class)
     return gathered
@@ -223,14 +224,13 @@ def chunk_size_for(width: int, height: int, channels: int) -> int:
     return max(4, min(128, 2_000_000 // max(1, width * height * channels)))
 
 
-def build(spec: dict[str, Any]) -> dict[str, Any]:
-    out_dir = Path(spec["output_dir"])
-    width, height, channels = int(spec["width"]), int(spec["height"]), int(spec["channels"])
-    encoding = spec.get("encoding", "png")
-    encoder = Encoder(
-        width, height, channels, spec.get("resize_mode", "squash"), encoding,
-        int(spec.get("jpeg_quality", 90)), int(spec.get("seed", 0)),
-    )
+def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(spec, dict):
+        spec = BuildSpec.from_dict(spec)
+    out_dir = Path(spec.output_dir)
+    width, height, channels = spec.width, spec.height, spec.channels
+    encoding = spec.encoding
+    encoder = Encoder(width, height, channels, spec.resize_mode, encoding, spec.jpeg_quality, spec.seed)
     tmp = out_dir / "build.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -256,7 +256,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     class_counts: dict[str, list[int]] = {}
     mean_sum = np.zeros((height, width, channels), dtype=np.float64)
-    processes = max(1, int(spec.get("workers") or os.cpu_count() or 1))
+    processes = max(1, spec.workers or os.cpu_count() or 1)
     chunk = chunk_size_for(width, height, channels)
     meta = {"width": width, "height": height, "channels": channels, "encoding": encoding}
     with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(encoder,)) as pool:
@@ -331,11 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, type=Path)
     args = parser.parse_args(argv)
-    spec = json.loads(args.spec.read_text())
+    try:
+        spec = BuildSpec.from_dict(json.loads(args.spec.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        emit(protocol.Error(message=f"The build spec {args.spec} cannot be read: {exc}"))
+        return 1
     try:
         result = build(spec)
     except BuildError as exc:
-        shutil.rmtree(Path(spec["output_dir"]) / "build.tmp", ignore_errors=True)
+        shutil.rmtree(Path(spec.output_dir) / "build.tmp", ignore_errors=True)
         emit(protocol.Error(message=str(exc)))
         return 1
     emit(protocol.Result(data=result))

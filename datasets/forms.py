@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from .spec import DEFAULTS
 from .models import Encoding, ImageMode, ResizeMode, Source
 
 RESIZE_HELP = {
@@ -39,10 +40,10 @@ class DatasetForm(forms.Form):
     )
     val_folder = forms.CharField(max_length=1000, required=False, label="Separate validation folder (optional)")
     test_folder = forms.CharField(max_length=1000, required=False, label="Separate test folder (optional)")
-    val_percent = forms.FloatField(min_value=0, max_value=99, initial=25, label="% for validation",
+    val_percent = forms.FloatField(min_value=0, max_value=99, initial=DEFAULTS.val_percent, label="% for validation",
                                    help_text="Per class, and at least one image per class where possible. "
                                    "Not used when separate validation/test folders are given.")
-    test_percent = forms.FloatField(min_value=0, max_value=99, initial=0, label="% for test")
+    test_percent = forms.FloatField(min_value=0, max_value=99, initial=DEFAULTS.test_percent, label="% for test")
 
     labels_file = forms.CharField(max_length=1000, required=False, label="Labels file (server path)",
                                   help_text="Line i is the name of label i.")
@@ -55,24 +56,24 @@ class DatasetForm(forms.Form):
     test_list_upload = forms.FileField(required=False, label="… or upload the test list")
     image_folder = forms.CharField(max_length=1000, required=False, label="Image folder (optional)",
                                    help_text="Prefix for relative paths in the lists.")
-    shuffle = forms.BooleanField(required=False, initial=True, help_text="Shuffle the order of each list.")
+    shuffle = forms.BooleanField(required=False, initial=DEFAULTS.shuffle, help_text="Shuffle the order of each list.")
 
     upload = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    image_width = forms.IntegerField(min_value=1, max_value=4096, initial=28, label="Width")
-    image_height = forms.IntegerField(min_value=1, max_value=4096, initial=28, label="Height")
+    image_width = forms.IntegerField(min_value=1, max_value=4096, initial=DEFAULTS.width, label="Width")
+    image_height = forms.IntegerField(min_value=1, max_value=4096, initial=DEFAULTS.height, label="Height")
     image_mode = forms.ChoiceField(choices=ImageMode.choices, initial=ImageMode.COLOR, label="Image type")
     resize_mode = forms.ChoiceField(
-        choices=ResizeMode.choices, initial=ResizeMode.SQUASH, widget=forms.RadioSelect,
+        choices=ResizeMode.choices, initial=DEFAULTS.resize_mode, widget=forms.RadioSelect,
         help_text=" ".join(f"{m.label.split(' (')[0]}: {h}" for m, h in RESIZE_HELP.items()),
     )
-    encoding = forms.ChoiceField(choices=Encoding.choices, initial=Encoding.PNG, label="Image encoding")
-    jpeg_quality = forms.IntegerField(min_value=1, max_value=100, initial=90, label="JPEG quality")
-    min_per_class = forms.IntegerField(min_value=0, initial=0, label="Minimum images per class",
+    encoding = forms.ChoiceField(choices=Encoding.choices, initial=DEFAULTS.encoding, label="Image encoding")
+    jpeg_quality = forms.IntegerField(min_value=1, max_value=100, initial=DEFAULTS.jpeg_quality, label="JPEG quality")
+    min_per_class = forms.IntegerField(min_value=0, initial=DEFAULTS.min_per_class, label="Minimum images per class",
                                        help_text="Classes with fewer images (all splits together) are left out and reported. 0: keep all.")
-    max_per_class = forms.IntegerField(min_value=0, initial=0, label="Maximum images per class, per split",
+    max_per_class = forms.IntegerField(min_value=0, initial=DEFAULTS.max_per_class, label="Maximum images per class, per split",
                                        help_text="0: no limit.")
-    seed = forms.IntegerField(initial=0, min_value=0, max_value=2**63 - 1, help_text="Same seed, same split and same noise padding.")
+    seed = forms.IntegerField(initial=DEFAULTS.seed, min_value=0, max_value=2**63 - 1, help_text="Same seed, same split and same noise padding.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -21,7 +21,7 @@ class DatasetBuild(Kind):
     module = "datasets.build"
 
     def spec(self, job: Job) -> dict[str, Any]:
-        return dataset_build_spec(Dataset.objects.get(pk=job.pk))
+        return dataset_build_spec(Dataset.objects.get(pk=job.pk)).to_dict()
 
     def apply(self, job_id: int, events: list[Event]) -> None:
         # The child reports its result once, as its last event; store it with the row.

@@ -12,6 +12,8 @@ from django.db import models
 
 from workers.models import Job
 
+from .spec import DEFAULTS
+
 
 class ImageMode(models.TextChoices):
     COLOR = "color", "Color (3 channels)"
@@ -78,20 +80,20 @@ class Dataset(models.Model):
     test_list = models.CharField(max_length=1000, blank=True)
     labels_file = models.CharField(max_length=1000, blank=True)
     image_folder = models.CharField(max_length=1000, blank=True)
-    shuffle = models.BooleanField(default=True)
+    shuffle = models.BooleanField(default=DEFAULTS.shuffle)
     # Upload source.
     upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets")
-    image_width = models.PositiveIntegerField(default=28)
-    image_height = models.PositiveIntegerField(default=28)
+    image_width = models.PositiveIntegerField(default=DEFAULTS.width)
+    image_height = models.PositiveIntegerField(default=DEFAULTS.height)
     image_mode = models.CharField(max_length=16, choices=ImageMode.choices, default=ImageMode.COLOR)
-    resize_mode = models.CharField(max_length=16, choices=ResizeMode.choices, default=ResizeMode.SQUASH)
-    encoding = models.CharField(max_length=8, choices=Encoding.choices, default=Encoding.PNG)
-    jpeg_quality = models.PositiveSmallIntegerField(default=90)
-    val_percent = models.FloatField(default=25.0)
-    test_percent = models.FloatField(default=0.0)
-    min_per_class = models.PositiveIntegerField(default=0)
-    max_per_class = models.PositiveIntegerField(default=0, help_text="0: no limit.")
-    seed = models.BigIntegerField(default=0, validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
+    resize_mode = models.CharField(max_length=16, choices=ResizeMode.choices, default=DEFAULTS.resize_mode)
+    encoding = models.CharField(max_length=8, choices=Encoding.choices, default=DEFAULTS.encoding)
+    jpeg_quality = models.PositiveSmallIntegerField(default=DEFAULTS.jpeg_quality)
+    val_percent = models.FloatField(default=DEFAULTS.val_percent)
+    test_percent = models.FloatField(default=DEFAULTS.test_percent)
+    min_per_class = models.PositiveIntegerField(default=DEFAULTS.min_per_class)
+    max_per_class = models.PositiveIntegerField(default=DEFAULTS.max_per_class, help_text="0: no limit.")
+    seed = models.BigIntegerField(default=DEFAULTS.seed, validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
     # Filled in when the build finishes.
     labels = models.JSONField(default=list, blank=True)
     counts = models.JSONField(default=dict, blank=True)  # {"train": n, "val": n, "test": n}

@@ -21,6 +21,7 @@ from .imaging import IMAGE_EXTENSIONS
 from .lmdb_store import forget
 from .models import DATASET_KIND, Dataset, Encoding, ImageMode, ResizeMode, Source
 from .sources import is_under
+from .spec import DEFAULTS, BuildSpec
 from .uploads import upload_for_build, upload_release
 
 MAX_IMAGE_SIDE = 4096
@@ -103,19 +104,19 @@ class DatasetParams:
     test_list: str = ""
     labels_file: str = ""
     image_folder: str = ""
-    shuffle: bool = True
+    shuffle: bool = DEFAULTS.shuffle
     upload: str = ""  # an Upload id
-    image_width: int = 28
-    image_height: int = 28
+    image_width: int = DEFAULTS.width
+    image_height: int = DEFAULTS.height
     image_mode: str = ImageMode.COLOR
-    resize_mode: str = ResizeMode.SQUASH
-    encoding: str = Encoding.PNG
-    jpeg_quality: int = 90
-    val_percent: float = 25.0
-    test_percent: float = 0.0
-    min_per_class: int = 0
-    max_per_class: int = 0
-    seed: int = 0
+    resize_mode: str = DEFAULTS.resize_mode
+    encoding: str = DEFAULTS.encoding
+    jpeg_quality: int = DEFAULTS.jpeg_quality
+    val_percent: float = DEFAULTS.val_percent
+    test_percent: float = DEFAULTS.test_percent
+    min_per_class: int = DEFAULTS.min_per_class
+    max_per_class: int = DEFAULTS.max_per_class
+    seed: int = DEFAULTS.seed
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> DatasetParams:
@@ -227,32 +228,34 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
     return data
 
 
-def dataset_build_spec(dataset: Dataset) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "source": dataset.source,
-        "output_dir": str(dataset.directory),
-        "width": dataset.image_width,
-        "height": dataset.image_height,
-        "channels": dataset.channels,
-        "resize_mode": dataset.resize_mode,
-        "encoding": dataset.encoding,
-        "jpeg_quality": dataset.jpeg_quality,
-        "val_percent": dataset.val_percent,
-        "test_percent": dataset.test_percent,
-        "min_per_class": dataset.min_per_class,
-        "max_per_class": dataset.max_per_class,
-        "seed": dataset.seed,
-        "data_roots": [str(r) for r in settings.DATA_ROOTS],
-    }
+def dataset_build_spec(dataset: Dataset) -> BuildSpec:
+    """What the build child is asked to do: the source, the options, where to write."""
+    source: dict[str, Any] = {}
     if dataset.source == Source.FOLDER:
-        spec.update(folder=dataset.folder, val_folder=dataset.val_folder, test_folder=dataset.test_folder)
+        source = {"folder": dataset.folder, "val_folder": dataset.val_folder, "test_folder": dataset.test_folder}
     elif dataset.source == Source.TEXTFILE:
-        spec.update({name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")})
+        source = {name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")}
     else:
         if dataset.upload is None or not dataset.upload.path.exists():
             raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
-        spec.update(archive=str(dataset.upload.path), max_extract_bytes=settings.MAX_ARCHIVE_EXTRACT_BYTES)
-    return spec
+        source = {"archive": str(dataset.upload.path), "max_extract_bytes": settings.MAX_ARCHIVE_EXTRACT_BYTES}
+    return BuildSpec(
+        source=dataset.source,
+        output_dir=str(dataset.directory),
+        width=dataset.image_width,
+        height=dataset.image_height,
+        channels=dataset.channels,
+        resize_mode=dataset.resize_mode,
+        encoding=dataset.encoding,
+        jpeg_quality=dataset.jpeg_quality,
+        val_percent=dataset.val_percent,
+        test_percent=dataset.test_percent,
+        min_per_class=dataset.min_per_class,
+        max_per_class=dataset.max_per_class,
+        seed=dataset.seed,
+        data_roots=[str(r) for r in settings.DATA_ROOTS],
+        **source,
+    )
 
 
 def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ files to files); tests/test_dataset_api.py runs it through the worker."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -479,3 +480,27 @@ def test_a_full_disk_fails_with_a_clear_message_and_no_partial_files(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "may be full" in proc.stdout and "free some space" in proc.stdout
     assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+def test_the_build_spec_is_typed_and_its_defaults_declared_once(tmp_path, capsys):
+    """The worker and the build child share one typed spec; the Dataset model, the form
+    and the API take their defaults from it; a misspelt field is refused by the child."""
+    from datasets.api import DatasetInputSerializer
+    from datasets.build import main
+    from datasets.forms import DatasetForm
+    from datasets.models import Dataset
+    from datasets.spec import DEFAULTS, BuildSpec
+
+    for model_field, spec_field in (("image_width", "width"), ("val_percent", "val_percent"), ("encoding", "encoding"),
+                                    ("jpeg_quality", "jpeg_quality"), ("seed", "seed"), ("shuffle", "shuffle")):
+        default = getattr(DEFAULTS, spec_field)
+        assert Dataset._meta.get_field(model_field).default == default
+        assert DatasetForm.base_fields[model_field].initial == default
+        assert DatasetInputSerializer().fields[model_field].default == default
+    spec = BuildSpec(output_dir=str(tmp_path), folder="/x", val_percent=10)
+    assert BuildSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**spec.to_dict(), "val_precent": 10}))
+    assert main(["--spec", str(path)]) == 1
+    error = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert error["event"] == "error" and "unknown spec field(s): val_precent" in error["message"]

@@ -1,0 +1,57 @@
+"""The dataset build's job spec: one typed object that the worker writes
+(`datasets.services.dataset_build_spec`) and the build child reads (`datasets/build.py`).
+
+The defaults of a dataset's options are declared here, once: the Dataset model's fields,
+the form and the API take theirs from `DEFAULTS`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    output_dir: str = ""
+    data_roots: list[str] = field(default_factory=list)
+    # The source: a folder of class subfolders, text lists, or an uploaded archive.
+    source: str = "folder"
+    folder: str = ""
+    val_folder: str = ""
+    test_folder: str = ""
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    labels_file: str = ""
+    image_folder: str = ""
+    shuffle: bool = True
+    archive: str = ""
+    max_extract_bytes: int = 8 << 30
+    # The options a person chooses.
+    width: int = 28
+    height: int = 28
+    channels: int = 3
+    resize_mode: str = "squash"
+    encoding: str = "png"
+    jpeg_quality: int = 90
+    val_percent: float = 25.0
+    test_percent: float = 0.0
+    min_per_class: int = 0
+    max_per_class: int = 0
+    seed: int = 0
+    # Decode processes (0: one per core).
+    workers: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildSpec:
+        """A spec from its JSON; an unknown key is an error, not a silent default."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULTS = BuildSpec()
