@@ -6,8 +6,10 @@ the form and the API take theirs from `DEFAULTS`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from workers.protocol import spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,7 @@ class BuildSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildSpec:
-        """A spec from its JSON; an unknown key is an error, not a silent default."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return spec_from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import IO, Any, ClassVar, Union
+from typing import IO, Any, ClassVar, TypeVar, Union
 
 PROTOCOL_VERSION = 1
 
@@ -133,6 +133,18 @@ class Result(Event):
 EVENTS: dict[str, type[Event]] = {
     cls.name: cls for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Summary, Result)
 }
+
+
+SpecT = TypeVar("SpecT")
+
+
+def spec_from_dict(cls: type[SpecT], data: dict[str, Any]) -> SpecT:
+    """A job spec (a dataclass, like the events) from its JSON. An unknown key is an
+    error: a misspelt field would otherwise be silently replaced by its default."""
+    unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if unknown:
+        raise ValueError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+    return cls(**data)
 
 
 def encode(event: Event) -> str:

@@ -8,8 +8,10 @@ declared here, once: the Django model's fields take theirs from `DEFAULTS`
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from workers.protocol import spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,10 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
-        """A spec from its JSON; an unknown key is an error (a typo would otherwise be
-        silently replaced by a default)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
         values = dict(data)
-        if "input_shape" in values:
+        if "input_shape" in values:  # a JSON list
             values["input_shape"] = tuple(int(v) for v in values["input_shape"])
-        return cls(**values)
+        return spec_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
