@@ -13,6 +13,7 @@ from PIL import Image
 
 from models_app.models import Metric
 from tests.conftest import token_client, wait_for_status
+from workers.models import Allocation
 from tests.factories import make_dataset
 from tests.test_training import CUSTOM, RUNTIME_ERROR
 
@@ -160,6 +161,15 @@ def test_custom_networks_train_classify_and_report_the_users_line(celery_worker_
     browser = Client()
     browser.force_login(owner)
     assert b"Line 11 of your network code" in browser.get(f"/models/{failed['id']}/").content
+    # Custom code that prints an event the relay cannot store: the job fails with the
+    # reason, instead of staying "running" with its device held.
+    event = '{"v": 1, "event": "train", "rows": [[1]]}'  # it decodes, but a row needs 3 parts
+    header = "def build(input_shape, num_classes):"
+    garbage = CUSTOM.replace(header, header + "\n    print(" + repr(event) + ", flush=True)")
+    broken = train(api, dataset_id, network="custom", custom_code=garbage)
+    assert broken["job"]["status"] == "error", broken["job"]
+    assert broken["job"]["error"].startswith("The worker failed while running this job: ValueError")
+    assert not Allocation.objects.filter(job_id=broken["id"], released_at__isnull=True).exists()
 
 
 @pytest.mark.e2e

@@ -19,7 +19,7 @@ from workers import zygote
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import os, sys, time
-print("argv", sys.argv[1:], "env", os.environ.get("JOB_VALUE"), flush=True)
+print("argv", sys.argv[1:], "env", os.environ.get("JOB_VALUE"), len(os.environ.get("BIG", "")), flush=True)
 print("to the log", file=sys.stderr, flush=True)
 if "--sleep" in sys.argv:
     time.sleep(60)
@@ -59,9 +59,10 @@ def running_zygote(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_forked_child_runs_its_module_like_python_dash_m(running_zygote: Path, tmp_path: Path) -> None:
     log = (tmp_path / "job.log").open("a")
-    env = {**os.environ, "JOB_VALUE": "42", "PYTHONPATH": str(tmp_path)}
+    # A large environment (Kubernetes sets many variables) arrives whole.
+    env = {**os.environ, "JOB_VALUE": "42", "BIG": "x" * 200_000, "PYTHONPATH": str(tmp_path)}
     child = zygote.start(running_zygote, "zygote_child", ["--spec", "x.json"], env, str(tmp_path), log.fileno())
-    assert child.stdout.readline() == b"argv ['--spec', 'x.json'] env 42\n"
+    assert child.stdout.readline() == b"argv ['--spec', 'x.json'] env 42 200000\n"
     assert child.wait(timeout=30) == 3
     assert "to the log" in (tmp_path / "job.log").read_text()
 

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
@@ -100,6 +101,14 @@ def join(allocation: Allocation) -> Job | None:
     return None
 
 
+def _zygote_socket(allocation: Allocation) -> Path | None:
+    try:
+        return zygote.socket_path(allocation.device.uuid, str(settings.DATA_DIR))
+    except zygote.ZygoteUnavailable as exc:
+        log.warning("%s", exc)
+        return None
+
+
 def _wait_for_peers(allocation: Allocation) -> None:
     """Until the other ranks of this attempt have released their devices (bounded: a rank
     still running after that is stopped by the job's end, as after an abort)."""
@@ -140,7 +149,18 @@ def rank_run(allocation_id: int) -> None:
         job = join(allocation)
         if job is None:
             return
-        outcome = _run_rank(allocation, job)
+        try:
+            outcome = _run_rank(allocation, job)
+        except Exception as exc:
+            # Whatever failed in this worker (a bad event, the database, starting the
+            # child): the job fails with the reason instead of staying "running".
+            log.exception("rank %s of job %s failed in the worker", allocation.rank, job.pk)
+            outcome = AllocationOutcome.ERROR
+            job_transition(
+                job.pk, JobStatus.ERROR, from_=JobStatus.active(), where={"attempt": allocation.attempt},
+                message=f"The worker failed while running this job: {type(exc).__name__}: {exc}",
+            )
+            raise
     finally:
         release(allocation, outcome)
         schedule()  # its device is free: the next job may start
@@ -164,7 +184,7 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
     result = run_child(
         job, kind.child_module(), spec, relay,
         env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
-        zygote_socket=zygote.socket_path(allocation.device.uuid, str(settings.DATA_DIR)),
+        zygote_socket=_zygote_socket(allocation),
     )
     if result.stopped:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),

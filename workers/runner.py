@@ -215,6 +215,19 @@ def _take_over(job_id: int) -> bool:
     return job_interrupt(job_id, None, f"the worker process running it (pid {job.runner_pid}) was killed")
 
 
+def recover_lost_runs() -> int:
+    """At a worker's start: device-less jobs still "running" on this host whose process is
+    gone (the whole worker was killed, so Celery will not redeliver their messages for a
+    long time) are requeued to run again. Returns how many."""
+    lost = 0
+    device_less = [k.name for k in kinds.all_kinds() if not k.uses_devices]
+    running = Job.objects.filter(kind__in=device_less, status=JobStatus.RUNNING, runner_host=settings.HOST_NAME)
+    for job in running.only("pk", "runner_pid", "started_at"):
+        if process_gone(job.runner_pid, job.started_at):
+            lost += job_interrupt(job.pk, None, f"the worker process running it (pid {job.runner_pid}) is gone")
+    return lost
+
+
 def job_run(job_id: int) -> ChildResult | None:
     """Run a queued job of a device-less kind (a dataset build) and record its outcome.
 

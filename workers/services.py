@@ -169,6 +169,8 @@ def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
         )
         if requeued and kind.uses_devices:
             schedule_on_commit()
+        elif requeued:  # its own queue: send it again (a redelivered message finds it claimed)
+            transaction.on_commit(lambda: current_app.send_task(RUN_TASK, args=[job_id], queue=kind.queue))
     return requeued
 
 
@@ -223,7 +225,9 @@ def queue_move(job: Job, where: str) -> None:
     if job.status != JobStatus.QUEUED:
         raise JobError("Only a queued job can be moved.")
     same = list(queued_jobs().filter(priority=job.priority).values_list("pk", "queue_position"))
-    index = next(i for i, (pk, _) in enumerate(same) if pk == job.pk)
+    index = next((i for i, (pk, _) in enumerate(same) if pk == job.pk), None)
+    if index is None:
+        raise JobError("This job is starting (its devices are allocated); it can no longer be moved.")
     positions = [p for _, p in same]
     if where == "top":
         new = positions[0] - 1.0

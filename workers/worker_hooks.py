@@ -41,7 +41,11 @@ def _add_device_queue(sender: str, instance: Any, **kwargs: Any) -> None:
 @worker_ready.connect
 def _register_device(sender: Any, **kwargs: Any) -> None:
     global _heartbeat
-    if _device is None:
+    if _device is None:  # a worker of device-less jobs (dataset builds)
+        from .runner import recover_lost_runs
+
+        if recovered := recover_lost_runs():
+            log.info("requeued %d job(s) whose worker process was lost", recovered)
         return
     from .devices import Heartbeat, register
     from .scheduler import schedule
@@ -60,9 +64,14 @@ def _start_zygote(device: DeviceInfo) -> None:
     from django.conf import settings
 
     from . import kinds
-    from .zygote import socket_path
+    from .zygote import ZygoteUnavailable, socket_path
 
     if not settings.ZYGOTE:
+        return
+    try:
+        path = socket_path(device.uuid, str(settings.DATA_DIR))
+    except ZygoteUnavailable as exc:
+        log.warning("%s", exc)
         return
     device_kinds = [k for k in kinds.all_kinds() if k.uses_devices]
     env = {**os.environ}
@@ -73,7 +82,7 @@ def _start_zygote(device: DeviceInfo) -> None:
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     modules = sorted({k.child_module() for k in device_kinds})
     _zygote = subprocess.Popen(
-        [sys.executable, "-m", "workers.zygote", "--socket", str(socket_path(device.uuid, str(settings.DATA_DIR))), "--preload", *modules],
+        [sys.executable, "-m", "workers.zygote", "--socket", str(path), "--preload", *modules],
         cwd=settings.BASE_DIR, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )
 

@@ -18,8 +18,10 @@ its whole process group if the runner dies: the guarantee that PR_SET_PDEATHSIG 
 direct child. When no zygote answers (not started yet, or gone), the runner starts the
 child directly, as before.
 
-Only the calling thread survives a fork, so the zygote is single-threaded: one selector
-loop over the listening socket and a self-pipe woken by SIGCHLD.
+Only the calling thread survives a fork, so the zygote runs no threads of its own (one
+selector loop over the listening socket and a self-pipe woken by SIGCHLD), and the
+preload only imports: no torch operation runs before a fork. (Importing numpy starts
+OpenBLAS's threads; OpenBLAS shuts them down around a fork itself.)
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -42,7 +45,13 @@ from typing import IO, Any
 
 import setproctitle
 
-MAX_REQUEST_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 16 << 20  # the environment can be large (Kubernetes)
+REQUEST_SECONDS = 10.0  # how long either side waits for the other's request or reply
+HEADER = 8  # the request's length, sent with the file descriptors
+
+
+class ZygoteUnavailable(Exception):
+    """No zygote answered: start the child directly."""
 
 
 def socket_path(device_uuid: str, scope: str) -> Path:
@@ -52,16 +61,17 @@ def socket_path(device_uuid: str, scope: str) -> Path:
     as a test run beside `make run`, never share a zygote."""
     folder = Path("/tmp") / f"digits-zygotes-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    # Another user may have made this folder first: then our environment (secrets) and
+    # file descriptors would go to their process. Use it only if it is ours alone.
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ZygoteUnavailable(f"{folder} is not a private folder of this user; not using a zygote")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_uuid)[-40:]
     digest = hashlib.sha256(scope.encode()).hexdigest()[:12]
     return folder / f"{safe}-{digest}.sock"
 
 
 # -- the runner's side ---------------------------------------------------------------------
-
-
-class ZygoteUnavailable(Exception):
-    """No zygote answered: start the child directly."""
 
 
 class ZygoteChild:
@@ -81,10 +91,15 @@ class ZygoteChild:
                     reply = _read_line(self.conn, self)
                 except TimeoutError:
                     raise subprocess.TimeoutExpired(f"job child {self.pid}", timeout or 0) from None
-                except OSError:
+                except (OSError, ValueError):
                     reply = None
-                # A zygote that died with its child unreported: the child is gone with it
-                # (its session ends when the runner's watcher or its worker ends).
+                if reply is None:
+                    # The zygote is gone (its worker died) before reporting the exit: end
+                    # the child's group ourselves, so nothing runs on unaccounted for.
+                    try:
+                        os.killpg(self.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 self.returncode = int(reply["exit"]) if reply else -signal.SIGKILL
                 self.conn.close()
             return self.returncode
@@ -106,8 +121,10 @@ def start(path: Path, module: str, args: list[str], env: dict[str, str], cwd: st
         raise ZygoteUnavailable(str(exc)) from None
     read_end, write_end = os.pipe()
     try:
-        request = {"module": module, "args": args, "env": env, "cwd": cwd, "watch": os.getpid()}
-        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [write_end, log_fd])
+        conn.settimeout(REQUEST_SECONDS)
+        payload = json.dumps({"module": module, "args": args, "env": env, "cwd": cwd, "watch": os.getpid()}).encode()
+        socket.send_fds(conn, [len(payload).to_bytes(HEADER, "big")], [write_end, log_fd])
+        conn.sendall(payload)
     except OSError as exc:
         os.close(read_end)
         conn.close()
@@ -118,8 +135,9 @@ def start(path: Path, module: str, args: list[str], env: dict[str, str], cwd: st
     child = ZygoteChild(conn, 0, stdout)
     try:
         reply = _read_line(conn, child)
-    except OSError:
+    except (OSError, ValueError):
         reply = None
+    conn.settimeout(None)
     if not reply or "pid" not in reply:
         stdout.close()
         conn.close()
@@ -147,6 +165,14 @@ class _Job:
 
 
 def serve(path: Path, preload: list[str]) -> None:
+    # A child can only die with its runner through a pidfd (Linux 5.3+, and allowed by the
+    # container's seccomp profile): without one, serve nothing; runners start children
+    # themselves.
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (OSError, AttributeError) as exc:
+        print(f"zygote: no pidfd on this system ({exc}); job children start directly", file=sys.stderr, flush=True)
+        return
     # setproctitle finds the memory it may rewrite from argv and environ as they are at
     # its first call: make that call now, before any child changes its environment.
     setproctitle.getproctitle()
@@ -173,7 +199,10 @@ def serve(path: Path, preload: list[str]) -> None:
     while True:
         for key, _ in selector.select():
             if key.data == "accept":
-                conn, _ = listener.accept()
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # out of descriptors, say: the runner starts its child itself
+                    continue
                 others = [job.conn.fileno() for job in jobs.values()]
                 _handle(conn, listener, jobs, wake_read, wake_write, selector.fileno(), *others)
             else:
@@ -184,19 +213,47 @@ def serve(path: Path, preload: list[str]) -> None:
                 _reap(jobs)
 
 
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One request: its length with the two file descriptors, then the JSON body."""
+    conn.settimeout(REQUEST_SECONDS)  # a silent peer must not freeze the zygote
+    header, received, _, _ = socket.recv_fds(conn, HEADER, 2)
+    try:
+        while len(header) < HEADER:
+            chunk = conn.recv(HEADER - len(header))
+            if not chunk:
+                raise ValueError("the request ended early")
+            header += chunk
+        size = int.from_bytes(header, "big")
+        if len(received) != 2 or size > MAX_REQUEST_BYTES:
+            raise ValueError(f"a malformed request ({len(received)} descriptors, {size} bytes)")
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(min(1 << 16, size - len(body)))
+            if not chunk:
+                raise ValueError("the request ended early")
+            body += chunk
+        return json.loads(body.decode()), received
+    except BaseException:
+        for fd in received:
+            os.close(fd)
+        raise
+
+
 def _handle(conn: socket.socket, listener: socket.socket, jobs: dict[int, _Job], *fds: int) -> None:
     try:
-        data, received, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 2)
-        request = json.loads(data.decode())
-        stdout_fd, log_fd = received
+        request, (stdout_fd, log_fd) = _receive(conn)
+        pid = os.fork()
     except (OSError, ValueError) as exc:
+        if "stdout_fd" in locals():  # received, but the fork failed
+            os.close(stdout_fd)
+            os.close(log_fd)
         try:
             conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
         except OSError:
             pass
         conn.close()
         return
-    pid = os.fork()
+    conn.settimeout(None)
     if pid == 0:  # the job's child: never returns
         _run_child(request, stdout_fd, log_fd, [conn.fileno(), listener.fileno(), *fds])
     # Its own process group before its pid is reported: an abort signals the group, and
@@ -256,6 +313,9 @@ def _run_child(request: dict[str, Any], stdout_fd: int, log_fd: int, inherited: 
         sys.path[:0] = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         _die_with(int(request["watch"]))
         sys.argv = [request["module"], *request["args"]]
+        # Run as __main__ from its source, as `python -m` does; the preloaded copy stays
+        # out of the way (its imports, torch among them, are what the preload was for).
+        sys.modules.pop(request["module"], None)
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
@@ -278,7 +338,7 @@ def _die_with(pid: int) -> None:
     """End this process group when `pid` (the runner) ends."""
     try:
         fd = os.pidfd_open(pid)
-    except (OSError, AttributeError):  # gone already, or no pidfd (Linux < 5.3)
+    except ProcessLookupError:  # the runner is gone already
         os.killpg(0, signal.SIGKILL)
         return
 

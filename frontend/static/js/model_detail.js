@@ -120,7 +120,8 @@
 
   // Once subscribed: the points stored between this page's render and the subscription.
   function catchUp() {
-    fetch("/api/models/" + jobId + "/metrics/?after=" + lastIteration, { credentials: "same-origin" })
+    // From the last iteration drawn, included: its validation points come in a later batch.
+    fetch("/api/models/" + jobId + "/metrics/?after=" + Math.max(0, lastIteration - 1), { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (missed) {
         if (!missed) return;
@@ -131,6 +132,9 @@
         list.sort(function (a, b) { return a.iteration - b.iteration; });
         addPoints(list);
       });
+    fetch("/api/models/" + jobId + "/", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) { if (data) renderSnapshots(data.snapshots); });
   }
 
   DigitsLive.followJob(function (msg) {
