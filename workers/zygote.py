@@ -239,19 +239,26 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise
 
 
+def _refuse(conn: socket.socket, reason: str) -> None:
+    try:
+        conn.sendall(json.dumps({"error": reason}).encode() + b"\n")
+    except OSError:
+        pass
+    conn.close()
+
+
 def _handle(conn: socket.socket, listener: socket.socket, jobs: dict[int, _Job], *fds: int) -> None:
     try:
         request, (stdout_fd, log_fd) = _receive(conn)
-        pid = os.fork()
     except (OSError, ValueError) as exc:
-        if "stdout_fd" in locals():  # received, but the fork failed
-            os.close(stdout_fd)
-            os.close(log_fd)
-        try:
-            conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
-        except OSError:
-            pass
-        conn.close()
+        _refuse(conn, str(exc))
+        return
+    try:
+        pid = os.fork()
+    except OSError as exc:  # out of memory or processes: the runner starts its child itself
+        os.close(stdout_fd)
+        os.close(log_fd)
+        _refuse(conn, str(exc))
         return
     conn.settimeout(None)
     if pid == 0:  # the job's child: never returns
