@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.errors import JobError
-from workers.kinds import Blocked, Kind
+from workers.kinds import Kind
 from workers.protocol import Event, Result
 from workers.models import Job
 
@@ -51,6 +51,3 @@ class DatasetBuild(Kind):
     def rewind(self, job_id: int) -> str:
         self.cleanup(Job(pk=job_id))
         return "Building again from the start."
-
-    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
-        return {}

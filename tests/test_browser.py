@@ -219,7 +219,13 @@ def test_base_model_picker_searches_the_api(live_url, page, owner, teammate):
     page.fill("#base-model-search", "sweep")
     page.wait_for_function("document.querySelectorAll('#base-model-results option').length === 21")  # 20 + "more"
     assert "10 more" in page.inner_text("#base-model-results")
+    _keep(page, "model-form-picker")
     assert not errors, errors
+    # A page refused to this user says why, in the site's layout, with a way back.
+    page.goto(f"{live_url}/cluster/")
+    assert page.inner_text("#error-message") == "Only admins can use the cluster console."
+    assert page.locator("a", has_text="Console").count() >= 1
+    _keep(page, "error-page")
 
 
 # Holds back each websocket's "open" handler until the test calls __release(): the page

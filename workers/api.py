@@ -21,6 +21,7 @@ from .models import Job, JobEvent, JobStatus, Priority
 from .errors import JobError
 from .listing import JobFilterSet, Pagination, job_ordering
 from .permissions import IsStaff
+from .selectors import job_list
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -158,7 +159,7 @@ class JobListApi(generics.ListAPIView):
 
     serializer_class = OutputSerializer
     filterset_class = JobFilter
-    queryset = Job.objects.select_related("owner").order_by("-created_at", "-id")
+    queryset = job_list()
 
 
 class JobLogApi(APIView):

@@ -16,7 +16,7 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import IO, Any, ClassVar, TypeVar, Union
 
 PROTOCOL_VERSION = 1
@@ -171,8 +171,7 @@ def decode(line: str) -> Event:
     cls = EVENTS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown event {kind!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
+    hints, known = _shape(cls)
     unknown = set(data) - set(known)
     if unknown:
         raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -184,6 +183,16 @@ def decode(line: str) -> Event:
         if not _matches(data[name], hints[name]):
             raise ProtocolError(f"{kind}: field {name!r} is {type(data[name]).__name__}, expected {hints[name]}")
     return cls(**data)
+
+
+_SHAPES: dict[str, tuple[dict[str, Any], dict[str, Field[Any]]]] = {}
+
+
+def _shape(cls: type[Event]) -> tuple[dict[str, Any], dict[str, Field[Any]]]:
+    """An event class's field types and fields, worked out once (the relay decodes every line)."""
+    if cls.name not in _SHAPES:
+        _SHAPES[cls.name] = (typing.get_type_hints(cls), {f.name: f for f in fields(cls)})
+    return _SHAPES[cls.name]
 
 
 def _matches(value: Any, hint: Any) -> bool:

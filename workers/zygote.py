@@ -104,12 +104,6 @@ class ZygoteChild:
                 self.conn.close()
             return self.returncode
 
-    def poll(self) -> int | None:
-        try:
-            return self.wait(timeout=0.0001)
-        except subprocess.TimeoutExpired:
-            return None
-
 
 def start(path: Path, module: str, args: list[str], env: dict[str, str], cwd: str, log_fd: int) -> ZygoteChild:
     """Start `python -m module *args` through the zygote at `path`."""
