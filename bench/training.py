@@ -52,7 +52,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from bench.dataset_build import make_folder  # noqa: E402
-from datasets.services import DatasetParams, dataset_create  # noqa: E402
+from datasets.services import dataset_create  # noqa: E402
 from models_app.models import TrainedModel  # noqa: E402
 from models_app.training import CHILD_ENV  # noqa: E402
 from models_app.services import model_create  # noqa: E402
@@ -86,10 +86,10 @@ def plain_loop(network: str, train_db: Path, mean_path: Path, epochs: int, batch
 
 def run_case(owner, name: str, network: str, size: int, mode: str, count: int, epochs: int, batch: int, lr: float) -> dict:
     folder = make_folder(WORK / "images" / name, count, (size, size), "RGB" if mode == "color" else "L", "png")
-    params = DatasetParams(
-        name=name, folder=str(folder), image_width=size, image_height=size, image_mode=mode, encoding="none", val_percent=10
+    dataset = dataset_create(
+        owner=owner, name=name, folder=str(folder), image_width=size, image_height=size, image_mode=mode, encoding="none",
+        val_percent=10,
     )
-    dataset = dataset_create(owner=owner, params=params)
     wait(dataset.pk)
     dataset.refresh_from_db()
     mean = dataset.mean_path

@@ -22,10 +22,9 @@ from workers.permissions import current_user
 from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update
 
-from .models import Dataset, Encoding, ImageMode, ResizeMode, Source, Upload
-from .spec import DEFAULTS
+from .models import PARAM_FIELDS, Dataset, Source, Upload
 from .selectors import dataset_gallery, dataset_image, dataset_list
-from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete
+from .services import dataset_clone_params, dataset_create, dataset_delete
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
 
 
@@ -45,38 +44,26 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_serializer(component_name="DatasetInput")
-class DatasetInputSerializer(serializers.Serializer):
+class DatasetInputSerializer(serializers.ModelSerializer):
+    """A dataset request: the options come from the Dataset model (defaults, choices,
+    validators and help declared there once); the job's name, group and notes, the upload
+    id and the list files are added here."""
+
     name = serializers.CharField(max_length=200)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
-    source = serializers.ChoiceField(choices=Source.choices, default=Source.FOLDER)  # type: ignore[assignment]  # a field named like Field.source
-    folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
-                                   help_text="Server folder of class subfolders (source=folder).")
-    val_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
-    test_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
-    train_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
-                                       help_text="Server path of a `path label_index` list (source=textfile).")
-    val_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
-    test_list = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
-    labels_file = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
-    image_folder = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
     train_list_upload = serializers.FileField(required=False, help_text="Multipart: the training list itself.")
     val_list_upload = serializers.FileField(required=False)
     test_list_upload = serializers.FileField(required=False)
     labels_file_upload = serializers.FileField(required=False)
-    shuffle = serializers.BooleanField(default=DEFAULTS.shuffle)
-    upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
-    image_width = serializers.IntegerField(min_value=1, max_value=4096, default=DEFAULTS.width)
-    image_height = serializers.IntegerField(min_value=1, max_value=4096, default=DEFAULTS.height)
-    image_mode = serializers.ChoiceField(choices=ImageMode.choices, default=ImageMode.COLOR)
-    resize_mode = serializers.ChoiceField(choices=ResizeMode.choices, default=DEFAULTS.resize_mode)
-    encoding = serializers.ChoiceField(choices=Encoding.choices, default=DEFAULTS.encoding)
-    jpeg_quality = serializers.IntegerField(min_value=1, max_value=100, default=DEFAULTS.jpeg_quality)
-    val_percent = serializers.FloatField(min_value=0, max_value=99, default=DEFAULTS.val_percent)
-    test_percent = serializers.FloatField(min_value=0, max_value=99, default=DEFAULTS.test_percent)
-    min_per_class = serializers.IntegerField(min_value=0, default=DEFAULTS.min_per_class)
-    max_per_class = serializers.IntegerField(min_value=0, default=DEFAULTS.max_per_class)
-    seed = serializers.IntegerField(default=DEFAULTS.seed, min_value=0, max_value=2**63 - 1)
+
+    class Meta:
+        model = Dataset
+        fields = [
+            "name", "group", "notes", *PARAM_FIELDS, "upload",
+            "train_list_upload", "val_list_upload", "test_list_upload", "labels_file_upload",
+        ]
 
 
 def _create(request: Request, data: Any) -> Dataset:
@@ -84,7 +71,7 @@ def _create(request: Request, data: Any) -> Dataset:
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
     uploaded = {k[: -len("_upload")]: values.pop(k) for k in list(values) if k.endswith("_upload")}
-    return dataset_create(owner=current_user(request.user), params=DatasetParams.from_data(values), uploaded=uploaded)
+    return dataset_create(owner=current_user(request.user), uploaded=uploaded, **values)
 
 
 class DatasetFilter(JobFilterSet):

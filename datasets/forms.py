@@ -5,8 +5,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from .spec import DEFAULTS
-from .models import Encoding, ImageMode, ResizeMode, Source
+from .models import PARAM_FIELDS, Dataset, ResizeMode, Source, param_field
 
 RESIZE_HELP = {
     ResizeMode.SQUASH: "Stretch to the size; the aspect ratio changes.",
@@ -15,10 +14,12 @@ RESIZE_HELP = {
     ResizeMode.HALF_CROP: "Scale by the mean of the two ratios: crop the long side, noise-pad the short side.",
 }
 
-LIST_HELP = "Lines of `path label_index`; relative paths are taken under the image folder."
 
+class DatasetForm(forms.ModelForm):
+    """The new-dataset form. Its option fields come from the Dataset model (labels, help,
+    defaults, choices, validators: declared once there); what is added here is the job's
+    name, group and notes, the upload id and the list files, which are not options."""
 
-class DatasetForm(forms.Form):
     # Which fields belong to which source: the template shows one group at a time.
     SOURCE_FIELDS = {
         Source.FOLDER: ["folder", "val_folder", "test_folder"],
@@ -32,80 +33,67 @@ class DatasetForm(forms.Form):
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    source = forms.ChoiceField(choices=Source.choices, initial=Source.FOLDER, widget=forms.RadioSelect)
-
-    folder = forms.CharField(
-        max_length=1000, required=False, label="Training images folder",
-        help_text="A server folder with one subfolder of images per class (sorted subfolder names become the labels; nested folders are walked).",
-    )
-    val_folder = forms.CharField(max_length=1000, required=False, label="Separate validation folder (optional)")
-    test_folder = forms.CharField(max_length=1000, required=False, label="Separate test folder (optional)")
-    val_percent = forms.FloatField(min_value=0, max_value=99, initial=DEFAULTS.val_percent, label="% for validation",
-                                   help_text="Per class, and at least one image per class where possible. "
-                                   "Not used when separate validation/test folders are given.")
-    test_percent = forms.FloatField(min_value=0, max_value=99, initial=DEFAULTS.test_percent, label="% for test")
-
-    labels_file = forms.CharField(max_length=1000, required=False, label="Labels file (server path)",
-                                  help_text="Line i is the name of label i.")
     labels_file_upload = forms.FileField(required=False, label="… or upload the labels file")
-    train_list = forms.CharField(max_length=1000, required=False, label="Training list (server path)", help_text=LIST_HELP)
     train_list_upload = forms.FileField(required=False, label="… or upload the training list")
-    val_list = forms.CharField(max_length=1000, required=False, label="Validation list (server path, optional)")
     val_list_upload = forms.FileField(required=False, label="… or upload the validation list")
-    test_list = forms.CharField(max_length=1000, required=False, label="Test list (server path, optional)")
     test_list_upload = forms.FileField(required=False, label="… or upload the test list")
-    image_folder = forms.CharField(max_length=1000, required=False, label="Image folder (optional)",
-                                   help_text="Prefix for relative paths in the lists.")
-    shuffle = forms.BooleanField(required=False, initial=DEFAULTS.shuffle, help_text="Shuffle the order of each list.")
-
     upload = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    image_width = forms.IntegerField(min_value=1, max_value=4096, initial=DEFAULTS.width, label="Width")
-    image_height = forms.IntegerField(min_value=1, max_value=4096, initial=DEFAULTS.height, label="Height")
-    image_mode = forms.ChoiceField(choices=ImageMode.choices, initial=ImageMode.COLOR, label="Image type")
-    resize_mode = forms.ChoiceField(
-        choices=ResizeMode.choices, initial=DEFAULTS.resize_mode, widget=forms.RadioSelect,
-        help_text=" ".join(f"{m.label.split(' (')[0]}: {h}" for m, h in RESIZE_HELP.items()),
-    )
-    encoding = forms.ChoiceField(choices=Encoding.choices, initial=DEFAULTS.encoding, label="Image encoding")
-    jpeg_quality = forms.IntegerField(min_value=1, max_value=100, initial=DEFAULTS.jpeg_quality, label="JPEG quality")
-    min_per_class = forms.IntegerField(min_value=0, initial=DEFAULTS.min_per_class, label="Minimum images per class",
-                                       help_text="Classes with fewer images (all splits together) are left out and reported. 0: keep all.")
-    max_per_class = forms.IntegerField(min_value=0, initial=DEFAULTS.max_per_class, label="Maximum images per class, per split",
-                                       help_text="0: no limit.")
-    seed = forms.IntegerField(initial=DEFAULTS.seed, min_value=0, max_value=2**63 - 1, help_text="Same seed, same split and same noise padding.")
+    class Meta:
+        model = Dataset
+        fields = PARAM_FIELDS
+        widgets = {"source": forms.RadioSelect, "resize_mode": forms.RadioSelect}
+
+    # The page's other fieldsets, in order (the template walks these; the resize modes
+    # have a fieldset of their own with a preview of each).
+    JOB_FIELDS = ("name", "group", "notes")
+    SPLIT_FIELDS = ("val_percent", "test_percent")  # folder and archive sources
+    SIZE_FIELDS = ("image_width", "image_height", "image_mode")
+    OPTION_FIELDS = ("encoding", "jpeg_quality", "min_per_class", "max_per_class", "seed")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name in self.DEFAULTED:
+        # An option left out of a post takes the model's default (as in the API), so a
+        # script posting the form needs to send only what it changes.
+        self.defaulted = [name for name in PARAM_FIELDS if param_field(name).has_default()]
+        for name in self.defaulted:
             self.fields[name].required = False
+        # A model field with choices and a default has no empty choice: the radio buttons
+        # and dropdowns show the default selected.
         roots = ", ".join(str(r) for r in settings.DATA_ROOTS)
         self.fields["folder"].help_text += f" Allowed roots: {roots}."
 
-    # Fields that fall back to their initial value when a post leaves them out.
-    DEFAULTED = (
-        "source", "val_percent", "test_percent", "image_width", "image_height", "image_mode", "resize_mode",
-        "encoding", "jpeg_quality", "min_per_class", "max_per_class", "seed",
-    )
-
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        for name in self.DEFAULTED:
+        for name in self.defaulted:
             if data.get(name) in (None, "") and name not in self.errors:
-                data[name] = self.fields[name].initial
+                data[name] = param_field(name).get_default()
         return data
 
-    def source_groups(self) -> list[tuple[str, list]]:
+    def params(self) -> dict[str, Any]:
+        """The cleaned options, for `dataset_create`."""
+        return {name: self.cleaned_data[name] for name in PARAM_FIELDS}
+
+    def source_groups(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(source, [self[name] for name in names]) for source, names in self.SOURCE_FIELDS.items()]
 
-    SPLIT_FIELDS = ("val_percent", "test_percent")  # folder and archive sources
+    def job_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.JOB_FIELDS]
 
-    def split_fields(self) -> list:
+    def split_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.SPLIT_FIELDS]
 
-    def common_fields(self) -> list:
-        grouped = {n for names in self.SOURCE_FIELDS.values() for n in names} | {"source", "upload", *self.SPLIT_FIELDS}
-        return [self[name] for name in self.fields if name not in grouped]
+    def size_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.SIZE_FIELDS]
+
+    def option_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.OPTION_FIELDS]
+
+    @classmethod
+    def shown_fields(cls) -> set[str]:
+        """Every field the page shows somewhere (a test checks none is left out)."""
+        by_source = {n for names in cls.SOURCE_FIELDS.values() for n in names}
+        return {*cls.JOB_FIELDS, "source", *by_source, *cls.SPLIT_FIELDS, *cls.SIZE_FIELDS, "resize_mode", *cls.OPTION_FIELDS}
 
     def uploaded_lists(self) -> dict:
         return {

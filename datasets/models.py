@@ -62,38 +62,74 @@ class Upload(models.Model):
         return Path(settings.DATA_DIR) / "uploads" / f"{self.pk}.bin"
 
 
+MAX_IMAGE_SIDE = 4096
+
 # The job kind of a dataset build (datasets/kind.py registers it with the job engine).
 DATASET_KIND = "dataset"
 
 
 class Dataset(models.Model):
     job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="dataset")
+    # The options a person chooses: declared here once. The form (datasets/forms.py) and
+    # the API (datasets/api.py) derive their fields, labels, defaults and validators from
+    # these, and `dataset_create` checks a request against them (PARAM_FIELDS below).
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.FOLDER)
     # Folder source: training folder, and optional separate validation / test folders.
-    folder = models.CharField(max_length=1000, blank=True, help_text="Server folder with one subfolder per class.")
-    val_folder = models.CharField(max_length=1000, blank=True)
-    test_folder = models.CharField(max_length=1000, blank=True)
+    folder = models.CharField(
+        "training images folder", max_length=1000, blank=True,
+        help_text="A server folder with one subfolder of images per class (sorted subfolder names become the labels; "
+        "nested folders are walked).",
+    )
+    val_folder = models.CharField("separate validation folder (optional)", max_length=1000, blank=True)
+    test_folder = models.CharField("separate test folder (optional)", max_length=1000, blank=True)
     # Text-file source: lists of `path label_index` lines and a labels file (stored in the
     # job folder when uploaded; server paths otherwise).
-    train_list = models.CharField(max_length=1000, blank=True)
-    val_list = models.CharField(max_length=1000, blank=True)
-    test_list = models.CharField(max_length=1000, blank=True)
-    labels_file = models.CharField(max_length=1000, blank=True)
-    image_folder = models.CharField(max_length=1000, blank=True)
-    shuffle = models.BooleanField(default=DEFAULTS.shuffle)
+    train_list = models.CharField(
+        "training list (server path)", max_length=1000, blank=True,
+        help_text="Lines of `path label_index`; relative paths are taken under the image folder.",
+    )
+    val_list = models.CharField("validation list (server path, optional)", max_length=1000, blank=True)
+    test_list = models.CharField("test list (server path, optional)", max_length=1000, blank=True)
+    labels_file = models.CharField(
+        "labels file (server path)", max_length=1000, blank=True, help_text="Line i is the name of label i."
+    )
+    image_folder = models.CharField(
+        "image folder (optional)", max_length=1000, blank=True, help_text="Prefix for relative paths in the lists."
+    )
+    shuffle = models.BooleanField(default=DEFAULTS.shuffle, help_text="Shuffle the order of each list.")
     # Upload source.
     upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets")
-    image_width = models.PositiveIntegerField(default=DEFAULTS.width)
-    image_height = models.PositiveIntegerField(default=DEFAULTS.height)
-    image_mode = models.CharField(max_length=16, choices=ImageMode.choices, default=ImageMode.COLOR)
+    image_width = models.PositiveIntegerField(
+        "width", default=DEFAULTS.width, validators=[MinValueValidator(1), MaxValueValidator(MAX_IMAGE_SIDE)]
+    )
+    image_height = models.PositiveIntegerField(
+        "height", default=DEFAULTS.height, validators=[MinValueValidator(1), MaxValueValidator(MAX_IMAGE_SIDE)]
+    )
+    image_mode = models.CharField("image type", max_length=16, choices=ImageMode.choices, default=ImageMode.COLOR)
     resize_mode = models.CharField(max_length=16, choices=ResizeMode.choices, default=DEFAULTS.resize_mode)
-    encoding = models.CharField(max_length=8, choices=Encoding.choices, default=DEFAULTS.encoding)
-    jpeg_quality = models.PositiveSmallIntegerField(default=DEFAULTS.jpeg_quality)
-    val_percent = models.FloatField(default=DEFAULTS.val_percent)
-    test_percent = models.FloatField(default=DEFAULTS.test_percent)
-    min_per_class = models.PositiveIntegerField(default=DEFAULTS.min_per_class)
-    max_per_class = models.PositiveIntegerField(default=DEFAULTS.max_per_class, help_text="0: no limit.")
-    seed = models.BigIntegerField(default=DEFAULTS.seed, validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
+    encoding = models.CharField("image encoding", max_length=8, choices=Encoding.choices, default=DEFAULTS.encoding)
+    jpeg_quality = models.PositiveSmallIntegerField(
+        "JPEG quality", default=DEFAULTS.jpeg_quality, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    val_percent = models.FloatField(
+        "% for validation", default=DEFAULTS.val_percent, validators=[MinValueValidator(0), MaxValueValidator(99)],
+        help_text="Per class, and at least one image per class where possible. Used for the splits that have no "
+        "separate folder or list of their own.",
+    )
+    test_percent = models.FloatField(
+        "% for test", default=DEFAULTS.test_percent, validators=[MinValueValidator(0), MaxValueValidator(99)]
+    )
+    min_per_class = models.PositiveIntegerField(
+        "minimum images per class", default=DEFAULTS.min_per_class,
+        help_text="Classes with fewer images (all splits together) are left out and reported. 0: keep all.",
+    )
+    max_per_class = models.PositiveIntegerField(
+        "maximum images per class, per split", default=DEFAULTS.max_per_class, help_text="0: no limit."
+    )
+    seed = models.BigIntegerField(
+        default=DEFAULTS.seed, validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)],
+        help_text="Same seed, same split and same noise padding.",
+    )
     # Filled in when the build finishes.
     labels = models.JSONField(default=list, blank=True)
     counts = models.JSONField(default=dict, blank=True)  # {"train": n, "val": n, "test": n}
@@ -144,3 +180,20 @@ class Dataset(models.Model):
         """(label, [count per split]) for the dataset page's table and chart."""
         splits = self.splits
         return [(label, [self.class_counts[s][i] for s in splits]) for i, label in enumerate(self.labels)]
+
+
+# The fields of a dataset request (besides the job's name, group and notes, and the upload,
+# which is checked against its owner): what the form, the API and `dataset_create` accept.
+PARAM_FIELDS = (
+    "source", "folder", "val_folder", "test_folder",
+    "train_list", "val_list", "test_list", "labels_file", "image_folder", "shuffle",
+    "image_width", "image_height", "image_mode", "resize_mode", "encoding", "jpeg_quality",
+    "val_percent", "test_percent", "min_per_class", "max_per_class", "seed",
+)
+
+
+def param_field(name: str) -> models.Field:
+    """The model field of an option (its label, default and validators)."""
+    field = Dataset._meta.get_field(name)
+    assert isinstance(field, models.Field), name
+    return field

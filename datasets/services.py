@@ -1,14 +1,15 @@
 """Writes for datasets: validation of a request, creation, queueing, build results."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
@@ -19,12 +20,10 @@ from workers.services import job_create, job_delete, job_enqueue
 from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
 from .lmdb_store import forget
-from .models import DATASET_KIND, Dataset, Encoding, ImageMode, ResizeMode, Source
+from .models import DATASET_KIND, PARAM_FIELDS, Dataset, Source, param_field
 from .sources import is_under
-from .spec import DEFAULTS, BuildSpec
+from .spec import BuildSpec
 from .uploads import upload_for_build, upload_release
-
-MAX_IMAGE_SIDE = 4096
 
 
 def resolve_data_folder(folder: str, field: str = "folder") -> Path:
@@ -88,43 +87,6 @@ def resolve_data_file(path: str, field: str) -> Path:
     return resolved
 
 
-@dataclass
-class DatasetParams:
-    """Everything a person chooses when creating a dataset (the form and the API fill it)."""
-
-    name: str
-    source: str = Source.FOLDER
-    group: str = ""
-    notes: str = ""
-    folder: str = ""
-    val_folder: str = ""
-    test_folder: str = ""
-    train_list: str = ""
-    val_list: str = ""
-    test_list: str = ""
-    labels_file: str = ""
-    image_folder: str = ""
-    shuffle: bool = DEFAULTS.shuffle
-    upload: str = ""  # an Upload id
-    image_width: int = DEFAULTS.width
-    image_height: int = DEFAULTS.height
-    image_mode: str = ImageMode.COLOR
-    resize_mode: str = DEFAULTS.resize_mode
-    encoding: str = DEFAULTS.encoding
-    jpeg_quality: int = DEFAULTS.jpeg_quality
-    val_percent: float = DEFAULTS.val_percent
-    test_percent: float = DEFAULTS.test_percent
-    min_per_class: int = DEFAULTS.min_per_class
-    max_per_class: int = DEFAULTS.max_per_class
-    seed: int = DEFAULTS.seed
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> DatasetParams:
-        names = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: ("" if v is None else v) for k, v in data.items() if k in names}
-        return cls(**values)
-
-
 LIST_FIELDS = ("train_list", "val_list", "test_list", "labels_file")
 # Stored as given, whatever the source (the source's own fields are checked by _check_source).
 OPTION_FIELDS = (
@@ -133,26 +95,34 @@ OPTION_FIELDS = (
 )
 
 
-def _check_options(p: DatasetParams) -> None:
-    if not (1 <= p.image_width <= MAX_IMAGE_SIDE and 1 <= p.image_height <= MAX_IMAGE_SIDE):
-        raise JobError(f"Image width and height must be between 1 and {MAX_IMAGE_SIDE} pixels.", field="image_width")
-    if p.image_mode not in ImageMode.values:
-        raise JobError(f"Image type must be one of {', '.join(ImageMode.values)}.", field="image_mode")
-    if p.resize_mode not in ResizeMode.values:
-        raise JobError(f"Resize mode must be one of {', '.join(ResizeMode.values)}.", field="resize_mode")
-    if p.encoding not in Encoding.values:
-        raise JobError(f"Encoding must be one of {', '.join(Encoding.values)}.", field="encoding")
-    if not 1 <= p.jpeg_quality <= 100:
-        raise JobError("JPEG quality must be between 1 and 100.", field="jpeg_quality")
-    if p.val_percent < 0 or p.test_percent < 0 or p.val_percent + p.test_percent >= 100:
-        raise JobError("The validation and test percentages must be at least 0 and add up to less than 100.", field="val_percent")
-    if p.min_per_class < 0 or p.max_per_class < 0:
-        raise JobError("Minimum and maximum per class cannot be negative.", field="min_per_class")
+def _candidate(params: dict[str, Any]) -> Dataset:
+    """The request as an unsaved Dataset: the model's defaults fill what was left out and
+    its validators check each field alone (so a script calling the service directly gets
+    the same checks as the form and the API)."""
+    unknown = set(params) - set(PARAM_FIELDS)
+    if unknown:
+        raise JobError(f"Unknown dataset parameters: {', '.join(sorted(unknown))}.")
+    candidate = Dataset(**{k: ("" if v is None else v) for k, v in params.items()})
+    try:
+        candidate.clean_fields(exclude=[f.name for f in Dataset._meta.fields if f.name not in PARAM_FIELDS])
+    except ValidationError as exc:
+        name, messages = next(iter(exc.message_dict.items()))
+        label = param_field(name).verbose_name
+        raise JobError(f"{str(label)[:1].upper()}{str(label)[1:]}: {' '.join(messages)}", field=name) from None
+    return candidate
+
+
+def _check_options(p: Dataset) -> None:
+    """The rules that involve several fields (the model's validators check each alone)."""
+    if not (math.isfinite(p.val_percent) and math.isfinite(p.test_percent)):
+        raise JobError("The validation and test percentages must be numbers.", field="val_percent")
+    if p.val_percent + p.test_percent >= 100:
+        raise JobError("The validation and test percentages must add up to less than 100.", field="val_percent")
     if p.max_per_class and p.min_per_class > p.max_per_class:
         raise JobError("The minimum per class is larger than the maximum.", field="min_per_class")
 
 
-def _check_source(p: DatasetParams, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
+def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
     """Validate the source and return the resolved fields to store."""
     if p.source == Source.FOLDER:
         folder = resolve_data_folder(p.folder)
@@ -181,18 +151,32 @@ def _check_source(p: DatasetParams, owner: User, uploaded: dict[str, UploadedFil
         out["image_folder"] = str(resolve_data_folder(p.image_folder, field="image_folder")) if p.image_folder else ""
         return out
     if p.source == Source.UPLOAD:
-        return {"upload": upload_for_build(p.upload, owner)}
+        return {"upload": upload_for_build(upload, owner)}
     raise JobError(f"Source must be one of {', '.join(Source.values)}.", field="source")
 
 
 @transaction.atomic
-def dataset_create(*, owner: User, params: DatasetParams, uploaded: dict[str, UploadedFile] | None = None) -> Dataset:
-    """Validate a dataset request, store it and queue its build (after commit)."""
-    if not params.name.strip():
+def dataset_create(
+    *,
+    owner: User,
+    name: str,
+    group: str = "",
+    notes: str = "",
+    upload: str = "",
+    uploaded: dict[str, UploadedFile] | None = None,
+    **params: Any,
+) -> Dataset:
+    """Validate a dataset request, store it and queue its build (after commit).
+
+    `params` are Dataset fields named in PARAM_FIELDS; what is left out takes the model's
+    default. `upload` is an Upload id (source=upload); `uploaded` holds list files sent
+    with the request, by field name."""
+    if not name.strip():
         raise JobError("Give the dataset a name.", field="name")
-    _check_options(params)
-    source_fields = _check_source(params, owner, uploaded or {})
-    job = job_create(kind=DATASET_KIND, name=params.name.strip(), owner=owner, group=params.group, notes=params.notes)
+    candidate = _candidate(params)
+    _check_options(candidate)
+    source_fields = _check_source(candidate, upload, owner, uploaded or {})
+    job = job_create(kind=DATASET_KIND, name=name.strip(), owner=owner, group=group, notes=notes)
     for name in LIST_FIELDS:
         file = source_fields.get(name)
         if isinstance(file, UploadedFile):
@@ -206,8 +190,8 @@ def dataset_create(*, owner: User, params: DatasetParams, uploaded: dict[str, Up
             source_fields[name] = str(target)
     dataset = Dataset.objects.create(
         job=job,
-        source=params.source,
-        **{name: getattr(params, name) for name in OPTION_FIELDS},
+        source=candidate.source,
+        **{field: getattr(candidate, field) for field in OPTION_FIELDS},
         **source_fields,
     )
     job_enqueue(job.pk, from_=[JobStatus.INITIALIZED])
@@ -218,7 +202,7 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
     """The form's initial values for "Clone": the same parameters, a new name. Lists that
     were uploaded now live in the original's job folder and are offered as server paths
     only when that folder is under a data root; otherwise they must be uploaded again."""
-    data = {f.name: getattr(dataset, f.name) for f in fields(DatasetParams) if hasattr(dataset, f.name)}
+    data = {name: getattr(dataset, name) for name in PARAM_FIELDS}
     data.update(name=f"{dataset.job.name} (clone)", group=dataset.job.group, notes=dataset.job.notes)
     data["upload"] = str(dataset.upload_id or "")
     for name in LIST_FIELDS:

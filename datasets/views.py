@@ -14,7 +14,7 @@ from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
 from .selectors import dataset_gallery, dataset_image, dataset_list
-from .services import DatasetParams, dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
+from .services import dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
 
 
@@ -31,9 +31,12 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
         initial = dataset_clone_params(get_object_or_404(dataset_list(), pk=int(clone_of)))
     form = DatasetForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        data = {k: v for k, v in form.cleaned_data.items() if not k.endswith("_upload")}
+        data = form.cleaned_data
         try:
-            dataset = dataset_create(owner=current_user(request.user), params=DatasetParams.from_data(data), uploaded=form.uploaded_lists())
+            dataset = dataset_create(
+                owner=current_user(request.user), name=data["name"], group=data["group"], notes=data["notes"],
+                upload=data["upload"], uploaded=form.uploaded_lists(), **form.params(),
+            )
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:

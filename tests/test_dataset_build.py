@@ -483,12 +483,13 @@ def test_a_full_disk_fails_with_a_clear_message_and_no_partial_files(tmp_path):
 
 
 def test_the_build_spec_is_typed_and_its_defaults_declared_once(tmp_path, capsys):
-    """The worker and the build child share one typed spec; the Dataset model, the form
-    and the API take their defaults from it; a misspelt field is refused by the child."""
+    """The worker and the build child share one typed spec; the Dataset model takes its
+    defaults from it, and the form and the API take every option from the model (label,
+    default, choices, validators); a misspelt field is refused by the child."""
     from datasets.api import DatasetInputSerializer
     from datasets.build import main
     from datasets.forms import DatasetForm
-    from datasets.models import Dataset
+    from datasets.models import PARAM_FIELDS, Dataset
     from datasets.spec import DEFAULTS, BuildSpec
 
     for model_field, spec_field in (("image_width", "width"), ("val_percent", "val_percent"), ("encoding", "encoding"),
@@ -496,7 +497,20 @@ def test_the_build_spec_is_typed_and_its_defaults_declared_once(tmp_path, capsys
         default = getattr(DEFAULTS, spec_field)
         assert Dataset._meta.get_field(model_field).default == default
         assert DatasetForm.base_fields[model_field].initial == default
-        assert DatasetInputSerializer().fields[model_field].default == default
+    serializer_fields = DatasetInputSerializer().fields
+    for name in PARAM_FIELDS:
+        field = Dataset._meta.get_field(name)
+        form_field = DatasetForm.base_fields[name]
+        assert form_field.label == field.verbose_name[:1].upper() + field.verbose_name[1:]
+        assert form_field.help_text == field.help_text
+        # Every option has a default, so a request need only name what it changes.
+        assert field.has_default() or field.blank
+        assert not serializer_fields[name].required
+        if field.choices:
+            assert list(serializer_fields[name].choices) == [value for value, _ in field.choices]
+    assert serializer_fields["image_width"].max_value == 4096 and serializer_fields["jpeg_quality"].min_value == 1
+    # The page shows every field of the form somewhere.
+    assert DatasetForm.shown_fields() == set(DatasetForm.base_fields)
     spec = BuildSpec(output_dir=str(tmp_path), folder="/x", val_percent=10)
     assert BuildSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     path = tmp_path / "spec.json"
