@@ -33,58 +33,93 @@ def _key(index: int) -> bytes:
     return b"%010d" % index
 
 
-class LmdbWriter:
-    """Append-only writer with large transactions and a map that grows when full
-    (so nothing reserves a terabyte of address space up front)."""
+def map_size_for(count: int, record_bytes: int) -> int:
+    """An LMDB map that holds `count` records of at most `record_bytes` each, with room to
+    spare: half-full leaf pages and whole overflow pages. It is address space, not disk:
+    the file grows only as records are written."""
+    return (64 << 20) + count * (2 * record_bytes + 4096 + 64)
 
-    def __init__(self, path: Path, *, commit_bytes: int = 32 << 20, initial_map: int = 64 << 20) -> None:
+
+def _open_for_writing(path: Path, map_size: int) -> lmdb.Environment:
+    # No sync per commit: the build syncs once at the end, and a killed build leaves only
+    # its temporary folder, which the next attempt removes.
+    return lmdb.open(
+        str(path), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False, sync=False, metasync=False
+    )
+
+
+class LmdbWriter:
+    """The database of one split while it is built.
+
+    Records are written by the build's worker processes themselves (`write_records`), each
+    at the key of the image's position in the split, so no pixels pass through the parent;
+    the parent opens the database first, then, at `close`, closes the gaps left by images
+    that could not be read and writes the meta data and the labels."""
+
+    def __init__(self, path: Path, *, map_size: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(str(path), map_size=initial_map, subdir=True, lock=True, readahead=False, meminit=False)
-        self.commit_bytes = commit_bytes
-        self.count = 0
-        self.labels: list[int] = []
-        self._pending: list[tuple[bytes, bytes]] = []
-        self._pending_bytes = 0
-
-    def add(self, label: int, encoded: bytes) -> None:
-        value = _LABEL.pack(label) + encoded
-        self._pending.append((_key(self.count), value))
-        self._pending_bytes += len(value)
-        self.labels.append(label)
-        self.count += 1
-        # One transaction per ~32 MiB: few fsyncs, and memory stays bounded.
-        if self._pending_bytes >= self.commit_bytes:
-            self.flush()
-
-    def _put_all(self, items: list[tuple[bytes, bytes]]) -> None:
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key, value in items:
-                        txn.put(key, value)
-                return
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            except lmdb.Error as exc:
-                raise StoreWriteError(f"writing {self.path.name} failed: {exc}") from exc
-
-    def flush(self) -> None:
-        if self._pending:
-            self._put_all(self._pending)
-            self._pending = []
-            self._pending_bytes = 0
-
-    def close(self, meta: dict[str, Any]) -> None:
-        self.flush()
-        labels = np.asarray(self.labels, dtype="<u4").tobytes()
-        self._put_all([(META_KEY, json.dumps({**meta, "count": self.count}).encode()), (LABELS_KEY, labels)])
+        self.map_size = map_size
         try:
+            self.env = _open_for_writing(path, map_size)
+        except lmdb.Error as exc:
+            raise StoreWriteError(f"creating {path.name} failed: {exc}") from exc
+
+    def close(self, meta: dict[str, Any], labels: list[int], gaps: list[int], total: int) -> int:
+        """Finish the split: `labels` of the records written, in position order; `gaps`
+        the positions (of `total`) that hold nothing. Returns the record count."""
+        try:
+            if gaps:
+                self._close_gaps(sorted(gaps), total)
+            count = total - len(gaps)
+            packed = np.asarray(labels, dtype="<u4").tobytes()
+            with self.env.begin(write=True) as txn:
+                txn.put(META_KEY, json.dumps({**meta, "count": count}).encode())
+                txn.put(LABELS_KEY, packed)
             self.env.sync(True)
+            return count
         except lmdb.Error as exc:
             raise StoreWriteError(f"writing {self.path.name} failed: {exc}") from exc
         finally:
             self.env.close()
+
+    def abandon(self) -> None:
+        """After a failure: close the environment (closing twice is harmless)."""
+        self.env.close()
+
+    def _close_gaps(self, gaps: list[int], total: int) -> None:
+        """Move every record after the first gap down, so the keys are 0..count-1 again.
+        Only builds with unreadable images pay for it, from the first one on."""
+        skip = set(gaps)
+        target = gaps[0]
+        with self.env.begin(write=True) as txn:
+            for position in range(gaps[0], total):
+                if position in skip:
+                    continue
+                value = txn.get(_key(position))
+                assert value is not None, position  # every position is a record or a gap
+                txn.put(_key(target), value)
+                target += 1
+            for position in range(target, total):
+                txn.delete(_key(position))
+
+
+_WRITERS: dict[str, lmdb.Environment] = {}
+
+
+def write_records(path: Path, map_size: int, records: list[tuple[int, int, bytes]]) -> None:
+    """In a build worker: store (position, label, encoded image) records in one transaction.
+    Each worker keeps its own environment per split (LMDB serialises the writers) until it
+    exits; every commit is in the file by then, and the parent syncs it once at the end."""
+    try:
+        env = _WRITERS.get(str(path))
+        if env is None:
+            env = _WRITERS[str(path)] = _open_for_writing(path, map_size)
+        with env.begin(write=True) as txn:
+            for position, label, data in records:
+                txn.put(_key(position), _LABEL.pack(label) + data)
+    except lmdb.Error as exc:
+        raise StoreWriteError(f"writing {path.name} failed: {exc}") from exc
 
 
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}

@@ -196,7 +196,11 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = None
+# Results only for the inference worker's answers (workers/inference.py); every other
+# task ignores its result.
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 600
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -207,7 +211,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}
 CELERY_TASK_ROUTES = {
     "datasets.tasks.*": {"queue": "datasets"},
+    "models_app.classify_one": {"queue": "inference"},
 }
+# The inference worker: how long a page or API call waits for its answer, and torch's
+# threads per request there (0: every core).
+INFERENCE_TIMEOUT_SECONDS = env.float("DIGITS_INFERENCE_TIMEOUT", default=60.0)
+INFERENCE_THREADS = env.int("DIGITS_INFERENCE_THREADS", default=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

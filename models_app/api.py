@@ -229,13 +229,30 @@ def _epoch_param(raw: object) -> float | None:
         raise JobError("epoch must be a number (the snapshot's epoch).") from None
 
 
+_HISTOGRAM = inline_serializer("Histogram", {"counts": serializers.ListField(child=serializers.IntegerField()),
+                                             "edges": serializers.ListField(child=serializers.FloatField())})
+_STATISTICS = inline_serializer(
+    "LayerStatistics",
+    {"mean": serializers.FloatField(allow_null=True), "std": serializers.FloatField(allow_null=True),
+     "min": serializers.FloatField(allow_null=True), "max": serializers.FloatField(allow_null=True), "histogram": _HISTOGRAM},
+    allow_null=True,
+)
+
+
 class ModelClassifyApi(APIView):
-    """Classify one uploaded image with a snapshot (default: the latest): top-5."""
+    """Classify one uploaded image with a snapshot (default: the latest): top-5, the image
+    as the network saw it, and with `views=true` what every layer did (weights and
+    activations as pictures and statistics) and a Grad-CAM map. Answered by the inference
+    worker, so it works while every device trains."""
 
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
-        request=inline_serializer("ClassifyInput", {"image": serializers.ImageField(), "epoch": serializers.FloatField(required=False)}),
+        request=inline_serializer("ClassifyInput", {
+            "image": serializers.ImageField(),
+            "epoch": serializers.FloatField(required=False),
+            "views": serializers.BooleanField(required=False, default=False, help_text="Add every layer's pictures and statistics, and Grad-CAM."),
+        }),
         responses=inline_serializer(
             "ClassifyOutput",
             {
@@ -245,6 +262,22 @@ class ModelClassifyApi(APIView):
                     {"label": serializers.CharField(), "index": serializers.IntegerField(), "probability": serializers.FloatField()},
                     many=True,
                 ),
+                "input": inline_serializer("ClassifyInputImages", {
+                    "resized": serializers.CharField(help_text="PNG data URI: the image resized to the dataset's size."),
+                    "network": serializers.CharField(help_text="PNG data URI: the network's input (cropped, mean subtracted), scaled for display."),
+                }),
+                "seconds": serializers.FloatField(help_text="Time spent in the inference worker."),
+                "layers": inline_serializer("LayerView", {
+                    "name": serializers.CharField(), "type": serializers.CharField(),
+                    "output_shape": serializers.ListField(child=serializers.IntegerField(), allow_null=True),
+                    "params": serializers.IntegerField(),
+                    "weights": _STATISTICS, "weight_tiles": serializers.CharField(allow_null=True),
+                    "activations": _STATISTICS, "activation_tiles": serializers.CharField(allow_null=True),
+                }, many=True, required=False),
+                "total_params": serializers.IntegerField(required=False),
+                "gradcam": inline_serializer("GradCam", {
+                    "layer": serializers.CharField(), "overlay": serializers.CharField(), "heatmap": serializers.CharField(),
+                }, required=False, allow_null=True),
             },
         ),
     )
@@ -252,9 +285,12 @@ class ModelClassifyApi(APIView):
         model = get_object_or_404(model_list(), pk=pk)
         upload = request.FILES.get("image")
         if upload is None:
-            raise JobError("Attach an image file in the 'image' field.")
-        snapshot, predictions = model_classify_upload(model, _epoch_param(cast(dict[str, Any], request.data).get("epoch")), upload)
-        return Response({"epoch": snapshot.epoch, "predictions": predictions})
+            raise JobError("Attach an image file in the 'image' field.", field="image")
+        data = cast(dict[str, Any], request.data)
+        views = str(data.get("views", "")).lower() in ("1", "true", "yes", "on")
+        reply = model_classify_upload(model, _epoch_param(data.get("epoch")), upload, views=views)
+        reply.pop("ok", None)
+        return Response(reply)
 
 
 class ModelDownloadApi(APIView):

@@ -172,7 +172,11 @@ def network_choices() -> list[tuple[str, str]]:
 
 class ClassifyForm(forms.Form):
     image = forms.ImageField()
-    epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None)
+    epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None, label="Snapshot")
+    views = forms.BooleanField(
+        required=False, label="Show visualizations and statistics",
+        help_text="Every layer's weights and activations for this image, and a Grad-CAM map of what drove the top prediction.",
+    )
 
     def __init__(self, *args: Any, epochs: list[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,14 +1,20 @@
-"""Classify images with a snapshot: the same preprocessing as validation in training
-(`training.augment.BatchTransform.eval`: mean subtraction, centre crop, / 255).
+"""Classify an image with a snapshot, in an inference worker (workers/inference.py; the
+task is in models_app/tasks.py), never in the web process: this module imports torch.
 
-Standard networks run here; custom networks run in the sandbox child, because the web
-process never executes user code."""
+The preprocessing is validation's (`training.augment.BatchTransform.eval`: mean
+subtraction, centre crop, / 255). Standard networks run in the worker, where a few
+recently used snapshots stay loaded; custom networks run in the sandbox child
+(models_app/sandbox.py), because no worker executes user code in its own process. Both
+answer through `network_views.analyse`.
+"""
 from __future__ import annotations
 
+import io
 import tempfile
 import threading
+import time
 from collections import OrderedDict
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,18 +23,15 @@ from datasets.imaging import load_image, resize_image, to_array
 
 from .models import Network, Snapshot, TrainedModel
 from .networks import network_module
+from .network_views import analyse
 from .training.augment import BatchTransform, TransformSpec
 
-_CACHE: OrderedDict[tuple[str, float], tuple[torch.nn.Module, dict[str, Any]]] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, float], torch.nn.Module] = OrderedDict()
 _CACHE_SIZE = 4
 _LOCK = threading.Lock()
 
 
-def _checkpoint_info(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    return {k: checkpoint.get(k) for k in ("network", "input_shape", "num_classes", "crop_size", "mean_subtraction")}
-
-
-def load_network(snapshot: Snapshot) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_network(snapshot: Snapshot) -> torch.nn.Module:
     """Rebuild a standard network from a snapshot; a few recent ones stay loaded."""
     path = snapshot.path
     key = (str(path), path.stat().st_mtime)
@@ -40,47 +43,65 @@ def load_network(snapshot: Snapshot) -> tuple[torch.nn.Module, dict[str, Any]]:
     net = network_module(checkpoint["network"]).build(tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
     net.load_state_dict(checkpoint["model"])
     net.eval()
-    entry = (net, _checkpoint_info(checkpoint))
     with _LOCK:
-        _CACHE[key] = entry
+        _CACHE[key] = net
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return entry
+    return net
 
 
-def preprocess(model: TrainedModel, source: BinaryIO) -> torch.Tensor:
-    """One image as a (1, C, H, W) network input. Raises ValueError for a bad image."""
+def preprocess(model: TrainedModel, image: bytes) -> tuple[np.ndarray, torch.Tensor]:
+    """(the image resized to the dataset's size, HxWxC uint8; the (1, C, H, W) network
+    input). Raises ValueError for a file that is not a readable image."""
     dataset = model.dataset
-    img = resize_image(load_image(source, dataset.channels), dataset.image_width, dataset.image_height, dataset.resize_mode)
-    images = torch.from_numpy(to_array(img).copy()).permute(2, 0, 1)[None]
+    img = resize_image(
+        load_image(io.BytesIO(image), dataset.channels), dataset.image_width, dataset.image_height, dataset.resize_mode
+    )
+    resized = to_array(img).copy()
+    images = torch.from_numpy(resized).permute(2, 0, 1)[None]
     spec = TransformSpec(crop_size=model.crop_size, mean_subtraction=model.mean_subtraction)
-    return BatchTransform(spec, dataset.load_mean(), torch.device("cpu")).eval(images)
+    return resized, BatchTransform(spec, dataset.load_mean(), torch.device("cpu")).eval(images)
 
 
-def _probabilities(model: TrainedModel, snapshot: Snapshot, x: torch.Tensor) -> np.ndarray:
-    if model.network != Network.CUSTOM:
-        net, _ = load_network(snapshot)
-        with torch.no_grad():
-            return torch.softmax(net(x), dim=1)[0].numpy()
+# -- one request ----------------------------------------------------------------------------
+
+
+def _run_custom(model: TrainedModel, snapshot: Snapshot, resized: np.ndarray, x: torch.Tensor, views: bool) -> dict[str, Any]:
+    """User code runs in the sandbox child; the preprocessing is done here."""
     from .sandbox import SandboxError, run_sandboxed
 
-    with tempfile.NamedTemporaryFile(suffix=".npy", dir=model.directory) as tmp:
-        np.save(tmp, x.numpy())
+    with tempfile.NamedTemporaryFile(suffix=".npz", dir=model.directory) as tmp:
+        np.savez(tmp, x=x.numpy(), resized=resized)
         tmp.flush()
         try:
             reply = run_sandboxed(
                 {
                     "task": "classify", "network": "custom", "code": model.custom_code, "input_shape": list(x.shape[1:]),
                     "num_classes": model.dataset.num_classes, "weights": str(snapshot.path), "input": tmp.name,
+                    "crop_size": model.crop_size, "views": views,
                 }
             )
         except SandboxError as exc:
             raise ValueError(str(exc)) from exc
-    return np.asarray(reply["probabilities"])
+    reply.pop("ok", None)
+    return reply
 
 
-def classify_image(model: TrainedModel, snapshot: Snapshot, source: BinaryIO, top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for one image. Raises ValueError for a bad image."""
-    probs = _probabilities(model, snapshot, preprocess(model, source))
-    order = np.argsort(-probs)[: min(top_k, len(probs))]
-    return [{"label": model.dataset.labels[i], "index": int(i), "probability": float(probs[i])} for i in order]
+def classify(model: TrainedModel, snapshot: Snapshot, image: bytes, *, top_k: int = 5, views: bool = False) -> dict[str, Any]:
+    """Top-k labels with probabilities for one image (and, with `views`, what every layer
+    did). Raises ValueError for a bad image."""
+    started = time.perf_counter()
+    resized, x = preprocess(model, image)
+    if model.network == Network.CUSTOM:
+        reply = _run_custom(model, snapshot, resized, x, views)
+    else:
+        reply = analyse(load_network(snapshot), x, resized, crop_size=model.crop_size, views=views)
+    probabilities = np.asarray(reply.pop("probabilities"))
+    labels = model.dataset.labels
+    order = np.argsort(-probabilities)[: min(top_k, len(probabilities))]
+    reply["predictions"] = [
+        {"label": labels[i] if i < len(labels) else str(i), "index": int(i), "probability": float(probabilities[i])}
+        for i in order
+    ]
+    reply["seconds"] = round(time.perf_counter() - started, 4)
+    return reply

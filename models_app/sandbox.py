@@ -5,7 +5,8 @@ The web process never imports user code. "Visualize" on the form and classifying
 custom network both come here; `python -m models_app.sandbox` is the child side.
 
 Requests: {"task": "visualize", "network", "code", "input_shape", "num_classes"}
-          {"task": "classify", "network", "code", "input_shape", "num_classes", "weights", "input"}
+          {"task": "classify", "network", "code", "input_shape", "num_classes", "weights",
+           "input" (an .npz of the preprocessed input and the resized image), "crop_size", "views"}
 Replies:  {"ok": true, ...} or {"ok": false, "error": "...", "line": N | null}
 """
 from __future__ import annotations
@@ -103,16 +104,18 @@ def _visualize(net: Any, input_shape: list[int]) -> dict[str, Any]:
     return {"layers": layers, "output_shape": _shape(output), "total_params": total, "trainable_params": trainable}
 
 
-def _classify(net: Any, weights: str, input_path: str) -> dict[str, Any]:
+def _classify(net: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The inference worker's answer (models_app/network_views.py), for user code."""
     import numpy as np
     import torch
 
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    from models_app.network_views import analyse
+
+    state = torch.load(request["weights"], map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state))
-    net.eval()
-    with torch.no_grad():
-        probs = torch.softmax(net(torch.from_numpy(np.load(input_path))), dim=1)[0]
-    return {"probabilities": probs.tolist()}
+    with np.load(request["input"]) as data:
+        x, resized = torch.from_numpy(data["x"]), data["resized"]
+    return analyse(net, x, resized, crop_size=request.get("crop_size"), views=bool(request.get("views")))
 
 
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
         net = build_network(request["network"], request.get("code", ""), tuple(request["input_shape"]), int(request["num_classes"]))
         if request["task"] == "visualize":
             return {"ok": True, **_visualize(net, request["input_shape"])}
-        return {"ok": True, **_classify(net, request["weights"], request["input"])}
+        return {"ok": True, **_classify(net, request)}
     except NetworkCodeError as exc:
         return {"ok": False, "error": str(exc), "line": exc.line}
     except MemoryError:

@@ -2,11 +2,15 @@
 training run and its events, resume, clone and delete."""
 from __future__ import annotations
 
+import base64
+import io
+
 import shutil
 from dataclasses import asdict
 from collections.abc import Mapping
-from typing import Any, BinaryIO, cast
+from typing import Any
 
+from PIL import Image
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.uploadedfile import UploadedFile
@@ -14,6 +18,7 @@ from django.db import transaction
 
 from datasets.models import Dataset
 from workers.errors import JobError
+from workers.inference import ask
 from workers import protocol
 from workers.events import publish
 from workers.models import JobStatus, Priority
@@ -268,16 +273,28 @@ def snapshot_for(model: TrainedModel, epoch: float | None, *, field: str | None 
     return snapshot
 
 
-def model_classify_upload(model: TrainedModel, epoch: float | None, upload: UploadedFile) -> tuple[Snapshot, list[dict[str, Any]]]:
-    """Classify one uploaded image (used by the page and the API): size-checked, with the
-    snapshot of `epoch` or the latest. Every failure is a JobError the user can act on."""
-    from .inference import classify_image
-
-    limit = settings.MAX_UPLOAD_IMAGE_BYTES
-    if upload.size > limit:
-        raise JobError(f"The image is larger than {limit // (1024 * 1024)} MiB; upload a smaller one.")
-    snapshot = snapshot_for(model, epoch)
+def _check_image(data: bytes) -> None:
+    """A file Pillow recognises as an image (its header and structure; the inference
+    worker decodes it)."""
     try:
-        return snapshot, classify_image(model, snapshot, cast(BinaryIO, upload))  # an uploaded file reads as a binary file
-    except ValueError as exc:
-        raise JobError(f"Could not classify this file: {exc}") from exc
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise JobError(f"Could not classify this file: not a readable image ({exc}).", field="image") from None
+
+
+def model_classify_upload(
+    model: TrainedModel, epoch: float | None, upload: UploadedFile, *, views: bool = False
+) -> dict[str, Any]:
+    """Classify one uploaded image (the page and the API) with the snapshot of `epoch` or
+    the latest, in the inference worker; with `views`, also what every layer did
+    (models_app/network_views.py). Every failure is a JobError the user can act on."""
+    limit = settings.MAX_UPLOAD_IMAGE_BYTES
+    if upload.size is not None and upload.size > limit:
+        raise JobError(f"The image is larger than {limit // (1024 * 1024)} MiB; upload a smaller one.", field="image")
+    upload.seek(0)
+    data = upload.read()
+    _check_image(data)  # clear errors before the round trip
+    snapshot_for(model, epoch, field="epoch")
+    image = base64.b64encode(data).decode()
+    return ask("models_app.classify_one", model_id=model.pk, epoch=epoch, image=image, views=views)

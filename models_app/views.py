@@ -73,11 +73,12 @@ def model_classify(request: HttpRequest, pk: int) -> HttpResponse:
     context: dict[str, object] = {"model": model, "form": form}
     if form.is_valid():
         try:
-            context["snapshot"], context["predictions"] = model_classify_upload(
-                model, form.cleaned_data["epoch"], form.cleaned_data["image"]
+            context["result"] = model_classify_upload(
+                model, form.cleaned_data["epoch"], form.cleaned_data["image"], views=form.cleaned_data["views"]
             )
         except JobError as exc:
-            form.add_error(None, str(exc))
+            # The form again, with the message: never a dead end.
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
     return render(request, "models/classify.html", context)
 
 

@@ -52,8 +52,9 @@ def subprocess_env(db_name: str) -> dict[str, str]:
 
 
 class Cluster:
-    """Real Celery workers on the test database and broker: one for dataset builds and
-    one pinned to each CPU device (DIGITS_DEVICE=cpu:N), as `manage.py serve` starts them.
+    """Real Celery workers on the test database and broker: one for dataset builds, one for
+    inference requests and one pinned to each CPU device (DIGITS_DEVICE=cpu:N), as
+    `manage.py serve` starts them.
     Tests may kill a device worker (kill -9) and start it again."""
 
     DEVICES = 2
@@ -71,6 +72,9 @@ class Cluster:
         if device:
             env["DIGITS_DEVICE"] = device
             cmd += ["-c", "1"]
+        elif queues == "inference":  # as `manage.py serve` starts it
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            cmd += ["-P", "threads", "-c", "2", "-Q", queues]
         else:
             cmd += ["-c", "2", "-Q", queues or "datasets"]
         with log_path.open("a") as log:
@@ -115,6 +119,7 @@ def worker_cluster(django_db_setup, django_db_blocker) -> Iterator[Cluster]:
     cluster = Cluster(subprocess_env(settings.DATABASES["default"]["NAME"]))
     try:
         cluster.start("datasets")
+        cluster.start("inference", queues="inference")
         cluster.start_devices()
         yield cluster
     finally:

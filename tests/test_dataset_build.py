@@ -450,6 +450,39 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert result["labels"] == ["circle", "square"] and result["counts"]["train"] == 6
 
 
+def test_unreadable_images_leave_no_gap_in_the_database(tmp_path, monkeypatch):
+    """The workers write each image at its position in the split; the ones that cannot be
+    read leave gaps that the build closes, in order, across chunks (3 images per chunk)."""
+    import datasets.build
+
+    monkeypatch.setattr(datasets.build, "chunk_size_for", lambda *_: 3)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    bad = {0, 4, 5, 11, 19}
+    lines = []
+    for i in range(20):
+        path = folder / f"img{i:02d}.png"
+        if i in bad:
+            path.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (16, 16), (i * 10, 0, 0)).save(path)
+        lines.append(f"{path} {i % 2}")
+    (tmp_path / "labels.txt").write_text("even\nodd\n")
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    result = build(spec_for(
+        tmp_path, source="textfile", labels_file=str(tmp_path / "labels.txt"), train_list=str(tmp_path / "train.txt"),
+        shuffle=False, encoding="png",
+    ))
+    good = [i for i in range(20) if i not in bad]
+    assert result["counts"]["train"] == len(good)
+    assert len(result["skipped"]) == len(bad)
+    images, labels = stored(tmp_path / "out", "train")
+    assert [int(img[0, 0, 0]) // 10 for img in images] == good
+    assert labels == [i % 2 for i in good] == read_labels(tmp_path / "out" / "train_db").tolist()
+    with open_readonly(tmp_path / "out" / "train_db").begin() as txn:
+        assert txn.stat()["entries"] == len(good) + 2  # the records, the meta data and the labels
+
+
 def test_single_class_and_nothing_usable_fail_without_leftovers(tmp_path):
     one = make_shapes_folder(tmp_path / "one", per_class=2, classes=("circle",))
     with pytest.raises(BuildError, match="needs at least two"):

@@ -20,6 +20,21 @@ def die_with_parent() -> None:
         pass
 
 
+def keep_freed_memory() -> None:
+    """glibc: serve large allocations from the heap and keep freed memory, in this process
+    and the ones it forks. By default each buffer above a moving threshold (decoded
+    images, resized copies, encoder output) is a fresh mmap() whose pages fault in again
+    every time; a dataset build measured 20-25 % faster on 256x256 images without that
+    (the training child gets the same through the MALLOC_* variables of its
+    environment). Not glibc: nothing to do."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: glibc's largest allowed value
+        libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class Waitable(Protocol):
     pid: int
 

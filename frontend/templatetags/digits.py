@@ -41,3 +41,9 @@ def attr(obj: object, name: str) -> object:
 @register.filter
 def get(mapping: dict, key: str) -> object:
     return mapping.get(key, "") if hasattr(mapping, "get") else ""
+
+
+@register.filter
+def max_of(values: list[float]) -> float:
+    """The largest of a list (at least 1): the scale of a bar chart drawn in HTML."""
+    return max([1, *values])

@@ -19,6 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workers.hardware import DEVICE_ENV, gpu_count
+from workers.inference import INFERENCE_QUEUE
 from workers.setup import prepare_data_dir
 from workers.supervisor import Supervisor
 
@@ -104,13 +105,18 @@ class Command(BaseCommand):
         self.stdout.write(self.style.WARNING(f"Created the first admin account 'admin'; its password is in {path}"))
 
     def start_workers(self, cpu_devices: int) -> None:
-        """Dataset builds get their own worker (they never wait behind training); each
-        device gets one worker pinned to it, consuming only that device's queue."""
+        """Dataset builds get their own worker (they never wait behind training), and so do
+        inference requests; each device gets one worker pinned to it, consuming only that
+        device's queue."""
         celery = [
             sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO", "-c", "1",
             "--without-mingle", "--without-gossip",
         ]
         self.spawn("datasets worker", [*celery, "-Q", "datasets", "-n", "datasets@%h"])
+        # Classify requests: on the CPU, so they are answered while every GPU trains; two
+        # threads, so a slow request (a custom network's sandbox) does not hold up the next.
+        inference = [*celery[:-4], "-P", "threads", "-c", "2", "--without-mingle", "--without-gossip"]
+        self.spawn("inference worker", [*inference, "-Q", INFERENCE_QUEUE, "-n", "inference@%h"], {"CUDA_VISIBLE_DEVICES": ""})
         gpus = gpu_count()
         if gpus:
             for index in range(gpus):

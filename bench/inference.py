@@ -1,0 +1,176 @@
+"""Classify-one latency through the system: the REST API, the inference worker and back.
+
+    .venv/bin/python -m bench.inference            # 200 requests idle, 200 while a job trains
+    .venv/bin/python -m bench.inference --quick    # 50 and 50
+
+In the same run:
+  * a LeNet trained on a small generated dataset by the real workers (SQLite in a
+    temporary folder; Redis db 12), and a real inference worker (`-Q inference`, threads);
+  * the baseline: this process loading the same snapshot once and classifying the same
+    image in a loop (preprocessing + forward pass, nothing else);
+  * the system: `POST /api/models/<id>/classify/` through Django's test client (the whole
+    view, the request to the inference worker through Redis and its answer), warm: p50
+    and p95 of the latency, and its ratio to the baseline's p50;
+  * the same while a long training job keeps the CPU device busy (DIGITS' own test:
+    inference while a job holds every device);
+  * with `views` (every layer's pictures and statistics, Grad-CAM): p50.
+Goal (issue 13): warm classify-one for LeNet on CPU, p50 <= 100 ms end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+WORK = Path(tempfile.mkdtemp(prefix="digits-bench-inference-"))
+os.environ.update(
+    DJANGO_SETTINGS_MODULE="digits_site.settings",
+    DIGITS_DATA_DIR=str(WORK / "data"),
+    DIGITS_DATA_ROOTS=str(WORK / "images"),
+    REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
+    CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+)
+os.environ.pop("DATABASE_URL", None)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from PIL import Image  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from bench.dataset_build import make_folder  # noqa: E402
+from bench.training import wait  # noqa: E402
+from datasets.services import dataset_create  # noqa: E402
+from models_app.models import TrainedModel  # noqa: E402
+from models_app.services import model_create  # noqa: E402
+from workers.models import Job, JobStatus  # noqa: E402
+
+
+def start_worker(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log = (WORK / f"{name}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "WARNING", "-n", f"{name}@%h",
+         "--without-mingle", "--without-gossip", *args],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def image_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (40, 30), 200).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def baseline(model: TrainedModel, image: bytes, count: int) -> list[float]:
+    """Seconds per classification in this process: preprocessing and forward pass."""
+    import torch
+
+    from models_app.inference import load_network, preprocess
+
+    torch.set_num_threads(1)  # as the inference worker (DIGITS_INFERENCE_THREADS)
+    snapshot = model.snapshots.order_by("-iteration").first()
+    assert snapshot is not None
+    net = load_network(snapshot)
+    times = []
+    for _ in range(count + 10):
+        started = time.perf_counter()
+        _, x = preprocess(model, image)
+        with torch.no_grad():
+            torch.softmax(net(x), dim=1)
+        times.append(time.perf_counter() - started)
+    return times[10:]
+
+
+def through_api(client: APIClient, model_id: int, image: bytes, count: int, views: bool = False) -> list[float]:
+    times = []
+    for i in range(count + 5):
+        upload = io.BytesIO(image)
+        upload.name = "x.png"
+        started = time.perf_counter()
+        response = client.post(f"/api/models/{model_id}/classify/", {"image": upload, "views": views}, format="multipart")
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise SystemExit(f"classify failed: {response.status_code} {response.content[:500]!r}")
+        if i >= 5:  # the first requests load the snapshot
+            times.append(elapsed)
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    count = 50 if args.quick else 200
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    call_command("prepare")
+    owner = get_user_model().objects.create_user("bench", password="bench-only")
+    workers = [
+        start_worker("datasets", ["-Q", "datasets", "-c", "1"], {}),
+        start_worker("cpu0", ["-c", "1"], {"DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"}),
+        start_worker("inference", ["-Q", "inference", "-P", "threads", "-c", "2"], {"CUDA_VISIBLE_DEVICES": ""}),
+    ]
+    try:
+        folder = make_folder(WORK / "images" / "digits", 600, (28, 28), "L", "png", classes=3)
+        dataset = dataset_create(owner=owner, name="bench", folder=str(folder), image_width=28, image_height=28,
+                                 image_mode="grayscale", val_percent=10)
+        wait(dataset.pk)
+        model = model_create(owner=owner, name="lenet", dataset=dataset, network="lenet", epochs=1)
+        wait(model.pk)
+        model = TrainedModel.objects.select_related("dataset").get(pk=model.pk)
+        client = APIClient()
+        client.force_authenticate(owner)
+        image = image_bytes()
+
+        plain = baseline(model, image, count)
+        idle = through_api(client, model.pk, image, count)
+        views = through_api(client, model.pk, image, max(10, count // 10), views=True)
+        # A long job on the only device: inference must still answer, from its own worker.
+        busy_model = model_create(owner=owner, name="busy", dataset=dataset, network="lenet", epochs=1000)
+        deadline = time.monotonic() + 120
+        while Job.objects.get(pk=busy_model.pk).status != JobStatus.RUNNING:
+            if time.monotonic() > deadline:
+                raise SystemExit("the busy job did not start")
+            time.sleep(0.2)
+        time.sleep(3)  # into its training loop
+        busy = through_api(client, model.pk, image, count)
+    finally:
+        for proc in workers:
+            try:
+                os.killpg(proc.pid, 15)
+                proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, 9)
+        shutil.rmtree(WORK, ignore_errors=True)
+
+    base50, base95 = summary(plain)
+    print(f"\nclassify one LeNet 28x28 image, CPU, {count} warm requests each")
+    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'p50 / baseline':>15}")
+    print(f"{'baseline (in-process forward)':34} {base50:>8.1f} {base95:>8.1f} {1.0:>15.1f}")
+    for label, times in (("API, idle system", idle), ("API, a job training on the CPU", busy), ("API with views", views)):
+        p50, p95 = summary(times)
+        print(f"{label:34} {p50:>8.1f} {p95:>8.1f} {p50 / base50:>15.1f}")
+    print("\n(goal: p50 <= 100 ms through the API on an idle system; the difference to the baseline is the HTTP view, "
+          "Redis and the inference worker's task)")
+
+
+if __name__ == "__main__":
+    main()
