@@ -22,6 +22,7 @@ import argparse
 import io
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,11 +52,23 @@ from PIL import Image  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from bench.dataset_build import make_folder  # noqa: E402
-from bench.training import wait  # noqa: E402
 from datasets.services import dataset_create  # noqa: E402
 from models_app.models import TrainedModel  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
+
+
+def wait(job_id: int, timeout: float = 600) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = Job.objects.get(pk=job_id)
+        if job.status in JobStatus.finished():
+            if job.status != JobStatus.DONE:
+                raise SystemExit(f"job {job_id} ended {job.status}: {job.error}\n{job.log_tail(20)}")
+            return job
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} timed out")
+        time.sleep(0.5)
 
 
 def start_worker(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -120,6 +133,8 @@ def main() -> None:
     count = 50 if args.quick else 200
     import redis
 
+    # A timeout's SIGTERM ends the run through `finally`: no worker is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     call_command("prepare")
     owner = get_user_model().objects.create_user("bench", password="bench-only")

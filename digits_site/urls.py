@@ -8,6 +8,7 @@ from datasets import api as datasets_api
 from datasets import views as datasets_views
 from frontend import views as frontend_views
 from models_app import api as models_api
+from models_app import evaluation_api, evaluation_views
 from models_app import views as models_views
 from workers import api as workers_api
 from workers import views as workers_views
@@ -52,6 +53,10 @@ api_patterns = [
     path("models/<id:pk>/metrics/", models_api.ModelMetricsApi.as_view(), name="api_model_metrics"),
     path("models/<id:pk>/classify/", models_api.ModelClassifyApi.as_view(), name="api_model_classify"),
     path("models/<id:pk>/download/", models_api.ModelDownloadApi.as_view(), name="api_model_download"),
+    path("models/<id:pk>/evaluations/", evaluation_api.ModelEvaluationsApi.as_view(), name="api_model_evaluations"),
+    path("evaluations/<id:pk>/", evaluation_api.EvaluationDetailApi.as_view(), name="api_evaluation"),
+    path("evaluations/<id:pk>/images/", evaluation_api.EvaluationImagesApi.as_view(), name="api_evaluation_images"),
+    path("evaluations/<id:pk>/csv/", evaluation_api.EvaluationCsvApi.as_view(), name="api_evaluation_csv"),
     path("networks/", models_api.NetworkListApi.as_view(), name="api_networks"),
     path("networks/visualize/", models_api.VisualizeApi.as_view(), name="api_network_visualize"),
     path("networks/<str:name>/", models_api.NetworkDetailApi.as_view(), name="api_network"),
@@ -90,6 +95,10 @@ urlpatterns = [
     path("models/new/", models_views.model_new, name="model_new"),
     path("models/<id:pk>/", models_views.model_detail, name="model_detail"),
     path("models/<id:pk>/classify/", models_views.model_classify, name="model_classify"),
+    path("models/<id:pk>/evaluate/", evaluation_views.evaluation_new, name="model_evaluate"),
+    path("evaluations/<id:pk>/", evaluation_views.evaluation_detail, name="evaluation_detail"),
+    path("evaluations/<id:pk>/abort/", evaluation_views.evaluation_abort, name="evaluation_abort"),
+    path("evaluations/<id:pk>/delete/", evaluation_views.evaluation_remove, name="evaluation_delete"),
     path("models/<id:pk>/abort/", models_views.model_abort, name="model_abort"),
     path("models/<id:pk>/resume/", models_views.model_resume_view, name="model_resume"),
     path("models/<id:pk>/edit/", models_views.model_edit, name="model_edit"),

@@ -8,6 +8,7 @@ class ModelsAppConfig(AppConfig):
     def ready(self) -> None:
         from workers.kinds import register
 
-        from .kind import ModelTraining
+        from .kind import ModelEvaluation, ModelTraining
 
         register(ModelTraining())
+        register(ModelEvaluation())

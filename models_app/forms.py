@@ -181,3 +181,17 @@ class ClassifyForm(forms.Form):
     def __init__(self, *args: Any, epochs: list[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
+
+
+class EvaluateForm(forms.Form):
+    """Evaluate a snapshot on a split of the model's dataset (models_app/evaluations.py)."""
+
+    epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None, label="Snapshot")
+    SPLITS = [("val", "validation"), ("test", "test"), ("train", "train")]
+    split = forms.ChoiceField(choices=SPLITS, initial="val")
+
+    def __init__(self, *args: Any, epochs: list[float] | None = None, splits: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
+        if splits is not None:
+            cast(forms.ChoiceField, self.fields["split"]).choices = [(v, label) for v, label in self.SPLITS if v in splits]

@@ -10,10 +10,11 @@ from django.conf import settings
 from datasets.models import Dataset
 from workers.errors import JobError
 from workers.kinds import Blocked, Kind
-from workers.protocol import Event
+from workers.protocol import Event, Result
 from workers.models import Job, JobStatus
 
-from .models import MODEL_KIND, TrainedModel
+from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
+from .models import EVALUATION_KIND, MODEL_KIND, Evaluation, TrainedModel
 from .services import latest_snapshot, model_record_events, model_rewind, model_train_spec
 from .training import CHILD_ENV
 
@@ -66,3 +67,39 @@ class ModelTraining(Kind):
         snapshot = model_rewind(job.pk)
         assert snapshot is not None
         return f"Resumed from the snapshot at epoch {snapshot.epoch:g}."
+
+
+class ModelEvaluation(Kind):
+    """A snapshot over a dataset split (models_app/evaluate.py). No device: it runs on the
+    CPU of the device-less worker, beside dataset builds, so it never waits behind
+    training and works while every GPU is busy."""
+
+    name = EVALUATION_KIND
+    label = "evaluation"
+    uses_devices = False
+    queue = "datasets"
+    module = "models_app.evaluate"
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        return evaluation_spec(evaluation_list().get(pk=job.pk)).to_dict()
+
+    def env(self, job: Job) -> dict[str, str]:
+        return {**CHILD_ENV, "CUDA_VISIBLE_DEVICES": ""}
+
+    def apply(self, job_id: int, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Result):
+                evaluation_store_result(job_id, event.data)
+
+    def complete(self, job: Job) -> str:
+        metrics = Evaluation.objects.get(pk=job.pk).metrics
+        if not metrics:
+            raise JobError("The evaluation ended without reporting its metrics; see the log.")
+        return f"Top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['images']} images."
+
+    def cleanup(self, job: Job) -> None:
+        evaluation_remove_partial(job.pk)
+
+    def rewind(self, job_id: int) -> str:
+        evaluation_remove_partial(job_id)
+        return "Evaluating again from the start."

@@ -194,3 +194,30 @@ class Snapshot(models.Model):
     @property
     def path(self) -> Path:
         return self.model.directory / self.filename
+
+
+# The job kind of an evaluation (models_app/kind.py registers it with the job engine).
+EVALUATION_KIND = "evaluation"
+
+
+class Evaluation(models.Model):
+    """A snapshot evaluated on a dataset split: a job of its own (shared primary key), its
+    metrics (models_app/metrics.py) on the row and every image's probabilities in
+    `predictions.npz` in the job's folder, so its page reloads without running anything."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="evaluation")
+    model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="evaluations")
+    epoch = models.FloatField(help_text="The snapshot's epoch.")
+    split = models.CharField(max_length=8, choices=[("train", "train"), ("val", "val"), ("test", "test")])
+    metrics = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return self.job.name
+
+    @property
+    def directory(self) -> Path:
+        return self.job.directory
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.model.dataset.labels)

@@ -24,7 +24,7 @@ from workers.events import publish
 from workers.models import JobStatus, Priority
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
-from .models import MODEL_KIND, LrPolicy, Metric, Network, Snapshot, TrainedModel
+from .models import MODEL_KIND, Evaluation, LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import check_input
 from .training.lr_policy import parse_steps
 from .training.spec import TrainSpec
@@ -45,7 +45,7 @@ def can_submit_code(user: User | AnonymousUser) -> bool:
     return bool(user.is_authenticated and user.has_perm(CUSTOM_PERMISSION))
 
 
-def _input_size(dataset: Dataset, crop_size: int | None) -> tuple[int, int, int]:
+def input_size(dataset: Dataset, crop_size: int | None) -> tuple[int, int, int]:
     if crop_size:
         return dataset.channels, crop_size, crop_size
     return dataset.channels, dataset.image_height, dataset.image_width
@@ -78,7 +78,7 @@ def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dic
         raise JobError(
             f"The crop size must fit in the dataset's {dataset.image_width}x{dataset.image_height} images.", field="crop_size"
         )
-    shape = _input_size(dataset, crop)
+    shape = input_size(dataset, crop)
     if network != Network.CUSTOM:
         try:
             check_input(network, Network(network).label, shape)
@@ -256,6 +256,10 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
 
 
 def model_delete(model: TrainedModel) -> None:
+    """The model, its snapshots and its evaluations (jobs of their own: each goes with
+    its files, and a running one is aborted first)."""
+    for evaluation in Evaluation.objects.filter(model=model).select_related("job"):
+        job_delete(evaluation.job)
     job_delete(model.job)
 
 

@@ -311,3 +311,42 @@ def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, 
     points = page.evaluate("Chart.getChart('lr-chart').data.datasets[0].data.length")
     assert points == 30 * 15  # every iteration: 240 images / batch 16
     _keep(page, "model-detail")
+
+
+def test_an_evaluation_page_confusion_cell_opens_its_images(live_url, page, owner):
+    """The confusion matrix's cells are links to their images; the per-class links open
+    the mistakes and the top images; the reliability diagram is drawn."""
+    import numpy as np
+
+    from models_app.evaluate import PREDICTIONS
+    from models_app.metrics import summarise
+    from models_app.models import Evaluation
+    from workers.models import Job, JobEvent
+
+    dataset = make_dataset(owner, name="eval-data")
+    dataset.labels, dataset.counts = ["circle", "square", "triangle"], {"train": 30, "val": 12}
+    dataset.save()
+    model = make_model(owner, dataset, name="eval-model")
+    job = Job.objects.create(kind="evaluation", name="eval-model · val", owner=owner, status="done")
+    JobEvent.objects.create(job=job, status="done")
+    job.directory.mkdir(parents=True, exist_ok=True)
+    labels = np.repeat(np.arange(3), 4)
+    predicted = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 1, 1])  # one circle and two triangles taken for squares
+    probabilities = np.full((12, 3), 0.1, dtype=np.float32)
+    probabilities[np.arange(12), predicted] = 0.8
+    np.savez(job.directory / PREDICTIONS, probabilities=probabilities.astype(np.float16), labels=labels)
+    evaluation = Evaluation.objects.create(job=job, model=model, epoch=2, split="val", metrics=summarise(probabilities, labels))
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/evaluations/{evaluation.pk}/")
+    assert page.locator("#top1").inner_text() == "66.67%"
+    assert page.locator("#reliability-chart").bounding_box()["height"] > 100
+    page.click('a[data-cell="2-1"]')
+    page.wait_for_url(f"**/evaluations/{evaluation.pk}/?view=cell&label=2&predicted=1#images")
+    assert page.locator("#images h2").inner_text().startswith("Given triangle, predicted square")
+    assert page.locator("#gallery figure").count() == 2
+    assert page.locator("#gallery figure.wrong").count() == 2
+    page.click("#per-class tbody tr:nth-child(1) >> text=mistakes")  # circle: one taken for a square
+    assert page.locator("#gallery figure").count() == 1
+    assert "given circle" in page.locator("#gallery figcaption").inner_text()
+    _keep(page, "evaluation")

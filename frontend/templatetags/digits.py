@@ -47,3 +47,12 @@ def get(mapping: dict, key: str) -> object:
 def max_of(values: list[float]) -> float:
     """The largest of a list (at least 1): the scale of a bar chart drawn in HTML."""
     return max([1, *values])
+
+
+@register.filter
+def at(values: list, index: int | None) -> object:
+    """values[index], or "" when there is no such item."""
+    try:
+        return values[int(index)] if index is not None else ""
+    except (IndexError, TypeError, ValueError):
+        return ""

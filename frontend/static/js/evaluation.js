@@ -1,0 +1,24 @@
+// The evaluation page's reliability diagram: accuracy per confidence bin against the
+// diagonal of perfect calibration; the bars' widths are the bins' image counts on hover.
+(function () {
+  var data = document.getElementById("calibration-data");
+  var canvas = document.getElementById("reliability-chart");
+  if (!data || !canvas || typeof Chart === "undefined") return;
+  var bins = JSON.parse(data.textContent).bins;
+  var centres = bins.map(function (b) { return ((b.low + b.high) / 2).toFixed(3); });
+  new Chart(canvas, {
+    data: {
+      labels: centres,
+      datasets: [
+        { type: "bar", label: "accuracy", data: bins.map(function (b) { return b.accuracy; }), backgroundColor: "#4a6fd1" },
+        { type: "line", label: "mean confidence", data: bins.map(function (b) { return b.confidence; }), borderColor: "#d14a4a", spanGaps: true },
+        { type: "line", label: "perfect calibration", data: bins.map(function (b) { return (b.low + b.high) / 2; }), borderColor: "#999", borderDash: [4, 4], pointRadius: 0 }
+      ]
+    },
+    options: {
+      animation: false, maintainAspectRatio: false,
+      scales: { y: { min: 0, max: 1, title: { display: true, text: "accuracy" } }, x: { title: { display: true, text: "confidence (bin centre)" } } },
+      plugins: { tooltip: { callbacks: { afterBody: function (items) { return bins[items[0].dataIndex].count + " images"; } } } }
+    }
+  });
+})();

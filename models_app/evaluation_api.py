@@ -1,0 +1,146 @@
+"""REST endpoints for evaluations: run a snapshot over a dataset split, read its metrics,
+page through the images it gets wrong (or one confusion-matrix cell, or the top-N of a
+class), download every prediction as CSV, delete it."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from workers.api import JobSerializer
+from workers.errors import JobError
+from workers.permissions import current_user
+from workers.services import job_delete
+
+from .evaluations import evaluation_create, evaluation_csv, evaluation_images, evaluation_list
+from .models import Evaluation
+from .selectors import model_list
+
+
+class EvaluationSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(source="pk")
+    job = JobSerializer()
+    model = serializers.IntegerField(source="model_id")
+    labels = serializers.ListField(child=serializers.CharField())
+    metrics = serializers.JSONField(
+        help_text="images, top1, top5, confusion (rows: given class, columns: predicted), per_class (precision, "
+        "recall, f1, support), calibration (ece, 15 bins), suspects (confident-learning label issues), seconds."
+    )
+
+    class Meta:
+        model = Evaluation
+        fields = ["id", "job", "model", "epoch", "split", "labels", "metrics"]
+
+
+class EvaluationInputSerializer(serializers.Serializer):
+    epoch = serializers.FloatField(required=False, allow_null=True, default=None, help_text="The snapshot; default: the latest.")
+    split = serializers.ChoiceField(choices=["train", "val", "test"], default="val")
+
+
+class ModelEvaluationsApi(generics.ListAPIView):
+    """A model's evaluations, newest first; POST evaluates a snapshot on a split (a job)."""
+
+    serializer_class = EvaluationSerializer
+
+    def get_queryset(self) -> QuerySet[Evaluation]:
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no pk
+            return Evaluation.objects.none()
+        model = get_object_or_404(model_list(), pk=self.kwargs["pk"])
+        return evaluation_list().filter(model=model).order_by("-job__created_at", "-pk")
+
+    @extend_schema(operation_id="models_evaluations_list")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(request=EvaluationInputSerializer, responses={201: EvaluationSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        model = get_object_or_404(model_list(), pk=pk)
+        data = EvaluationInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        evaluation = evaluation_create(owner=current_user(request.user), model=model, **data.validated_data)
+        return Response(EvaluationSerializer(evaluation_list().get(pk=evaluation.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class EvaluationDetailApi(APIView):
+    @extend_schema(responses=EvaluationSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(EvaluationSerializer(get_object_or_404(evaluation_list(), pk=pk)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, pk: int) -> Response:
+        evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        self.check_object_permissions(request, evaluation)
+        job_delete(evaluation.job)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise JobError(f"{name} must be a whole number.", field=name) from None
+
+
+_IMAGE_ROW = inline_serializer("EvaluationImage", {
+    "index": serializers.IntegerField(help_text="The image's index in the split."),
+    "label": serializers.IntegerField(), "label_name": serializers.CharField(),
+    "predicted": serializers.IntegerField(), "predicted_name": serializers.CharField(),
+    "confidence": serializers.FloatField(help_text="The probability of the predicted class."),
+    "score": serializers.FloatField(allow_null=True, help_text="view=top: the probability of the asked class."),
+    "image_url": serializers.CharField(),
+})
+
+
+class EvaluationImagesApi(APIView):
+    """A page of the evaluated images: `view=mistakes` (misclassified, most confident first;
+    optionally of one `label` or `predicted` class), `view=cell` (one confusion-matrix cell:
+    `label` given, `predicted` predicted) or `view=top` (the images scoring highest for
+    class `label`, DIGITS' top-N per category)."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("view", str, enum=["mistakes", "cell", "top"]),
+            OpenApiParameter("label", int), OpenApiParameter("predicted", int),
+            OpenApiParameter("page", int), OpenApiParameter("per_page", int),
+        ],
+        responses=inline_serializer("EvaluationImages", {
+            "view": serializers.CharField(), "label": serializers.IntegerField(allow_null=True),
+            "predicted": serializers.IntegerField(allow_null=True), "page": serializers.IntegerField(),
+            "pages": serializers.IntegerField(), "per_page": serializers.IntegerField(), "total": serializers.IntegerField(),
+            "images": _IMAGE_ROW,
+        }),
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        page = evaluation_images(
+            evaluation, view=request.query_params.get("view", "mistakes"),
+            label=_int_param(request, "label"), predicted=_int_param(request, "predicted"),
+            page=_int_param(request, "page") or 1, per_page=_int_param(request, "per_page") or 48,
+        )
+        dataset_id = evaluation.model.dataset_id
+        for row in page["images"]:
+            row["image_url"] = reverse("api_dataset_image", args=[dataset_id, evaluation.split, row["index"]])
+        return Response(page)
+
+
+class EvaluationCsvApi(APIView):
+    """Every image's given label and top-5 predictions with probabilities, as CSV."""
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        response = HttpResponse(evaluation_csv(evaluation), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}.csv"'
+        return response

@@ -1,0 +1,100 @@
+"""Evaluation pages: start one from a model's page, and its report (metrics, confusion
+matrix whose cells open their images, per-class table, mistakes, suspect labels, top-N
+per class, calibration), over the same services as the API."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from workers.errors import JobError
+from workers.permissions import can_modify, check_modify, current_user
+from workers.services import job_abort, job_delete
+
+from .evaluations import evaluation_create, evaluation_images, evaluation_list
+from .forms import EvaluateForm
+from .selectors import model_list
+
+
+@require_POST
+def evaluation_new(request: HttpRequest, pk: int) -> HttpResponse:
+    model = get_object_or_404(model_list(), pk=pk)
+    form = EvaluateForm(
+        request.POST, epochs=list(model.snapshots.values_list("epoch", flat=True)), splits=model.dataset.splits
+    )
+    if not form.is_valid():
+        messages.error(request, "Not evaluated: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
+        return redirect("model_detail", pk=pk)
+    try:
+        evaluation = evaluation_create(owner=current_user(request.user), model=model, **form.cleaned_data)
+    except JobError as exc:
+        messages.error(request, f"Not evaluated: {exc}")
+        return redirect("model_detail", pk=pk)
+    return redirect("evaluation_detail", pk=evaluation.pk)
+
+
+def _view_args(request: HttpRequest) -> dict[str, int | str | None]:
+    def number(name: str) -> int | None:
+        raw = request.GET.get(name, "")
+        return int(raw) if raw.lstrip("-").isdigit() else None
+
+    return {"view": request.GET.get("view", "mistakes"), "label": number("label"), "predicted": number("predicted"),
+            "page": number("page") or 1}
+
+
+def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = get_object_or_404(evaluation_list().prefetch_related("job__events"), pk=pk)
+    context: dict[str, object] = {"evaluation": evaluation, "job": evaluation.job, "can_modify": can_modify(request.user, evaluation)}
+    metrics = evaluation.metrics
+    if metrics:
+        labels = evaluation.labels
+        matrix = metrics["confusion"]
+        per = metrics["per_class"]
+        context["matrix_rows"] = [
+            (i, labels[i], [(j, count, count / max(1, sum(row))) for j, count in enumerate(row)]) for i, row in enumerate(matrix)
+        ]
+        context["class_rows"] = [
+            (i, labels[i], per["precision"][i], per["recall"][i], per["f1"][i], per["support"][i]) for i in range(len(labels))
+        ]
+        args = _view_args(request)
+        try:
+            page = evaluation_images(evaluation, per_page=48, **args)  # type: ignore[arg-type]
+        except JobError as exc:
+            messages.error(request, str(exc))
+            page = evaluation_images(evaluation, view="mistakes", per_page=48)
+        dataset_id = evaluation.model.dataset_id
+        for row in page["images"]:
+            row["image_url"] = reverse("dataset_image", args=[dataset_id, evaluation.split, row["index"]])
+        context["page"] = page
+        context["suspects"] = [
+            {**s, "label_name": labels[s["label"]], "suggested_name": labels[s["suggested"]],
+             "image_url": reverse("dataset_image", args=[dataset_id, evaluation.split, s["position"]])}
+            for s in metrics.get("suspects", [])[:48]
+        ]
+        context["labels"] = list(enumerate(labels))
+        context["label_names"] = labels
+        context["calibration"] = metrics["calibration"]
+    return render(request, "models/evaluation.html", context)
+
+
+@require_POST
+def evaluation_abort(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = get_object_or_404(evaluation_list(), pk=pk)
+    check_modify(request.user, evaluation)
+    try:
+        job_abort(evaluation.job)
+    except JobError as exc:
+        messages.error(request, str(exc))
+    return redirect("evaluation_detail", pk=pk)
+
+
+@require_POST
+def evaluation_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = get_object_or_404(evaluation_list(), pk=pk)
+    check_modify(request.user, evaluation)
+    model_id = evaluation.model_id
+    job_delete(evaluation.job)
+    messages.success(request, "Evaluation deleted.")
+    return redirect("model_detail", pk=model_id)
