@@ -13,8 +13,13 @@ In the same run:
     and p95 of the latency, and its ratio to the baseline's p50;
   * the same while a long training job keeps the CPU device busy (DIGITS' own test:
     inference while a job holds every device);
-  * with `views` (every layer's pictures and statistics, Grad-CAM): p50.
-Goal (issue 13): warm classify-one for LeNet on CPU, p50 <= 100 ms end to end.
+  * with `views` (every layer's pictures and statistics, Grad-CAM): p50;
+  * classify many: an evaluation job over the validation split (the system's loop, as
+    the child reports it) against bench/plain_eval.py (the same snapshot, preprocessing,
+    batch size and threads over the split already in memory), 3 alternating runs each,
+    the best of each.
+Goals (issue 13): warm classify-one for LeNet on CPU, p50 <= 100 ms end to end; classify
+many >= 0.9 of the plain loop.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,6 +62,7 @@ from datasets.services import dataset_create  # noqa: E402
 from models_app.models import TrainedModel  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
+from workers.services import job_abort  # noqa: E402
 
 
 def wait(job_id: int, timeout: float = 600) -> Job:
@@ -121,6 +128,29 @@ def through_api(client: APIClient, model_id: int, image: bytes, count: int, view
     return times
 
 
+def evaluation_runs(owner: Any, model: TrainedModel) -> tuple[list[float], list[float]]:
+    """(system images/s, plain images/s), alternating plain and system runs."""
+    from models_app.evaluations import evaluation_create
+    from models_app.models import Evaluation
+
+    snapshot = model.snapshots.order_by("-iteration").first()
+    assert snapshot is not None
+    plain_cmd = [sys.executable, "-m", "bench.plain_eval", str(model.dataset.split_path("val")), str(model.dataset.mean_path),
+                 str(snapshot.path), "64"]
+
+    def plain() -> float:
+        out = subprocess.run(plain_cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    systems, plains = [], [plain()]
+    for _ in range(3):
+        evaluation = evaluation_create(owner=owner, model=model, epoch=None, split="val")
+        wait(evaluation.pk)
+        systems.append(Evaluation.objects.get(pk=evaluation.pk).metrics["images_per_second"])
+        plains.append(plain())
+    return systems, plains
+
+
 def summary(times: list[float]) -> tuple[float, float]:
     ordered = sorted(times)
     return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
@@ -144,11 +174,11 @@ def main() -> None:
         start_worker("inference", ["-Q", "inference", "-P", "threads", "-c", "2"], {"CUDA_VISIBLE_DEVICES": ""}),
     ]
     try:
-        folder = make_folder(WORK / "images" / "digits", 600, (28, 28), "L", "png", classes=3)
+        folder = make_folder(WORK / "images" / "digits", 6000, (28, 28), "L", "png", classes=3)
         dataset = dataset_create(owner=owner, name="bench", folder=str(folder), image_width=28, image_height=28,
-                                 image_mode="grayscale", val_percent=10)
+                                 image_mode="grayscale", val_percent=50)
         wait(dataset.pk)
-        model = model_create(owner=owner, name="lenet", dataset=dataset, network="lenet", epochs=1)
+        model = model_create(owner=owner, name="lenet", dataset=dataset, network="lenet", epochs=1, batch_size=128)
         wait(model.pk)
         model = TrainedModel.objects.select_related("dataset").get(pk=model.pk)
         client = APIClient()
@@ -167,6 +197,8 @@ def main() -> None:
             time.sleep(0.2)
         time.sleep(3)  # into its training loop
         busy = through_api(client, model.pk, image, count)
+        job_abort(Job.objects.get(pk=busy_model.pk))
+        evaluation_rates, plain_rates = evaluation_runs(owner, model)
     finally:
         for proc in workers:
             try:
@@ -185,6 +217,10 @@ def main() -> None:
         print(f"{label:34} {p50:>8.1f} {p95:>8.1f} {p50 / base50:>15.1f}")
     print("\n(goal: p50 <= 100 ms through the API on an idle system; the difference to the baseline is the HTTP view, "
           "Redis and the inference worker's task)")
+    print(f"\nclassify many (an evaluation of the {model.dataset.counts['val']}-image validation split, batch 64):")
+    print("  system runs " + " / ".join(f"{v:.0f}" for v in evaluation_rates) + " img/s; plain runs "
+          + " / ".join(f"{v:.0f}" for v in plain_rates) + " img/s")
+    print(f"  ratio (best / best) {max(evaluation_rates) / max(plain_rates):.3f}  (goal >= 0.9)")
 
 
 if __name__ == "__main__":

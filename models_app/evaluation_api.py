@@ -21,7 +21,7 @@ from workers.errors import JobError
 from workers.permissions import current_user
 from workers.services import job_delete
 
-from .evaluations import evaluation_create, evaluation_csv, evaluation_images, evaluation_list
+from .evaluations import evaluation_compare, evaluation_create, evaluation_csv, evaluation_images, evaluation_list
 from .models import Evaluation
 from .selectors import model_list
 
@@ -144,3 +144,31 @@ class EvaluationCsvApi(APIView):
         response = HttpResponse(evaluation_csv(evaluation), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}.csv"'
         return response
+
+
+_SIDE = inline_serializer("CompareFigure", {"a": serializers.FloatField(), "b": serializers.FloatField(), "delta": serializers.FloatField()})
+
+
+class EvaluationCompareApi(APIView):
+    """Two evaluations side by side (`?a=ID&b=ID`): top-1, top-5 and ECE with their deltas
+    (b - a), per-class precision, recall and F1 with deltas, and the confusion-matrix
+    difference (b - a). Both must be on the same classes."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
+        responses=inline_serializer("EvaluationComparison", {
+            "a": serializers.IntegerField(), "b": serializers.IntegerField(), "note": serializers.CharField(),
+            "labels": serializers.ListField(child=serializers.CharField()),
+            "top1": _SIDE, "top5": _SIDE, "ece": _SIDE,
+            "classes": serializers.ListField(child=serializers.DictField()),
+            "confusion_delta": serializers.ListField(child=serializers.ListField(child=serializers.IntegerField())),
+        }),
+    )
+    def get(self, request: Request) -> Response:
+        ids = {name: _int_param(request, name) for name in ("a", "b")}
+        for name, value in ids.items():
+            if value is None:
+                raise JobError(f"Give the id of evaluation {name}.", field=name)
+        a = get_object_or_404(evaluation_list(), pk=ids["a"])
+        b = get_object_or_404(evaluation_list(), pk=ids["b"])
+        return Response(evaluation_compare(a, b))

@@ -13,7 +13,7 @@ from workers.errors import JobError
 from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_delete
 
-from .evaluations import evaluation_create, evaluation_images, evaluation_list
+from .evaluations import evaluation_compare, evaluation_create, evaluation_images, evaluation_list
 from .forms import EvaluateForm
 from .selectors import model_list
 
@@ -98,3 +98,24 @@ def evaluation_remove(request: HttpRequest, pk: int) -> HttpResponse:
     job_delete(evaluation.job)
     messages.success(request, "Evaluation deleted.")
     return redirect("model_detail", pk=model_id)
+
+
+def evaluation_compare_view(request: HttpRequest) -> HttpResponse:
+    """`?a=ID&b=ID`: two evaluations side by side; without them, a form to pick them."""
+    choices = evaluation_list().filter(job__status="done").order_by("-job__created_at")[:200]
+    context: dict[str, object] = {"choices": choices}
+    a, b = request.GET.get("a", ""), request.GET.get("b", "")
+    if a.isdigit() and b.isdigit():
+        first = get_object_or_404(evaluation_list(), pk=int(a))
+        second = get_object_or_404(evaluation_list(), pk=int(b))
+        try:
+            comparison = evaluation_compare(first, second)
+        except JobError as exc:
+            messages.error(request, str(exc))
+        else:
+            labels = comparison["labels"]
+            context.update(
+                first=first, second=second, comparison=comparison,
+                delta_rows=[(labels[i], row) for i, row in enumerate(comparison["confusion_delta"])],
+            )
+    return render(request, "models/evaluation_compare.html", context)

@@ -170,3 +170,43 @@ def evaluation_csv(evaluation: Evaluation) -> str:
             row += [labels[int(j)], f"{p.probabilities[position, j]:.6f}"]
         writer.writerow(row)
     return out.getvalue()
+
+
+def evaluation_compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
+    """Two evaluations side by side (two snapshots, or two models on the same classes):
+    their summaries, the per-class deltas (b - a) and the confusion-matrix difference."""
+    for evaluation in (a, b):
+        if not evaluation.metrics:
+            raise JobError(f"Evaluation #{evaluation.pk} has no results yet.", field="a" if evaluation is a else "b")
+    if a.labels != b.labels:
+        raise JobError("These evaluations are on different classes; compare evaluations of models trained on the same labels.", field="b")
+    ma, mb = a.metrics, b.metrics
+    if ma["images"] != mb["images"] or a.split != b.split or a.model.dataset_id != b.model.dataset_id:
+        note = "They are on different images: compare the rates, not the counts."
+    else:
+        note = ""
+
+    def delta(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else y - x
+
+    per_a, per_b = ma["per_class"], mb["per_class"]
+    classes = [
+        {
+            "label": label,
+            **{f"{name}_a": per_a[name][i] for name in ("precision", "recall", "f1")},
+            **{f"{name}_b": per_b[name][i] for name in ("precision", "recall", "f1")},
+            **{f"{name}_delta": delta(per_a[name][i], per_b[name][i]) for name in ("precision", "recall", "f1")},
+            "support_a": per_a["support"][i], "support_b": per_b["support"][i],
+        }
+        for i, label in enumerate(a.labels)
+    ]
+    confusion = (np.asarray(mb["confusion"]) - np.asarray(ma["confusion"])).tolist()
+    return {
+        "a": a.pk, "b": b.pk, "note": note, "labels": a.labels,
+        "top1": {"a": ma["top1"], "b": mb["top1"], "delta": mb["top1"] - ma["top1"]},
+        "top5": {"a": ma["top5"], "b": mb["top5"], "delta": mb["top5"] - ma["top5"]},
+        "ece": {"a": ma["calibration"]["ece"], "b": mb["calibration"]["ece"],
+                "delta": mb["calibration"]["ece"] - ma["calibration"]["ece"]},
+        "classes": classes,
+        "confusion_delta": confusion,
+    }

@@ -125,3 +125,49 @@ def test_a_snapshot_evaluated_on_a_split(celery_worker_process, api, owner, shap
     # Deleting the model deletes its evaluations (jobs of their own) with it.
     assert api.delete(f"/api/models/{model['id']}/").status_code == 204
     assert not Job.objects.filter(pk=evaluation_id).exists()
+
+
+def _stored_evaluation(owner, model, predicted, labels, epoch):
+    from models_app.metrics import summarise
+    from models_app.models import Evaluation
+    from workers.models import JobEvent
+
+    job = Job.objects.create(kind="evaluation", name=f"epoch {epoch}", owner=owner, status="done")
+    JobEvent.objects.create(job=job, status="done")
+    probabilities = np.full((len(labels), 3), 0.1, dtype=np.float32)
+    probabilities[np.arange(len(labels)), predicted] = 0.8
+    return Evaluation.objects.create(job=job, model=model, epoch=epoch, split="val", metrics=summarise(probabilities, labels))
+
+
+@pytest.mark.django_db
+def test_two_evaluations_side_by_side(api, owner, teammate):
+    from tests.conftest import token_client
+    from tests.factories import make_dataset, make_model
+
+    dataset = make_dataset(owner)
+    dataset.labels = ["circle", "square", "triangle"]
+    dataset.save()
+    model = make_model(owner, dataset)
+    labels = np.repeat(np.arange(3), 4)
+    before = _stored_evaluation(owner, model, np.array([0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1]), labels, 1)
+    after = _stored_evaluation(owner, model, np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2]), labels, 2)
+    # A teammate sees and compares (read-only).
+    response = token_client(teammate).get("/api/evaluations/compare/", {"a": before.pk, "b": after.pk})
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert data["top1"]["a"] == pytest.approx(7 / 12) and data["top1"]["delta"] == pytest.approx(4 / 12)
+    assert data["confusion_delta"] == [[1, -1, 0], [0, 1, -1], [0, -2, 2]]
+    triangle = data["classes"][2]
+    assert triangle["recall_a"] == 0.5 and triangle["recall_b"] == 1.0 and triangle["recall_delta"] == 0.5
+    assert data["note"] == ""
+
+    other = make_dataset(owner, name="other")  # labels a, b
+    foreign = _stored_evaluation(owner, make_model(owner, other, name="m2"), np.zeros(12, dtype=int), labels, 1)
+    response = api.get("/api/evaluations/compare/", {"a": before.pk, "b": foreign.pk})
+    assert response.status_code == 400 and "different classes" in response.json()["detail"]
+    assert api.get("/api/evaluations/compare/", {"a": before.pk}).status_code == 400
+
+    client = Client()
+    client.force_login(owner)
+    html = client.get("/evaluations/compare/", {"a": before.pk, "b": after.pk}).content.decode()
+    assert 'id="confusion-delta"' in html and "+2" in html and 'id="class-deltas"' in html
