@@ -26,6 +26,7 @@ import queue
 import random
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,7 @@ from .sources import Skip, SourceError, extract_archive, parse_list, read_labels
 from .spec import BuildSpec
 from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
 
+FLUSH_SECONDS = 1.0
 OUTPUTS = ("train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png")
 
 
@@ -316,11 +318,23 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             for i in range(0, len(items), chunk):
                 yield Chunk(split, str(writers[split].path), map_size, split_no * 10_000_000, items[i : i + chunk], split == "train")
 
+    # The pages the workers commit reach the disk in the background while they encode;
+    # otherwise the final sync writes them all at once (hundreds of MB for raw pixels)
+    # while every core waits.
+    stop_flushing = threading.Event()
+
+    def flush() -> None:
+        while not stop_flushing.wait(FLUSH_SECONDS):
+            for writer in list(writers.values()):
+                writer.sync()
+
+    flusher = threading.Thread(target=flush, name="lmdb-flush", daemon=True)
     try:
         with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(encoder,)) as pool:
             # Opened after the fork: an LMDB environment must not be inherited by a child.
             for split in gathered.requested:
                 writers[split] = LmdbWriter(tmp / f"{split}_db", map_size=map_size)
+            flusher.start()
             for result in _bounded_unordered(pool, tasks(), 2 * processes):
                 written[result.split].extend(result.written)
                 for position, path, _label, reason in result.failed:
@@ -346,6 +360,9 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             "free some space (or ask an admin to), then build again."
         ) from exc
     finally:
+        stop_flushing.set()
+        if flusher.is_alive():
+            flusher.join()
         for writer in writers.values():
             writer.abandon()
 

@@ -60,14 +60,30 @@ class LmdbWriter:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.map_size = map_size
+        self._lock = threading.Lock()  # `sync` from the flusher thread, `close` from the build
+        self._closed = False
         try:
             self.env = _open_for_writing(path, map_size)
         except lmdb.Error as exc:
             raise StoreWriteError(f"creating {path.name} failed: {exc}") from exc
 
+    def sync(self) -> None:
+        """Write what the workers committed so far to the disk (while they go on)."""
+        with self._lock:
+            if not self._closed:
+                try:
+                    self.env.sync(True)
+                except lmdb.Error:
+                    pass  # the final sync at `close` reports it
+
     def close(self, meta: dict[str, Any], labels: list[int], gaps: list[int], total: int) -> int:
         """Finish the split: `labels` of the records written, in position order; `gaps`
         the positions (of `total`) that hold nothing. Returns the record count."""
+        with self._lock:
+            return self._close(meta, labels, gaps, total)
+
+    def _close(self, meta: dict[str, Any], labels: list[int], gaps: list[int], total: int) -> int:
+        self._closed = True
         try:
             if gaps:
                 self._close_gaps(sorted(gaps), total)
@@ -85,7 +101,9 @@ class LmdbWriter:
 
     def abandon(self) -> None:
         """After a failure: close the environment (closing twice is harmless)."""
-        self.env.close()
+        with self._lock:
+            self._closed = True
+            self.env.close()
 
     def _close_gaps(self, gaps: list[int], total: int) -> None:
         """Move every record after the first gap down, so the keys are 0..count-1 again.
