@@ -31,26 +31,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="digits-bench-inference-"))
-os.environ.update(
-    DJANGO_SETTINGS_MODULE="digits_site.settings",
-    DIGITS_DATA_DIR=str(WORK / "data"),
-    DIGITS_DATA_ROOTS=str(WORK / "images"),
-    REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
-    CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-)
-os.environ.pop("DATABASE_URL", None)
+from bench.harness import ROOT, isolated_django, wait
 
-import django  # noqa: E402
-
-django.setup()
+WORK = isolated_django("digits-bench-inference-")
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
@@ -63,19 +49,6 @@ from models_app.models import TrainedModel  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
 from workers.services import job_abort  # noqa: E402
-
-
-def wait(job_id: int, timeout: float = 600) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = Job.objects.get(pk=job_id)
-        if job.status in JobStatus.finished():
-            if job.status != JobStatus.DONE:
-                raise SystemExit(f"job {job_id} ended {job.status}: {job.error}\n{job.log_tail(20)}")
-            return job
-        if time.monotonic() > deadline:
-            raise SystemExit(f"job {job_id} timed out")
-        time.sleep(0.5)
 
 
 def start_worker(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -145,7 +118,7 @@ def evaluation_runs(owner: Any, model: TrainedModel) -> tuple[list[float], list[
     systems, plains = [], [plain()]
     for _ in range(3):
         evaluation = evaluation_create(owner=owner, model=model, epoch=None, split="val")
-        wait(evaluation.pk)
+        wait(evaluation.pk, poll=0.5)
         systems.append(Evaluation.objects.get(pk=evaluation.pk).metrics["images_per_second"])
         plains.append(plain())
     return systems, plains
@@ -177,9 +150,9 @@ def main() -> None:
         folder = make_folder(WORK / "images" / "digits", 6000, (28, 28), "L", "png", classes=3)
         dataset = dataset_create(owner=owner, name="bench", folder=str(folder), image_width=28, image_height=28,
                                  image_mode="grayscale", val_percent=50)
-        wait(dataset.pk)
+        wait(dataset.pk, poll=0.5)
         model = model_create(owner=owner, name="lenet", dataset=dataset, network="lenet", epochs=1, batch_size=128)
-        wait(model.pk)
+        wait(model.pk, poll=0.5)
         model = TrainedModel.objects.select_related("dataset").get(pk=model.pk)
         client = APIClient()
         client.force_authenticate(owner)

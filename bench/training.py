@@ -27,25 +27,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="digits-bench-train-"))
-os.environ.update(
-    DJANGO_SETTINGS_MODULE="digits_site.settings",
-    DIGITS_DATA_DIR=str(WORK / "data"),
-    DIGITS_DATA_ROOTS=str(WORK / "images"),
-    REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
-    CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-)
-os.environ.pop("DATABASE_URL", None)
+from bench.harness import ROOT, isolated_django, wait
 
-import django  # noqa: E402
-
-django.setup()
+WORK = isolated_django("digits-bench-train-")
 
 import torch  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
@@ -56,23 +42,9 @@ from datasets.services import dataset_create  # noqa: E402
 from models_app.models import TrainedModel  # noqa: E402
 from models_app.training import CHILD_ENV  # noqa: E402
 from models_app.services import model_create  # noqa: E402
-from workers.models import Job, JobStatus  # noqa: E402
 
 
 RUNS = 3  # system runs per case, with a plain run before, between and after
-
-
-def wait(job_id: int, timeout: float = 3600) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = Job.objects.get(pk=job_id)
-        if job.status in JobStatus.finished():
-            if job.status != JobStatus.DONE:
-                raise SystemExit(f"job {job_id} ended {job.status}: {job.error}\n{job.log_tail(20)}")
-            return job
-        if time.monotonic() > deadline:
-            raise SystemExit(f"job {job_id} timed out")
-        time.sleep(1.0)  # the harness itself should not compete with the training threads
 
 
 def plain_loop(network: str, train_db: Path, mean_path: Path, epochs: int, batch: int, lr: float) -> float:

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from workers.api import JobSerializer
 from workers.errors import JobError
 from workers.permissions import current_user
+from workers.schema import ErrorSerializer
 from workers.services import job_delete
 
 from .evaluations import evaluation_compare, evaluation_create, evaluation_csv, evaluation_images, evaluation_list
@@ -156,13 +157,13 @@ class EvaluationCompareApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
-        responses=inline_serializer("EvaluationComparison", {
+        responses={404: ErrorSerializer, 200: inline_serializer("EvaluationComparison", {
             "a": serializers.IntegerField(), "b": serializers.IntegerField(), "note": serializers.CharField(),
             "labels": serializers.ListField(child=serializers.CharField()),
             "top1": _SIDE, "top5": _SIDE, "ece": _SIDE,
             "classes": serializers.ListField(child=serializers.DictField()),
             "confusion_delta": serializers.ListField(child=serializers.ListField(child=serializers.IntegerField())),
-        }),
+        })},
     )
     def get(self, request: Request) -> Response:
         ids = {name: _int_param(request, name) for name in ("a", "b")}

@@ -118,11 +118,12 @@ def _leaf_modules(net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(name, module) for name, module in net.named_modules() if name and not list(module.children())]
 
 
-def _shape(value: Any) -> list[int] | None:
+def output_shape(value: Any) -> list[int] | None:
+    """The shape of a layer's output (the first tensor of a tuple or list)."""
     if isinstance(value, torch.Tensor):
         return list(value.shape)
     if isinstance(value, (tuple, list)) and value:
-        return _shape(value[0])
+        return output_shape(value[0])
     return None
 
 
@@ -184,7 +185,7 @@ def analyse(net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_
         layers.append({
             "name": name,
             "type": type(module).__name__,
-            "output_shape": _shape(output),
+            "output_shape": output_shape(output),
             "params": sum(p.numel() for p in module.parameters(recurse=False)),
             "weights": statistics(weight) if isinstance(weight, torch.Tensor) else None,
             "weight_tiles": _weight_tiles(weight) if isinstance(weight, torch.Tensor) else None,

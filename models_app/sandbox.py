@@ -63,19 +63,11 @@ def run_sandboxed(request: dict[str, Any], *, timeout: float | None = None, memo
 # -- child side ------------------------------------------------------------------------
 
 
-def _shape(value: Any) -> list[int] | None:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return list(value.shape)
-    if isinstance(value, (tuple, list)) and value:
-        return _shape(value[0])
-    return None
-
-
 def _visualize(net: Any, input_shape: list[int]) -> dict[str, Any]:
     """Every leaf layer in the order it runs, with its output shape and parameters."""
     import torch
+
+    from models_app.network_views import output_shape
 
     layers: list[dict[str, Any]] = []
     hooks = []
@@ -87,7 +79,7 @@ def _visualize(net: Any, input_shape: list[int]) -> dict[str, Any]:
                     {
                         "name": name,
                         "type": type(mod).__name__,
-                        "output_shape": _shape(output),
+                        "output_shape": output_shape(output),
                         "params": sum(p.numel() for p in mod.parameters(recurse=False)),
                         "depth": name.count("."),
                     }
@@ -101,7 +93,7 @@ def _visualize(net: Any, input_shape: list[int]) -> dict[str, Any]:
         h.remove()
     total = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    return {"layers": layers, "output_shape": _shape(output), "total_params": total, "trainable_params": trainable}
+    return {"layers": layers, "output_shape": output_shape(output), "total_params": total, "trainable_params": trainable}
 
 
 def _classify(net: Any, request: dict[str, Any]) -> dict[str, Any]:
