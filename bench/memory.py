@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS_MIB = {"web": 250, "datasets worker": 300, "cpu0 worker": 300}
+TARGETS_MIB = {"web": 250, "datasets worker": 300, "cpu0 worker": 300, "inference worker": 300}
 
 
 def free_port() -> int:
@@ -39,10 +39,12 @@ def role(proc: psutil.Process) -> str:
     cmd = " ".join(proc.cmdline())
     if "daphne" in cmd:
         return "web"
+    if "workers.zygote" in cmd:
+        return "zygote (cpu0's pre-imported job child)"
     if "manage.py serve" in cmd:
         return "serve (supervisor)"
     if "celery" in cmd:
-        name = "datasets worker" if "datasets@" in cmd else "cpu0 worker"
+        name = "datasets worker" if "datasets@" in cmd else "inference worker" if "inference@" in cmd else "cpu0 worker"
         parent = proc.parent()
         is_pool = parent is not None and "celery" in " ".join(parent.cmdline())
         return f"{name} pool" if is_pool else name
