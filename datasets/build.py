@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from PIL import Image
 
 from workers import protocol
@@ -47,6 +48,7 @@ from .spec import BuildSpec
 from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
 
 FLUSH_SECONDS = 1.0
+WORKER_CHECK_SECONDS = 0.5
 OUTPUTS = ("train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png")
 
 
@@ -229,9 +231,10 @@ class Encoder:
 _ENCODER: Encoder | None = None
 
 
-def _init_worker(encoder: Encoder) -> None:
+def _init_worker(encoder: Encoder, pids: Any) -> None:
     global _ENCODER
     _ENCODER = encoder
+    pids.put(os.getpid())  # so the parent notices if this process dies
 
 
 def _run_chunk(chunk: Chunk) -> ChunkResult:
@@ -239,10 +242,30 @@ def _run_chunk(chunk: Chunk) -> ChunkResult:
     return _ENCODER(chunk)
 
 
-def _bounded_unordered(pool: Any, tasks: Iterable[Chunk], in_flight: int) -> Iterator[ChunkResult]:
+class WorkerDied(Exception):
+    pass
+
+
+def _check_workers(pids: Any, seen: set[int]) -> None:
+    """multiprocessing.Pool replaces a worker that dies, but the chunk it held never
+    completes: notice the death instead of waiting for that chunk forever."""
+    while not pids.empty():
+        seen.add(pids.get())
+    for pid in seen:
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            raise WorkerDied(pid)
+
+
+def _bounded_unordered(pool: Any, tasks: Iterable[Chunk], in_flight: int, pids: Any) -> Iterator[ChunkResult]:
     """Results as they finish, with never more than `in_flight` tasks submitted ahead of
     the consumer (memory stays bounded whatever the dataset size). Out of order: waiting
-    for the oldest chunk while later ones are done would leave a worker idle."""
+    for the oldest chunk while later ones are done would leave a worker idle. Raises
+    WorkerDied when a worker process dies (killed, out of memory)."""
+    seen: set[int] = set()
     done: queue.SimpleQueue[Any] = queue.SimpleQueue()
     it = iter(tasks)
     pending = 0
@@ -252,7 +275,12 @@ def _bounded_unordered(pool: Any, tasks: Iterable[Chunk], in_flight: int) -> Ite
         if pending >= in_flight:
             break
     while pending:
-        result = done.get()
+        while True:
+            try:
+                result = done.get(timeout=WORKER_CHECK_SECONDS)
+                break
+            except queue.Empty:
+                _check_workers(pids, seen)
         pending -= 1
         if isinstance(result, BaseException):
             raise result
@@ -330,12 +358,14 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
 
     flusher = threading.Thread(target=flush, name="lmdb-flush", daemon=True)
     try:
-        with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(encoder,)) as pool:
+        context = mp.get_context("fork")
+        pids = context.SimpleQueue()
+        with context.Pool(processes, initializer=_init_worker, initargs=(encoder, pids)) as pool:
             # Opened after the fork: an LMDB environment must not be inherited by a child.
             for split in gathered.requested:
                 writers[split] = LmdbWriter(tmp / f"{split}_db", map_size=map_size)
             flusher.start()
-            for result in _bounded_unordered(pool, tasks(), 2 * processes):
+            for result in _bounded_unordered(pool, tasks(), 2 * processes, pids):
                 written[result.split].extend(result.written)
                 for position, path, _label, reason in result.failed:
                     gaps[result.split].append(position)
@@ -354,6 +384,12 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             counts[split] = writer.close(meta, split_labels, gaps[split], len(splits[split]))
             per_class = Counter(split_labels)
             class_counts[split] = [per_class[i] for i in range(len(labels))]
+    except WorkerDied as exc:
+        raise BuildError(
+            f"A decoding process (pid {exc}) ended abruptly: killed, or out of memory (a very large image can "
+            "need gigabytes to decode). Nothing was kept; build again, and if it happens again, look for very "
+            "large images in the source or ask an admin about the worker's memory."
+        ) from None
     except StoreWriteError as exc:
         raise BuildError(
             f"Could not write the dataset ({exc}). The disk holding {out_dir} may be full: "

@@ -483,6 +483,27 @@ def test_unreadable_images_leave_no_gap_in_the_database(tmp_path, monkeypatch):
         assert txn.stat()["entries"] == len(good) + 2  # the records, the meta data and the labels
 
 
+def test_a_decoding_process_that_dies_fails_the_build_instead_of_hanging(tmp_path, monkeypatch):
+    """A pool worker killed mid-chunk (the OOM killer, a kill -9): the build stops with a
+    message that says so, and leaves nothing behind, instead of waiting for the chunk."""
+    import datasets.build
+
+    folder = make_shapes_folder(tmp_path / "src", per_class=6)
+    poison = str(sorted(folder.rglob("*.png"))[4])
+    original = datasets.build.Encoder.__call__
+
+    def dying(self, chunk):
+        if any(path == poison for _, path, _ in chunk.items):
+            os._exit(9)
+        return original(self, chunk)
+
+    monkeypatch.setattr(datasets.build, "chunk_size_for", lambda *_: 3)
+    monkeypatch.setattr(datasets.build.Encoder, "__call__", dying)
+    with pytest.raises(BuildError, match="ended abruptly: killed, or out of memory"):
+        build(spec_for(tmp_path, folder=str(folder), val_percent=25))
+    assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
+
+
 def test_single_class_and_nothing_usable_fail_without_leftovers(tmp_path):
     one = make_shapes_folder(tmp_path / "one", per_class=2, classes=("circle",))
     with pytest.raises(BuildError, match="needs at least two"):
