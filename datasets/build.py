@@ -45,11 +45,15 @@ from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_arra
 from .lmdb_store import LmdbWriter, StoreWriteError, map_size_for, write_records
 from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
 from .spec import BuildSpec
+from .source_paths import paths_files, write_paths
 from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
 
 FLUSH_SECONDS = 1.0
 WORKER_CHECK_SECONDS = 0.5
-OUTPUTS = ("train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png")
+OUTPUTS = (
+    "train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png",
+    *(name.name for split in ("train", "val", "test") for name in paths_files(Path(), split)),
+)
 
 
 class BuildError(Exception):
@@ -380,7 +384,10 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
                     emit(protocol.Progress(progress=done / total, eta=(total - done) / rate if rate else None, phase="encoding"))
         skipped.extend({"path": report_path(path), "reason": reason} for _, _, path, reason in sorted(unreadable))
         for split, writer in writers.items():
-            split_labels = [label for _, label in sorted(written[split])]
+            kept = sorted(written[split])
+            split_labels = [label for _, label in kept]
+            # Records keep their order once the gaps of unreadable files are closed.
+            write_paths(tmp, split, (report_path(splits[split][position][0]) for position, _ in kept))
             counts[split] = writer.close(meta, split_labels, gaps[split], len(splits[split]))
             per_class = Counter(split_labels)
             class_counts[split] = [per_class[i] for i in range(len(labels))]

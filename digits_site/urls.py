@@ -8,7 +8,7 @@ from datasets import api as datasets_api
 from datasets import views as datasets_views
 from frontend import views as frontend_views
 from models_app import api as models_api
-from models_app import evaluation_api, evaluation_views
+from models_app import evaluation_api, evaluation_views, export_api, export_views
 from models_app import views as models_views
 from workers import api as workers_api
 from workers import views as workers_views
@@ -52,7 +52,10 @@ api_patterns = [
     path("models/<id:pk>/clone/", models_api.ModelCloneApi.as_view(), name="api_model_clone"),
     path("models/<id:pk>/metrics/", models_api.ModelMetricsApi.as_view(), name="api_model_metrics"),
     path("models/<id:pk>/classify/", models_api.ModelClassifyApi.as_view(), name="api_model_classify"),
-    path("models/<id:pk>/download/", models_api.ModelDownloadApi.as_view(), name="api_model_download"),
+    path("models/<id:pk>/download/", export_api.ModelArchiveApi.as_view(), name="api_model_download"),
+    path("models/<id:pk>/download/<str:fmt>/", export_api.ModelDownloadApi.as_view(), name="api_model_download_format"),
+    path("models/<id:pk>/exports/", export_api.ModelExportsApi.as_view(), name="api_model_exports"),
+    path("exports/<id:pk>/", export_api.ExportDetailApi.as_view(), name="api_export"),
     path("models/<id:pk>/evaluations/", evaluation_api.ModelEvaluationsApi.as_view(), name="api_model_evaluations"),
     path("evaluations/compare/", evaluation_api.EvaluationCompareApi.as_view(), name="api_evaluation_compare"),
     path("evaluations/<id:pk>/", evaluation_api.EvaluationDetailApi.as_view(), name="api_evaluation"),
@@ -97,6 +100,8 @@ urlpatterns = [
     path("models/<id:pk>/", models_views.model_detail, name="model_detail"),
     path("models/<id:pk>/classify/", models_views.model_classify, name="model_classify"),
     path("models/<id:pk>/evaluate/", evaluation_views.evaluation_new, name="model_evaluate"),
+    path("models/<id:pk>/export/", export_views.export_new, name="model_export"),
+    path("exports/<id:pk>/delete/", export_views.export_remove, name="export_delete"),
     path("evaluations/compare/", evaluation_views.evaluation_compare_view, name="evaluation_compare"),
     path("evaluations/<id:pk>/", evaluation_views.evaluation_detail, name="evaluation_detail"),
     path("evaluations/<id:pk>/abort/", evaluation_views.evaluation_abort, name="evaluation_abort"),

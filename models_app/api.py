@@ -1,14 +1,12 @@
 """REST endpoints for models: create (standard, fine-tuned or custom networks), inspect,
-edit, metrics, abort, resume, clone, delete, classify, download; the network catalogue,
+edit, metrics, abort, resume, clone, delete, classify (exports and downloads: export_api.py); the network catalogue,
 visualize and the learning-rate preview."""
 from __future__ import annotations
 
 from typing import Any, cast
 
-from django.http import FileResponse
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
@@ -25,7 +23,6 @@ from workers.permissions import current_user
 from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
-from .export import archive_name, build_archive
 from .models import Network, Snapshot, TrainedModel
 from .selectors import model_list, model_metrics
 from .services import (
@@ -35,7 +32,6 @@ from .services import (
     model_create,
     model_delete,
     model_resume,
-    snapshot_for,
 )
 from .authoring import lr_preview, network_catalogue, network_details, visualize
 
@@ -220,7 +216,7 @@ class ModelMetricsApi(APIView):
         return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None))
 
 
-def _epoch_param(raw: object) -> float | None:
+def epoch_param(raw: object) -> float | None:
     if raw in (None, ""):
         return None
     try:
@@ -288,25 +284,9 @@ class ModelClassifyApi(APIView):
             raise JobError("Attach an image file in the 'image' field.", field="image")
         data = cast(dict[str, Any], request.data)
         views = str(data.get("views", "")).lower() in ("1", "true", "yes", "on")
-        reply = model_classify_upload(model, _epoch_param(data.get("epoch")), upload, views=views)
+        reply = model_classify_upload(model, epoch_param(data.get("epoch")), upload, views=views)
         reply.pop("ok", None)
         return Response(reply)
-
-
-class ModelDownloadApi(APIView):
-    """The model as a .tar.gz (?epoch=N, default: the latest snapshot)."""
-
-    @extend_schema(
-        parameters=[OpenApiParameter("epoch", float, description="snapshot epoch; default: the latest")],
-        responses={(200, "application/gzip"): OpenApiTypes.BINARY},
-    )
-    def get(self, request: Request, pk: int) -> FileResponse:
-        model = get_object_or_404(model_list(), pk=pk)
-        snapshot = snapshot_for(model, _epoch_param(request.query_params.get("epoch")))
-        path = build_archive(model, snapshot)
-        handle = path.open("rb")
-        path.unlink()  # the open handle keeps the data until the response is sent
-        return FileResponse(handle, as_attachment=True, filename=archive_name(model, snapshot), content_type="application/gzip")
 
 
 class NetworkSerializer(serializers.Serializer):

@@ -8,7 +8,8 @@ class ModelsAppConfig(AppConfig):
     def ready(self) -> None:
         from workers.kinds import register
 
-        from .kind import ModelEvaluation, ModelTraining
+        from .kind import ModelEvaluation, ModelExport, ModelTraining
 
         register(ModelTraining())
         register(ModelEvaluation())
+        register(ModelExport())

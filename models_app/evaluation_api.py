@@ -96,6 +96,7 @@ def _int_param(request: Request, name: str) -> int | None:
 
 _IMAGE_ROW = inline_serializer("EvaluationImage", {
     "index": serializers.IntegerField(help_text="The image's index in the split."),
+    "path": serializers.CharField(allow_null=True, help_text="The image's file in the dataset's source (relative to its folder)."),
     "label": serializers.IntegerField(), "label_name": serializers.CharField(),
     "predicted": serializers.IntegerField(), "predicted_name": serializers.CharField(),
     "confidence": serializers.FloatField(help_text="The probability of the predicted class."),

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from datasets.source_paths import read_paths
 from workers.errors import JobError
 from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_delete
@@ -68,10 +69,12 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
         for row in page["images"]:
             row["image_url"] = reverse("dataset_image", args=[dataset_id, evaluation.split, row["index"]])
         context["page"] = page
+        suspects = metrics.get("suspects", [])[:48]
+        suspect_paths = read_paths(evaluation.model.dataset.directory, evaluation.split, [s["position"] for s in suspects])
         context["suspects"] = [
-            {**s, "label_name": labels[s["label"]], "suggested_name": labels[s["suggested"]],
+            {**s, "label_name": labels[s["label"]], "suggested_name": labels[s["suggested"]], "path": path,
              "image_url": reverse("dataset_image", args=[dataset_id, evaluation.split, s["position"]])}
-            for s in metrics.get("suspects", [])[:48]
+            for s, path in zip(suspects, suspect_paths)
         ]
         context["labels"] = list(enumerate(labels))
         context["label_names"] = labels

@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 
+from datasets.source_paths import read_paths
 from workers.errors import JobError
 from workers.models import JobStatus
 from workers.services import job_create, job_enqueue
@@ -99,11 +100,13 @@ def evaluation_predictions(evaluation: Evaluation) -> Predictions:
 def _rows(evaluation: Evaluation, positions: np.ndarray, p: Predictions, score_class: int | None = None) -> list[dict[str, Any]]:
     labels = evaluation.labels
     out = []
-    for position in positions.tolist():
+    paths = read_paths(evaluation.model.dataset.directory, evaluation.split, positions.tolist())
+    for position, path in zip(positions.tolist(), paths):
         predicted = int(p.predicted[position])
         label = int(p.labels[position])
         out.append({
             "index": position,  # the record's index in the split: the dataset's image URL takes it
+            "path": path,  # the file in the dataset's source
             "label": label, "label_name": labels[label] if label < len(labels) else str(label),
             "predicted": predicted, "predicted_name": labels[predicted] if predicted < len(labels) else str(predicted),
             "confidence": float(p.probabilities[position, predicted]),

@@ -195,3 +195,13 @@ class EvaluateForm(forms.Form):
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
         if splits is not None:
             cast(forms.ChoiceField, self.fields["split"]).choices = [(v, label) for v, label in self.SPLITS if v in splits]
+
+
+class ExportForm(forms.Form):
+    """Export a snapshot to ONNX and torch.export (models_app/exports.py)."""
+
+    epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None, label="Snapshot")
+
+    def __init__(self, *args: Any, epochs: list[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]

@@ -14,7 +14,8 @@ from workers.protocol import Event, Result
 from workers.models import Job, JobStatus
 
 from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
-from .models import EVALUATION_KIND, MODEL_KIND, Evaluation, TrainedModel
+from .exports import export_list, export_remove_partial, export_spec, export_store_result, export_summary
+from .models import EVALUATION_KIND, EXPORT_KIND, MODEL_KIND, Evaluation, Export, TrainedModel
 from .services import latest_snapshot, model_record_events, model_rewind, model_train_spec
 from .training import CHILD_ENV
 
@@ -103,3 +104,38 @@ class ModelEvaluation(Kind):
     def rewind(self, job_id: int) -> str:
         evaluation_remove_partial(job_id)
         return "Evaluating again from the start."
+
+
+class ModelExport(Kind):
+    """A snapshot exported to ONNX and torch.export and checked against PyTorch
+    (models_app/export_verify.py). No device, like an evaluation."""
+
+    name = EXPORT_KIND
+    label = "export"
+    uses_devices = False
+    queue = "datasets"
+    module = "models_app.export_verify"
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        return export_spec(export_list().get(pk=job.pk)).to_dict()
+
+    def env(self, job: Job) -> dict[str, str]:
+        return {**CHILD_ENV, "CUDA_VISIBLE_DEVICES": ""}
+
+    def apply(self, job_id: int, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Result):
+                export_store_result(job_id, event.data)
+
+    def complete(self, job: Job) -> str:
+        results = Export.objects.get(pk=job.pk).results
+        if not results:
+            raise JobError("The export ended without reporting its checks; see the log.")
+        return export_summary(results)
+
+    def cleanup(self, job: Job) -> None:
+        export_remove_partial(job.pk)
+
+    def rewind(self, job_id: int) -> str:
+        export_remove_partial(job_id)
+        return "Exporting again from the start."

@@ -221,3 +221,34 @@ class Evaluation(models.Model):
     @property
     def labels(self) -> list[str]:
         return list(self.model.dataset.labels)
+
+
+# The job kind of an export (models_app/kind.py registers it with the job engine).
+EXPORT_KIND = "export"
+
+
+class ExportFormat(models.TextChoices):
+    ONNX = "onnx", "ONNX"
+    PT2 = "pt2", "torch.export (.pt2)"
+
+
+class Export(models.Model):
+    """A snapshot exported to ONNX and torch.export and checked against PyTorch on images
+    of its dataset before anyone downloads it: a job of its own (models_app/export_verify.py
+    is its child). `results` holds one entry per format (and PyTorch's own latency as the
+    reference): passed or failed, the differences, top-1 agreement, latency, the error."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="export")
+    model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="exports")
+    epoch = models.FloatField(help_text="The snapshot's epoch.")
+    results = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return self.job.name
+
+    @property
+    def directory(self) -> Path:
+        return self.job.directory
+
+    def passed(self, fmt: str) -> bool:
+        return self.results.get("formats", {}).get(fmt, {}).get("status") == "passed"

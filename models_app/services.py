@@ -24,7 +24,7 @@ from workers.events import publish
 from workers.models import JobStatus, Priority
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
-from .models import MODEL_KIND, Evaluation, LrPolicy, Metric, Network, Snapshot, TrainedModel
+from .models import MODEL_KIND, Evaluation, Export, LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import check_input
 from .training.lr_policy import parse_steps
 from .training.spec import TrainSpec
@@ -256,10 +256,12 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
 
 
 def model_delete(model: TrainedModel) -> None:
-    """The model, its snapshots and its evaluations (jobs of their own: each goes with
-    its files, and a running one is aborted first)."""
+    """The model, its snapshots, its evaluations and exports (jobs of their own: each goes
+    with its files, and a running one is aborted first)."""
     for evaluation in Evaluation.objects.filter(model=model).select_related("job"):
         job_delete(evaluation.job)
+    for export in Export.objects.filter(model=model).select_related("job"):
+        job_delete(export.job)
     job_delete(model.job)
 
 

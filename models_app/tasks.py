@@ -46,3 +46,29 @@ def classify_one_task(model_id: int, epoch: float | None, image: str, views: boo
     except ValueError as exc:
         return {"ok": False, "error": f"Could not classify this file: {exc}", "field": "image"}
     return {"ok": True, "epoch": snapshot.epoch, **reply}
+
+
+@shared_task(name="models_app.weights_file", ignore_result=False, acks_late=False)
+def weights_file_task(model_id: int, epoch: float) -> dict[str, Any]:
+    """The snapshot's weights alone (no optimizer state), written once beside the model for
+    the archive a download builds, so the web process never loads torch."""
+    import torch
+
+    from .models import TrainedModel
+    from .services import snapshot_for
+
+    model = TrainedModel.objects.select_related("job").filter(pk=model_id).first()
+    if model is None:
+        return {"ok": False, "error": "This model was deleted."}
+    try:
+        snapshot = snapshot_for(model, epoch, field="epoch")
+    except JobError as exc:
+        return {"ok": False, "error": str(exc), "field": exc.field}
+    target = model.directory / "weights" / snapshot.filename
+    if not target.exists() or target.stat().st_mtime < snapshot.path.stat().st_mtime:
+        checkpoint = torch.load(snapshot.path, map_location="cpu", weights_only=True)
+        target.parent.mkdir(exist_ok=True)
+        partial = target.with_name(target.name + f".{os.getpid()}.tmp")
+        torch.save(checkpoint.get("model", checkpoint), partial)
+        os.replace(partial, target)
+    return {"ok": True, "path": str(target), "torch": torch.__version__}

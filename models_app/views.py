@@ -14,7 +14,8 @@ from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_update, placement_check
 
 from .evaluations import evaluation_list
-from .forms import EvaluateForm, ClassifyForm, ModelForm
+from .exports import export_list, export_rows
+from .forms import ClassifyForm, EvaluateForm, ExportForm, ModelForm
 from .models import TrainedModel
 from .selectors import model_list, model_metrics
 from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
@@ -61,6 +62,10 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots]),
             "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits),
             "evaluations": evaluation_list().filter(model=model).order_by("-job__created_at")[:20],
+            "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),
+            "exports": [
+                (export, export_rows(export)) for export in export_list().filter(model=model).order_by("-job__created_at", "-pk")[:10]
+            ],
             "can_modify": can_modify(request.user, model),
             "queue": wait_reason(model.job),
             "placed": job_devices(model.job),

@@ -22,7 +22,7 @@ class ErrorSerializer(serializers.Serializer):
 
 class AutoSchema(SpectacularAutoSchema):
     """Adds the error responses: 401 and 403 everywhere (login, permissions), 400 where a
-    body or query is read, 404 where the path names an object, 409 on deletes (a dataset
+    body or query is read, 415 where a body is sent, 404 where the path names an object, 409 on deletes (a dataset
     that a model uses)."""
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
@@ -33,6 +33,8 @@ class AutoSchema(SpectacularAutoSchema):
         codes = ["401", "403"]
         if method in ("POST", "PUT", "PATCH") or self._get_filter_parameters() or method == "GET":
             codes.append("400")
+        if method in ("POST", "PUT", "PATCH"):
+            codes.append("415")  # a body in a media type the endpoint does not parse (or a malformed multipart one)
         if "{" in self.path or (self._is_list_view() and self._get_paginator()):
             codes.append("404")  # no such object, or a page past the end
         if method == "DELETE":

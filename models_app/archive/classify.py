@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Classify images with this exported model, using torch, numpy and Pillow only.
+"""Classify images with this exported model.
 
-    python classify.py IMAGE [IMAGE ...] [--top 5] [--json]
+    python classify.py IMAGE [IMAGE ...] [--top 5] [--json] [--runtime auto|torch|onnx]
 
-Files beside this script: model.pt (weights), network.py (the network definition, with
-`build(input_shape, num_classes)`), imaging.py (the exact preprocessing used in training),
-labels.txt, mean.npy and info.json.
+Two runtimes, same preprocessing (imaging.py, the code used in training) and same answers:
+  - torch: model.pt (weights) with network.py (`build(input_shape, num_classes)`);
+  - onnx: model.onnx with onnxruntime alone, no torch (present when the export passed
+    its check against PyTorch; see info.json "exports").
+`auto` uses torch when it is installed, else onnxruntime. Also here: labels.txt, mean.npy.
 """
 from __future__ import annotations
 
@@ -13,28 +15,52 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import imaging  # noqa: E402
-import network  # noqa: E402
 
 
-def load() -> tuple[torch.nn.Module, dict, list[str], np.ndarray | None]:
-    info = json.loads((HERE / "info.json").read_text())
-    labels = (HERE / "labels.txt").read_text().splitlines()
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_torch(info: dict) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    import network
+
     net = network.build(tuple(info["input_shape"]), info["num_classes"])
     net.load_state_dict(torch.load(HERE / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
-    mean_path = HERE / "mean.npy"
-    return net, info, labels, np.load(mean_path) if mean_path.exists() else None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).float().numpy()
+
+    return run
 
 
-def classify(path: str, net: torch.nn.Module, info: dict, labels: list[str], mean: np.ndarray | None, top: int) -> list[dict]:
+def load_onnx(info: dict) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    if not (HERE / "model.onnx").exists():
+        raise SystemExit("This archive has no model.onnx (its ONNX export did not pass, or was not made): use --runtime torch.")
+    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = info.get("onnx") or {"input": session.get_inputs()[0].name, "output": session.get_outputs()[0].name}
+    return lambda x: session.run([names["output"]], {names["input"]: x})[0]
+
+
+def preprocess(path: str, info: dict, mean: np.ndarray | None) -> np.ndarray:
+    """The (1, C, H, W) float32 input: resize, mean subtraction, centre crop, / 255."""
     channels, height, width = info["input_shape"]
     crop = info.get("crop_size")
     size_w, size_h = (info["image_width"], info["image_height"]) if crop else (width, height)
@@ -48,11 +74,12 @@ def classify(path: str, net: torch.nn.Module, info: dict, labels: list[str], mea
     if crop:  # the centre crop validation used
         y0, x0 = (x.shape[0] - crop) // 2, (x.shape[1] - crop) // 2
         x = x[y0 : y0 + crop, x0 : x0 + crop]
-    x = torch.from_numpy(np.ascontiguousarray((x / 255.0).transpose(2, 0, 1)))[None]
-    with torch.no_grad():
-        probs = torch.softmax(net(x), dim=1)[0]
-    values, indices = probs.topk(min(top, probs.numel()))
-    return [{"label": labels[i], "probability": float(p)} for p, i in zip(values.tolist(), indices.tolist())]
+    return np.ascontiguousarray((x / 255.0).transpose(2, 0, 1), dtype=np.float32)[None]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
 
 
 def main() -> int:
@@ -60,12 +87,20 @@ def main() -> int:
     parser.add_argument("images", nargs="+")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto")
     args = parser.parse_args()
-    net, info, labels, mean = load()
+    info = json.loads((HERE / "info.json").read_text())
+    labels = (HERE / "labels.txt").read_text().splitlines()
+    mean_path = HERE / "mean.npy"
+    mean = np.load(mean_path) if mean_path.exists() else None
+    runtime = args.runtime if args.runtime != "auto" else ("torch" if torch_available() else "onnx")
+    run = load_torch(info) if runtime == "torch" else load_onnx(info)
     for path in args.images:
-        results = classify(path, net, info, labels, mean, args.top)
+        probs = softmax(np.asarray(run(preprocess(path, info, mean)), dtype=np.float64)[0])
+        order = np.argsort(-probs)[: min(args.top, len(probs))]
+        results = [{"label": labels[i], "probability": float(probs[i])} for i in order]
         if args.json:
-            print(json.dumps({"image": path, "predictions": results}))
+            print(json.dumps({"image": path, "runtime": runtime, "predictions": results}))
         else:
             print(path)
             for r in results:

@@ -156,3 +156,23 @@
     }
   }, catchUp);
 })();
+
+// Exports run as jobs of their own: while one is unfinished, look again every few
+// seconds and reload the page once all are done, so the table shows their checks.
+(function () {
+  const pending = Array.from(document.querySelectorAll("#exports .export")).filter(function (el) {
+    return ["initialized", "queued", "running", "waiting"].indexOf(el.dataset.status) >= 0;
+  });
+  if (!pending.length) return;
+  const modelId = document.body.dataset.jobId || (location.pathname.match(/models\/(\d+)/) || [])[1];
+  const timer = setInterval(function () {
+    fetch("/api/models/" + modelId + "/exports/", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) {
+        if (!data) return;
+        const rows = data.results || data;
+        const running = rows.some(function (e) { return ["initialized", "queued", "running", "waiting"].indexOf(e.job.status) >= 0; });
+        if (!running) { clearInterval(timer); location.reload(); }
+      });
+  }, 3000);
+})();
