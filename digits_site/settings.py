@@ -244,6 +244,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two models have a `source` with different choices: name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetSourceEnum": "datasets.models.Source",
+        "EvaluationSourceEnum": "models_app.models.EvaluationSource",
+    },
 }
 
 LOGGING = {

@@ -23,7 +23,8 @@ from workers.permissions import current_user
 from workers.listing import JobFilterSet, job_ordering, job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
-from .models import Network, Snapshot, TrainedModel
+from .importing import model_import
+from .models import MeanSubtraction, Network, Snapshot, TrainedModel
 from .selectors import model_list, model_metrics
 from .services import (
     PARAM_FIELDS,
@@ -51,7 +52,10 @@ class ModelOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrainedModel
-        fields = ["id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "notices", "timings", "snapshots"]
+        fields = [
+            "id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "imported_from",
+            "notices", "timings", "snapshots",
+        ]
 
 
 class ModelInputSerializer(serializers.ModelSerializer):
@@ -131,6 +135,37 @@ class ModelListApi(generics.ListAPIView):
     @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request: Request) -> Response:
         return _create(request, request.data)
+
+
+class ModelImportApi(APIView):
+    """Import a model trained elsewhere, for a dataset whose classes and image size it fits:
+    an archive downloaded from a model of this system (.tar.gz, .zip), or a PyTorch state
+    dict (.pt, .pth) with its `network`. It is checked (loaded and run once, in a sandbox)
+    before anything is stored; a malformed upload gets a 400 with the reason."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        dataset = IdRelatedField(queryset=dataset_list(), help_text="Its labels, image size, mean and preprocessing.")
+        file = serializers.FileField(help_text="An archive from a model's download, or a state dict (.pt/.pth).")
+        network = serializers.ChoiceField(choices=Network.choices, required=False, allow_blank=True, default="",
+                                          help_text="For a state dict: the network it belongs to.")
+        custom_code = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
+        crop_size = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=4096)
+        mean_subtraction = serializers.ChoiceField(choices=MeanSubtraction.choices, default=MeanSubtraction.IMAGE)
+        group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+        notes = serializers.CharField(required=False, allow_blank=True, default="")
+
+    @extend_schema(
+        request={"multipart/form-data": extend_schema_serializer(component_name="ModelImportRequest")(InputSerializer)},
+        responses={201: ModelOutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = model_import(owner=current_user(request.user), **data.validated_data)
+        return Response(ModelOutputSerializer(model_list().get(pk=model.pk)).data, status=status.HTTP_201_CREATED)
 
 
 class ModelDetailApi(APIView):

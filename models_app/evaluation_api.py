@@ -1,9 +1,10 @@
-"""REST endpoints for evaluations: run a snapshot over a dataset split, read its metrics,
+"""REST endpoints for evaluations: run a snapshot over a dataset split or over images from
+a list or an upload (classify many), read its metrics,
 page through the images it gets wrong (or one confusion-matrix cell, or the top-N of a
 class), download every prediction as CSV, delete it."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -12,18 +13,27 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from datasets.uploads import upload_get
 from workers.api import JobSerializer
 from workers.errors import JobError
 from workers.permissions import current_user
 from workers.schema import ErrorSerializer
 from workers.services import job_delete
 
-from .evaluations import evaluation_compare, evaluation_create, evaluation_csv, evaluation_images, evaluation_list
-from .models import Evaluation
+from .evaluations import (
+    evaluation_compare,
+    evaluation_create,
+    evaluation_csv,
+    evaluation_images,
+    evaluation_input_image,
+    evaluation_list,
+)
+from .models import Evaluation, EvaluationSource
 from .selectors import model_list
 
 
@@ -39,12 +49,32 @@ class EvaluationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Evaluation
-        fields = ["id", "job", "model", "epoch", "split", "labels", "metrics"]
+        fields = ["id", "job", "model", "epoch", "source", "split", "description", "image_folder", "labels", "metrics"]
 
 
 class EvaluationInputSerializer(serializers.Serializer):
+    """One source: `split` (the default, "val"), an image list (`image_list` as text or
+    `list_path` on the server, with `image_folder` for relative paths), or `images`
+    (uploaded image files and archives, multipart) and/or `upload` (a finished resumable
+    upload's id)."""
+
     epoch = serializers.FloatField(required=False, allow_null=True, default=None, help_text="The snapshot; default: the latest.")
-    split = serializers.ChoiceField(choices=["train", "val", "test"], default="val")
+    split = serializers.ChoiceField(choices=["train", "val", "test"], required=False)
+    image_list = serializers.CharField(
+        required=False, trim_whitespace=False, help_text="`path [label]` lines; the label is a class index or name.",
+    )
+    list_path = serializers.CharField(required=False, help_text="A list file on the server, under a data root.")
+    image_folder = serializers.CharField(required=False, allow_blank=True, default="", help_text="Relative list paths are under it.")
+    images = serializers.ListField(
+        child=serializers.FileField(), required=False, default=list,
+        help_text="Images and archives (.zip, .tar, .tar.gz); an archive's class folders give ground truth.",
+    )
+    upload = serializers.CharField(required=False, help_text="The id of a finished resumable upload (an archive).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not any(attrs.get(k) for k in ("split", "image_list", "list_path", "images", "upload")):
+            attrs["split"] = "val"
+        return attrs
 
 
 class ModelEvaluationsApi(generics.ListAPIView):
@@ -62,12 +92,29 @@ class ModelEvaluationsApi(generics.ListAPIView):
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
-    @extend_schema(request=EvaluationInputSerializer, responses={201: EvaluationSerializer})
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(
+        request={"application/json": EvaluationInputSerializer, "multipart/form-data": EvaluationInputSerializer},
+        responses={201: EvaluationSerializer},
+    )
     def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
-        data = EvaluationInputSerializer(data=request.data)
+        raw = cast(dict[str, Any], request.data)
+        # Multipart data is a QueryDict holding open files (it cannot be deep-copied): take
+        # each field's value, then every file of `images`, not only the last one.
+        payload: dict[str, Any] = {key: raw.get(key) for key in raw.keys() if key != "images"}
+        if request.FILES:  # multipart: every file of `images`, not only the last one
+            payload["images"] = request.FILES.getlist("images")
+        data = EvaluationInputSerializer(data=payload)
         data.is_valid(raise_exception=True)
-        evaluation = evaluation_create(owner=current_user(request.user), model=model, **data.validated_data)
+        fields = dict(data.validated_data)
+        user = current_user(request.user)
+        upload_id = fields.pop("upload", None)
+        evaluation = evaluation_create(
+            owner=user, model=model, files=fields.pop("images"),
+            upload=upload_get(upload_id, user) if upload_id else None, **fields,
+        )
         return Response(EvaluationSerializer(evaluation_list().get(pk=evaluation.pk)).data, status=status.HTTP_201_CREATED)
 
 
@@ -95,9 +142,11 @@ def _int_param(request: Request, name: str) -> int | None:
 
 
 _IMAGE_ROW = inline_serializer("EvaluationImage", {
-    "index": serializers.IntegerField(help_text="The image's index in the split."),
-    "path": serializers.CharField(allow_null=True, help_text="The image's file in the dataset's source (relative to its folder)."),
-    "label": serializers.IntegerField(), "label_name": serializers.CharField(),
+    "index": serializers.IntegerField(help_text="The image's index in the split, or among the classified files."),
+    "path": serializers.CharField(
+        allow_null=True, help_text="The image's file in the dataset's source (relative to its folder), or its name in the list or upload."
+    ),
+    "label": serializers.IntegerField(help_text="-1: no ground truth"), "label_name": serializers.CharField(allow_null=True),
     "predicted": serializers.IntegerField(), "predicted_name": serializers.CharField(),
     "confidence": serializers.FloatField(help_text="The probability of the predicted class."),
     "score": serializers.FloatField(allow_null=True, help_text="view=top: the probability of the asked class."),
@@ -106,14 +155,14 @@ _IMAGE_ROW = inline_serializer("EvaluationImage", {
 
 
 class EvaluationImagesApi(APIView):
-    """A page of the evaluated images: `view=mistakes` (misclassified, most confident first;
+    """A page of the evaluated images: `view=all` (every image, in order), `view=mistakes` (misclassified, most confident first;
     optionally of one `label` or `predicted` class), `view=cell` (one confusion-matrix cell:
     `label` given, `predicted` predicted) or `view=top` (the images scoring highest for
     class `label`, DIGITS' top-N per category)."""
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("view", str, enum=["mistakes", "cell", "top"]),
+            OpenApiParameter("view", str, enum=["all", "mistakes", "cell", "top"]),
             OpenApiParameter("label", int), OpenApiParameter("predicted", int),
             OpenApiParameter("page", int), OpenApiParameter("per_page", int),
         ],
@@ -131,10 +180,28 @@ class EvaluationImagesApi(APIView):
             label=_int_param(request, "label"), predicted=_int_param(request, "predicted"),
             page=_int_param(request, "page") or 1, per_page=_int_param(request, "per_page") or 48,
         )
-        dataset_id = evaluation.model.dataset_id
         for row in page["images"]:
-            row["image_url"] = reverse("api_dataset_image", args=[dataset_id, evaluation.split, row["index"]])
+            row["image_url"] = image_url(evaluation, row["index"], api=True)
         return Response(page)
+
+
+def image_url(evaluation: Evaluation, index: int, *, api: bool) -> str:
+    if evaluation.source == EvaluationSource.SPLIT:
+        name = "api_dataset_image" if api else "dataset_image"
+        return reverse(name, args=[evaluation.model.dataset_id, evaluation.split, index])
+    return reverse("api_evaluation_image" if api else "evaluation_image", args=[evaluation.pk, index])
+
+
+class EvaluationImageApi(APIView):
+    """One classified file of a "classify many" run (a list or an upload), at the dataset's
+    image size, as PNG. (A split's images are the dataset's: /api/datasets/ID/images/...)"""
+
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY, 404: ErrorSerializer}, operation_id="evaluations_image")
+    def get(self, request: Request, pk: int, index: int) -> HttpResponse:
+        evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        response = HttpResponse(evaluation_input_image(evaluation, index), content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
 
 
 class EvaluationCsvApi(APIView):

@@ -4,17 +4,24 @@ per class, calibration), over the same services as the API."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from datasets.source_paths import read_paths
 from workers.errors import JobError
 from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_delete
 
-from .evaluations import evaluation_compare, evaluation_create, evaluation_images, evaluation_list
+from .evaluation_api import image_url
+from .evaluations import (
+    evaluation_compare,
+    evaluation_create,
+    evaluation_images,
+    evaluation_input_image,
+    evaluation_list,
+    evaluation_predictions,
+    image_names,
+)
 from .forms import EvaluateForm
 from .selectors import model_list
 
@@ -23,13 +30,13 @@ from .selectors import model_list
 def evaluation_new(request: HttpRequest, pk: int) -> HttpResponse:
     model = get_object_or_404(model_list(), pk=pk)
     form = EvaluateForm(
-        request.POST, epochs=list(model.snapshots.values_list("epoch", flat=True)), splits=model.dataset.splits
+        request.POST, request.FILES, epochs=list(model.snapshots.values_list("epoch", flat=True)), splits=model.dataset.splits
     )
     if not form.is_valid():
         messages.error(request, "Not evaluated: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
         return redirect("model_detail", pk=pk)
     try:
-        evaluation = evaluation_create(owner=current_user(request.user), model=model, **form.cleaned_data)
+        evaluation = evaluation_create(owner=current_user(request.user), model=model, **form.service_args())
     except JobError as exc:
         messages.error(request, f"Not evaluated: {exc}")
         return redirect("model_detail", pk=pk)
@@ -41,7 +48,7 @@ def _view_args(request: HttpRequest) -> dict[str, int | str | None]:
         raw = request.GET.get(name, "")
         return int(raw) if raw.lstrip("-").isdigit() else None
 
-    return {"view": request.GET.get("view", "mistakes"), "label": number("label"), "predicted": number("predicted"),
+    return {"view": request.GET.get("view", ""), "label": number("label"), "predicted": number("predicted"),
             "page": number("page") or 1}
 
 
@@ -60,26 +67,38 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
             (i, labels[i], per["precision"][i], per["recall"][i], per["f1"][i], per["support"][i]) for i in range(len(labels))
         ]
         args = _view_args(request)
+        if not args["view"]:  # without ground truth there are no mistakes to show first
+            args["view"] = "mistakes" if metrics.get("top1") is not None else "all"
         try:
             page = evaluation_images(evaluation, per_page=48, **args)  # type: ignore[arg-type]
         except JobError as exc:
             messages.error(request, str(exc))
-            page = evaluation_images(evaluation, view="mistakes", per_page=48)
-        dataset_id = evaluation.model.dataset_id
+            page = evaluation_images(evaluation, view="all", per_page=48)
         for row in page["images"]:
-            row["image_url"] = reverse("dataset_image", args=[dataset_id, evaluation.split, row["index"]])
+            row["image_url"] = image_url(evaluation, row["index"], api=False)
         context["page"] = page
         suspects = metrics.get("suspects", [])[:48]
-        suspect_paths = read_paths(evaluation.model.dataset.directory, evaluation.split, [s["position"] for s in suspects])
+        suspect_paths = image_names(evaluation, evaluation_predictions(evaluation), [s["position"] for s in suspects])
         context["suspects"] = [
             {**s, "label_name": labels[s["label"]], "suggested_name": labels[s["suggested"]], "path": path,
-             "image_url": reverse("dataset_image", args=[dataset_id, evaluation.split, s["position"]])}
+             "image_url": image_url(evaluation, s["position"], api=False)}
             for s, path in zip(suspects, suspect_paths)
         ]
         context["labels"] = list(enumerate(labels))
         context["label_names"] = labels
         context["calibration"] = metrics["calibration"]
     return render(request, "models/evaluation.html", context)
+
+
+def evaluation_image_view(request: HttpRequest, pk: int, index: int) -> HttpResponse:
+    evaluation = get_object_or_404(evaluation_list(), pk=pk)
+    try:
+        data = evaluation_input_image(evaluation, index)
+    except JobError as exc:
+        raise Http404(str(exc)) from None
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 @require_POST

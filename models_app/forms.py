@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 
 from datasets.selectors import dataset_usable_list
 from workers.models import Device, Priority
 
-from .models import Network, TrainedModel
+from .models import MeanSubtraction, Network, TrainedModel
 from .selectors import model_list
 from .services import PARAM_FIELDS
 
@@ -183,18 +184,73 @@ class ClassifyForm(forms.Form):
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
 
 
-class EvaluateForm(forms.Form):
-    """Evaluate a snapshot on a split of the model's dataset (models_app/evaluations.py)."""
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
 
+
+class MultipleFileField(forms.FileField):
+    """Any number of files from one input (Django's documented recipe)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        single = super().clean
+        if isinstance(data, (list, tuple)):
+            return [single(item, initial) for item in data]
+        return [single(data, initial)] if data else []
+
+
+class EvaluateForm(forms.Form):
+    """Run a snapshot over many images (models_app/evaluations.py): a split of the model's
+    dataset, a text list of image paths (DIGITS' classify many), or uploaded images."""
+
+    SOURCES = [("split", "A split of the dataset"), ("list", "An image list"), ("files", "Uploaded images")]
+    source = forms.ChoiceField(choices=SOURCES, initial="split", widget=forms.RadioSelect, label="Images")
     epoch = forms.TypedChoiceField(coerce=float, required=False, empty_value=None, label="Snapshot")
     SPLITS = [("val", "validation"), ("test", "test"), ("train", "train")]
-    split = forms.ChoiceField(choices=SPLITS, initial="val")
+    split = forms.ChoiceField(choices=SPLITS, initial="val", required=False)
+    image_list_file = forms.FileField(
+        required=False, label="Image list", help_text="A text file of `path [label]` lines; the label (a class index or name) is optional.",
+    )
+    list_path = forms.CharField(required=False, label="…or a list on the server", help_text="Its path, under a data root.")
+    image_folder = forms.CharField(
+        required=False, label="Image folder (optional)", help_text="The list's relative paths are taken under this server folder.",
+    )
+    images = MultipleFileField(
+        required=False, label="Images or archives",
+        help_text="Image files, or .zip/.tar archives; files in folders named like a class are scored against it.",
+    )
 
     def __init__(self, *args: Any, epochs: list[float] | None = None, splits: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
         if splits is not None:
             cast(forms.ChoiceField, self.fields["split"]).choices = [(v, label) for v, label in self.SPLITS if v in splits]
+
+    def clean_image_list_file(self) -> str | None:
+        upload = self.cleaned_data.get("image_list_file")
+        if not upload:
+            return None
+        if upload.size > settings.MAX_UPLOAD_LIST_BYTES:
+            raise forms.ValidationError(f"The list is larger than {settings.MAX_UPLOAD_LIST_BYTES >> 20} MiB.")
+        try:
+            return upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise forms.ValidationError("The list must be a UTF-8 text file of `path [label]` lines.") from None
+
+    def service_args(self) -> dict[str, Any]:
+        """The arguments of evaluation_create for the chosen source."""
+        data = self.cleaned_data
+        args: dict[str, Any] = {"epoch": data["epoch"]}
+        if data["source"] == "split":
+            args["split"] = data["split"] or "val"
+        elif data["source"] == "list":
+            args.update(image_list=data["image_list_file"], list_path=data["list_path"].strip(), image_folder=data["image_folder"].strip())
+        else:
+            args["files"] = data["images"]
+        return args
 
 
 class ExportForm(forms.Form):
@@ -205,3 +261,31 @@ class ExportForm(forms.Form):
     def __init__(self, *args: Any, epochs: list[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
+
+
+class ImportForm(forms.Form):
+    """Import a model trained elsewhere (models_app/importing.py)."""
+
+    name = forms.CharField(max_length=200)
+    dataset = forms.ModelChoiceField(
+        queryset=dataset_usable_list(), help_text="The model's classes and image size must match it: it gives the labels, mean and preprocessing.",
+    )
+    file = forms.FileField(
+        label="Model file",
+        help_text="An archive downloaded from a model's page (.tar.gz, .zip), or a PyTorch state dict (.pt, .pth).",
+    )
+    network = forms.ChoiceField(required=False, help_text="For a state dict: the network it belongs to.")
+    crop_size = forms.IntegerField(required=False, min_value=1, max_value=4096, help_text="For a state dict: the centre crop its input had.")
+    mean_subtraction = forms.ChoiceField(choices=MeanSubtraction.choices, initial=MeanSubtraction.IMAGE, required=False,
+                                         help_text="For a state dict: what it was trained with.")
+    group = forms.CharField(max_length=100, required=False)
+    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["network"]).choices = [("", "— (from the archive)")] + [
+            (value, label) for value, label in Network.choices if value != Network.CUSTOM
+        ]
+
+    def clean_mean_subtraction(self) -> str:
+        return self.cleaned_data.get("mean_subtraction") or MeanSubtraction.IMAGE

@@ -96,7 +96,16 @@ class ModelEvaluation(Kind):
         metrics = Evaluation.objects.get(pk=job.pk).metrics
         if not metrics:
             raise JobError("The evaluation ended without reporting its metrics; see the log.")
-        return f"Top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['images']} images."
+        problems = metrics.get("problem_count", 0)
+        noted = f"; {problems} line(s) or file(s) not used or without ground truth, listed on its page" if problems else ""
+        if metrics["top1"] is None:
+            return f"Classified {metrics['images']} images (none with ground truth){noted}."
+        return (
+            f"Top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['labeled']} images with ground truth "
+            f"of {metrics['images']}{noted}."
+            if metrics.get("labeled", metrics["images"]) != metrics["images"]
+            else f"Top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['images']} images{noted}."
+        )
 
     def cleanup(self, job: Job) -> None:
         evaluation_remove_partial(job.pk)

@@ -139,6 +139,10 @@ class TrainedModel(models.Model):
     )
     precision = models.CharField(max_length=8, choices=Precision.choices, default=DEFAULTS.precision)
 
+    # An imported model (models_app/importing.py) was trained elsewhere: its one snapshot
+    # came from an upload, and `imported_from` says which.
+    imported_from = models.CharField(max_length=300, blank=True, default="")
+
     # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
     notices = models.JSONField(default=list, blank=True)
     # Where the last run's time went (startup, training loop, validation, snapshots).
@@ -156,7 +160,11 @@ class TrainedModel(models.Model):
 
     @property
     def resumable(self) -> bool:
-        return self.job.status in ("aborted", "error") and self.snapshots.exists()
+        return self.job.status in ("aborted", "error") and self.snapshots.exists() and not self.imported_from
+
+    @property
+    def imported(self) -> bool:
+        return bool(self.imported_from)
 
 
 class Metric(models.Model):
@@ -200,15 +208,25 @@ class Snapshot(models.Model):
 EVALUATION_KIND = "evaluation"
 
 
+class EvaluationSource(models.TextChoices):
+    SPLIT = "split", "A split of the model's dataset"
+    LIST = "list", "A text list of image paths on the server"
+    FILES = "files", "Uploaded images or archives"
+
+
 class Evaluation(models.Model):
-    """A snapshot evaluated on a dataset split: a job of its own (shared primary key), its
-    metrics (models_app/metrics.py) on the row and every image's probabilities in
-    `predictions.npz` in the job's folder, so its page reloads without running anything."""
+    """A snapshot run over many images, a split of its dataset or files (classify many): a
+    job of its own (shared primary key), its metrics (models_app/metrics.py) on the row
+    and every image's probabilities in `predictions.npz` in the job's folder, so its page
+    reloads without running anything."""
 
     job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="evaluation")
     model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="evaluations")
     epoch = models.FloatField(help_text="The snapshot's epoch.")
-    split = models.CharField(max_length=8, choices=[("train", "train"), ("val", "val"), ("test", "test")])
+    source = models.CharField(max_length=8, choices=EvaluationSource.choices, default=EvaluationSource.SPLIT)
+    split = models.CharField(max_length=8, blank=True, choices=[("train", "train"), ("val", "val"), ("test", "test")])
+    description = models.CharField(max_length=300, blank=True, help_text="What was classified: the list, the uploaded files.")
+    image_folder = models.CharField(max_length=1000, blank=True, help_text="A list's relative paths are under this server folder.")
     metrics = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
@@ -221,6 +239,10 @@ class Evaluation(models.Model):
     @property
     def labels(self) -> list[str]:
         return list(self.model.dataset.labels)
+
+    @property
+    def title(self) -> str:
+        return self.split if self.source == EvaluationSource.SPLIT else self.description
 
 
 # The job kind of an export (models_app/kind.py registers it with the job engine).

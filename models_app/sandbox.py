@@ -7,6 +7,9 @@ custom network both come here; `python -m models_app.sandbox` is the child side.
 Requests: {"task": "visualize", "network", "code", "input_shape", "num_classes"}
           {"task": "classify", "network", "code", "input_shape", "num_classes", "weights",
            "input" (an .npz of the preprocessed input and the resized image), "crop_size", "views"}
+          {"task": "import", "network", "code", "input_shape", "num_classes", "weights", "out"}:
+           load uploaded weights into the network (every layer, same shapes), run it once,
+           and write them as a snapshot at "out"
 Replies:  {"ok": true, ...} or {"ok": false, "error": "...", "line": N | null}
 """
 from __future__ import annotations
@@ -110,6 +113,70 @@ def _classify(net: Any, request: dict[str, Any]) -> dict[str, Any]:
     return analyse(net, x, resized, crop_size=request.get("crop_size"), views=bool(request.get("views")))
 
 
+def _state_dict(loaded: Any) -> dict[str, Any]:
+    """The weights in an uploaded file: a state dict, or one wrapped as our snapshots and
+    common checkpoints wrap it; DistributedDataParallel's `module.` prefix removed."""
+    import torch
+
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError("The file holds no state dict (a mapping of layer names to tensors). Save it with "
+                         "torch.save(model.state_dict(), path).")
+    if all(k.startswith("module.") for k in loaded):
+        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    return loaded
+
+
+def _import(net: Any, request: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    try:
+        loaded = torch.load(request["weights"], map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the upload's problem
+        raise ValueError(f"This is not a PyTorch weights file torch.load can read safely ({type(exc).__name__}: {exc}).") from None
+    state = _state_dict(loaded)
+    own = net.state_dict()
+    classes = int(request["num_classes"])
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    # Only the classifier differs (its rows are the classes): another class count, as
+    # torchvision's 1000 ImageNet classes. It starts afresh, to be fine-tuned.
+    head = bool(wrong) and all(own[k].shape[0] == classes and state[k].shape[1:] == own[k].shape[1:] for k in wrong)
+    problems = []
+    if wrong and not head:
+        problems.append("shapes differ: " + "; ".join(f"{k} {list(state[k].shape)} (the network has {list(own[k].shape)})"
+                                                       for k in wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""))
+    if missing:
+        problems.append("missing layers: " + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append("layers the network does not have: " + ", ".join(unexpected[:5])
+                        + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    if problems:
+        raise ValueError(f"These weights do not fit {request['network']} with input "
+                         f"{'x'.join(map(str, request['input_shape']))}: " + "; ".join(problems) + ".")
+    reinitialised = wrong if head else []
+    classes_before = int(state[wrong[0]].shape[0]) if head else None
+    state = {k: (own[k] if k in reinitialised else v) for k, v in state.items()}
+    net.load_state_dict(state)
+    net.eval()
+    with torch.no_grad():
+        output = net(torch.zeros(1, *request["input_shape"]))
+    if tuple(output.shape) != (1, int(request["num_classes"])):
+        raise ValueError(f"The network's output has shape {list(output.shape)}, not [1, {request['num_classes']}].")
+    if not torch.isfinite(output).all():
+        raise ValueError("The network gives NaN or infinite outputs with these weights.")
+    checkpoint = {"model": net.state_dict(), "network": request["network"], "num_classes": int(request["num_classes"]),
+                  "input_shape": list(request["input_shape"])}
+    tmp = request["out"] + ".tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, request["out"])
+    return {"params": sum(p.numel() for p in net.parameters()), "reinitialised": reinitialised, "classes_before": classes_before}
+
+
 def _handle(request: dict[str, Any]) -> dict[str, Any]:
     from models_app.networks import NetworkCodeError, build_network, describe_code_error
 
@@ -117,6 +184,11 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
         net = build_network(request["network"], request.get("code", ""), tuple(request["input_shape"]), int(request["num_classes"]))
         if request["task"] == "visualize":
             return {"ok": True, **_visualize(net, request["input_shape"])}
+        if request["task"] == "import":
+            try:
+                return {"ok": True, **_import(net, request)}
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc), "line": None}
         return {"ok": True, **_classify(net, request)}
     except NetworkCodeError as exc:
         return {"ok": False, "error": str(exc), "line": exc.line}

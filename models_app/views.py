@@ -15,7 +15,8 @@ from workers.services import job_abort, job_update, placement_check
 
 from .evaluations import evaluation_list
 from .exports import export_list, export_rows
-from .forms import ClassifyForm, EvaluateForm, ExportForm, ModelForm
+from .forms import ClassifyForm, EvaluateForm, ExportForm, ImportForm, ModelForm
+from .importing import model_import
 from .models import TrainedModel
 from .selectors import model_list, model_metrics
 from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
@@ -46,6 +47,20 @@ def model_new(request: HttpRequest) -> HttpResponse:
     return render(
         request, "models/new.html", {"form": form, "clone_of": clone_of, "can_submit_code": can_submit_code(request.user)}
     )
+
+
+def model_import_view(request: HttpRequest) -> HttpResponse:
+    """Import a model trained elsewhere; a refused upload re-shows the form with the reason."""
+    form = ImportForm(request.POST or None, request.FILES or None, initial={"dataset": request.GET.get("dataset")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = model_import(owner=current_user(request.user), **form.cleaned_data)
+        except JobError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        else:
+            messages.success(request, f"Imported {model.job.name}: classify, evaluate, export or fine-tune it below.")
+            return redirect("model_detail", pk=model.pk)
+    return render(request, "models/import.html", {"form": form})
 
 
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:

@@ -97,6 +97,7 @@ def test_a_snapshot_evaluated_on_a_split(celery_worker_process, api, owner, shap
     cell = api.get(f"/api/evaluations/{evaluation_id}/images/", {"view": "cell", "label": 0, "predicted": 0}).json()
     assert cell["total"] == expected[0, 0]
     assert all(r["label"] == 0 and r["predicted"] == 0 for r in cell["images"])
+    assert all(r["path"].startswith("circle/") and r["path"].endswith(".png") for r in cell["images"])
     confidences = [r["confidence"] for r in cell["images"]]
     assert confidences == sorted(confidences, reverse=True)
     image = api.get(cell["images"][0]["image_url"])
@@ -110,8 +111,10 @@ def test_a_snapshot_evaluated_on_a_split(celery_worker_process, api, owner, shap
     assert bad.status_code == 400 and "label" in bad.json()["errors"]
 
     rows = list(csv.reader(io.StringIO(api.get(f"/api/evaluations/{evaluation_id}/csv/").content.decode())))
-    assert rows[0][:4] == ["index", "label", "correct", "prediction1"] and len(rows) == len(labels) + 1
-    assert sum(int(r[2]) for r in rows[1:]) == np.trace(expected)
+    assert rows[0][:5] == ["index", "image", "label", "correct", "prediction1"] and len(rows) == len(labels) + 1
+    assert sum(int(r[3]) for r in rows[1:]) == np.trace(expected)
+    # Each image's source file: in the folder of its given class.
+    assert all(r[1].split("/")[0] == r[2] for r in rows[1:])
 
     # The page: the summary, the matrix's cells as links, a cell's images.
     client = Client()

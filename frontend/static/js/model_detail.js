@@ -6,6 +6,7 @@
   const header = document.getElementById("job");
   const jobId = header.dataset.job;
   const smoothing = document.getElementById("smoothing");
+  if (!smoothing) return;  // an imported model: no training charts
 
   function points(name, scale) {
     return (series[name] || []).map(function (p) { return { x: p.epoch, y: p.value * (scale || 1) }; });
@@ -175,4 +176,23 @@
         if (!running) { clearInterval(timer); location.reload(); }
       });
   }, 3000);
+})();
+
+// Classify many: show the fields of the chosen source only.
+(function () {
+  const form = document.getElementById("evaluate-form");
+  if (!form) return;
+  const groups = { split: ["split"], list: ["image_list_file", "list_path", "image_folder"], files: ["images"] };
+  function show() {
+    const checked = form.querySelector("input[name=source]:checked");
+    const source = checked ? checked.value : "split";
+    Object.keys(groups).forEach(function (name) {
+      groups[name].forEach(function (field) {
+        const el = form.querySelector("#field-" + field);
+        if (el) el.hidden = name !== source;
+      });
+    });
+  }
+  form.querySelectorAll("input[name=source]").forEach(function (r) { r.addEventListener("change", show); });
+  show();
 })();
