@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m bench.startup
 	$(PY) -m bench.lists
 	$(PY) -m bench.memory
+	$(PY) -m bench.inference
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,7 +17,10 @@ In the same run:
   * classify many: an evaluation job over the validation split (the system's loop, as
     the child reports it) against bench/plain_eval.py (the same snapshot, preprocessing,
     batch size and threads over the split already in memory), 3 alternating runs each,
-    the best of each.
+    the best of each;
+  * export and verify: 3 export jobs of the snapshot (ONNX and torch.export, each checked
+    against PyTorch): each format's export time, its batch-1 latency and the ratio to
+    PyTorch's own latency measured in the same job, and the whole job's time.
 Goals (issue 13): warm classify-one for LeNet on CPU, p50 <= 100 ms end to end; classify
 many >= 0.9 of the plain loop.
 """
@@ -124,6 +127,21 @@ def evaluation_runs(owner: Any, model: TrainedModel) -> tuple[list[float], list[
     return systems, plains
 
 
+def export_runs(owner: Any, model: TrainedModel, runs: int = 3) -> list[dict[str, Any]]:
+    """Export and verify the latest snapshot `runs` times (jobs through the real worker):
+    each run's results (per format: export seconds, p50/p95 latency) and its job time."""
+    from models_app.exports import export_create
+    from models_app.models import Export
+
+    out = []
+    for _ in range(runs):
+        export = export_create(owner=owner, model=model, epoch=None)
+        job = wait(export.pk, poll=0.5)
+        results = Export.objects.get(pk=export.pk).results
+        out.append({**results, "job_seconds": (job.finished_at - job.started_at).total_seconds()})
+    return out
+
+
 def summary(times: list[float]) -> tuple[float, float]:
     ordered = sorted(times)
     return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
@@ -172,6 +190,7 @@ def main() -> None:
         busy = through_api(client, model.pk, image, count)
         job_abort(Job.objects.get(pk=busy_model.pk))
         evaluation_rates, plain_rates = evaluation_runs(owner, model)
+        exports = export_runs(owner, model, runs=1 if args.quick else 3)
     finally:
         for proc in workers:
             try:
@@ -194,6 +213,22 @@ def main() -> None:
     print("  system runs " + " / ".join(f"{v:.0f}" for v in evaluation_rates) + " img/s; plain runs "
           + " / ".join(f"{v:.0f}" for v in plain_rates) + " img/s")
     print(f"  ratio (best / best) {max(evaluation_rates) / max(plain_rates):.3f}  (goal >= 0.9)")
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    print(f"\nexport and verify (LeNet, {len(exports)} run(s); median (min-max); latency at batch 1, 10 warm-ups, 100 runs):")
+    print(f"{'':10} {'status':>8} {'export s':>18} {'p50 ms':>18} {'p50 / PyTorch p50':>18} {'max abs diff':>13}")
+    torch_p50 = [e["formats"]["pytorch"]["p50_ms"] for e in exports]
+    for fmt in ("pytorch", "onnx", "pt2"):
+        rows = [e["formats"][fmt] for e in exports]
+        seconds = [r["export_seconds"] for r in rows if r["export_seconds"] is not None]
+        p50 = [r["p50_ms"] for r in rows if r["p50_ms"] is not None]
+        ratios = [r["p50_ms"] / t for r, t in zip(rows, torch_p50) if r["p50_ms"] is not None]
+        diff = max((r["max_abs_diff"] for r in rows if r["max_abs_diff"] is not None), default=None)
+        print(f"{fmt:10} {'/'.join(sorted({r['status'] for r in rows})):>8} {spread(seconds) if seconds else '-':>18} "
+              f"{spread(p50) if p50 else '-':>18} {spread(ratios) if ratios else '-':>18} {f'{diff:.2e}' if diff is not None else '-':>13}")
+    print(f"  whole export job (start-up, weights, both exports and their checks): {spread([e['job_seconds'] for e in exports])} s")
 
 
 if __name__ == "__main__":

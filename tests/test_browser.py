@@ -350,3 +350,110 @@ def test_an_evaluation_page_confusion_cell_opens_its_images(live_url, page, owne
     assert page.locator("#gallery figure").count() == 1
     assert "given circle" in page.locator("#gallery figcaption").inner_text()
     _keep(page, "evaluation")
+
+
+def test_one_prediction_layer_by_layer(celery_worker_process, live_url, page, owner, shapes_folder, tmp_path):
+    """Classify one with "visualizations and statistics": the image as the network sees
+    it, each layer's tiles and histograms, and Grad-CAM; a bad file re-shows the form."""
+    from tests.conftest import token_client
+    from tests.imagegen import shape_image
+    from tests.test_model_api import built_dataset, train
+
+    import random
+
+    api = token_client(owner)
+    model = train(api, built_dataset(api, shapes_folder), epochs=1)
+    assert model["job"]["status"] == "done", model["job"]
+    image = tmp_path / "square.png"
+    shape_image("square", random.Random(3)).save(image)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a picture")
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/{model['id']}/")
+    page.set_input_files("#classify input[name=image]", str(broken))
+    page.click("#classify button[type=submit]")
+    page.wait_for_selector("#classify-form .error")
+    assert page.locator("#classify-form input[name=image]").count() == 1  # the form again, not a dead end
+
+    page.set_input_files("#classify-form input[name=image]", str(image))
+    page.check("#classify-form input[name=views]")
+    page.click("#classify-form button[type=submit]")
+    page.wait_for_selector("#layers")
+    assert page.locator("#predictions tbody tr").count() == 3
+    loaded = "el => el.complete && el.naturalWidth > 0"
+    assert page.locator("#network-input").evaluate(loaded) and page.locator("#gradcam").evaluate(loaded)
+    layers = page.locator("#layers tr.layer")
+    assert layers.count() >= 6
+    first_conv = page.locator('#layers tr.layer[data-layer="features.0"]')
+    assert first_conv.locator("img.tiles.weights").evaluate(loaded) and first_conv.locator("img.tiles.activations").evaluate(loaded)
+    assert first_conv.locator(".histogram").first.locator("span").count() == 20
+    assert "mean" in first_conv.inner_text() and "std" in first_conv.inner_text()
+    _keep(page, "classify-layers")
+
+
+def test_the_mistakes_browser_and_the_export_table(live_url, page, owner):
+    """Mistakes, most confident first, with each image's file in the source; the export
+    table's rows (passed with a download, failed with its error)."""
+    import numpy as np
+
+    from datasets.source_paths import write_paths
+    from models_app.evaluate import PREDICTIONS
+    from models_app.metrics import summarise
+    from models_app.models import Evaluation, Export
+    from workers.models import Job, JobEvent
+
+    dataset = make_dataset(owner, name="eval-data")
+    dataset.labels, dataset.counts = ["circle", "square", "triangle"], {"train": 30, "val": 6}
+    dataset.save()
+    write_paths(dataset.directory, "val", [f"{kind}/{i}.png" for kind in ("circle", "square", "triangle") for i in range(2)])
+    model = make_model(owner, dataset, name="eval-model")
+    job = Job.objects.create(kind="evaluation", name="eval-model · val", owner=owner, status="done")
+    JobEvent.objects.create(job=job, status="done")
+    job.directory.mkdir(parents=True, exist_ok=True)
+    labels = np.repeat(np.arange(3), 2)
+    probabilities = np.array([
+        [0.9, 0.05, 0.05], [0.3, 0.6, 0.1],  # circle 1 taken for a square at 60 %
+        [0.1, 0.8, 0.1], [0.05, 0.05, 0.9],  # square 1 taken for a triangle at 90 %
+        [0.2, 0.7, 0.1], [0.1, 0.1, 0.8],  # triangle 0 taken for a square at 70 %
+    ], dtype=np.float32)
+    np.savez(job.directory / PREDICTIONS, probabilities=probabilities.astype(np.float16), labels=labels)
+    evaluation = Evaluation.objects.create(job=job, model=model, epoch=2, split="val", metrics=summarise(probabilities, labels))
+
+    export_job = Job.objects.create(kind="export", name="eval-model · export", owner=owner, status="done")
+    JobEvent.objects.create(job=export_job, status="done")
+    export_job.directory.mkdir(parents=True, exist_ok=True)
+    (export_job.directory / "model.onnx").write_bytes(b"onnx bytes")
+    row = {"file": "", "bytes": 0, "export_seconds": 1.5, "max_abs_diff": None, "tolerance": None, "top1_agreement": None,
+           "p50_ms": None, "p95_ms": None, "error": "", "details": {}}
+    Export.objects.create(job=export_job, model=model, epoch=2, results={"images": 6, "threads": 1, "torch": "2.x", "formats": {
+        "pytorch": {**row, "format": "pytorch", "status": "reference", "p50_ms": 1.0, "p95_ms": 1.2, "export_seconds": None},
+        "onnx": {**row, "format": "onnx", "status": "passed", "file": "model.onnx", "bytes": 10, "max_abs_diff": 2e-7,
+                 "tolerance": 1e-4, "top1_agreement": 1.0, "p50_ms": 0.4, "p95_ms": 0.5},
+        "pt2": {**row, "format": "pt2", "status": "failed", "error": "Unsupported: data-dependent control flow"},
+    }})
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/evaluations/{evaluation.pk}/")
+    captions = page.locator("#gallery figure.wrong figcaption").all_inner_texts()
+    assert len(captions) == 3
+    assert [c.split("\n")[0].split(" · ")[0] for c in captions] == ["#3", "#4", "#1"]  # 90 %, 70 %, 60 %
+    assert "square/1.png" in captions[0] and "predicted triangle (90.0%)" in captions[0]
+    assert page.locator("#suspects").count() == 1
+
+    page.goto(f"{live_url}/models/{model.pk}/")
+    table = page.locator("#exports .export-table")
+    assert table.locator("tr.format-onnx.check-passed").count() == 1
+    assert "2.00e-07" in table.locator("tr.format-onnx").inner_text()
+    assert table.locator("tr.format-pt2.check-failed").count() == 1
+    assert "data-dependent control flow" in page.locator("#exports .export-error").inner_text()
+    with page.expect_download() as download:
+        table.locator("tr.format-onnx a", has_text="Download .onnx").click()
+    assert open(download.value.path(), "rb").read() == b"onnx bytes"
+    assert download.value.suggested_filename.endswith(".onnx")
+
+    # Classify many: the form shows the chosen source's fields only.
+    assert page.locator("#field-split").is_visible() and not page.locator("#field-image_folder").is_visible()
+    page.check("#evaluate-form input[name=source][value=list]")
+    assert page.locator("#field-image_folder").is_visible() and not page.locator("#field-split").is_visible()
+    _keep(page, "model-exports")
