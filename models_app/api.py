@@ -3,9 +3,12 @@ edit, metrics, abort, resume, clone, delete, classify (exports and downloads: ex
 visualize and the learning-rate preview."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, cast
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
@@ -25,7 +28,7 @@ from workers.services import job_abort, job_update, placement_check
 
 from .importing import model_import
 from .models import MeanSubtraction, Network, Snapshot, TrainedModel
-from .selectors import model_list, model_metrics
+from .selectors import MAX_POINTS, model_list, model_metric_points, model_metric_rows, model_metrics
 from .services import (
     PARAM_FIELDS,
     model_classify_upload,
@@ -236,10 +239,16 @@ METRICS_SCHEMA = {
 
 
 class ModelMetricsApi(APIView):
-    """Chart series; ?after=N returns only points after iteration N (for polling clients)."""
+    """Chart series, each downsampled to at most `max_points` (default 2,000: min/max per
+    bucket, the last point and every validation point exact); ?after=N returns only points
+    after iteration N (for polling clients). Full resolution: .../metrics/points/ and
+    .../metrics/csv/."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", int, description="only points after this iteration")],
+        parameters=[
+            OpenApiParameter("after", int, description="only points after this iteration"),
+            OpenApiParameter("max_points", int, description=f"per series, 2 to 20,000 (default {MAX_POINTS})"),
+        ],
         responses={200: OpenApiResponse(
             response=METRICS_SCHEMA,
             description="Each series by name (train_loss, val_accuracy, learning_rate, ...), in iteration order.",
@@ -248,7 +257,57 @@ class ModelMetricsApi(APIView):
     def get(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         after = request.query_params.get("after")
-        return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None))
+        raw = request.query_params.get("max_points", "")
+        max_points = min(20_000, max(2, int(raw))) if raw.isdigit() else MAX_POINTS
+        return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None, max_points=max_points))
+
+
+class ModelMetricPointsApi(APIView):
+    """One series at full resolution, a page at a time: `?name=train_loss&after=N&limit=M`
+    gives the points after iteration N (at most M, default and most 10,000); ask the next
+    page with `after=next_after` until it is null."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("name", str, required=True), OpenApiParameter("after", int), OpenApiParameter("limit", int),
+        ],
+        responses=inline_serializer("MetricPoints", {
+            "name": serializers.CharField(),
+            "points": serializers.ListField(child=serializers.ListField(child=serializers.FloatField()),
+                                            help_text="[iteration, epoch, value] triples"),
+            "next_after": serializers.IntegerField(allow_null=True, help_text="The next page's `after`; null at the end."),
+        }),
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        model = get_object_or_404(model_list(), pk=pk)
+        name = request.query_params.get("name", "")
+        if not name:
+            raise JobError("Give the series' name (train_loss, val_accuracy, ...).", field="name")
+        after_raw, limit_raw = request.query_params.get("after", ""), request.query_params.get("limit", "")
+        after = int(after_raw) if after_raw.lstrip("-").isdigit() else -1
+        limit = min(10_000, max(1, int(limit_raw))) if limit_raw.isdigit() else 10_000
+        points = model_metric_points(model, name, after=after, limit=limit)
+        return Response({
+            "name": name, "points": [list(p) for p in points],
+            "next_after": points[-1][0] if len(points) == limit else None,
+        })
+
+
+class ModelMetricsCsvApi(APIView):
+    """Every point of every series as CSV (name, iteration, epoch, value), streamed."""
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, pk: int) -> StreamingHttpResponse:
+        model = get_object_or_404(model_list(), pk=pk)
+
+        def lines() -> Iterator[str]:
+            yield "name,iteration,epoch,value\n"
+            for name, iteration, epoch, value in model_metric_rows(model):
+                yield f"{name},{iteration},{epoch!r},{value!r}\n"
+
+        response = StreamingHttpResponse(lines(), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="model-{model.pk}-metrics.csv"'
+        return response
 
 
 def epoch_param(raw: object) -> float | None:

@@ -1,10 +1,11 @@
 """Reads for models."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, ExpressionWrapper, F, IntegerField, Max, Min, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 
 from .models import Metric, TrainedModel
 
@@ -13,12 +14,60 @@ def model_list() -> QuerySet[TrainedModel]:
     return TrainedModel.objects.select_related("job", "job__owner", "dataset", "dataset__job").order_by("-job__created_at")
 
 
-def model_metrics(model: TrainedModel, *, after_iteration: int | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Chart series: {name: [{"iteration", "epoch", "value"}, ...]} in iteration order."""
+# A chart draws at most this many points per series: what a screen shows, whatever the
+# length of the run (a 500,000-iteration run would otherwise send 65 MB to a page).
+MAX_POINTS = 2000
+FIELDS = ("iteration", "epoch", "value")
+
+
+def model_metrics(
+    model: TrainedModel, *, after_iteration: int | None = None, max_points: int | None = MAX_POINTS
+) -> dict[str, list[dict[str, Any]]]:
+    """Chart series: {name: [{"iteration", "epoch", "value"}, ...]} in iteration order.
+
+    A series longer than `max_points` comes downsampled in the database: the iterations
+    are cut into max_points / 2 buckets and each bucket gives its lowest and its highest
+    point (min/max per bucket: spikes stay visible); the last point is always there.
+    Validation series (one point per validation) always come whole. `max_points=None`:
+    every point (the CSV and the paginated endpoint read them in pages instead)."""
     rows = Metric.objects.filter(model=model)
     if after_iteration is not None:
         rows = rows.filter(iteration__gt=after_iteration)
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for name, iteration, epoch, value in rows.order_by("iteration", "id").values_list("name", "iteration", "epoch", "value"):
-        series[name].append({"iteration": iteration, "epoch": epoch, "value": value})
-    return dict(series)
+    spans = rows.values("name").annotate(n=Count("id"), lo=Min("iteration"), hi=Max("iteration")).order_by("name")
+    series: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        name = span["name"]
+        points = rows.filter(name=name)
+        values: Iterable[tuple[Any, ...]]
+        if max_points is None or span["n"] <= max_points or name.startswith("val_"):
+            values = points.order_by("iteration", "id").values_list(*FIELDS)
+        else:
+            values = _min_max_per_bucket(points, span["lo"], span["hi"], max(1, max_points // 2))
+        series[name] = [dict(zip(FIELDS, v)) for v in values]
+    return series
+
+
+def _min_max_per_bucket(points: QuerySet[Metric], lo: int, hi: int, buckets: int) -> list[tuple[int, float, float]]:
+    bucket = ExpressionWrapper((F("iteration") - lo) * buckets / (hi - lo + 1), output_field=IntegerField())
+    ranked = points.annotate(bucket=bucket).annotate(
+        low=Window(RowNumber(), partition_by=[F("bucket")], order_by=[F("value").asc(), F("iteration").asc()]),
+        high=Window(RowNumber(), partition_by=[F("bucket")], order_by=[F("value").desc(), F("iteration").asc()]),
+    )
+    chosen = list(ranked.filter(Q(low=1) | Q(high=1)).order_by("iteration", "id").values_list(*FIELDS))
+    last = points.order_by("-iteration", "-id").values_list(*FIELDS).first()
+    if last is not None and (not chosen or chosen[-1][0] != last[0]):
+        chosen.append(last)
+    return chosen
+
+
+def model_metric_points(model: TrainedModel, name: str, *, after: int = -1, limit: int = 10_000) -> list[tuple[int, float, float]]:
+    """Every point of one series after iteration `after`, at most `limit` (full resolution,
+    a page at a time: the next page starts after the last iteration returned)."""
+    rows = Metric.objects.filter(model=model, name=name, iteration__gt=after).order_by("iteration", "id")
+    return list(rows.values_list(*FIELDS)[:limit])
+
+
+def model_metric_rows(model: TrainedModel) -> Iterator[tuple[str, int, float, float]]:
+    """Every point of every series, for the CSV (streamed from the database in chunks)."""
+    rows = Metric.objects.filter(model=model).order_by("name", "iteration", "id")
+    return rows.values_list("name", *FIELDS).iterator(chunk_size=5000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -207,3 +208,31 @@ def wait_for_status(client: APIClient, url: str, statuses: set[str], timeout: fl
             return data
         time.sleep(0.3)
     raise AssertionError(f"{url} did not reach {statuses} in {timeout}s: {data['job']}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_url(transactional_db) -> Iterator[str]:
+    """The real ASGI server (daphne, websockets included) on the test database."""
+    port = free_port()
+    env = subprocess_env(settings.DATABASES["default"]["NAME"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "digits_site.asgi:application"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "daphne did not start"
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)

@@ -6,7 +6,7 @@ from typing import Any, cast
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
@@ -19,7 +19,7 @@ from rest_framework.views import APIView, exception_handler
 from . import kinds
 from .models import Job, JobEvent, JobStatus, Priority
 from .errors import JobError
-from .listing import JobFilterSet, Pagination, job_ordering
+from .listing import JobFilterSet, Pagination, job_ordering, job_prefetches
 from .permissions import IsStaff
 from .selectors import job_list
 
@@ -80,12 +80,15 @@ class IdRelatedField(serializers.PrimaryKeyRelatedField):
         return super().to_internal_value(data)
 
 
-def job_log_response(job: Job, *, download: bool) -> FileResponse:
-    """The job's whole log file, streamed (the page and the API both serve it)."""
+def job_log_response(job: Job, *, download: bool, offset: int = 0) -> FileResponse:
+    """The job's log file from byte `offset` (the whole of it by default), streamed (the
+    page and the API both serve it)."""
     try:
         handle = job.log_path.open("rb")
     except FileNotFoundError:
         raise Http404("This job has no log yet.") from None
+    if offset:
+        handle.seek(offset)
     return FileResponse(handle, content_type="text/plain; charset=utf-8", as_attachment=download, filename=f"job-{job.pk}.log")
 
 
@@ -162,12 +165,27 @@ class JobListApi(generics.ListAPIView):
     queryset = job_list()
 
 
-class JobLogApi(APIView):
-    """A job's raw log as text/plain (?download=1 for an attachment)."""
+class JobDetailApi(APIView):
+    """One job of any kind (its kind says where its own endpoint is: /api/datasets/ID/,
+    /api/models/ID/, /api/evaluations/ID/, /api/exports/ID/)."""
 
-    @extend_schema(responses={(200, "text/plain"): str})
+    @extend_schema(responses=JobSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(JobSerializer(get_object_or_404(job_list().prefetch_related(*job_prefetches()), pk=pk)).data)
+
+
+class JobLogApi(APIView):
+    """A job's raw log as text/plain (?download=1 for an attachment; ?offset=N for the bytes
+    from N on, to follow a running job's log)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("offset", int, description="start at this byte"), OpenApiParameter("download", int)],
+        responses={(200, "text/plain"): str},
+    )
     def get(self, request: Request, pk: int) -> FileResponse:
-        return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1")
+        raw = request.query_params.get("offset", "")
+        offset = int(raw) if raw.isdigit() else 0
+        return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1", offset=offset)
 
 
 # -- devices and the queue -------------------------------------------------------------
