@@ -9,7 +9,6 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
-import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
@@ -19,10 +18,11 @@ from rest_framework.views import APIView
 from workers.api import JobEditSerializer, JobSerializer
 from workers.errors import JobError
 from workers.permissions import current_user
-from workers.listing import JobFilterSet, job_ordering, job_prefetches
+from workers.listing import job_prefetches
 from workers.services import job_abort, job_update
 
-from .models import PARAM_FIELDS, Dataset, Source, Upload
+from .filters import DatasetFilter
+from .models import PARAM_FIELDS, Dataset, Upload
 from .selectors import dataset_gallery, dataset_image, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
@@ -72,16 +72,6 @@ def _create(request: Request, data: Any) -> Dataset:
     values = dict(serializer.validated_data)
     uploaded = {k[: -len("_upload")]: values.pop(k) for k in list(values) if k.endswith("_upload")}
     return dataset_create(owner=current_user(request.user), uploaded=uploaded, **values)
-
-
-class DatasetFilter(JobFilterSet):
-    PREFIX = "job__"
-    source = django_filters.ChoiceFilter(choices=Source.choices)
-    ordering = job_ordering(PREFIX)
-
-    class Meta:
-        model = Dataset
-        fields = ["source"]
 
 
 class DatasetListApi(generics.ListAPIView):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
+
 from workers.errors import JobError
 from workers.kinds import Kind
 from workers.protocol import Event, Result
 from workers.models import Job
 
 from .models import DATASET_KIND, Dataset
-from .services import dataset_build_spec, dataset_remove_partial, dataset_store_result
+from .services import dataset_before_delete, dataset_build_spec, dataset_remove_partial, dataset_store_result
 
 
 class DatasetBuild(Kind):
@@ -47,6 +49,14 @@ class DatasetBuild(Kind):
         dataset = Dataset.objects.filter(pk=job.pk).first()
         if dataset is not None:
             dataset_remove_partial(dataset)
+
+    def page_url(self, job: Job) -> str:
+        return reverse("dataset_detail", args=[job.pk])
+
+    def before_delete(self, job: Job) -> None:
+        dataset = Dataset.objects.filter(pk=job.pk).select_related("upload").first()
+        if dataset is not None:
+            dataset_before_delete(dataset)
 
     def rewind(self, job_id: int) -> str:
         self.cleanup(Job(pk=job_id))

@@ -165,6 +165,10 @@ class Dataset(models.Model):
         return np.load(self.mean_path)
 
     @property
+    def total_images(self) -> int:
+        return sum((self.counts or {}).values())
+
+    @property
     def splits(self) -> list[str]:
         return [s for s in ("train", "val", "test") if s in self.counts]
 

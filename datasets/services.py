@@ -23,7 +23,7 @@ from .lmdb_store import forget
 from .models import DATASET_KIND, PARAM_FIELDS, Dataset, Source, param_field
 from .sources import is_under
 from .spec import BuildSpec
-from .uploads import upload_for_build, upload_release
+from .uploads import upload_delete, upload_for_build
 
 
 def resolve_data_folder(folder: str, field: str = "folder") -> Path:
@@ -270,14 +270,20 @@ def dataset_remove_partial(dataset: Dataset) -> None:
 
 
 def dataset_delete(dataset: Dataset) -> None:
+    """Delete a dataset (its job: the kind's `dataset_before_delete` runs first)."""
+    job_delete(dataset.job)
+
+
+def dataset_before_delete(dataset: Dataset) -> None:
+    """Refuse while models use it; forget its open databases; its uploaded archive goes
+    with it when no other dataset was built from it (a clone shares it)."""
     users = list(dataset.models.select_related("job").values_list("job__name", flat=True)[:5])
     if users:
         raise Conflict(
             f"This dataset is used by model(s) {', '.join(users)}. Delete those models first, then the dataset."
         )
-    upload = dataset.upload
     for split in ("train", "val", "test"):
         forget(dataset.split_path(split))
-    job_delete(dataset.job)
-    if upload is not None:
-        upload_release(upload)
+    upload = dataset.upload
+    if upload is not None and not upload.datasets.exclude(pk=dataset.pk).exists():
+        upload_delete(upload)

@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from workers.errors import JobError
+from workers.models import JobStatus
 from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_update
 
+from .filters import DatasetFilter
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
 from .selectors import dataset_gallery, dataset_image, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
+
+
+def dataset_list_view(request: HttpRequest) -> HttpResponse:
+    """Every dataset, a page at a time: search, filters, sorting, bulk actions."""
+    filters = DatasetFilter(request.GET or None, queryset=dataset_list())
+    rows = filters.qs if filters.is_bound and filters.is_valid() else dataset_list()
+    page = Paginator(rows, 50).get_page(request.GET.get("page"))
+    return render(request, "datasets/list.html", {"filters": filters, "page": page, "statuses": JobStatus.choices,
+                                                   "sources": Source.choices})
 
 
 def _modifiable(request: HttpRequest, pk: int) -> Dataset:

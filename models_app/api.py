@@ -11,7 +11,6 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
-import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -23,9 +22,11 @@ from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
 from workers.models import Priority
 from workers.errors import JobError
 from workers.permissions import current_user
-from workers.listing import JobFilterSet, job_ordering, job_prefetches
+from workers.listing import job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
+from .compare import model_compare, parse_ids
+from .filters import ModelFilter
 from .importing import model_import
 from .models import MeanSubtraction, Network, Snapshot, TrainedModel
 from .selectors import MAX_POINTS, model_list, model_metric_points, model_metric_rows, model_metrics
@@ -57,7 +58,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         model = TrainedModel
         fields = [
             "id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "imported_from",
-            "notices", "timings", "snapshots",
+            "best_val_accuracy", "best_epoch", "notices", "timings", "snapshots",
         ]
 
 
@@ -104,23 +105,6 @@ def _create(request: Request, data: Any) -> Response:
     return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
-class ModelFilter(JobFilterSet):
-    PREFIX = "job__"
-    dataset = django_filters.NumberFilter(field_name="dataset_id", help_text="Models trained on this dataset.")
-    network = django_filters.ChoiceFilter(choices=Network.choices)
-    has_snapshots = django_filters.BooleanFilter(
-        method="filter_has_snapshots", help_text="Only models with (or without) a snapshot: what can be fine-tuned."
-    )
-    ordering = job_ordering(PREFIX)
-
-    class Meta:
-        model = TrainedModel
-        fields = ["dataset", "network"]
-
-    def filter_has_snapshots(self, queryset: QuerySet[TrainedModel], name: str, value: bool) -> QuerySet[TrainedModel]:
-        return queryset.filter(snapshots__isnull=not value).distinct()
-
-
 class ModelListApi(generics.ListAPIView):
     """Models, newest first, paginated; filter by owner, status, group, dataset, network,
     name, or whether they have a snapshot."""
@@ -138,6 +122,30 @@ class ModelListApi(generics.ListAPIView):
     @extend_schema(request=ModelInputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request: Request) -> Response:
         return _create(request, request.data)
+
+
+class ModelCompareApi(APIView):
+    """Models side by side (`?ids=1,2,3`, 2 to 20): each run's best validation accuracy
+    and its epoch, duration and device-hours, and every parameter with whether it differs.
+    Their curves: each model's .../metrics/."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("ids", str, required=True, description="comma-separated model ids")],
+        responses=inline_serializer("ModelComparison", {
+            "runs": inline_serializer("ComparedRun", {
+                "id": serializers.IntegerField(), "name": serializers.CharField(), "owner": serializers.CharField(),
+                "status": serializers.CharField(), "best_val_accuracy": serializers.FloatField(allow_null=True),
+                "best_epoch": serializers.FloatField(allow_null=True), "duration_seconds": serializers.FloatField(allow_null=True),
+                "device_hours": serializers.FloatField(),
+            }, many=True),
+            "params": inline_serializer("ComparedParam", {
+                "field": serializers.CharField(), "label": serializers.CharField(),
+                "values": serializers.ListField(child=serializers.CharField()), "differs": serializers.BooleanField(),
+            }, many=True),
+        }),
+    )
+    def get(self, request: Request) -> Response:
+        return Response(model_compare(parse_ids(request.query_params.get("ids", ""))))
 
 
 class ModelImportApi(APIView):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.urls import reverse
 
 from datasets.models import Dataset
 from workers.errors import JobError
@@ -16,7 +17,7 @@ from workers.models import Job, JobStatus
 from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
 from .exports import export_list, export_remove_partial, export_spec, export_store_result, export_summary
 from .models import EVALUATION_KIND, EXPORT_KIND, MODEL_KIND, Evaluation, Export, TrainedModel
-from .services import latest_snapshot, model_record_events, model_rewind, model_train_spec
+from .services import latest_snapshot, model_before_delete, model_record_events, model_rewind, model_train_spec
 from .training import CHILD_ENV
 
 
@@ -54,6 +55,12 @@ class ModelTraining(Kind):
                     f"Waiting for dataset {name!r} to finish building; training starts as soon as it is done."
                 )
         return blocked
+
+    def page_url(self, job: Job) -> str:
+        return reverse("model_detail", args=[job.pk])
+
+    def before_delete(self, job: Job) -> None:
+        model_before_delete(job.pk)
 
     def rewind(self, job_id: int) -> str:
         snapshot = model_rewind(job_id)
@@ -107,6 +114,9 @@ class ModelEvaluation(Kind):
             else f"Top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['images']} images{noted}."
         )
 
+    def page_url(self, job: Job) -> str:
+        return reverse("evaluation_detail", args=[job.pk])
+
     def cleanup(self, job: Job) -> None:
         evaluation_remove_partial(job.pk)
 
@@ -141,6 +151,10 @@ class ModelExport(Kind):
         if not results:
             raise JobError("The export ended without reporting its checks; see the log.")
         return export_summary(results)
+
+    def page_url(self, job: Job) -> str:
+        model_id = Export.objects.filter(pk=job.pk).values_list("model_id", flat=True).first()
+        return reverse("model_detail", args=[model_id]) + "#exports" if model_id else reverse("job_log", args=[job.pk])
 
     def cleanup(self, job: Job) -> None:
         export_remove_partial(job.pk)

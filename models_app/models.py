@@ -143,6 +143,11 @@ class TrainedModel(models.Model):
     # came from an upload, and `imported_from` says which.
     imported_from = models.CharField(max_length=300, blank=True, default="")
 
+    # The best validation accuracy so far and its epoch, kept with each validation
+    # (services.model_refresh_best), so lists sort and show it without reading metrics.
+    best_val_accuracy = models.FloatField(null=True, blank=True, db_index=True)
+    best_epoch = models.FloatField(null=True, blank=True)
+
     # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
     notices = models.JSONField(default=list, blank=True)
     # Where the last run's time went (startup, training loop, validation, snapshots).

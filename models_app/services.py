@@ -168,7 +168,18 @@ def model_rewind(model_id: int) -> Snapshot | None:
     snapshot = Snapshot.objects.filter(model_id=model_id).order_by("-iteration", "-epoch").first()
     points = Metric.objects.filter(model_id=model_id)
     (points.filter(iteration__gt=snapshot.iteration) if snapshot else points).delete()
+    model_refresh_best(model_id)
     return snapshot
+
+
+def model_refresh_best(model_id: int) -> None:
+    """The best validation accuracy recorded and its epoch (the earliest, on ties)."""
+    best = (
+        Metric.objects.filter(model_id=model_id, name="val_accuracy").order_by("-value", "iteration").values_list("value", "epoch").first()
+    )
+    TrainedModel.objects.filter(pk=model_id).update(
+        best_val_accuracy=best[0] if best else None, best_epoch=best[1] if best else None
+    )
 
 
 def model_train_spec(model: TrainedModel) -> TrainSpec:
@@ -227,6 +238,8 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
         return
     with transaction.atomic():
         Metric.objects.bulk_create(rows, batch_size=2000)
+        if any(m.name == "val_accuracy" for m in rows):
+            model_refresh_best(model_id)
         for snap in snapshots:
             Snapshot.objects.update_or_create(
                 model_id=model_id,
@@ -256,13 +269,17 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
 
 
 def model_delete(model: TrainedModel) -> None:
-    """The model, its snapshots, its evaluations and exports (jobs of their own: each goes
-    with its files, and a running one is aborted first)."""
-    for evaluation in Evaluation.objects.filter(model=model).select_related("job"):
-        job_delete(evaluation.job)
-    for export in Export.objects.filter(model=model).select_related("job"):
-        job_delete(export.job)
+    """The model, its snapshots, its evaluations and exports (model_before_delete)."""
     job_delete(model.job)
+
+
+def model_before_delete(model_id: int) -> None:
+    """A model's evaluations and exports are jobs of their own: each goes with its files
+    (a running one is aborted first) before the model does."""
+    for evaluation in Evaluation.objects.filter(model_id=model_id).select_related("job"):
+        job_delete(evaluation.job)
+    for export in Export.objects.filter(model_id=model_id).select_related("job"):
+        job_delete(export.job)
 
 
 def snapshot_for(model: TrainedModel, epoch: float | None, *, field: str | None = None) -> Snapshot:

@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from workers.models import Priority
+from datasets.selectors import dataset_list
+from workers.models import JobStatus, Priority
 from workers.scheduler import wait_reason
 from workers.selectors import job_devices
 from workers.errors import JobError
 from workers.permissions import can_modify, check_modify, current_user
 from workers.services import job_abort, job_update, placement_check
 
+from .compare import model_compare, parse_ids
 from .evaluations import evaluation_list
 from .exports import export_list, export_rows
 from .forms import ClassifyForm, EvaluateForm, ExportForm, ImportForm, ModelForm
+from .filters import ModelFilter
 from .importing import model_import
-from .models import TrainedModel
+from .models import Network, TrainedModel
 from .selectors import model_list, model_metrics
 from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
 
@@ -47,6 +51,31 @@ def model_new(request: HttpRequest) -> HttpResponse:
     return render(
         request, "models/new.html", {"form": form, "clone_of": clone_of, "can_submit_code": can_submit_code(request.user)}
     )
+
+
+LIST_PAGE_SIZE = 50
+
+
+def model_list_view(request: HttpRequest) -> HttpResponse:
+    """Every model, a page at a time: search, filters, sorting by any column (best
+    validation accuracy, duration, ...), bulk actions and "compare selected"."""
+    filters = ModelFilter(request.GET or None, queryset=model_list())
+    rows = filters.qs if filters.is_bound and filters.is_valid() else model_list()
+    page = Paginator(rows, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "models/list.html", {
+        "filters": filters, "page": page, "networks": Network.choices, "statuses": JobStatus.choices,
+        "datasets": dataset_list().values_list("pk", "job__name")[:500],
+    })
+
+
+def model_compare_view(request: HttpRequest) -> HttpResponse:
+    """`?ids=1,2,3`: the runs' curves overlaid, their parameters side by side."""
+    try:
+        comparison = model_compare(parse_ids(request.GET.get("ids", "")))
+    except JobError as exc:
+        messages.error(request, str(exc))
+        return redirect("model_list")
+    return render(request, "models/compare.html", {"comparison": comparison})
 
 
 def model_import_view(request: HttpRequest) -> HttpResponse:

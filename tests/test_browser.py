@@ -423,3 +423,39 @@ def test_the_mistakes_browser_and_the_export_table(live_url, page, owner):
     page.check("#evaluate-form input[name=source][value=list]")
     assert page.locator("#field-image_folder").is_visible() and not page.locator("#field-split").is_visible()
     _keep(page, "model-exports")
+
+
+def test_tick_two_models_and_compare_their_curves(live_url, page, owner):
+    """The models list sorts by best validation accuracy; ticking two rows enables
+    "Compare", whose page overlays both runs' curves and highlights differing parameters."""
+    from models_app.models import TrainedModel
+    from models_app.services import model_refresh_best
+
+    dataset = make_dataset(owner, name="cmp-data")
+    first = make_model(owner, dataset, name="short run", epochs=2)
+    second = make_model(owner, dataset, name="long run", epochs=4)
+    TrainedModel.objects.filter(pk=second.pk).update(learning_rate=0.1)
+    for model in (first, second):
+        model_refresh_best(model.pk)
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/")
+    page.click("a.sort[data-sort=best]")
+    page.click("a.sort[data-sort=best]")  # again: best first
+    page.wait_for_url("**ordering=-best*")
+    rows = page.locator("#model-table tbody tr")
+    assert rows.nth(0).locator("td").nth(1).inner_text().startswith("long run")
+    assert page.locator("#compare-selected").is_disabled()
+    rows.nth(0).locator("input[name=ids]").check()
+    rows.nth(1).locator("input[name=ids]").check()
+    assert page.locator("#selected-count").inner_text() == "2 selected"
+    page.click("#compare-selected")
+    page.wait_for_url("**/models/compare/?ids=*")
+    page.wait_for_function("document.body.dataset.chartsReady === '1'")
+    assert page.evaluate("Chart.getChart('compare-accuracy').data.datasets.map(d => d.data.length)") == [4, 2]
+    assert page.evaluate("Chart.getChart('compare-loss').data.datasets.length") == 2
+    page.check("#log-scale")
+    assert page.evaluate("Chart.getChart('compare-chart').options.scales.y.type") == "logarithmic"
+    assert page.locator('#params tr.differs[data-field="learning_rate"]').count() == 1
+    assert page.locator('#params tr[data-field="dataset"]').get_attribute("class") == ""
+    _keep(page, "compare")

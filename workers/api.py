@@ -20,7 +20,7 @@ from . import kinds
 from .models import Job, JobEvent, JobStatus, Priority
 from .errors import JobError
 from .listing import JobFilterSet, Pagination, job_ordering, job_prefetches
-from .permissions import IsStaff
+from .permissions import IsStaff, current_user
 from .selectors import job_list
 
 
@@ -163,6 +163,29 @@ class JobListApi(generics.ListAPIView):
     serializer_class = OutputSerializer
     filterset_class = JobFilter
     queryset = job_list()
+
+
+class JobBulkApi(APIView):
+    """One action on many jobs: `{"ids": [...], "action": "abort" | "delete" | "group",
+    "group": "..."}`. Each job is checked on its own; the answer lists the ids done and,
+    for the others, why they were skipped (not yours, already finished, in use)."""
+
+    class InputSerializer(serializers.Serializer):
+        ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000)
+        action = serializers.ChoiceField(choices=["abort", "delete", "group"])
+        group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=InputSerializer, responses=inline_serializer("BulkResult", {
+        "done": serializers.ListField(child=serializers.IntegerField()),
+        "skipped": inline_serializer("BulkSkipped", {"id": serializers.IntegerField(), "reason": serializers.CharField()}, many=True),
+    }))
+    def post(self, request: Request) -> Response:
+        from .services import jobs_bulk
+
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(jobs_bulk(current_user(request.user), data.validated_data["ids"], data.validated_data["action"],
+                                  group=data.validated_data["group"]))
 
 
 class JobDetailApi(APIView):

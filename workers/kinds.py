@@ -22,7 +22,9 @@ Who calls what:
   - `blocked`: the scheduler, for jobs that wait on something else (a dataset);
   - `rewind`: when a job is interrupted and requeued (lost worker, killed process), to
     drop what was recorded after its last checkpoint;
-  - `prepare_resume`: when a person resumes an aborted or failed job.
+  - `prepare_resume`: when a person resumes an aborted or failed job;
+  - `before_delete`: before a job is deleted (one at a time or in bulk): delete what
+    depends on it, or refuse (Conflict) while something still needs it.
 """
 from __future__ import annotations
 
@@ -99,6 +101,15 @@ class Kind:
         """A person resumes an aborted or failed job: check it can go on (JobError if not),
         drop what a rerun will record again, and say where it restarts."""
         raise JobError(f"A {self.label or self.name} job cannot be resumed; clone it to run it again.")
+
+    def before_delete(self, job: Job) -> None:
+        """The job is about to be deleted: delete its dependents, or raise Conflict."""
+
+    def page_url(self, job: Job) -> str:
+        """Where the job's page is (the console links there); its log by default."""
+        from django.urls import reverse
+
+        return reverse("job_log", args=[job.pk])
 
 
 _registry: dict[str, Kind] = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import DurationField, ExpressionWrapper, F, Prefetch, Q, QuerySet
+from django.db.models.functions import Coalesce, Now
 from rest_framework.pagination import PageNumberPagination
 
 from .models import Allocation, JobStatus
@@ -32,18 +33,35 @@ def job_prefetches(prefix: str = "") -> list[Any]:
 
 class StableOrdering(django_filters.OrderingFilter):
     """Ordering by the fields asked for, then by id, so pages never overlap or skip rows;
-    an empty or unknown `ordering` keeps the list's default order."""
+    an empty or unknown `ordering` keeps the list's default order. Empty values sort last
+    both ways (a model without a validation yet is not "the best"). `duration` is the run
+    time, computed (a running job's so far)."""
+
+    def __init__(self, *args: Any, prefix: str = "", **kwargs: Any) -> None:
+        self.prefix = prefix
+        super().__init__(*args, **kwargs)
 
     def filter(self, qs: QuerySet, value: Any) -> QuerySet:
         fields = [self.get_ordering_value(param) for param in value or [] if param]
-        return qs.order_by(*fields, "-pk") if fields else qs
+        if not fields:
+            return qs
+        if any(f.lstrip("-") == "duration" for f in fields):
+            qs = qs.annotate(duration=ExpressionWrapper(
+                Coalesce(F(f"{self.prefix}finished_at"), Now()) - F(f"{self.prefix}started_at"), output_field=DurationField()
+            ))
+        order = [F(f[1:]).desc(nulls_last=True) if f.startswith("-") else F(f).asc(nulls_last=True) for f in fields]
+        return qs.order_by(*order, "-pk")
 
 
-def job_ordering(prefix: str = "") -> django_filters.OrderingFilter:
-    """`?ordering=created|name|status` (`-` for descending) on the job behind each row."""
+def job_ordering(prefix: str = "", extra: tuple[tuple[str, str], ...] = ()) -> django_filters.OrderingFilter:
+    """`?ordering=created|name|status|duration` and the `extra` (field, parameter) pairs
+    (`-` for descending) on the job behind each row."""
+    names = ["created", "name", "status", "duration", *[param for _, param in extra]]
     return StableOrdering(
-        fields=((f"{prefix}created_at", "created"), (f"{prefix}name", "name"), (f"{prefix}status", "status")),
-        help_text="created, name or status; prefix with - for descending (default: -created).",
+        fields=((f"{prefix}created_at", "created"), (f"{prefix}name", "name"), (f"{prefix}status", "status"),
+                ("duration", "duration"), *extra),
+        prefix=prefix,
+        help_text=f"{', '.join(names)}; prefix with - for descending (default: -created).",
     )
 
 
@@ -59,7 +77,7 @@ class JobFilterSet(django_filters.FilterSet):
         choices=JobStatus.choices, method="filter_status", help_text="One or more statuses."
     )
     group = django_filters.CharFilter(method="filter_group", help_text="The job's group (exact).")
-    search = django_filters.CharFilter(method="filter_search", help_text="Text in the name (case-insensitive).")
+    search = django_filters.CharFilter(method="filter_search", help_text="Text in the name or the notes (case-insensitive).")
 
     def filter_owner(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         return queryset.filter(**{f"{self.PREFIX}owner__username": value})
@@ -71,4 +89,4 @@ class JobFilterSet(django_filters.FilterSet):
         return queryset.filter(**{f"{self.PREFIX}group": value})
 
     def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        return queryset.filter(Q(**{f"{self.PREFIX}name__icontains": value}))
+        return queryset.filter(Q(**{f"{self.PREFIX}name__icontains": value}) | Q(**{f"{self.PREFIX}notes__icontains": value}))

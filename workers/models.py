@@ -106,6 +106,14 @@ class Job(models.Model):
             return self.kind
 
     @property
+    def page_url(self) -> str:
+        """Its page, wherever its kind keeps it."""
+        try:
+            return kinds.get(self.kind).page_url(self)
+        except kinds.UnknownKind:
+            return ""
+
+    @property
     def directory(self) -> Path:
         return Path(settings.JOBS_DIR) / str(self.pk)
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from . import kinds
 from .events import publish
 from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority
+from .permissions import can_modify
 from .scheduler import queued_jobs, schedule_on_commit, user_limit
 from .transitions import JobError, job_transition
 
@@ -205,7 +206,12 @@ def job_update(job: Job, *, name: str | None = None, group: str | None = None, n
 
 
 def job_delete(job: Job) -> None:
-    """Delete a job's rows and files. A running job is aborted first so its process ends."""
+    """Delete a job's rows and files, and what depends on it (its kind's `before_delete`,
+    which may refuse). A running job is aborted first so its process ends."""
+    try:
+        kinds.get(job.kind).before_delete(job)
+    except kinds.UnknownKind:
+        pass
     if job.is_active:
         job_transition(job.pk, JobStatus.ABORTED, from_=JobStatus.active(), message="Deleted by the user.")
     job_id = job.pk
@@ -215,6 +221,42 @@ def job_delete(job: Job) -> None:
         publish(job_id, {"type": "deleted"}, broadcast=True)
     # Files go after the rows are gone, so a reader never sees a row without its files.
     shutil.rmtree(directory, ignore_errors=True)
+
+
+BULK_ACTIONS = ("abort", "delete", "group")
+
+
+def jobs_bulk(user: User, job_ids: Iterable[int], action: str, *, group: str = "") -> dict[str, list]:
+    """One action on many jobs (the lists' bulk actions): abort, delete, or move to `group`.
+    Each job is checked on its own (its owner or an admin; a state that allows it); the
+    answer says which were done and why the others were skipped."""
+    if action not in BULK_ACTIONS:
+        raise JobError(f"Unknown action {action!r}; choose one of {', '.join(BULK_ACTIONS)}.", field="action")
+    ids = list(dict.fromkeys(int(i) for i in job_ids))
+    if not ids:
+        raise JobError("Select at least one job.", field="ids")
+    jobs = {job.pk: job for job in Job.objects.filter(pk__in=ids)}
+    done: list[int] = []
+    skipped: list[dict[str, object]] = []
+    for job_id in ids:
+        job = jobs.get(job_id)
+        if job is None:
+            skipped.append({"id": job_id, "reason": "no such job"})
+        elif not can_modify(user, job):
+            skipped.append({"id": job_id, "reason": "not yours: only its owner or an admin can change it"})
+        else:
+            try:
+                if action == "abort":
+                    job_abort(job)
+                elif action == "delete":
+                    job_delete(job)
+                else:
+                    job_update(job, group=group)
+            except JobError as exc:
+                skipped.append({"id": job_id, "reason": str(exc)})
+            else:
+                done.append(job_id)
+    return {"done": done, "skipped": skipped}
 
 
 # -- steering the GPU queue (admins: the cluster console and the API) --------------------

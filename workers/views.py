@@ -20,8 +20,8 @@ from . import kinds
 from .models import Device, Job, Priority
 from .selectors import device_board, queue_summary, usage_by_user, usage_history, user_limits
 from .errors import JobError
-from .permissions import check_staff
-from .services import device_set_enabled, job_abort, queue_hold, queue_move, queue_set_priority, user_limit_set
+from .permissions import check_staff, current_user
+from .services import device_set_enabled, job_abort, jobs_bulk, queue_hold, queue_move, queue_set_priority, user_limit_set
 
 
 def staff_only(view: Callable) -> Callable:
@@ -99,3 +99,23 @@ def cluster_limit(request: HttpRequest, user_id: int) -> HttpResponse:
     else:
         messages.success(request, f"Device limit of {user.username} saved.")
     return redirect("cluster")
+
+
+@require_POST
+def jobs_bulk_view(request: HttpRequest) -> HttpResponse:
+    """The lists' bulk actions (abort, delete, move to a group) on the ticked jobs; back
+    to the list with what was done and what was skipped, and why."""
+    back = request.POST.get("next", "")
+    back = back if back.startswith("/") and not back.startswith("//") else "/"
+    try:
+        result = jobs_bulk(current_user(request.user), [int(i) for i in request.POST.getlist("ids") if i.isdigit()],
+                           request.POST.get("action", ""), group=request.POST.get("group", "").strip())
+    except JobError as exc:
+        messages.error(request, str(exc))
+        return redirect(back)
+    verb = {"abort": "aborted", "delete": "deleted", "group": "moved"}[request.POST["action"]]
+    if result["done"]:
+        messages.success(request, f"{len(result['done'])} {verb}.")
+    for skipped in result["skipped"][:10]:
+        messages.error(request, f"#{skipped['id']} skipped: {skipped['reason']}")
+    return redirect(back)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django import template
+from django.utils.html import format_html
 
 register = template.Library()
 
@@ -56,3 +57,24 @@ def at(values: list, index: int | None) -> object:
         return values[int(index)] if index is not None else ""
     except (IndexError, TypeError, ValueError):
         return ""
+
+
+@register.simple_tag(takes_context=True)
+def sort_link(context: dict, field: str, label: str) -> str:
+    """A column header that sorts the list by `field` (again: the other way), keeping the
+    filters and going back to the first page."""
+    request = context["request"]
+    current = request.GET.get("ordering", "")
+    params = request.GET.copy()
+    params["ordering"] = f"-{field}" if current == field else field
+    params.pop("page", None)
+    arrow = " ▲" if current == field else " ▼" if current == f"-{field}" else ""
+    return format_html('<a href="?{}" class="sort" data-sort="{}">{}{}</a>', params.urlencode(), field, label, arrow)
+
+
+@register.simple_tag(takes_context=True)
+def page_query(context: dict, page: int) -> str:
+    """The current query string with another page."""
+    params = context["request"].GET.copy()
+    params["page"] = page
+    return params.urlencode()
