@@ -22,7 +22,7 @@ from .forms import ClassifyForm, EvaluateForm, ExportForm, ImportForm, ModelForm
 from .filters import ModelFilter
 from .importing import model_import
 from .models import Network, TrainedModel
-from .selectors import model_list, model_metrics
+from .selectors import model_list
 from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
 
 
@@ -102,7 +102,6 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "model": model,
             "job": model.job,
             "snapshots": snapshots,
-            "metrics": model_metrics(model),
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots]),
             "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits),
             "evaluations": evaluation_list().filter(model=model).order_by("-job__created_at")[:20],

@@ -222,6 +222,7 @@ def test_the_live_page_catches_up_with_points_stored_before_it_subscribed(live_u
     page.add_init_script(HOLD_OPEN)
     page.goto(f"{live_url}/models/{model.pk}/")
     page.wait_for_function("window.__heldOpens() === 1")
+    page.wait_for_function("document.body.dataset.chartsReady === '1'")  # the first load of the series
     assert page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length") == 10
     for i in range(11, 16):  # stored meanwhile, and never published
         Metric.objects.create(model=model, name="train_loss", iteration=i, epoch=i / 5, value=1.0 / i)
@@ -272,6 +273,7 @@ def test_train_from_the_form_and_watch_it_live(celery_worker_process, live_url, 
     job = token_client(owner).get(f"/api/models/{model_id}/").json()["job"]
     assert job["status"] == "done", job
     page.reload()
+    page.wait_for_function("document.body.dataset.chartsReady === '1'")  # the series load after the page
     assert page.locator("#snapshots tbody tr").count() == 3
     assert "images/s" in page.locator("#timings").inner_text()
     points = page.evaluate("Chart.getChart('lr-chart').data.datasets[0].data.length")

@@ -37,12 +37,13 @@ def test_long_series_are_downsampled_keeping_extremes_and_the_last_point(long_mo
     loss = series["train_loss"]
     assert 100 <= len(loss) <= 201
     iterations = [p["iteration"] for p in loss]
-    assert iterations == sorted(iterations) and len(set(iterations)) == len(iterations)
-    assert SPIKE in iterations  # a spike survives
+    assert iterations == sorted(iterations)
+    spike = max(loss, key=lambda p: p["value"])
+    assert spike["value"] > 50 and abs(spike["iteration"] - SPIKE) <= POINTS // 100  # a spike survives, in its bucket
     assert loss[-1]["iteration"] == POINTS  # the newest point is always there
     values = [p["value"] for p in loss]
     everything = list(Metric.objects.filter(model=long_model, name="train_loss").values_list("value", flat=True))
-    assert max(values) == max(everything) and min(values) == min(everything)
+    assert max(values) == pytest.approx(max(everything), rel=1e-6) and min(values) == pytest.approx(min(everything), rel=1e-6)
     assert len(series["val_accuracy"]) == 20  # validation points: every one
     assert len(model_metrics(long_model, max_points=None)["train_loss"]) == POINTS
     # After an iteration: only newer points, under the same bound.
@@ -71,8 +72,8 @@ def test_full_resolution_pages_and_csv(long_model, owner):
     assert rows[0] == ["name", "iteration", "epoch", "value"] and len(rows) == POINTS + 20 + 1
     assert float(rows[1 + SPIKE - 1][3]) > 50  # train_loss rows first, in order; the spike exact
 
-    # The page embeds the downsampled series, not 10,000 points.
+    # The page embeds no series: its charts fetch the downsampled ones.
     client = Client()
     client.force_login(owner)
     html = client.get(f"/models/{long_model.pk}/").content
-    assert len(html) < 300_000 and html.count(b'"iteration"') <= 2 * 2001 + 20
+    assert b'"iteration"' not in html and len(html) < 100_000

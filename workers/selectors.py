@@ -23,15 +23,20 @@ def job_list(*, kind: str | None = None, status: str | None = None, group: str |
     return jobs
 
 
+CONSOLE_ACTIVE, CONSOLE_FINISHED = 100, 50
+
+
 def job_console(group: str | None = None) -> dict[str, object]:
-    """Running (and waiting) jobs first, then finished ones; newest first in each. With a
-    group, only that group's jobs."""
-    jobs = list(job_list(group=group)[:300])
+    """Running (and waiting) jobs first, then the latest finished ones; newest first in
+    each. With a group, only that group's jobs. The lists pages have the rest."""
+    jobs = job_list(group=group)
+    active = jobs.filter(status__in=JobStatus.active())
     return {
         "group": group or "",
         "groups": list(Job.objects.exclude(group="").order_by("group").values_list("group", flat=True).distinct()[:100]),
-        "active": [j for j in jobs if j.status in JobStatus.active()],
-        "finished": [j for j in jobs if j.status in JobStatus.finished()],
+        "active": list(active[:CONSOLE_ACTIVE]),
+        "active_count": active.count(),
+        "finished": list(jobs.filter(status__in=JobStatus.finished())[:CONSOLE_FINISHED]),
     }
 
 

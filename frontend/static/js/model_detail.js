@@ -2,7 +2,8 @@
 // updated live from the websocket; snapshots, notices and time to the next snapshot.
 (function () {
   "use strict";
-  const series = JSON.parse(document.getElementById("metrics-data").textContent);
+  // The charts start empty and load the series (downsampled by the server) at once.
+  const series = {};
   const header = document.getElementById("job");
   const jobId = header.dataset.job;
   const smoothing = document.getElementById("smoothing");
@@ -92,11 +93,26 @@
     });
   }
 
-  // The newest iteration drawn; points arrive in order, from the page and the websocket.
+  // The newest iteration drawn; points arrive in order, from the first load and the websocket.
   let lastIteration = 0;
-  Object.keys(series).forEach(function (name) {
-    series[name].forEach(function (p) { lastIteration = Math.max(lastIteration, p.iteration); });
-  });
+
+  function asList(bySeries) {
+    const list = [];
+    Object.keys(bySeries).forEach(function (name) {
+      bySeries[name].forEach(function (p) { list.push({ name: name, iteration: p.iteration, epoch: p.epoch, value: p.value }); });
+    });
+    list.sort(function (a, b) { return a.iteration - b.iteration; });
+    return list;
+  }
+
+  const loaded = fetch("/api/models/" + jobId + "/metrics/", { credentials: "same-origin" })
+    .then(function (r) { return r.ok ? r.json() : {}; })
+    .then(function (all) {
+      const list = asList(all);
+      list.forEach(function (p) { lastIteration = Math.max(lastIteration, p.iteration); });
+      addPoints(list);
+      document.body.dataset.chartsReady = "1";
+    });
 
   function addPoints(list) {
     const touched = new Set();
@@ -122,17 +138,11 @@
   // Once subscribed: the points stored between this page's render and the subscription.
   function catchUp() {
     // From the last iteration drawn, included: its validation points come in a later batch.
-    fetch("/api/models/" + jobId + "/metrics/?after=" + Math.max(0, lastIteration - 1), { credentials: "same-origin" })
+    loaded.then(function () {
+      return fetch("/api/models/" + jobId + "/metrics/?after=" + Math.max(0, lastIteration - 1), { credentials: "same-origin" });
+    })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (missed) {
-        if (!missed) return;
-        const list = [];
-        Object.keys(missed).forEach(function (name) {
-          missed[name].forEach(function (p) { list.push({ name: name, iteration: p.iteration, epoch: p.epoch, value: p.value }); });
-        });
-        list.sort(function (a, b) { return a.iteration - b.iteration; });
-        addPoints(list);
-      });
+      .then(function (missed) { if (missed) addPoints(asList(missed)); });
     fetch("/api/models/" + jobId + "/", { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) { if (data) renderSnapshots(data.snapshots); });
