@@ -284,6 +284,32 @@ class Client:
             raise ApiError(f"The download from {self.url} failed ({exc}).") from None
         return dest
 
+    # -- sweeps -------------------------------------------------------------------------
+
+    def sweeps(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        return self.pages("/api/sweeps/", limit)
+
+    def sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self.get(f"/api/sweeps/{sweep_id}/")
+
+    def sweep_create(self, **fields: Any) -> dict[str, Any]:
+        """name, dataset, mode (grid, random, optuna), space or space_text, base, max_trials,
+        max_concurrent, metric, pruner, seed, group, devices, priority."""
+        return self.post("/api/sweeps/", fields)
+
+    def sweep_abort(self, sweep_id: int) -> dict[str, Any]:
+        return self.post(f"/api/sweeps/{sweep_id}/abort/")
+
+    def sweep_wait(self, sweep_id: int, *, poll: float = 3.0, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The sweep once it is no longer running."""
+        while True:
+            data = self.sweep(sweep_id)
+            if on_update:
+                on_update(data)
+            if data["status"] != "running":
+                return data
+            time.sleep(poll)
+
     # -- the queue and devices (admins) -------------------------------------------------
 
     def queue(self) -> list[dict[str, Any]]:

@@ -28,9 +28,11 @@ app = typer.Typer(help="DIGITS-NG from the command line.", no_args_is_help=True,
 datasets_app = typer.Typer(help="Datasets: create, list, show, wait, delete.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: create, follow, evaluate, export, download.", no_args_is_help=True)
 queue_app = typer.Typer(help="The device queue (admins steer it).", no_args_is_help=True)
+sweeps_app = typer.Typer(help="Sweeps: many models over a search space (grid, random, Optuna).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(queue_app, name="queue")
+app.add_typer(sweeps_app, name="sweeps")
 
 out = Console()
 err = Console(stderr=True)
@@ -533,6 +535,120 @@ def model_download(
         fail(str(exc))
     if not emit({"path": str(path), "bytes": path.stat().st_size}, as_json):
         out.print(f"Saved {path} ({path.stat().st_size:,} bytes).")
+
+
+# -- sweeps ------------------------------------------------------------------------------
+
+
+def sweep_table(data: dict[str, Any]) -> Table:
+    params = list(data["space"])
+    table = Table("#", *params, "state", data["metric"], "epoch", "model",
+                  title=f"{data['name']} (#{data['id']}) · {data['status']} · {data['mode']}")
+    scored = sorted((t for t in data["trials"] if t["value"] is not None), key=lambda t: t["value"],
+                    reverse=data["metric"] == "val_accuracy")
+    rest = [t for t in data["trials"] if t["value"] is None]
+    best = (data.get("best") or {}).get("number")
+    for t in scored + rest:
+        table.add_row(f"{t['number']}{' ★' if t['number'] == best else ''}", *[str(t["params"].get(p, "")) for p in params], t["state"],
+                      "" if t["value"] is None else f"{t['value']:.4f}", "" if t["best_epoch"] is None else f"{t['best_epoch']:g}",
+                      str(t["model"] or ""))
+    return table
+
+
+@sweeps_app.command("create")
+def sweep_create(
+    name: str,
+    dataset: int = typer.Option(..., help="The dataset's id."),
+    param: list[str] = typer.Option(..., "--param", "-p",
+                                    help="A swept option: 'learning_rate=0.1,0.01' or 'weight_decay=1e-6..1e-2 log' (repeat)."),
+    mode: str = typer.Option("grid", help="grid, random or optuna."),
+    max_trials: int = typer.Option(16), max_concurrent: int = typer.Option(2),
+    metric: str = typer.Option("val_accuracy", help="val_accuracy (highest) or val_loss (lowest)."),
+    pruner: str = typer.Option("none", help="none, median or hyperband."),
+    seed: int = typer.Option(0), group: str = typer.Option(None),
+    option: list[str] = OPTION,
+    wait: bool = typer.Option(False, "--wait", help="Wait until it finishes and print its trials."),
+    as_json: bool = JSON,
+) -> None:
+    """Start a sweep; the other model options (-o epochs=5 ...) are shared by every trial."""
+    client = api()
+    try:
+        data = client.sweep_create(**drop_none({
+            "name": name, "dataset": dataset, "mode": mode, "space_text": "\n".join(param), "max_trials": max_trials,
+            "max_concurrent": max_concurrent, "metric": metric, "pruner": pruner, "seed": seed, "group": group,
+            "base": parse_options(option),
+        }))
+        if wait:
+            data = _sweep_wait(client, data["id"], as_json)
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(data, as_json):
+        out.print(sweep_table(data) if wait else f"Sweep #{data['id']} {data['name']}: {len(data['trials'])} trial(s) started.")
+    if wait and data["status"] != "done":
+        raise typer.Exit(1)
+
+
+def _sweep_wait(client: Client, sweep_id: int, as_json: bool) -> dict[str, Any]:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} trials"),
+                  console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"sweep #{sweep_id}", total=1)
+
+        def update(data: dict[str, Any]) -> None:
+            finished = sum(n for state, n in data["counts"].items() if state != "running")
+            best = data.get("best")
+            note = f" · best #{best['number']} {best['value']:.4f}" if best else ""
+            bar.update(task, total=data["max_trials"], completed=finished, description=f"{data['name']}{note}")
+
+        return client.sweep_wait(sweep_id, on_update=update)
+
+
+@sweeps_app.command("list")
+def sweep_list_cmd(limit: int = typer.Option(50), as_json: bool = JSON) -> None:
+    try:
+        rows = list(api().sweeps(limit))
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(rows, as_json):
+        table = Table("id", "name", "owner", "status", "mode", "trials", "best")
+        for r in rows:
+            best = r.get("best")
+            table.add_row(str(r["id"]), r["name"], r["owner"], status_text(r["status"]), r["mode"],
+                          f"{len(r['trials'])}/{r['max_trials']}", f"#{best['number']} {best['value']:.4f}" if best else "—")
+        out.print(table)
+
+
+@sweeps_app.command("show")
+def sweep_show(sweep_id: int, as_json: bool = JSON) -> None:
+    """A sweep's trials, best first."""
+    try:
+        data = api().sweep(sweep_id)
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(data, as_json):
+        out.print(sweep_table(data))
+
+
+@sweeps_app.command("wait")
+def sweep_wait_cmd(sweep_id: int, as_json: bool = JSON) -> None:
+    """Wait until the sweep finishes (exit status 0 when done)."""
+    try:
+        data = _sweep_wait(api(), sweep_id, as_json)
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(data, as_json):
+        out.print(sweep_table(data))
+    raise typer.Exit(0 if data["status"] == "done" else 1)
+
+
+@sweeps_app.command("abort")
+def sweep_abort_cmd(sweep_id: int, as_json: bool = JSON) -> None:
+    """Stop the sweep and every unfinished trial."""
+    try:
+        data = api().sweep_abort(sweep_id)
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(data, as_json):
+        out.print(f"Sweep #{sweep_id} aborted.")
 
 
 # -- the queue (admins) ------------------------------------------------------------------

@@ -248,6 +248,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DatasetSourceEnum": "datasets.models.Source",
         "EvaluationSourceEnum": "models_app.models.EvaluationSource",
+        "JobStatusEnum": "workers.models.JobStatus",
+        "SweepStatusEnum": "models_app.models.SweepStatus",
+        "TrialStateEnum": "models_app.models.TrialState",
     },
 }
 

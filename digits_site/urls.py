@@ -8,7 +8,7 @@ from datasets import api as datasets_api
 from datasets import views as datasets_views
 from frontend import views as frontend_views
 from models_app import api as models_api
-from models_app import evaluation_api, evaluation_views, export_api, export_views
+from models_app import evaluation_api, evaluation_views, export_api, export_views, sweep_api, sweep_views
 from models_app import views as models_views
 from workers import api as workers_api
 from workers import views as workers_views
@@ -66,6 +66,9 @@ api_patterns = [
     path("evaluations/<id:pk>/images/", evaluation_api.EvaluationImagesApi.as_view(), name="api_evaluation_images"),
     path("evaluations/<id:pk>/csv/", evaluation_api.EvaluationCsvApi.as_view(), name="api_evaluation_csv"),
     path("evaluations/<id:pk>/images/<int:index>/", evaluation_api.EvaluationImageApi.as_view(), name="api_evaluation_image"),
+    path("sweeps/", sweep_api.SweepListApi.as_view(), name="api_sweeps"),
+    path("sweeps/<id:pk>/", sweep_api.SweepDetailApi.as_view(), name="api_sweep"),
+    path("sweeps/<id:pk>/abort/", sweep_api.SweepAbortApi.as_view(), name="api_sweep_abort"),
     path("networks/", models_api.NetworkListApi.as_view(), name="api_networks"),
     path("networks/visualize/", models_api.VisualizeApi.as_view(), name="api_network_visualize"),
     path("networks/<str:name>/", models_api.NetworkDetailApi.as_view(), name="api_network"),
@@ -118,6 +121,9 @@ urlpatterns = [
     path("evaluations/<id:pk>/images/<int:index>.img", evaluation_views.evaluation_image_view, name="evaluation_image"),
     path("evaluations/<id:pk>/abort/", evaluation_views.evaluation_abort, name="evaluation_abort"),
     path("evaluations/<id:pk>/delete/", evaluation_views.evaluation_remove, name="evaluation_delete"),
+    path("sweeps/", sweep_views.sweep_list_view, name="sweep_list"),
+    path("sweeps/<id:pk>/", sweep_views.sweep_detail, name="sweep_detail"),
+    path("sweeps/<id:pk>/abort/", sweep_views.sweep_abort_view, name="sweep_abort"),
     path("models/<id:pk>/abort/", models_views.model_abort, name="model_abort"),
     path("models/<id:pk>/resume/", models_views.model_resume_view, name="model_resume"),
     path("models/<id:pk>/edit/", models_views.model_edit, name="model_edit"),

@@ -7,9 +7,10 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 
 from datasets.selectors import dataset_usable_list
+from workers.errors import JobError
 from workers.models import Device, Priority
 
-from .models import MeanSubtraction, Network, TrainedModel
+from .models import MeanSubtraction, Network, Pruner, SweepMode, TrainedModel
 from .selectors import model_list
 from .services import PARAM_FIELDS
 
@@ -27,8 +28,28 @@ class ModelForm(forms.ModelForm):
         ("Data transforms", ["crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter"]),
         ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "early_stopping_patience"]),
         ("Devices and queue", ["placement", "devices", "device_ids", "multi_host", "priority"]),
+        ("Sweep (optional: many models)", ["sweep_space", "sweep_mode", "sweep_max_trials", "sweep_max_concurrent",
+                                            "sweep_metric", "sweep_pruner"]),
     ]
     PLACEMENT_FIELDS = ["placement", "devices", "device_ids", "multi_host", "priority"]
+    SWEEP_FIELDS = ["sweep_space", "sweep_mode", "sweep_max_trials", "sweep_max_concurrent", "sweep_metric", "sweep_pruner"]
+
+    sweep_space = forms.CharField(
+        required=False, label="Sweep these options",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "code",
+                                     "placeholder": "learning_rate = 0.1, 0.01, 0.001\nbatch_size = 32, 64"}),
+        help_text="One option per line: `option = a, b, c` (values) or `option = low .. high [log] [step N]` (a range: "
+        "random search and optimise). Each trial is a model with the other options above. Empty: one model.",
+    )
+    sweep_mode = forms.ChoiceField(choices=SweepMode.choices, initial=SweepMode.GRID, required=False, label="Search")
+    sweep_max_trials = forms.IntegerField(min_value=1, max_value=1000, initial=16, required=False, label="Max trials",
+                                          help_text="A grid makes every combination (at most this many).")
+    sweep_max_concurrent = forms.IntegerField(min_value=1, max_value=64, initial=2, required=False, label="At most at once",
+                                              help_text="Trials queued or running at a time (your device limit still holds).")
+    sweep_metric = forms.ChoiceField(choices=[("val_accuracy", "highest validation accuracy"), ("val_loss", "lowest validation loss")],
+                                     required=False, label="Best trial")
+    sweep_pruner = forms.ChoiceField(choices=Pruner.choices, initial=Pruner.NONE, required=False, label="Pruning",
+                                     help_text="Stop trials early that will not beat the others (at each validation).")
 
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
@@ -147,11 +168,31 @@ class ModelForm(forms.ModelForm):
             data["devices"] = data.get("devices") or 1
         elif not data.get("device_ids"):
             self.add_error("device_ids", "Pick at least one device.")
+        if (data.get("sweep_space") or "").strip():
+            from .sweeps import parse_space_text
+
+            try:
+                data["sweep_parsed"] = parse_space_text(data["sweep_space"])
+            except JobError as exc:
+                self.add_error("sweep_space", str(exc))
         return data
+
+    def sweep(self) -> dict[str, Any] | None:
+        """The sweep asked for (space, mode, budget, metric, pruner), or None for one model."""
+        data = self.cleaned_data
+        if not (data.get("sweep_space") or "").strip():
+            return None
+        return {
+            "space": data["sweep_parsed"], "mode": data.get("sweep_mode") or SweepMode.GRID,
+            "max_trials": data.get("sweep_max_trials") or 16, "max_concurrent": data.get("sweep_max_concurrent") or 2,
+            "metric": data.get("sweep_metric") or "val_accuracy", "pruner": data.get("sweep_pruner") or Pruner.NONE,
+        }
 
     def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model parameters, placement request) from the cleaned data."""
         data = dict(self.cleaned_data)
+        for name in [*self.SWEEP_FIELDS, "sweep_parsed"]:
+            data.pop(name, None)
         placement = {name: data.pop(name, None) for name in self.PLACEMENT_FIELDS}
         placement.pop("placement")
         placement["device_ids"] = [d.pk for d in placement["device_ids"] or []]

@@ -11,13 +11,14 @@ from django.urls import reverse
 from datasets.models import Dataset
 from workers.errors import JobError
 from workers.kinds import Blocked, Kind
-from workers.protocol import Event, Result
+from workers.protocol import Event, Metrics, Result
 from workers.models import Job, JobStatus
 
 from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
 from .exports import export_list, export_remove_partial, export_spec, export_store_result, export_summary
 from .models import EVALUATION_KIND, EXPORT_KIND, MODEL_KIND, Evaluation, Export, TrainedModel
 from .services import latest_snapshot, model_before_delete, model_record_events, model_rewind, model_train_spec
+from .sweeps import sweep_on_trial_end, sweep_on_validation
 from .training import CHILD_ENV
 
 
@@ -40,6 +41,23 @@ class ModelTraining(Kind):
 
     def apply(self, job_id: int, events: list[Event]) -> None:
         model_record_events(job_id, events)
+        validations: dict[str, list[tuple[float, float]]] = {}
+        for event in events:
+            if isinstance(event, Metrics):
+                for name in ("val_accuracy", "val_loss"):
+                    value = event.values.get(name)
+                    if value is not None:
+                        validations.setdefault(name, []).append((event.epoch, float(value)))
+        if validations:  # a trial of a sweep may be pruned here
+            sweep_on_validation(job_id, validations)
+
+    def complete(self, job: Job) -> str:
+        sweep_on_trial_end(job.pk, JobStatus.DONE)
+        return ""
+
+    def cleanup(self, job: Job) -> None:
+        job.refresh_from_db(fields=["status", "error"])
+        sweep_on_trial_end(job.pk, job.status if job.status in JobStatus.finished() else JobStatus.ERROR, job.error)
 
     def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
         """Models whose dataset is not built yet wait (taking no device); those whose

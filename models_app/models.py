@@ -279,3 +279,81 @@ class Export(models.Model):
 
     def passed(self, fmt: str) -> bool:
         return self.results.get("formats", {}).get(fmt, {}).get("status") == "passed"
+
+
+class SweepMode(models.TextChoices):
+    GRID = "grid", "Grid: every combination"
+    RANDOM = "random", "Random search"
+    OPTUNA = "optuna", "Optimise (Optuna TPE)"
+
+
+class SweepStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    ABORTED = "aborted", "Aborted"
+
+
+class Pruner(models.TextChoices):
+    NONE = "none", "None"
+    MEDIAN = "median", "Median (stop a trial below the median of the others at the same epoch)"
+    HYPERBAND = "hyperband", "Hyperband"
+
+
+class Sweep(models.Model):
+    """Many training runs of one search space (models_app/sweeps.py): a grid (one model per
+    combination, as DIGITS did), random search, or Optuna's TPE in ask-and-tell form with
+    median or Hyperband pruning. Each trial is an ordinary model; the study's state is
+    these rows, not Optuna's storage."""
+
+    owner = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="sweeps")
+    name = models.CharField(max_length=200)
+    group = models.CharField(max_length=100, blank=True, help_text="Its trials' group.")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="sweeps")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=SweepStatus.choices, default=SweepStatus.RUNNING)
+    mode = models.CharField(max_length=8, choices=SweepMode.choices, default=SweepMode.GRID)
+    # {param: {"values": [...]} | {"low": x, "high": y, "log": bool, "step": s, "int": bool}}
+    space = models.JSONField()
+    base = models.JSONField(default=dict, help_text="The parameters every trial shares.")
+    placement = models.JSONField(default=dict, help_text="Devices and priority of each trial.")
+    metric = models.CharField(max_length=16, default="val_accuracy", choices=[("val_accuracy", "val_accuracy"), ("val_loss", "val_loss")])
+    max_trials = models.PositiveIntegerField(default=16, validators=_range(1, 1000))
+    max_concurrent = models.PositiveIntegerField(default=2, validators=_range(1, 64))
+    pruner = models.CharField(max_length=10, choices=Pruner.choices, default=Pruner.NONE)
+    seed = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric == "val_accuracy"
+
+
+class TrialState(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETE = "complete", "Complete"
+    PRUNED = "pruned", "Pruned"
+    FAILED = "failed", "Failed"
+
+
+class Trial(models.Model):
+    sweep = models.ForeignKey(Sweep, on_delete=models.CASCADE, related_name="trials")
+    number = models.PositiveIntegerField()
+    # The trial's model; kept as a record (params, value) when the model is deleted.
+    model = models.OneToOneField(TrainedModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="trial")
+    params = models.JSONField()
+    state = models.CharField(max_length=10, choices=TrialState.choices, default=TrialState.RUNNING)
+    value = models.FloatField(null=True, blank=True, help_text="The sweep's metric: the trial's best.")
+    best_epoch = models.FloatField(null=True, blank=True)
+    # {step: value}, step = round(epoch * 100): what the pruner compares across trials.
+    intermediate = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [models.UniqueConstraint(fields=["sweep", "number"], name="unique_trial_number")]

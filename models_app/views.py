@@ -23,6 +23,7 @@ from .filters import ModelFilter
 from .importing import model_import
 from .models import Network, TrainedModel
 from .selectors import model_list
+from .sweeps import sweep_create
 from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
 
 
@@ -40,12 +41,22 @@ def model_new(request: HttpRequest) -> HttpResponse:
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         params, requested = form.split()
+        sweep = form.sweep()
         try:
             user = current_user(request.user)
             placement = placement_check(user, **requested)
+            if sweep is not None:  # many models: the options in the sweep box vary, the rest are shared
+                job = {k: params.pop(k) for k in ("name", "group", "notes", "dataset")}
+                base = {k: v for k, v in params.items() if k not in sweep["space"] and not (k == "base_model" and v is None)}
+                if base.get("base_model") is not None:
+                    base["base_model"] = base["base_model"].pk
+                created = sweep_create(owner=user, name=job["name"], dataset=job["dataset"], group=job["group"],
+                                       base=base, placement=placement, **sweep)
+                return redirect("sweep_detail", pk=created.pk)
             model = model_create(owner=user, placement=placement, **params)
         except JobError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+            field = exc.field if exc.field in form.fields else "sweep_space" if exc.field == "space" and sweep else None
+            form.add_error(field, str(exc))
         else:
             return redirect("model_detail", pk=model.pk)
     return render(

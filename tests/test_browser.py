@@ -461,3 +461,29 @@ def test_tick_two_models_and_compare_their_curves(live_url, page, owner):
     assert page.locator('#params tr.differs[data-field="learning_rate"]').count() == 1
     assert page.locator('#params tr[data-field="dataset"]').get_attribute("class") == ""
     _keep(page, "compare")
+
+
+def test_a_sweep_page_draws_its_trials(live_url, page, owner):
+    """Parallel coordinates: one line per trial, the best one marked; trials best first."""
+    from models_app.models import Sweep, Trial
+
+    dataset = make_dataset(owner, name="sweep-data")
+    sweep = Sweep.objects.create(
+        owner=owner, name="lr sweep", dataset=dataset, mode="optuna", status="done", metric="val_accuracy",
+        space={"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True, "int": False}, "solver": {"values": ["sgd", "adam"]}},
+        max_trials=4, max_concurrent=2,
+    )
+    for number, (lr, solver, state, value) in enumerate(
+        [(0.01, "sgd", "complete", 0.8), (0.001, "adam", "complete", 0.93), (0.0002, "sgd", "pruned", 0.4), (0.05, "adam", "failed", None)]
+    ):
+        Trial.objects.create(sweep=sweep, number=number, params={"learning_rate": lr, "solver": solver}, state=state, value=value)
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/sweeps/{sweep.pk}/")
+    page.wait_for_function("document.body.dataset.parallelReady === '1'")
+    assert page.locator("#parallel polyline").count() == 4
+    assert page.locator("#parallel polyline.best").get_attribute("data-trial") == "1"
+    assert page.locator("#trials tbody tr").first.get_attribute("data-trial") == "1"
+    assert "★" in page.locator("#trials tbody tr.best").inner_text()
+    assert "Best: trial #1" in page.locator("#best").inner_text()
+    _keep(page, "sweep")
