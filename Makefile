@@ -40,6 +40,7 @@ bench: install
 	$(PY) -m bench.lists
 	$(PY) -m bench.memory
 	$(PY) -m bench.inference
+	$(PY) -m bench.scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -108,3 +108,16 @@ def test_the_client_module_is_importable_without_the_server():
            "('django', 'torch', 'workers', 'models_app', 'datasets')]; assert not bad, bad"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_readme_example_script(celery_worker_process, live_url, owner, shapes_folder, tmp_path):
+    """examples/train_and_evaluate.py, as the README shows it, against the live server."""
+    from rest_framework.authtoken.models import Token
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    env.update(DIGITS_URL=live_url, DIGITS_TOKEN=Token.objects.get_or_create(user=owner)[0].key, DIGITS_CONFIG=str(tmp_path / "c"))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_and_evaluate.py"), str(shapes_folder)],
+                         cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "dataset #" in out.stdout and "best validation accuracy" in out.stdout and "on 60 images" in out.stdout
+    assert out.stdout.count("recall") == 3
