@@ -42,7 +42,7 @@ from workers import protocol
 from workers.procs import keep_freed_memory
 
 from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_array
-from .lmdb_store import LmdbWriter, StoreWriteError, map_size_for, write_records
+from .lmdb_store import LmdbWriter, StoreWriteError, content_digest, map_size_for, write_records
 from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
 from .spec import BuildSpec
 from .source_paths import paths_files, write_paths
@@ -428,6 +428,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
     except OSError as exc:
         raise BuildError(f"Could not write the mean image ({exc}). The disk may be full: free some space, then build again.") from exc
+    # What the databases hold, for the reproducibility record of every run trained on them.
+    checksums = {split: content_digest(tmp / f"{split}_db") for split in counts}
     for name in OUTPUTS:
         if (tmp / name).exists():
             os.replace(tmp / name, out_dir / name)
@@ -440,6 +442,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         "skipped": skipped,
         "dropped_classes": gathered.dropped,
         "mean_pixel": [float(v) for v in mean.reshape(-1, channels).mean(axis=0)],
+        "checksums": checksums,
         "seconds": seconds,
         "images_per_second": done / max(time.monotonic() - encode_started, 1e-6),
     }

@@ -11,7 +11,7 @@ from .models import Dataset, Source
 class DatasetFilter(JobFilterSet):
     PREFIX = "job__"
     source = django_filters.ChoiceFilter(choices=Source.choices)
-    ordering = job_ordering(PREFIX)
+    ordering = job_ordering(PREFIX, extra=(("job__owner__username", "owner"), ("source", "source"), ("image_width", "size")))
 
     class Meta:
         model = Dataset

@@ -61,7 +61,10 @@ class DatasetForm(forms.ModelForm):
         # A model field with choices and a default has no empty choice: the radio buttons
         # and dropdowns show the default selected.
         roots = ", ".join(str(r) for r in settings.DATA_ROOTS)
-        self.fields["folder"].help_text += f" Allowed roots: {roots}."
+        self.fields["folder"].help_text += f" Allowed roots: {roots}. Start typing: the folders under them are offered."
+        # The folders under the data roots, offered as the user types (<datalist id="data-folders">).
+        for name in ("folder", "val_folder", "test_folder", "image_folder"):
+            self.fields[name].widget.attrs.update(list="data-folders", autocomplete="off")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

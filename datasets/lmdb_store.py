@@ -9,6 +9,7 @@ workers and web requests can share it.
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import struct
 import threading
@@ -198,3 +199,18 @@ def read_raw(txn: lmdb.Transaction, index: int) -> tuple[bytes, int]:
 def read_record(txn: lmdb.Transaction, index: int, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
     data, label = read_raw(txn, index)
     return decode(data, meta.get("encoding", "png"), meta_shape(meta)), label
+
+
+def content_digest(path: Path | str) -> str:
+    """A checksum of what a database holds (every key and value, in key order), not of its
+    file: the same images give the same digest however the pages were laid out."""
+    digest = hashlib.blake2b(digest_size=16)
+    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False)
+    try:
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                digest.update(len(key).to_bytes(4, "little") + key + len(value).to_bytes(8, "little"))
+                digest.update(value)
+    finally:
+        env.close()
+    return "blake2b:" + digest.hexdigest()

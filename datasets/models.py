@@ -138,6 +138,8 @@ class Dataset(models.Model):
     dropped_classes = models.JSONField(default=list, blank=True)  # [{"label", "images", "reason"}]
     mean_pixel = models.JSONField(default=list, blank=True)
     build_seconds = models.FloatField(null=True, blank=True)
+    # A digest of each split's content (datasets.lmdb_store.content_digest), in every run's record.
+    checksums = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return self.job.name

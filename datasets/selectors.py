@@ -1,6 +1,8 @@
 """Reads for datasets."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,3 +94,25 @@ def dataset_image(dataset: Dataset, split: str, index: int) -> tuple[bytes, str,
     if encoding == "none":
         return encode(decode(data, "none", meta_shape(meta)), "png"), "image/png", label
     return data, "image/png", label
+
+
+def data_folders(limit: int = 500, depth: int = 3) -> list[str]:
+    """Folders under the data roots (the roots themselves first, then breadth first, at
+    most `depth` levels, no symbolic links, no hidden folders): what the dataset form offers
+    as the user types a server folder."""
+    from django.conf import settings
+
+    found: list[str] = []
+    level = [Path(r) for r in settings.DATA_ROOTS if Path(r).is_dir()]
+    for _ in range(depth + 1):
+        found += [str(p) for p in level]
+        if len(found) >= limit:
+            break
+        below = []
+        for folder in level:
+            try:
+                below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+            except OSError:
+                continue
+        level = below
+    return found[:limit]

@@ -250,8 +250,9 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
     dataset.mean_pixel = result["mean_pixel"]
     dataset.dropped_classes = result.get("dropped_classes", [])
     dataset.build_seconds = result.get("seconds")
+    dataset.checksums = result.get("checksums", {})
     dataset.save(
-        update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel", "dropped_classes", "build_seconds"]
+        update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel", "dropped_classes", "build_seconds", "checksums"]
     )
 
 

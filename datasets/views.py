@@ -16,7 +16,7 @@ from .filters import DatasetFilter
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
-from .selectors import dataset_gallery, dataset_image, dataset_list
+from .selectors import data_folders, dataset_gallery, dataset_image, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
 
@@ -56,7 +56,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "datasets/new.html",
-        {"form": form, "clone_of": clone_of, "resize_help": {str(k): v for k, v in RESIZE_HELP.items()}},
+        {"form": form, "clone_of": clone_of, "resize_help": {str(k): v for k, v in RESIZE_HELP.items()}, "data_folders": data_folders()},
     )
 
 

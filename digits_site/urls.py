@@ -1,6 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import include, path, register_converter
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
@@ -88,6 +91,8 @@ api_patterns = [
 ]
 
 urlpatterns = [
+    # Browsers ask for /favicon.ico whatever the page says: the icon, also before login.
+    path("favicon.ico", login_not_required(RedirectView.as_view(url=static("img/favicon.svg"), permanent=True))),
     path("", frontend_views.home, name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -125,6 +130,7 @@ urlpatterns = [
     path("sweeps/<id:pk>/", sweep_views.sweep_detail, name="sweep_detail"),
     path("sweeps/<id:pk>/abort/", sweep_views.sweep_abort_view, name="sweep_abort"),
     path("models/<id:pk>/abort/", models_views.model_abort, name="model_abort"),
+    path("models/<id:pk>/rerun/", models_views.model_rerun, name="model_rerun"),
     path("models/<id:pk>/resume/", models_views.model_resume_view, name="model_resume"),
     path("models/<id:pk>/edit/", models_views.model_edit, name="model_edit"),
     path("models/<id:pk>/delete/", models_views.model_remove, name="model_delete"),
@@ -139,5 +145,6 @@ urlpatterns = [
 ]
 
 # Errors outside the views (no URL matched, a crash): JSON under /api/, pages elsewhere.
+handler400 = frontend_views.bad_request
 handler404 = frontend_views.not_found
 handler500 = frontend_views.server_error

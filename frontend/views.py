@@ -44,6 +44,15 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return render(request, "error.html", {"message": message}, status=404)
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 raised outside the views (a request with too many fields, a malformed body):
+    JSON in the API's one error shape under /api/, a page elsewhere."""
+    message = "The request could not be read (too many fields, or a malformed body); send it again as documented."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=400)
+    return render(request, "error.html", {"message": message}, status=400)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     message = "The server failed on this request; it is logged. Try again, or tell an admin what you did."
     if request.path.startswith("/api/"):

@@ -58,7 +58,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         model = TrainedModel
         fields = [
             "id", "job", "dataset", *[f for f in PARAM_FIELDS if f != "base_model"], "base_model", "imported_from",
-            "best_val_accuracy", "best_epoch", "notices", "timings", "snapshots",
+            "best_val_accuracy", "best_epoch", "record", "notices", "timings", "snapshots",
         ]
 
 

@@ -16,7 +16,10 @@ class ModelFilter(JobFilterSet):
     has_snapshots = django_filters.BooleanFilter(
         method="filter_has_snapshots", help_text="Only models with (or without) a snapshot: what can be fine-tuned."
     )
-    ordering = job_ordering(PREFIX, extra=(("best_val_accuracy", "best"), ("network", "network"), ("epochs", "epochs")))
+    ordering = job_ordering(PREFIX, extra=(
+        ("best_val_accuracy", "best"), ("network", "network"), ("epochs", "epochs"),
+        ("job__owner__username", "owner"), ("dataset__job__name", "dataset"),
+    ))
 
     class Meta:
         model = TrainedModel

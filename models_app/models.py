@@ -148,6 +148,10 @@ class TrainedModel(models.Model):
     best_val_accuracy = models.FloatField(null=True, blank=True, db_index=True)
     best_epoch = models.FloatField(null=True, blank=True)
 
+    # How to reproduce it (models_app/training/train.py: Trainer.record): the first run's
+    # versions, devices and resolved spec; a resumed run's versions under "resumes".
+    record = models.JSONField(default=dict, blank=True)
+
     # What training told the user (fine-tuning, early stopping, fp32 fallback, resume).
     notices = models.JSONField(default=list, blank=True)
     # Where the last run's time went (startup, training loop, validation, snapshots).

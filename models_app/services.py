@@ -22,6 +22,7 @@ from workers.inference import ask
 from workers import protocol
 from workers.events import publish
 from workers.models import JobStatus, Priority
+from workers.version import code_version
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
 from .models import MODEL_KIND, Evaluation, Export, LrPolicy, Metric, Network, Snapshot, TrainedModel
@@ -150,6 +151,22 @@ def model_clone_params(model: TrainedModel) -> dict[str, Any]:
     return {"name": f"{job.name} (clone)", "dataset": model.dataset_id, "group": job.group, **values, **placement}
 
 
+def model_rerun_exactly(owner: User, model: TrainedModel) -> TrainedModel:
+    """A new model with every parameter of `model` (seed included), on the same dataset,
+    asking for the same devices and priority: the same curves on the same CPU setup."""
+    if model.imported:
+        raise JobError("An imported model was not trained here: fine-tune it instead.")
+    job = model.job
+    placement = Placement(devices=job.devices_requested, device_ids=tuple(job.requested_devices.values_list("pk", flat=True)),
+                          priority=job.priority if job.priority in Priority.for_users() or owner.is_staff else Priority.NORMAL,
+                          multi_host=job.multi_host)
+    return model_create(
+        owner=owner, name=f"{job.name} (rerun)"[:200], dataset=model.dataset, group=job.group,
+        notes=f"An exact rerun of model #{model.pk}.", placement=placement,
+        **{f: getattr(model, f) for f in PARAM_FIELDS},
+    )
+
+
 def model_resume(model: TrainedModel) -> Snapshot:
     """Continue an aborted or failed run from its latest snapshot (see ModelTraining.prepare_resume)."""
     job_resume(model.job)
@@ -170,6 +187,18 @@ def model_rewind(model_id: int) -> Snapshot | None:
     (points.filter(iteration__gt=snapshot.iteration) if snapshot else points).delete()
     model_refresh_best(model_id)
     return snapshot
+
+
+def model_store_record(model_id: int, data: dict[str, Any]) -> None:
+    """The first run's record; a resumed run adds what it ran with (it may be other code)."""
+    with transaction.atomic():
+        model = TrainedModel.objects.select_for_update().get(pk=model_id)
+        if not model.record or not data.get("resumed_from_iteration"):
+            model.record = data
+        else:
+            keep = ("python", "torch", "torchvision", "cuda", "cudnn", "host", "device", "code", "resumed_from_iteration")
+            model.record = {**model.record, "resumes": [*model.record.get("resumes", []), {k: data.get(k) for k in keep}]}
+        model.save(update_fields=["record"])
 
 
 def model_refresh_best(model_id: int) -> None:
@@ -201,6 +230,14 @@ def model_train_spec(model: TrainedModel) -> TrainSpec:
         pretrained=str(model.directory / model.pretrained_file) if model.pretrained_file else "",
         pretrained_label=f"model {model.base_model_id}, epoch {model.base_epoch:g}" if model.base_epoch else "the base model",
         resume_from=str(latest.path) if latest is not None else "",  # a resumed run
+        provenance={
+            "code": code_version(),
+            "dataset": {"id": dataset.pk, "name": dataset.job.name, "checksums": dataset.checksums,
+                        "image": f"{dataset.image_width}x{dataset.image_height} {dataset.image_mode}, {dataset.resize_mode}",
+                        "encoding": dataset.encoding, "counts": dataset.counts},
+            "model": model.pk,
+            "base_model": {"id": model.base_model_id, "epoch": model.base_epoch} if model.base_model_id else None,
+        },
     )
 
 
@@ -232,6 +269,14 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
             next_snapshot_eta = event.next_snapshot_eta
         elif isinstance(event, protocol.Summary):
             summary = event
+        elif isinstance(event, protocol.Record):
+            model_store_record(model_id, dict(event.data))
+        elif isinstance(event, protocol.Telemetry):
+            values = dict(event.values)
+            rank, iteration, epoch = int(values.pop("rank", 0) or 0), values.pop("iteration", None), values.pop("epoch", None)
+            if iteration is not None and epoch is not None:
+                # One series per reading and rank ("gpu_util:r0"), charted beside the metrics.
+                add(int(iteration), float(epoch), {f"{name}:r{rank}": value for name, value in values.items()})
     if summary is not None:
         TrainedModel.objects.filter(pk=model_id).update(timings=asdict(summary))
     if not rows and not snapshots and not notices:

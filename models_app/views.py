@@ -24,7 +24,7 @@ from .importing import model_import
 from .models import Network, TrainedModel
 from .selectors import model_list
 from .sweeps import sweep_create
-from .services import can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
+from .services import model_rerun_exactly, can_submit_code, model_classify_upload, model_clone_params, model_create, model_delete, model_resume
 
 
 def model_new(request: HttpRequest) -> HttpResponse:
@@ -106,6 +106,9 @@ def model_import_view(request: HttpRequest) -> HttpResponse:
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     model = get_object_or_404(model_list().prefetch_related("job__events", "snapshots"), pk=pk)
     snapshots = list(model.snapshots.all())
+    # ?epoch=E (a snapshot row's "Classify" and "Evaluate"): that snapshot preselected.
+    requested = request.GET.get("epoch", "")
+    chosen = next((s.epoch for s in snapshots if requested and f"{s.epoch}" == requested), None)
     return render(
         request,
         "models/detail.html",
@@ -113,8 +116,11 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "model": model,
             "job": model.job,
             "snapshots": snapshots,
-            "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots]),
-            "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits),
+            "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots], initial={"epoch": chosen}),
+            "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits, initial={"epoch": chosen}),
+            # Top-5 says nothing with 5 classes or fewer (it is always 100 %).
+            "show_top5": model.dataset.num_classes > 5,
+            "best_snapshot": max((s for s in snapshots if s.val_accuracy is not None), key=lambda s: s.val_accuracy or 0.0, default=None),
             "evaluations": evaluation_list().filter(model=model).order_by("-job__created_at")[:20],
             "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),
             "exports": [
@@ -148,6 +154,19 @@ def _modifiable(request: HttpRequest, pk: int) -> TrainedModel:
     model = get_object_or_404(model_list(), pk=pk)
     check_modify(request.user, model)
     return model
+
+
+@require_POST
+def model_rerun(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new run with exactly this one's parameters, seed, dataset and placement."""
+    model = get_object_or_404(model_list(), pk=pk)
+    try:
+        rerun = model_rerun_exactly(current_user(request.user), model)
+    except JobError as exc:
+        messages.error(request, f"Not rerun: {exc}")
+        return redirect("model_detail", pk=pk)
+    messages.success(request, f"Rerunning {model.job.name} with the same parameters, seed and data.")
+    return redirect("model_detail", pk=rerun.pk)
 
 
 @require_POST

@@ -487,3 +487,51 @@ def test_a_sweep_page_draws_its_trials(live_url, page, owner):
     assert "★" in page.locator("#trials tbody tr.best").inner_text()
     assert "Best: trial #1" in page.locator("#best").inner_text()
     _keep(page, "sweep")
+
+
+def test_the_model_page_marks_the_best_epoch_and_stays_true(live_url, page, owner):
+    """Best epoch starred on the chart and in the snapshots; the x-axis spans the planned
+    epochs; no top-5 with 3 classes; a loss log scale; a running job's time ticks; a
+    diverged run keeps its curve and says why."""
+    from django.utils import timezone
+
+    from models_app.models import TrainedModel
+    from models_app.services import model_refresh_best
+    from workers.models import Job
+
+    dataset = make_dataset(owner, name="three")
+    dataset.labels = ["a", "b", "c"]
+    dataset.save()
+    model = make_model(owner, dataset, name="marked", epochs=4)  # val accuracy 0.6 .. 0.9, snapshots at 1..4
+    TrainedModel.objects.filter(pk=model.pk).update(epochs=10)
+    for i in range(1, 6):  # the device readings the trainer sends (models_app/training/telemetry.py)
+        for name, value in (("cpu_percent:r0", 90.0 + i), ("rss_mb:r0", 300.0 + i)):
+            Metric.objects.create(model=model, name=name, iteration=i * 2, epoch=i * 0.4, value=value)
+    model_refresh_best(model.pk)
+    Job.objects.filter(pk=model.pk).update(status="running", started_at=timezone.now() - timezone.timedelta(seconds=75))
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/{model.pk}/")
+    page.wait_for_function("document.body.dataset.chartsReady === '1'")
+    assert page.evaluate("Chart.getChart('accuracy-chart').data.datasets.map(d => d.label)") == ["val accuracy (top-1, %)", "best"]
+    assert page.evaluate("Chart.getChart('accuracy-chart').data.datasets[1].data") == [{"x": 4, "y": 90}]
+    assert page.evaluate("Chart.getChart('loss-chart').options.scales.x.max") == 10
+    assert page.evaluate("Chart.getChart('device-chart').data.datasets.map(d => [d.label, d.data.length])") == [["CPU use %", 5]]
+    assert page.evaluate("Chart.getChart('device-memory-chart').data.datasets.map(d => [d.label, d.data.length])") == [["resident memory", 5]]
+    assert "Val. top-5" not in page.locator("#snapshots thead").inner_text()
+    assert float(page.locator("#snapshots tr.best").get_attribute("data-epoch")) == 4
+    assert "Classify" in page.locator("#snapshots tr.best").inner_text()
+    page.check("#loss-log")
+    assert page.evaluate("Chart.getChart('loss-chart').options.scales.y.type") == "logarithmic"
+    first = page.locator("#job-runtime").inner_text()
+    page.wait_for_function(f"document.getElementById('job-runtime').textContent !== {first!r}")
+    assert page.locator("#job-runtime").inner_text().startswith("1m")
+
+    diverged = make_model(owner, dataset, name="diverged", epochs=2, status="error")
+    Job.objects.filter(pk=diverged.pk).update(
+        error="Loss became NaN at epoch 2.40 (iteration 12, learning rate 10): training diverged. Try decreasing the learning rate.")
+    page.goto(f"{live_url}/models/{diverged.pk}/")
+    page.wait_for_function("document.body.dataset.chartsReady === '1'")
+    assert "learning rate 10" in page.locator("#job-error").inner_text()
+    assert page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length") == 10  # its curve up to the failure
+    _keep(page, "model-best-epoch")

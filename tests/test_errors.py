@@ -89,3 +89,15 @@ def test_exploring_a_dataset_that_did_not_build_says_why(owner) -> None:
     client.force_login(owner)
     page = client.get(f"/datasets/{aborted.pk}/explore/?split=val")
     assert page.status_code == 404 and "build was aborted" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_request_with_too_many_fields_gets_the_json_error(owner):
+    """Django refuses a body of more than 1,000 fields before any view: under /api/ the
+    answer is still the API's JSON error, not an HTML page."""
+    from tests.conftest import token_client
+
+    body = "&".join(f"f{i}=1" for i in range(1200))
+    response = token_client(owner).post("/api/models/import/", body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert "too many fields" in response.json()["detail"]

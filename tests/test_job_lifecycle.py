@@ -69,11 +69,30 @@ def test_model_waits_for_building_dataset_then_abort_stops_the_process(celery_wo
 
 
 def test_diverging_training_errors_with_advice(celery_worker_process, api, shapes_folder):
+    """A run whose loss diverges says where and with which learning rate, keeps its curve
+    up to there, and logs it; a healthy run logs one line per validation."""
+    import re
+
     dataset_id = create_dataset(api, shapes_folder)
     model_id = create_model(api, dataset_id, learning_rate=10, epochs=5)
+    healthy_id = create_model(api, dataset_id, epochs=2)
     data = wait_for_status(api, f"/api/models/{model_id}/", {"done", "error"})
     assert data["job"]["status"] == "error"
-    assert "Try decreasing the learning rate" in data["job"]["error"]
+    error = data["job"]["error"]
+    assert re.match(r"Loss became (NaN|infinite|\S+ \(it started at \S+\)) at epoch \d+\.\d\d \(iteration \d+, learning rate 10\): "
+                    r"training diverged\. Try decreasing the learning rate", error), error
+    assert "No snapshot was made before it." in error or "is kept: resume from it" in error
+    points = api.get(f"/api/models/{model_id}/metrics/").json()["train_loss"]
+    failed_at = int(re.search(r"iteration (\d+)", error).group(1))
+    assert points and all(p["iteration"] < failed_at for p in points)  # the curve up to the divergence
+    log = b"".join(api.get(f"/api/jobs/{model_id}/log/").streaming_content).decode()
+    assert "Loss became" in log
+    healthy = wait_for_status(api, f"/api/models/{healthy_id}/", {"done", "error"})
+    assert healthy["job"]["status"] == "done", healthy["job"]
+    text = b"".join(api.get(f"/api/jobs/{healthy_id}/log/").streaming_content).decode()
+    lines = [line for line in text.splitlines() if "val accuracy" in line]
+    assert len(lines) == 2 and re.search(r"epoch 2\.00/2 +iteration 30/30 +train loss [\d.]+ +val loss [\d.]+ +val accuracy [\d.]+% +"
+                                         r"lr [\d.e-]+ +\d+ images/s +ETA", lines[-1]), lines
 
 
 def test_deleting_a_running_model_stops_it_and_removes_its_files(celery_worker_process, api, shapes_folder):

@@ -50,6 +50,8 @@ def test_sorting_searching_and_filtering(runs, owner):
     assert names(client.get("/models/", {"search": "warm restarts"}).content.decode()) == ["beta"]
     assert names(client.get("/models/", {"network": "alexnet"}).content.decode()) == ["gamma"]
     assert names(client.get("/models/", {"owner": "teammate"}).content.decode()) == ["theirs"]
+    assert names(client.get("/models/", {"ordering": "-owner"}).content.decode())[0] == "theirs"  # teammate > owner
+    assert names(client.get("/models/", {"ordering": "-dataset"}).content.decode())[0] == "theirs"  # theirs-ds > shared
     assert len(names(client.get("/models/", {"ordering": "-duration"}).content.decode())) == 5
     api = token_client(owner)
     rows = api.get("/api/models/", {"ordering": "-best", "page_size": 2}).json()

@@ -85,3 +85,30 @@ def test_model_page_says_it_waits_for_its_dataset(browser, owner):
     model = make_model(owner, dataset, status="queued")
     page = browser.get(f"/models/{model.pk}/").content.decode()
     assert "Waiting for dataset" in page and "still-building" in page
+
+
+@pytest.mark.django_db
+def test_favicon_and_the_admin_lists(client, admin_user, owner):
+    from tests.factories import make_dataset, make_model
+
+    response = client.get("/favicon.ico")  # before login too
+    assert response.status_code == 301 and response["Location"].endswith("img/favicon.svg")
+    make_model(owner, make_dataset(owner, name="admin-ds"), name="admin-model")
+    client.force_login(admin_user)
+    for path in ("/admin/workers/job/", "/admin/workers/device/", "/admin/workers/allocation/", "/admin/datasets/dataset/",
+                 "/admin/models_app/trainedmodel/", "/admin/models_app/snapshot/", "/admin/models_app/sweep/",
+                 "/admin/workers/job/?status__exact=done&kind__exact=model"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+    assert "admin-model" in client.get("/admin/models_app/trainedmodel/").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_dataset_form_offers_the_folders_under_the_data_roots(client, owner, data_root):
+    (data_root / "cats-and-dogs" / "cats").mkdir(parents=True, exist_ok=True)
+    (data_root / ".hidden").mkdir(exist_ok=True)
+    client.force_login(owner)
+    html = client.get("/datasets/new/").content.decode()
+    options = html.split('<datalist id="data-folders">', 1)[1].split("</datalist>", 1)[0]
+    assert f'value="{data_root}"' in options and f'value="{data_root / "cats-and-dogs" / "cats"}"' in options
+    assert ".hidden" not in options and 'list="data-folders"' in html

@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -167,8 +168,10 @@ class JobListApi(generics.ListAPIView):
 
 class JobBulkApi(APIView):
     """One action on many jobs: `{"ids": [...], "action": "abort" | "delete" | "group",
-    "group": "..."}`. Each job is checked on its own; the answer lists the ids done and,
-    for the others, why they were skipped (not yours, already finished, in use)."""
+    "group": "..."}` (JSON). Each job is checked on its own; the answer lists the ids done
+    and, for the others, why they were skipped (not yours, already finished, in use)."""
+
+    parser_classes = [JSONParser]
 
     class InputSerializer(serializers.Serializer):
         ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000)

@@ -110,6 +110,14 @@ class Telemetry(Event):
 
 
 @dataclass(frozen=True)
+class Record(Event):
+    """What a run needs to be reproduced: package versions, devices, the resolved spec."""
+
+    name: ClassVar[str] = "record"
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Summary(Event):
     """Where the run's time went."""
 
@@ -131,7 +139,7 @@ class Result(Event):
 
 
 EVENTS: dict[str, type[Event]] = {
-    cls.name: cls for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Summary, Result)
+    cls.name: cls for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Record, Summary, Result)
 }
 
 

@@ -8,7 +8,7 @@ declared here, once: the Django model's fields take theirs from `DEFAULTS`
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import field, asdict, dataclass
 from typing import Any
 
 from workers.protocol import spec_from_dict
@@ -28,6 +28,9 @@ class TrainSpec:
     pretrained: str = ""  # weights to fine-tune from
     pretrained_label: str = "the base model"
     resume_from: str = ""  # a snapshot to continue from
+    # Where the run came from (the code's version, the dataset and its checksums), kept in
+    # the run's reproducibility record with what the child adds (package versions, devices).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     # The model's parameters (TrainedModel's fields; see the module docstring).
     network: str = "lenet"

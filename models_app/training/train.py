@@ -58,6 +58,7 @@ from .data import Split, chunk, epoch_order, per_rank_count, shard
 from .lr_policy import LrSchedule
 from .solvers import make_optimizer
 from .spec import TrainSpec
+from .telemetry import DeviceReader
 
 log = logging.getLogger("models_app.training")
 
@@ -179,6 +180,12 @@ class Trainer:
         self.spec = spec
         self.rank, self.world_size, self.device = init_distributed()
         self.report = self.rank == 0
+        # For the log line of each validation and the message of a divergence.
+        self.last_loss: float | None = None
+        self.last_lr: float | None = None
+        self.last_throughput: float | None = None
+        self.last_snapshot_epoch: float | None = None
+        self.devices = DeviceReader(self.device, torch.get_num_threads())
         log.info(
             "rank %d of %d on %s; torch %s with %d threads; affinity %s",
             self.rank, self.world_size, self.device, torch.__version__, torch.get_num_threads(),
@@ -286,6 +293,7 @@ class Trainer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
+        self.last_snapshot_epoch = float(state.get("epoch", 0))
         self.best_val_loss = float(state.get("best_val_loss", math.inf))
         self.bad_validations = int(state.get("bad_validations", 0))
         torch.set_rng_state(state["torch_rng"])
@@ -303,9 +311,34 @@ class Trainer:
         order = shard(epoch_order(len(self.train_set), self.seed, epoch), self.rank, self.world_size)
         return chunk(order, self.batch_size)
 
+    def record(self) -> dict[str, Any]:
+        """What this run needs to be reproduced: the versions it ran with, its devices, its
+        seed and the fully resolved spec (every default written out)."""
+        import platform
+        import socket
+
+        import torchvision
+
+        cuda = self.device.type == "cuda"
+        return {
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "cuda": torch.version.cuda if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None,
+            "platform": platform.platform(), "host": socket.gethostname(),
+            "device": torch.cuda.get_device_name(self.device) if cuda
+            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+            "world_size": self.world_size, "backend": dist.get_backend() if self.world_size > 1 else None,
+            "precision": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "float32",
+            "seed": self.spec.seed, "resumed_from_iteration": self.iteration or None,
+            "spec": {k: v for k, v in self.spec.to_dict().items() if k != "provenance"},
+            **self.spec.provenance,
+        }
+
     def run(self) -> None:
         plan = self.plan
         start_iteration = self.iteration
+        if self.report:
+            emit(protocol.Record(data=self.record()))
         started = last_report = time.monotonic()
         startup_seconds = time.time() - psutil.Process().create_time()
         self.validation_seconds = self.snapshot_seconds = 0.0
@@ -388,30 +421,46 @@ class Trainer:
         first = getattr(self, "_first_loss", None)
         if first is None:
             self._first_loss = first = losses[0]
-        for (iteration, *_), loss in zip(pending, losses):
+        good = len(losses)
+        for n, loss in enumerate(losses):
             if not math.isfinite(loss) or loss > max(EXPLODED_LOSS, 1000 * abs(first)):
-                raise TrainingError(
-                    f"The loss became {loss:.4g} at iteration {iteration} (epoch {self.plan.epoch_of(iteration):.2f}): "
-                    "training diverged. Try decreasing the learning rate (or add warm-up epochs)."
-                )
+                good = n
+                break
+        # The points before a divergence are kept (charted on the failed run's page).
+        if self.report and good:
+            emit(protocol.TrainRows(rows=[
+                [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
+                for (iteration, _, lr, _), loss in zip(pending[:good], losses[:good])
+            ]))
+        if good < len(losses):
+            iteration, _, lr, _ = pending[good]
+            loss = losses[good]
+            what = "NaN" if math.isnan(loss) else "infinite" if math.isinf(loss) else f"{loss:.4g} (it started at {first:.4g})"
+            snapshot = f"The last snapshot (epoch {self.last_snapshot_epoch:g}) is kept: resume from it, or clone with a lower learning rate." \
+                if self.last_snapshot_epoch is not None else "No snapshot was made before it."
+            raise TrainingError(
+                f"Loss became {what} at epoch {self.plan.epoch_of(iteration):.2f} (iteration {iteration}, learning rate {lr:.4g}): "
+                f"training diverged. Try decreasing the learning rate (or add warm-up epochs). {snapshot}"
+            )
+        self.last_loss, self.last_lr, self.last_throughput = losses[-1], pending[-1][2], throughput
         if not self.report:
             return
-        rows = [
-            [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
-            for (iteration, _, lr, _), loss in zip(pending, losses)
-        ]
-        emit(protocol.TrainRows(rows=rows))
         last = pending[-1][0]
         emit(protocol.Metrics(iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput}))
 
     def _progress(self, start_iteration: int, started: float, now: float) -> None:
+        plan = self.plan
+        if self.devices.due():  # every rank its own device, every few seconds: charted beside the metrics
+            emit(protocol.Telemetry(values={**self.devices.read(), "rank": self.rank, "iteration": self.iteration,
+                                            "epoch": round(plan.epoch_of(self.iteration), 6)}))
         if not self.report:
             return
-        plan = self.plan
         done = self.iteration - start_iteration
         per_iteration = (now - started) / done if done else None
         next_snapshot = (self.iteration // plan.snapshot_every + 1) * plan.snapshot_every
         next_snapshot = min(next_snapshot, plan.total_iterations)
+        self.eta = per_iteration * (plan.total_iterations - self.iteration) if per_iteration else None
+
         emit(protocol.Progress(
             progress=self.iteration / plan.total_iterations,
             eta=per_iteration * (plan.total_iterations - self.iteration) if per_iteration else None,
@@ -424,12 +473,17 @@ class Trainer:
         last = it == plan.total_iterations
         metrics: dict[str, float] = {}
         stop = False
-        if (it % plan.val_every == 0 or last) and self.val_set is not None and len(self.val_set):
+        val_due = it % plan.val_every == 0 or last
+        # Every snapshot is validated too, so each one in the list has its own figures.
+        snapshot_due = it % plan.snapshot_every == 0 or last
+        if (val_due or snapshot_due) and self.val_set is not None and len(self.val_set):
             began = time.monotonic()
             metrics = self.evaluate()
             self.validation_seconds += time.monotonic() - began
             if self.report:
                 emit(protocol.Metrics(iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics))
+                self._log_validation(it, metrics)
+        if val_due and metrics:  # early stopping counts the scheduled validations only
             patience = self.spec.early_stopping_patience
             if metrics["val_loss"] < self.best_val_loss:
                 self.best_val_loss, self.bad_validations = metrics["val_loss"], 0
@@ -446,6 +500,19 @@ class Trainer:
             self.snapshot(metrics)
             self.snapshot_seconds += time.monotonic() - began
         return stop
+
+    def _log_validation(self, iteration: int, metrics: dict[str, float]) -> None:
+        """One line per validation in job.log, as torchvision's MetricLogger prints it."""
+        plan = self.plan
+        eta = getattr(self, "eta", None)
+        log.info(
+            "epoch %.2f/%g  iteration %d/%d  train loss %s  val loss %.4f  val accuracy %.2f%%  lr %.4g  %s images/s  ETA %s",
+            plan.epoch_of(iteration), self.spec.epochs, iteration, plan.total_iterations,
+            f"{self.last_loss:.4f}" if self.last_loss is not None else "-", metrics["val_loss"], 100 * metrics["val_accuracy"],
+            self.last_lr if self.last_lr is not None else self.optimizer.param_groups[0]["lr"],
+            f"{self.last_throughput:.0f}" if self.last_throughput is not None else "-",
+            f"{eta:.0f}s" if eta is not None else "-",
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -474,6 +541,7 @@ class Trainer:
         spec, it = self.spec, self.iteration
         filename = f"snapshot_iter_{it}.pt"
         epoch = round(self.plan.epoch_of(it), 4)
+        self.last_snapshot_epoch = epoch
         # Training goes on while the snapshot is written: a private CPU copy of the state
         # is taken now, and a background thread serialises it. The event is sent once
         # the file is in place, so a snapshot that is listed always exists.
@@ -561,9 +629,12 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(spec)
     except TrainingError as exc:
+        # The log keeps the message, and the traceback of what caused it (custom code).
+        log.error("%s", exc, exc_info=exc.__cause__ is not None)
         emit(protocol.Error(message=str(exc)))
         return 1
     except (torch.OutOfMemoryError, MemoryError):
+        log.exception(out_of_memory_message(spec))
         emit(protocol.Error(message=out_of_memory_message(spec)))
         return 1
     except (RuntimeError, dist.DistError) as exc:

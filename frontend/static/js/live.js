@@ -86,5 +86,16 @@
   }
   document.addEventListener("DOMContentLoaded", followQueue);
 
+  // A running job's run time, counted here between server updates.
+  (function tickRuntime() {
+    const el = document.getElementById("job-runtime");
+    if (!el) return;
+    const started = Date.parse(el.dataset.started);
+    if (isNaN(started)) return;
+    const tick = function () { el.textContent = formatDuration((Date.now() - started) / 1000); };
+    tick();
+    setInterval(tick, 1000);
+  })();
+
   window.DigitsLive = { connect: connect, followJob: followJob, formatDuration: formatDuration };
 })();

@@ -8,6 +8,9 @@
   const jobId = header.dataset.job;
   const smoothing = document.getElementById("smoothing");
   if (!smoothing) return;  // an imported model: no training charts
+  const controls = document.getElementById("chart-controls");
+  const plannedEpochs = Number(controls.dataset.epochs) || undefined;  // the x-axis spans the whole run from the start
+  const showTop5 = controls.dataset.top5 === "1";  // top-5 says nothing with 5 classes or fewer
 
   function points(name, scale) {
     return (series[name] || []).map(function (p) { return { x: p.epoch, y: p.value * (scale || 1) }; });
@@ -35,7 +38,7 @@
         elements: { point: { radius: 0 }, line: { borderWidth: 1.5 } },
         interaction: { mode: "nearest", intersect: false },
         scales: {
-          x: { type: "linear", title: { display: true, text: "epoch" } },
+          x: { type: "linear", min: 0, max: plannedEpochs, title: { display: true, text: "epoch" } },
           y: { title: { display: true, text: yTitle } },
         },
       }, extra || {}),
@@ -51,18 +54,55 @@
     ], "loss"),
     accuracy: lineChart("accuracy-chart", [
       { label: "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
-      { label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 },
-    ], "accuracy %", { scales: { x: { type: "linear", title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
+      { label: "best", data: [], borderColor: "#f59e0b", backgroundColor: "#f59e0b", pointStyle: "star", pointRadius: 10, showLine: false },
+    ].concat(showTop5 ? [{ label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 }] : []),
+    "accuracy %", { scales: { x: { type: "linear", min: 0, max: plannedEpochs, title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
     lr: lineChart("lr-chart", [{ label: "learning rate", data: points("lr"), borderColor: "#f59e0b" }], "learning rate"),
     throughput: lineChart("throughput-chart", [
       { label: "throughput (images/s)", data: points("throughput"), borderColor: "#0ea5e9" },
     ], "images/s"),
+    // Each rank's device, as the trainer read it: "<reading>:r<rank>" series.
+    device: lineChart("device-chart", [], "% / °C / W"),
+    deviceMemory: lineChart("device-memory-chart", [], "MB"),
   };
+  const DEVICE_READINGS = {
+    gpu_util: ["GPU utilisation %", "device"], cpu_percent: ["CPU use %", "device"], gpu_temp: ["temperature °C", "device"],
+    gpu_power_w: ["power W", "device"], gpu_mem_mb: ["GPU memory used", "deviceMemory"],
+    gpu_mem_total_mb: ["GPU memory total", "deviceMemory"], rss_mb: ["resident memory", "deviceMemory"],
+  };
+  const DEVICE_COLOURS = ["#0ea5e9", "#f97316", "#a855f7", "#22c55e", "#e11d48", "#64748b", "#eab308"];
+
+  // A device series gets its dataset on its chart the first time a point of it arrives.
+  function deviceTarget(name) {
+    const match = /^(\w+):r(\d+)$/.exec(name);
+    if (!match || !DEVICE_READINGS[match[1]]) return null;
+    const [label, chartName] = DEVICE_READINGS[match[1]];
+    const chart = charts[chartName];
+    const full = label + (match[2] !== "0" || document.body.dataset.ranks ? " (rank " + match[2] + ")" : "");
+    chart.data.datasets.push({ label: full, data: [], borderColor: DEVICE_COLOURS[chart.data.datasets.length % DEVICE_COLOURS.length] });
+    where[name] = [chart, chart.data.datasets.length - 1, 1];
+    return where[name];
+  }
   const where = {
     train_loss: [charts.loss, 0, 1], val_loss: [charts.loss, 2, 1],
-    val_accuracy: [charts.accuracy, 0, 100], val_top5: [charts.accuracy, 1, 100], lr: [charts.lr, 0, 1],
+    val_accuracy: [charts.accuracy, 0, 100], lr: [charts.lr, 0, 1],
     throughput: [charts.throughput, 0, 1],
   };
+  if (showTop5) where.val_top5 = [charts.accuracy, 2, 100];
+
+  // The best validation accuracy so far, starred on the chart.
+  function markBest() {
+    const data = charts.accuracy.data.datasets[0].data;
+    let best = null;
+    data.forEach(function (p) { if (!best || p.y > best.y) best = p; });
+    charts.accuracy.data.datasets[1].data = best ? [{ x: best.x, y: best.y }] : [];
+    document.body.dataset.bestEpoch = best ? String(best.x) : "";
+  }
+
+  document.getElementById("loss-log").addEventListener("change", function (e) {
+    charts.loss.options.scales.y.type = e.target.checked ? "logarithmic" : "linear";
+    charts.loss.update("none");
+  });
 
   function resmooth() {
     const weight = Number(smoothing.value);
@@ -75,22 +115,36 @@
   function percent(v) { return v === null || v === undefined ? "—" : (v * 100).toFixed(1) + "%"; }
 
   function renderSnapshots(snapshots) {
-    const body = document.querySelector("#snapshots tbody");
+    const table = document.getElementById("snapshots");
+    const body = table.querySelector("tbody");
+    let best = null;
+    snapshots.forEach(function (s) { if (s.val_accuracy !== null && (!best || s.val_accuracy > best.val_accuracy)) best = s; });
     body.innerHTML = "";
     snapshots.forEach(function (s) {
       const row = document.createElement("tr");
+      row.dataset.epoch = s.epoch;
+      if (s === best) row.className = "best";
       const loss = s.val_loss === null ? "—" : s.val_loss.toFixed(4);
-      [s.epoch, percent(s.val_accuracy), percent(s.val_top5), loss].forEach(function (v) {
+      const cells = [s.epoch + (s === best ? " ★" : ""), percent(s.val_accuracy)].concat(showTop5 ? [percent(s.val_top5)] : []).concat([loss]);
+      cells.forEach(function (v) {
         const td = document.createElement("td"); td.textContent = v; row.appendChild(td);
       });
       const td = document.createElement("td");
-      const a = document.createElement("a");
-      a.href = "/api/models/" + jobId + "/download/?epoch=" + s.epoch;
-      a.textContent = "Download";
-      td.appendChild(a);
+      [["Download", "/api/models/" + jobId + "/download/?epoch=" + s.epoch], ["Classify", "?epoch=" + s.epoch + "#classify"],
+       ["Evaluate", "?epoch=" + s.epoch + "#evaluate"],
+       ["Fine-tune", "/models/new/?base_model=" + jobId + "&base_epoch=" + s.epoch + "&dataset=" + table.dataset.dataset]]
+        .forEach(function (link, i) {
+          if (i) td.appendChild(document.createTextNode(" · "));
+          const a = document.createElement("a");
+          a.textContent = link[0];
+          a.href = link[1];
+          td.appendChild(a);
+        });
       row.appendChild(td);
       body.appendChild(row);
     });
+    // Snapshots that appear after the page was rendered change what "Classify" and "Evaluate" can pick: reload those forms then.
+    document.body.dataset.snapshots = String(snapshots.length);
   }
 
   // The newest iteration drawn; points arrive in order, from the first load and the websocket.
@@ -117,7 +171,7 @@
   function addPoints(list) {
     const touched = new Set();
     list.forEach(function (p) {
-      const target = where[p.name];
+      const target = where[p.name] || deviceTarget(p.name);
       if (!target) return;
       const data = target[0].data.datasets[target[1]].data;
       const point = { x: p.epoch, y: p.value * target[2] };
@@ -132,6 +186,7 @@
       touched.add(target[0]);
     });
     if (touched.has(charts.loss)) resmooth();
+    if (touched.has(charts.accuracy)) markBest();
     touched.forEach(function (chart) { chart.update("none"); });
   }
 

@@ -1,0 +1,29 @@
+"""The Django admin for the engine's rows: jobs, devices and who held them."""
+from django.contrib import admin
+
+from .models import Allocation, Device, Job
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "kind", "owner", "status", "priority", "group", "created_at", "started_at", "finished_at"]
+    list_filter = ["kind", "status", "priority", "owner"]
+    search_fields = ["name", "group", "notes", "owner__username"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "started_at", "finished_at", "attempt", "runner_host", "runner_pid"]
+    list_select_related = ["owner"]
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ["id", "label", "name", "host", "kind", "index", "enabled", "last_seen", "memory_total"]
+    list_filter = ["kind", "host", "enabled"]
+    search_fields = ["label", "name", "host", "uuid"]
+
+
+@admin.register(Allocation)
+class AllocationAdmin(admin.ModelAdmin):
+    list_display = ["id", "job_name", "owner", "device", "rank", "world_size", "attempt", "allocated_at", "released_at", "outcome"]
+    list_filter = ["outcome", "device", "owner"]
+    search_fields = ["job_name", "owner__username"]
+    list_select_related = ["owner", "device"]
