@@ -154,6 +154,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Training: a split whose decoded images fit TRAIN_CACHE_BYTES is held in memory (per
 # process); larger ones stream from LMDB through TRAIN_LOADER_WORKERS loader processes.
 TRAIN_CACHE_BYTES = env.int("DIGITS_TRAIN_CACHE_BYTES", default=4 * 1024**3)
+# Snapshots kept per model: the last N and the best (0: every one). A model's own
+# "keep snapshots" overrides it.
+SNAPSHOT_KEEP_LAST = env.int("DIGITS_SNAPSHOT_KEEP_LAST", default=0)
 TRAIN_LOADER_WORKERS = env.int("DIGITS_TRAIN_LOADER_WORKERS", default=2)
 # The module each training rank runs (`python -m ...`); bench/scheduler.py swaps in a no-op
 # to measure the scheduler alone.

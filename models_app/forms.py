@@ -26,7 +26,7 @@ class ModelForm(forms.ModelForm):
         ("Solver", ["solver", "epochs", "batch_size", "batch_accumulation", "learning_rate", "momentum", "weight_decay", "seed", "precision"]),
         ("Learning-rate policy", ["lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs"]),
         ("Data transforms", ["crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter"]),
-        ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "early_stopping_patience"]),
+        ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "keep_snapshots", "early_stopping_patience"]),
         ("Devices and queue", ["placement", "devices", "device_ids", "multi_host", "priority"]),
         ("Sweep (optional: many models)", ["sweep_space", "sweep_mode", "sweep_max_trials", "sweep_max_concurrent",
                                             "sweep_metric", "sweep_pruner"]),

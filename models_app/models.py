@@ -138,6 +138,12 @@ class TrainedModel(models.Model):
         default=DEFAULTS.hsv_jitter, validators=_range(0, 0.5), help_text="Random hue, saturation and value shifts up to ± this fraction."
     )
     precision = models.CharField(max_length=8, choices=Precision.choices, default=DEFAULTS.precision)
+    keep_snapshots = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 10_000),
+        help_text="Keep the last this many snapshots and the best one; older ones are deleted to free space "
+        "(empty: the site's setting, DIGITS_SNAPSHOT_KEEP_LAST).",
+    )
+    snapshots_freed_bytes = models.BigIntegerField(default=0)
 
     # An imported model (models_app/importing.py) was trained elsewhere: its one snapshot
     # came from an upload, and `imported_from` says which.

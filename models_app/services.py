@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import F
 
 from datasets.models import Dataset
 from workers.errors import JobError
@@ -38,6 +39,7 @@ PARAM_FIELDS = [
     "lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs",
     "val_interval", "snapshot_interval", "early_stopping_patience",
     "crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter", "precision",
+    "keep_snapshots",
 ]
 CUSTOM_PERMISSION = "models_app.submit_custom_network"
 
@@ -189,6 +191,38 @@ def model_rewind(model_id: int) -> Snapshot | None:
     return snapshot
 
 
+def model_apply_retention(model_id: int) -> int:
+    """Delete the snapshots beyond the model's retention (the last N and the best by
+    validation accuracy stay; so does any snapshot an evaluation or export is reading).
+    Returns the bytes freed; the model keeps the running total."""
+    model = TrainedModel.objects.select_related("job").get(pk=model_id)
+    keep = model.keep_snapshots or settings.SNAPSHOT_KEEP_LAST
+    if not keep:
+        return 0
+    snapshots = list(model.snapshots.order_by("-iteration", "-epoch"))
+    if len(snapshots) <= keep:
+        return 0
+    kept = {s.pk for s in snapshots[:keep]}
+    best = max((s for s in snapshots if s.val_accuracy is not None), key=lambda s: s.val_accuracy or 0.0, default=None)
+    if best is not None:
+        kept.add(best.pk)
+    busy = set(Evaluation.objects.filter(model_id=model_id, job__status__in=JobStatus.active()).values_list("epoch", flat=True))
+    busy |= set(Export.objects.filter(model_id=model_id, job__status__in=JobStatus.active()).values_list("epoch", flat=True))
+    freed = 0
+    for snapshot in snapshots:
+        if snapshot.pk in kept or snapshot.epoch in busy:
+            continue
+        try:
+            freed += snapshot.path.stat().st_size
+            snapshot.path.unlink()
+        except FileNotFoundError:
+            pass
+        snapshot.delete()
+    if freed:
+        TrainedModel.objects.filter(pk=model_id).update(snapshots_freed_bytes=F("snapshots_freed_bytes") + freed)
+    return freed
+
+
 def model_store_record(model_id: int, data: dict[str, Any]) -> None:
     """The first run's record; a resumed run adds what it ran with (it may be other code)."""
     with transaction.atomic():
@@ -215,7 +249,7 @@ def model_train_spec(model: TrainedModel) -> TrainSpec:
     """What the training child is asked to do: every parameter of the model, its data,
     and where to resume or fine-tune from."""
     dataset = model.dataset
-    params = {f: getattr(model, f) for f in PARAM_FIELDS if f not in ("base_model", "base_epoch")}
+    params = {f: getattr(model, f) for f in PARAM_FIELDS if f not in ("base_model", "base_epoch", "keep_snapshots")}
     latest = latest_snapshot(model)
     return TrainSpec(
         **params,
@@ -297,6 +331,8 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
                     "val_top5": snap.val_top5,
                 },
             )
+        if snapshots:
+            model_apply_retention(model_id)
         if notices:
             model = TrainedModel.objects.select_for_update().get(pk=model_id)
             model.notices = [*model.notices, *notices]

@@ -37,7 +37,7 @@ from .services import PARAM_FIELDS, model_create, model_refresh_best, validate_p
 
 log = logging.getLogger(__name__)
 
-NOT_SWEEPABLE = {"custom_code", "base_model", "base_epoch"}
+NOT_SWEEPABLE = {"custom_code", "base_model", "base_epoch", "keep_snapshots"}
 
 
 # -- the search space ----------------------------------------------------------------------

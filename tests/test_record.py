@@ -49,3 +49,31 @@ def test_a_run_records_how_to_reproduce_it_and_reruns_exactly(celery_worker_proc
     curve = lambda m: list(m.metrics.filter(name="train_loss").order_by("iteration").values_list("value", flat=True))  # noqa: E731
     assert curve(first) == curve(second) and len(curve(first)) == 15  # the same curve, point for point
     assert rerun["snapshots"][-1]["val_accuracy"] == model["snapshots"][-1]["val_accuracy"]
+
+
+def test_retention_keeps_the_last_snapshots_and_the_best(owner, settings):
+    from models_app.models import Evaluation, Snapshot
+    from models_app.services import model_apply_retention
+    from tests.factories import make_dataset, make_model
+    from workers.models import Job
+
+    model = make_model(owner, make_dataset(owner), epochs=5)
+    Snapshot.objects.filter(model=model, epoch=5).update(val_accuracy=0.95)
+    Snapshot.objects.filter(model=model, epoch=2).update(val_accuracy=0.99)  # the best, early
+    for s in Snapshot.objects.filter(model=model):
+        s.path.write_bytes(b"x" * 1000)
+    reading = Job.objects.create(kind="evaluation", name="busy", owner=owner, status="running")
+    Evaluation.objects.create(job=reading, model=model, epoch=1, split="val")  # epoch 1 is being read
+    settings.SNAPSHOT_KEEP_LAST = 0
+    assert model_apply_retention(model.pk) == 0  # the site keeps every snapshot by default
+    TrainedModel.objects.filter(pk=model.pk).update(keep_snapshots=2)
+    assert model_apply_retention(model.pk) == 1000
+    kept = sorted(Snapshot.objects.filter(model=model).values_list("epoch", flat=True))
+    assert kept == [1, 2, 4, 5]  # the last two, the best, and the one an evaluation reads
+    assert not (model.directory / "snapshot_epoch_3.pt").exists() and (model.directory / "snapshot_epoch_2.pt").exists()
+    assert TrainedModel.objects.get(pk=model.pk).snapshots_freed_bytes == 1000
+    Job.objects.filter(pk=reading.pk).update(status="done")
+    settings.SNAPSHOT_KEEP_LAST = 1
+    TrainedModel.objects.filter(pk=model.pk).update(keep_snapshots=None)  # the site's setting: the last one and the best
+    assert model_apply_retention(model.pk) == 2000
+    assert sorted(Snapshot.objects.filter(model=model).values_list("epoch", flat=True)) == [2, 5]
