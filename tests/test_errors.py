@@ -101,3 +101,20 @@ def test_a_request_with_too_many_fields_gets_the_json_error(owner):
     response = token_client(owner).post("/api/models/import/", body, content_type="application/x-www-form-urlencoded")
     assert response.status_code == 400 and response["Content-Type"] == "application/json"
     assert "too many fields" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_refused_page_logs_one_line(client, owner, teammate, caplog):
+    """Someone else's model: the refusal is a page with the reason and one log line,
+    without a traceback."""
+    import logging
+
+    from tests.factories import make_dataset, make_model
+
+    model = make_model(owner, make_dataset(owner), name="not yours")
+    client.force_login(teammate)
+    with caplog.at_level(logging.WARNING):
+        response = client.post(f"/models/{model.pk}/delete/")
+    assert response.status_code == 403 and "Only the owner" in response.content.decode()
+    refused = [r for r in caplog.records if "Forbidden" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].exc_info is None
