@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m bench.memory
 	$(PY) -m bench.inference
 	$(PY) -m bench.scale
+	$(PY) -m bench.live_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache

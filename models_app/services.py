@@ -283,6 +283,7 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
     notices: list[str] = []
     summary: protocol.Summary | None = None
     next_snapshot_eta = None
+    sent_at: float | None = None  # the newest point's emit time in the trainer
 
     def add(iteration: int, epoch: float, values: Mapping[str, Any]) -> None:
         for name, value in values.items():
@@ -293,8 +294,10 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
         if isinstance(event, protocol.TrainRows):
             for iteration, epoch, values in event.rows:
                 add(iteration, epoch, values)
+            sent_at = max(sent_at or 0.0, event.t or 0.0) or None
         elif isinstance(event, protocol.Metrics):
             add(event.iteration, event.epoch, event.values)
+            sent_at = max(sent_at or 0.0, event.t or 0.0) or None
         elif isinstance(event, protocol.Snapshot):
             snapshots.append(event)
         elif isinstance(event, protocol.Notice):
@@ -345,6 +348,7 @@ def model_record_events(model_id: int, batch: list[protocol.Event]) -> None:
                 "snapshots": [s.epoch for s in snapshots],
                 "notices": notices,
                 "next_snapshot_eta": next_snapshot_eta,
+                "sent_at": sent_at,  # when the trainer sent the newest point (latency: bench/live_latency.py)
             },
         )
 

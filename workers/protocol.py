@@ -49,6 +49,7 @@ class TrainRows(Event):
 
     name: ClassVar[str] = "train"
     rows: list[list[Any]]
+    t: float | None = None  # when the child sent it (time.time()): the page's latency is measured from here
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Metrics(Event):
     iteration: int
     epoch: float
     values: Mapping[str, float | None]
+    t: float | None = None  # when the child sent it (time.time())
 
 
 @dataclass(frozen=True)

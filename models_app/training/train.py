@@ -63,7 +63,7 @@ from .telemetry import DeviceReader
 log = logging.getLogger("models_app.training")
 
 # Flush buffered training losses (one device sync) at most this often.
-REPORT_SECONDS = 0.5
+REPORT_SECONDS = 0.1  # how long points may wait in the trainer: the live page's latency (bench/live_latency.py)
 # A loss this large, or this many times the first one, has exploded.
 EXPLODED_LOSS = 1e4
 
@@ -431,7 +431,7 @@ class Trainer:
             emit(protocol.TrainRows(rows=[
                 [iteration, round(self.plan.epoch_of(iteration), 6), {"train_loss": loss, "lr": lr}]
                 for (iteration, _, lr, _), loss in zip(pending[:good], losses[:good])
-            ]))
+            ], t=time.time()))
         if good < len(losses):
             iteration, _, lr, _ = pending[good]
             loss = losses[good]
@@ -446,7 +446,8 @@ class Trainer:
         if not self.report:
             return
         last = pending[-1][0]
-        emit(protocol.Metrics(iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput}))
+        emit(protocol.Metrics(iteration=last, epoch=round(self.plan.epoch_of(last), 6), values={"throughput": throughput},
+                              t=time.time()))
 
     def _progress(self, start_iteration: int, started: float, now: float) -> None:
         plan = self.plan
@@ -481,7 +482,7 @@ class Trainer:
             metrics = self.evaluate()
             self.validation_seconds += time.monotonic() - began
             if self.report:
-                emit(protocol.Metrics(iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics))
+                emit(protocol.Metrics(iteration=it, epoch=round(plan.epoch_of(it), 6), values=metrics, t=time.time()))
                 self._log_validation(it, metrics)
         if val_due and metrics:  # early stopping counts the scheduled validations only
             patience = self.spec.early_stopping_patience
