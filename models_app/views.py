@@ -107,8 +107,11 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     model = get_object_or_404(model_list().prefetch_related("job__events", "snapshots"), pk=pk)
     snapshots = list(model.snapshots.all())
     # ?epoch=E (a snapshot row's "Classify" and "Evaluate"): that snapshot preselected.
-    requested = request.GET.get("epoch", "")
-    chosen = next((s.epoch for s in snapshots if requested and f"{s.epoch}" == requested), None)
+    try:
+        requested = float(request.GET.get("epoch", ""))
+    except ValueError:
+        requested = None
+    chosen = next((s.epoch for s in snapshots if requested is not None and abs(s.epoch - requested) < 5e-5), None)
     return render(
         request,
         "models/detail.html",

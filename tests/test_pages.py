@@ -112,3 +112,15 @@ def test_the_dataset_form_offers_the_folders_under_the_data_roots(client, owner,
     options = html.split('<datalist id="data-folders">', 1)[1].split("</datalist>", 1)[0]
     assert f'value="{data_root}"' in options and f'value="{data_root / "cats-and-dogs" / "cats"}"' in options
     assert ".hidden" not in options and 'list="data-folders"' in html
+
+
+@pytest.mark.django_db
+def test_a_snapshot_rows_links_preselect_it(client, owner):
+    from tests.factories import make_dataset, make_model
+
+    model = make_model(owner, make_dataset(owner, name="pre"), epochs=3)
+    client.force_login(owner)
+    for given in ("2", "2.0"):  # the page's links and the live list's write it either way
+        html = client.get(f"/models/{model.pk}/", {"epoch": given}).content.decode()
+        classify = html.split('id="classify"', 1)[1].split("</form>", 1)[0]
+        assert '<option value="2.0" selected>' in classify, given
