@@ -56,8 +56,11 @@ class ModelTraining(Kind):
         return ""
 
     def cleanup(self, job: Job) -> None:
-        job.refresh_from_db(fields=["status", "error"])
-        sweep_on_trial_end(job.pk, job.status if job.status in JobStatus.finished() else JobStatus.ERROR, job.error)
+        row = Job.objects.filter(pk=job.pk).values_list("status", "error").first()
+        if row is None:  # deleted while it ran: its trial, if any, went with its model
+            return
+        status, error = row
+        sweep_on_trial_end(job.pk, status if status in JobStatus.finished() else JobStatus.ERROR, error)
 
     def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
         """Models whose dataset is not built yet wait (taking no device); those whose
