@@ -46,3 +46,27 @@ def wait(job_id: int, timeout: float = 3600, poll: float = 1.0) -> Any:
         if time.monotonic() > deadline:
             raise SystemExit(f"job {job_id} timed out")
         time.sleep(poll)
+
+
+def start_worker(work: Path, name: str, args: list[str], env: dict[str, str]) -> Any:
+    """A Celery worker of this setup, in its own session, logging to `work/<name>.log`."""
+    import subprocess
+
+    log = (work / f"{name}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "WARNING", "-n", f"{name}@%h",
+         "--without-mingle", "--without-gossip", *args],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_workers(procs: list[Any]) -> None:
+    """Each worker's whole process group: TERM, then KILL after 30 s."""
+    import subprocess
+
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, 9)

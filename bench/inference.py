@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import ROOT, isolated_django, wait
+from bench.harness import ROOT, isolated_django, start_worker, stop_workers, wait
 
 WORK = isolated_django("digits-bench-inference-")
 
@@ -52,15 +52,6 @@ from models_app.models import TrainedModel  # noqa: E402
 from models_app.services import model_create  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
 from workers.services import job_abort  # noqa: E402
-
-
-def start_worker(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    log = (WORK / f"{name}.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "WARNING", "-n", f"{name}@%h",
-         "--without-mingle", "--without-gossip", *args],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
 
 
 def image_bytes() -> bytes:
@@ -160,9 +151,9 @@ def main() -> None:
     call_command("prepare")
     owner = get_user_model().objects.create_user("bench", password="bench-only")
     workers = [
-        start_worker("datasets", ["-Q", "datasets", "-c", "1"], {}),
-        start_worker("cpu0", ["-c", "1"], {"DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"}),
-        start_worker("inference", ["-Q", "inference", "-P", "threads", "-c", "2"], {"CUDA_VISIBLE_DEVICES": ""}),
+        start_worker(WORK, "datasets", ["-Q", "datasets", "-c", "1"], {}),
+        start_worker(WORK, "cpu0", ["-c", "1"], {"DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"}),
+        start_worker(WORK, "inference", ["-Q", "inference", "-P", "threads", "-c", "2"], {"CUDA_VISIBLE_DEVICES": ""}),
     ]
     try:
         folder = make_folder(WORK / "images" / "digits", 6000, (28, 28), "L", "png", classes=3)
@@ -192,12 +183,7 @@ def main() -> None:
         evaluation_rates, plain_rates = evaluation_runs(owner, model)
         exports = export_runs(owner, model, runs=1 if args.quick else 3)
     finally:
-        for proc in workers:
-            try:
-                os.killpg(proc.pid, 15)
-                proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, 9)
+        stop_workers(workers)
         shutil.rmtree(WORK, ignore_errors=True)
 
     base50, base95 = summary(plain)

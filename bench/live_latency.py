@@ -19,11 +19,10 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
-from bench.harness import ROOT, isolated_django, wait
+from bench.harness import isolated_django, start_worker, stop_workers, wait
 
 WORK = isolated_django("digits-bench-latency-")
 
@@ -40,15 +39,6 @@ from models_app.services import model_create  # noqa: E402
 from workers.events import publish  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
 from workers.services import job_abort  # noqa: E402
-
-
-def start_worker(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    log = (WORK / f"{name}.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "WARNING", "-n", f"{name}@%h",
-         "--without-mingle", "--without-gossip", *args],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
 
 
 async def listen(job_id: int, cookie: str, seconds: float, pings: int) -> tuple[list[float], list[float]]:
@@ -102,8 +92,8 @@ def main() -> None:
     call_command("prepare")
     owner = get_user_model().objects.create_user("bench", password="bench-only")
     workers = [
-        start_worker("datasets", ["-Q", "datasets", "-c", "1"], {}),
-        start_worker("cpu0", ["-c", "1"], {"DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"}),
+        start_worker(WORK, "datasets", ["-Q", "datasets", "-c", "1"], {}),
+        start_worker(WORK, "cpu0", ["-c", "1"], {"DIGITS_DEVICE": "cpu:0", "DIGITS_CPU_DEVICES": "1"}),
     ]
     try:
         folder = make_folder(WORK / "images" / "digits", 3000, (28, 28), "L", "png", classes=3)
@@ -124,12 +114,7 @@ def main() -> None:
         points, baseline = asyncio.run(listen(model.pk, cookie, args.seconds, pings=100))
         job_abort(Job.objects.get(pk=model.pk))
     finally:
-        for proc in workers:
-            try:
-                os.killpg(proc.pid, 15)
-                proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, 9)
+        stop_workers(workers)
         shutil.rmtree(WORK, ignore_errors=True)
     if not points or not baseline:
         raise SystemExit("no live messages arrived")
