@@ -149,10 +149,6 @@ def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
         job = rows.first()
         if job is None:
             return False
-        if job.status == JobStatus.QUEUED and job.dispatched_at is None:
-            # Queued and not sent to any worker: no run to lose. (Another detector, the
-            # heartbeat or a redelivered message, already requeued this attempt.)
-            return False
         kind = kinds.get(job.kind)
         Allocation.objects.filter(job_id=job_id, released_at__isnull=True).update(
             released_at=timezone.now(), outcome=AllocationOutcome.INTERRUPTED
