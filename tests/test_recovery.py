@@ -37,3 +37,25 @@ def test_builds_of_a_lost_process_are_requeued_and_live_ones_kept(owner) -> None
     assert event.message.endswith("is gone. Building again from the start.")
     assert Job.objects.get(pk=alive.pk).status == "running"
     assert Job.objects.get(pk=elsewhere.pk).status == "running"  # its own host's worker recovers it
+
+
+def test_a_lost_rank_seen_by_two_detectors_is_requeued_once(owner) -> None:
+    """The heartbeat and a redelivered message both find a killed rank's process gone:
+    only the one that releases its allocation requeues the job, so the loss counts once."""
+    from tests.factories import make_model
+    from workers.models import Allocation, Device
+    from workers.services import allocation_interrupt
+
+    model = make_model(owner, make_dataset(owner), name="lost-rank", status="running")
+    Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now())
+    device = Device.objects.create(uuid="cpu-twice-0", host=settings.HOST_NAME, address="127.0.0.1", kind="cpu", index=0, name="cpu")
+    allocation = Allocation.objects.create(
+        job_id=model.pk, job_name="lost-rank", owner=owner, device=device, attempt=1, rank=0, world_size=1,
+        started_at=timezone.now(), pid=dead_pid(),
+    )
+    assert allocation_interrupt(allocation, "the heartbeat found its process gone") is True
+    assert allocation_interrupt(allocation, "a redelivered message found its process gone") is False
+    job = Job.objects.get(pk=model.pk)
+    assert (job.status, job.interruptions) == ("queued", 1)
+    assert JobEvent.objects.filter(job_id=model.pk, message__startswith="Interrupted: ").count() == 1
+    assert Allocation.objects.get(pk=allocation.pk).outcome == "lost"

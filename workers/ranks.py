@@ -24,7 +24,7 @@ from .models import Allocation, AllocationOutcome, Job, JobStatus
 from .procs import process_gone
 from .runner import Event, failure_message, relay_progress, run_child
 from .scheduler import schedule
-from .services import allocation_interrupt, job_interrupt
+from .services import allocation_interrupt
 from .transitions import JobError, job_claim, job_transition
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,16 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
         # Most often a peer's worker died: give the reaper the time to notice, so the
         # requeued job is not placed on that device again; then requeue it ourselves (a
         # peer that hangs, with its worker alive, is never reaped).
+        # The reaper's interruption releases every allocation of the attempt, this one too:
+        # then there is nothing left to do, and this worker is free for the next attempt.
         deadline = time.monotonic() + settings.DEVICE_DEAD_SECONDS + 2 * settings.DEVICE_HEARTBEAT_SECONDS
+        mine = Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True)
         current = Job.objects.filter(pk=job.pk, attempt=allocation.attempt, status__in=JobStatus.active())
-        while time.monotonic() < deadline and current.exists():
+        while time.monotonic() < deadline and mine.exists() and current.exists():
             time.sleep(0.25)
-        job_interrupt(job.pk, allocation.attempt, f"Rank {allocation.rank} lost contact with the other ranks")
+        allocation_interrupt(
+            allocation, f"Rank {allocation.rank} lost contact with the other ranks", outcome=AllocationOutcome.INTERRUPTED
+        )
         return AllocationOutcome.INTERRUPTED
     prefix = f"Rank {allocation.rank} on {allocation.device.label}: " if allocation.world_size > 1 else ""
     job_transition(

@@ -175,13 +175,22 @@ def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
     return requeued
 
 
-def allocation_interrupt(allocation: Allocation, reason: str) -> None:
-    """A rank was lost: release it, and requeue its job if this attempt is still the job's."""
-    Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
-        released_at=timezone.now(), outcome=AllocationOutcome.LOST
+def allocation_interrupt(
+    allocation: Allocation, reason: str, outcome: AllocationOutcome = AllocationOutcome.LOST
+) -> bool:
+    """A rank was lost: release it, and requeue its job if this attempt is still the job's.
+
+    Only the caller that releases the allocation requeues the job. Several detectors can
+    see one loss (the heartbeat and a redelivered message for a killed process, the reaper
+    and the surviving rank for a dead host); an allocation that is already released was
+    either handed back by its run or released by the interruption that requeued its job,
+    so requeuing again would count the loss twice."""
+    released = Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
+        released_at=timezone.now(), outcome=outcome
     )
-    if allocation.job_id is not None:
-        job_interrupt(allocation.job_id, allocation.attempt, reason)
+    if not released or allocation.job_id is None:
+        return False
+    return job_interrupt(allocation.job_id, allocation.attempt, reason)
 
 
 def job_abort(job: Job) -> None:
