@@ -36,6 +36,7 @@ bench: install
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.fairshare
 	$(PY) -m bench.startup
 	$(PY) -m bench.lists
 	$(PY) -m bench.memory

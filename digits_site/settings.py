@@ -45,6 +45,7 @@ SECRET_KEY_FILE = DATA_DIR / "secret_key"
 SECRET_KEY = env.str("SECRET_KEY", default="") or read_secret(SECRET_KEY_FILE) or "unset-" + os.urandom(24).hex()
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = [h for h in env.str("ALLOWED_HOSTS", default="*").split(",") if h]
+CSRF_FAILURE_VIEW = "frontend.views.csrf_failure"  # back to the form, not Django's bare 403
 CSRF_TRUSTED_ORIGINS = [o for o in env.str("CSRF_TRUSTED_ORIGINS", default="").split(",") if o]
 
 INSTALLED_APPS = [
@@ -181,6 +182,11 @@ DEVICE_HEARTBEAT_SECONDS = env.float("DIGITS_DEVICE_HEARTBEAT_SECONDS", default=
 DEVICE_DEAD_SECONDS = env.float("DIGITS_DEVICE_DEAD_SECONDS", default=15)
 # Devices one user's jobs may hold at once (0: no limit); admins set per-user overrides.
 USER_DEVICE_LIMIT = env.int("DIGITS_USER_DEVICE_LIMIT", default=0)
+# Device-hours one user's jobs may use in any 7 days (0: no limit); admins set overrides,
+# and quotas per team (a Django group).
+USER_DEVICE_HOURS_PER_WEEK = env.float("DIGITS_USER_DEVICE_HOURS_PER_WEEK", default=0)
+# Fair share (workers/fairshare.py): past device use counts half as much this many days later.
+FAIR_SHARE_HALF_LIFE_DAYS = env.float("DIGITS_FAIR_SHARE_HALF_LIFE_DAYS", default=7)
 # Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this
 # long; then nothing behind it starts until it fits, so large jobs cannot starve.
 SCHEDULER_BACKFILL_SECONDS = env.float("DIGITS_SCHEDULER_BACKFILL_SECONDS", default=1800)

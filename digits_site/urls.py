@@ -85,6 +85,7 @@ api_patterns = [
     path("queue/<id:pk>/", workers_api.QueueJobApi.as_view(), name="api_queue_job"),
     path("usage/", workers_api.UsageApi.as_view(), name="api_usage"),
     path("users/<id:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
+    path("teams/<id:team_id>/limit/", workers_api.TeamLimitApi.as_view(), name="api_team_limit"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
@@ -140,6 +141,7 @@ urlpatterns = [
     path("cluster/devices/<id:pk>/", workers_views.cluster_device, name="cluster_device"),
     path("cluster/jobs/<id:pk>/", workers_views.cluster_job, name="cluster_job"),
     path("cluster/limits/<id:user_id>/", workers_views.cluster_limit, name="cluster_limit"),
+    path("cluster/teams/<id:team_id>/", workers_views.cluster_team_limit, name="cluster_team_limit"),
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]

@@ -11,6 +11,8 @@ from django.shortcuts import render
 
 from workers.errors import JobError
 
+from .errors import back_to_form
+
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
     def process_view(
@@ -23,8 +25,8 @@ class LoginRequiredMiddleware(DjangoLoginRequired):
 
 class DomainErrorMiddleware:
     """Pages: a domain error that a view did not turn into a form error (a Forbidden, a
-    NotFound, a Conflict, or a plain JobError) becomes a page with its message and status,
-    the same message the API gives."""
+    NotFound, a Conflict, or a plain JobError) shows its message, the same one the API
+    gives: on the page whose form was sent, or else on an error page with its status."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -35,4 +37,6 @@ class DomainErrorMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, JobError) or request.path.startswith("/api/"):
             return None
-        return render(request, "error.html", {"message": str(exception)}, status=exception.status_code)
+        return back_to_form(request, str(exception), exception.status_code) or render(
+            request, "error.html", {"message": str(exception)}, status=exception.status_code
+        )

@@ -11,6 +11,8 @@ from workers.models import Job
 from workers.permissions import current_user
 from workers.selectors import job_console
 
+from .errors import back_to_form
+
 
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html", job_console(group=request.GET.get("group") or None))
@@ -50,7 +52,16 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     message = "The request could not be read (too many fields, or a malformed body); send it again as documented."
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": message}, status=400)
-    return render(request, "error.html", {"message": message}, status=400)
+    return back_to_form(request, message, 400) or render(request, "error.html", {"message": message}, status=400)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form whose CSRF token no longer matches: most often a page left open across a log
+    out and in, or in another tab. The page again, with a fresh token, and what to do."""
+    expired = "The form had expired (its page was opened before your last log in or log out, or its cookie was cleared)."
+    return back_to_form(request, f"{expired} It is shown again: send it once more.", 403) or render(
+        request, "error.html", {"message": f"{expired} Reload the page it came from and send it again."}, status=403
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.urls import reverse
 
 from datasets.models import Dataset
@@ -62,7 +63,7 @@ class ModelTraining(Kind):
         status, error = row
         sweep_on_trial_end(job.pk, status if status in JobStatus.finished() else JobStatus.ERROR, error)
 
-    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
+    def blocked(self, job_ids: QuerySet[Any]) -> dict[int, Blocked]:
         """Models whose dataset is not built yet wait (taking no device); those whose
         dataset failed can never start."""
         waiting = Dataset.objects.filter(models__pk__in=job_ids).exclude(job__status=JobStatus.DONE)

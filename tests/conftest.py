@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -236,3 +237,21 @@ def live_url(transactional_db) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def fake_devices(worker_cluster: Cluster) -> Iterator[None]:
+    """Pause the real device workers (SIGSTOP) and remove their rows, so the passes run by
+    these tests see only the devices they create."""
+    from workers.models import Device
+
+    paused = [p for name, p in worker_cluster.procs.items() if name.startswith("cpu") and p.poll() is None]
+    for proc in paused:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    Device.objects.all().delete()
+    try:
+        yield
+    finally:
+        Device.objects.all().delete()
+        for proc in paused:
+            os.killpg(proc.pid, signal.SIGCONT)

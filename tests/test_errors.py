@@ -118,3 +118,59 @@ def test_a_refused_page_logs_one_line(client, owner, teammate, caplog):
     assert response.status_code == 403 and "Only the owner" in response.content.decode()
     refused = [r for r in caplog.records if "Forbidden" in r.getMessage()]
     assert len(refused) == 1 and refused[0].exc_info is None
+
+
+@pytest.mark.django_db
+def test_a_refused_form_brings_back_its_page_with_the_reason(client, owner, teammate, caplog):
+    """A form sent from one of our pages and refused (someone else's model) returns to
+    that page, its forms and the message; the refusal is logged once, without a traceback.
+    Sent from nowhere (a script), it stays a 403 page."""
+    import logging
+
+    from tests.factories import make_dataset, make_model
+
+    model = make_model(owner, make_dataset(owner), name="not yours")
+    client.force_login(teammate)
+    page = f"http://testserver/models/{model.pk}/"
+    with caplog.at_level(logging.WARNING):
+        response = client.post(f"/models/{model.pk}/delete/", HTTP_REFERER=page)
+    assert response.status_code == 302 and response["Location"] == page
+    shown = client.get(page)
+    assert shown.status_code == 200
+    assert "Only the owner of this job (or an admin) can change it." in shown.content.decode()
+    assert f'action="/models/{model.pk}/classify/"' in shown.content.decode()  # its forms are there
+    refused = [r for r in caplog.records if "Refused (403)" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].exc_info is None and f"/models/{model.pk}/delete/" in refused[0].getMessage()
+    assert model.__class__.objects.filter(pk=model.pk).exists()
+    # A Referer of another site is not followed: the error page, as without one.
+    elsewhere = client.post(f"/models/{model.pk}/delete/", HTTP_REFERER="https://evil.example/page")
+    assert elsewhere.status_code == 403 and "Only the owner" in elsewhere.content.decode()
+
+
+@pytest.mark.django_db
+def test_an_expired_form_is_shown_again_with_a_fresh_token(owner):
+    """A form whose CSRF token no longer matches (opened before the last log in) comes
+    back with what to do, and sending it again from that page works."""
+    from django.test import Client
+
+    from tests.factories import make_dataset
+
+    dataset = make_dataset(owner, name="before")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    page = f"http://testserver/datasets/{dataset.pk}/"
+    stale = client.post(f"/datasets/{dataset.pk}/edit/", {"name": "after", "csrfmiddlewaretoken": "x" * 64}, HTTP_REFERER=page)
+    assert stale.status_code == 302 and stale["Location"] == page
+    shown = client.get(page)
+    assert "The form had expired" in shown.content.decode() and "send it once more" in shown.content.decode()
+    token = shown.cookies["csrftoken"].value if "csrftoken" in shown.cookies else client.cookies["csrftoken"].value
+    again = client.post(f"/datasets/{dataset.pk}/edit/", {"name": "after", "group": "", "notes": "", "csrfmiddlewaretoken": token},
+                        HTTP_REFERER=page)
+    assert again.status_code == 302
+    dataset.job.refresh_from_db()
+    assert dataset.job.name == "after"
+    # Without a page to return to, the error page says what to do.
+    bare = Client(enforce_csrf_checks=True)
+    bare.force_login(owner)
+    refused = bare.post(f"/datasets/{dataset.pk}/edit/", {"name": "x"})
+    assert refused.status_code == 403 and "Reload the page it came from" in refused.content.decode()

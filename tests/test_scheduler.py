@@ -5,9 +5,6 @@ its limit, specific and drained devices, placement validation, the reaper, the d
 one-job-per-device rule, and the wait reasons the job page shows."""
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,7 +14,6 @@ from django.utils import timezone
 
 from models_app.models import Metric, Snapshot
 from models_app.services import model_create
-from tests.conftest import Cluster
 from tests.factories import make_dataset
 from workers.devices import reap
 from workers.models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobStatus, Priority
@@ -26,22 +22,6 @@ from workers.errors import JobError
 from workers.services import Placement, job_abort, placement_check
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def fake_devices(worker_cluster: Cluster) -> Iterator[None]:
-    """Pause the real device workers (SIGSTOP) and remove their rows, so the passes run by
-    these tests see only the devices they create."""
-    paused = [p for name, p in worker_cluster.procs.items() if name.startswith("cpu") and p.poll() is None]
-    for proc in paused:
-        os.killpg(proc.pid, signal.SIGSTOP)
-    Device.objects.all().delete()
-    try:
-        yield
-    finally:
-        Device.objects.all().delete()
-        for proc in paused:
-            os.killpg(proc.pid, signal.SIGCONT)
 
 
 def device(host: str, index: int, **extra) -> Device:

@@ -1,7 +1,7 @@
-"""The Django admin for the engine's rows: jobs, devices and who held them."""
+"""The Django admin for the engine's rows: jobs, devices and who held them, limits and quotas."""
 from django.contrib import admin
 
-from .models import Allocation, Device, Job
+from .models import Allocation, Device, DeviceLimit, FairShareUsage, Job, TeamLimit
 
 
 @admin.register(Job)
@@ -27,3 +27,25 @@ class AllocationAdmin(admin.ModelAdmin):
     list_filter = ["outcome", "device", "owner"]
     search_fields = ["job_name", "owner__username"]
     list_select_related = ["owner", "device"]
+
+
+@admin.register(DeviceLimit)
+class DeviceLimitAdmin(admin.ModelAdmin):
+    list_display = ["user", "max_devices", "max_device_hours_per_week"]
+    search_fields = ["user__username"]
+
+
+@admin.register(TeamLimit)
+class TeamLimitAdmin(admin.ModelAdmin):
+    """A team is a Django group (Authentication and authorization → Groups)."""
+
+    list_display = ["team", "max_devices", "max_device_hours_per_week"]
+    search_fields = ["team__name"]
+
+
+@admin.register(FairShareUsage)
+class FairShareUsageAdmin(admin.ModelAdmin):
+    """Folded usage only: the console shows it with what is still running."""
+
+    list_display = ["user", "device_seconds", "at"]
+    readonly_fields = ["user", "device_seconds", "at"]

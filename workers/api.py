@@ -372,7 +372,8 @@ class QueueJobApi(APIView):
 
 
 class UsageApi(APIView):
-    """Admins: device-hours and jobs per user, and each device's limit per user."""
+    """Admins: device-hours and jobs per user; each user's limits, weekly use and
+    fair-share usage (decayed device-hours, workers/fairshare.py); each team's quota."""
 
     permission_classes = [IsAuthenticated, IsStaff]
 
@@ -383,13 +384,24 @@ class UsageApi(APIView):
         }, many=True),
         "limits": inline_serializer("UserDeviceLimit", {
             "user": serializers.CharField(), "user_id": serializers.IntegerField(),
+            "team": serializers.CharField(help_text="The team charged for the user's work; empty: none."),
             "limit": serializers.IntegerField(help_text="Devices at once; 0: no limit."),
-            "override": serializers.BooleanField(help_text="An admin set this user's limit."),
+            "override": serializers.BooleanField(help_text="An admin set this user's device limit."),
+            "hours_limit": serializers.FloatField(help_text="Device-hours in any 7 days; 0: no limit."),
+            "hours_override": serializers.BooleanField(help_text="An admin set this user's weekly quota."),
             "in_use": serializers.IntegerField(),
+            "week_hours": serializers.FloatField(help_text="Device-hours used in the last 7 days."),
+            "fair_share_hours": serializers.FloatField(help_text="Decayed device-hours: what fair share orders by."),
+        }, many=True),
+        "teams": inline_serializer("TeamUsage", {
+            "team": serializers.CharField(), "team_id": serializers.IntegerField(), "members": serializers.IntegerField(),
+            "max_devices": serializers.IntegerField(), "max_device_hours_per_week": serializers.FloatField(),
+            "in_use": serializers.IntegerField(), "week_hours": serializers.FloatField(),
+            "fair_share_hours": serializers.FloatField(),
         }, many=True),
     }))
     def get(self, request: Request) -> Response:
-        from .selectors import usage_by_user, user_limits
+        from .selectors import team_limits, usage_by_user, user_limits
 
         return Response({
             "usage": [
@@ -397,20 +409,35 @@ class UsageApi(APIView):
                 for u in usage_by_user()
             ],
             "limits": [
-                {"user": u["user"].username, "user_id": u["user"].pk, "limit": u["limit"], "override": u["override"], "in_use": u["in_use"]}
+                {
+                    "user": u["user"].username, "user_id": u["user"].pk, "team": u["team"], "limit": u["limit"],
+                    "override": u["override"], "hours_limit": u["hours_limit"], "hours_override": u["hours_override"],
+                    "in_use": u["in_use"], "week_hours": round(u["week_hours"], 4),
+                    "fair_share_hours": round(u["fair_share_hours"], 4),
+                }
                 for u in user_limits()
+            ],
+            "teams": [
+                {
+                    "team": t["team"].name, "team_id": t["team"].pk, "members": t["members"], "max_devices": t["max_devices"],
+                    "max_device_hours_per_week": t["max_device_hours_per_week"], "in_use": t["in_use"],
+                    "week_hours": round(t["week_hours"], 4), "fair_share_hours": round(t["fair_share_hours"], 4),
+                }
+                for t in team_limits()
             ],
         })
 
 
 class UserLimitApi(APIView):
-    """Admins: `{"max_devices": N}` (0: no limit) or `{"max_devices": null}` for the default."""
+    """Admins: a user's limits, replaced as a whole: `{"max_devices": N,
+    "max_device_hours_per_week": H}` (0: no limit; null or left out: the site's default)."""
 
     permission_classes = [IsAuthenticated, IsStaff]
 
     @extend_schema_serializer(component_name="DeviceLimitUpdate")
     class InputSerializer(serializers.Serializer):
-        max_devices = serializers.IntegerField(min_value=0, allow_null=True)
+        max_devices = serializers.IntegerField(min_value=0, max_value=10000, allow_null=True)
+        max_device_hours_per_week = serializers.FloatField(min_value=0, max_value=1e8, allow_null=True, required=False, default=None)
 
     @extend_schema(request=InputSerializer, responses={204: None})
     def put(self, request: Request, user_id: int) -> Response:
@@ -421,5 +448,29 @@ class UserLimitApi(APIView):
         user = get_object_or_404(get_user_model(), pk=user_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user_limit_set(user, data.validated_data["max_devices"])
+        user_limit_set(user, data.validated_data["max_devices"], data.validated_data["max_device_hours_per_week"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamLimitApi(APIView):
+    """Admins: a team's (a Django group's) quota: `{"max_devices": N,
+    "max_device_hours_per_week": H}`, for all its members' jobs together (0: no limit)."""
+
+    permission_classes = [IsAuthenticated, IsStaff]
+
+    @extend_schema_serializer(component_name="TeamLimitUpdate")
+    class InputSerializer(serializers.Serializer):
+        max_devices = serializers.IntegerField(min_value=0, max_value=10000, default=0)
+        max_device_hours_per_week = serializers.FloatField(min_value=0, max_value=1e8, default=0)
+
+    @extend_schema(request=InputSerializer, responses={204: None})
+    def put(self, request: Request, team_id: int) -> Response:
+        from django.contrib.auth.models import Group
+
+        from .services import team_limit_set
+
+        team = get_object_or_404(Group, pk=team_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        team_limit_set(team, data.validated_data["max_devices"], data.validated_data["max_device_hours_per_week"])
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -35,6 +35,8 @@ from .errors import JobError
 from .protocol import Event
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from .models import Job
 
 
@@ -88,8 +90,9 @@ class Kind:
     def cleanup(self, job: Job) -> None:
         """The run failed or was aborted: remove partial outputs."""
 
-    def blocked(self, job_ids: list[int]) -> dict[int, Blocked]:
-        """For the given queued jobs, those that must not start yet, and why."""
+    def blocked(self, job_ids: QuerySet[Any]) -> dict[int, Blocked]:
+        """For the given queued jobs (a subquery of their ids), those that must not start
+        yet, and why."""
         return {}
 
     def rewind(self, job_id: int) -> str:

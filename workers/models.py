@@ -234,6 +234,8 @@ class Allocation(models.Model):
     pid = models.PositiveIntegerField(null=True, blank=True)  # the worker process running this rank
     released_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=16, choices=AllocationOutcome.choices, blank=True)
+    # Counted in its owner's fair-share usage (workers/fairshare.py) once released.
+    charged = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-allocated_at", "-id"]
@@ -243,6 +245,8 @@ class Allocation(models.Model):
             ),
             models.UniqueConstraint(fields=["job", "attempt", "rank"], name="one_allocation_per_rank"),
         ]
+        # What fair share reads on every pass: the allocations not yet folded into usage.
+        indexes = [models.Index(fields=["owner"], condition=models.Q(charged=False), name="allocation_uncharged")]
 
     @property
     def seconds(self) -> float:
@@ -254,10 +258,39 @@ class Allocation(models.Model):
 
 
 class DeviceLimit(models.Model):
-    """An admin's per-user override of DIGITS_USER_DEVICE_LIMIT (0: no limit)."""
+    """An admin's per-user override of DIGITS_USER_DEVICE_LIMIT and
+    DIGITS_USER_DEVICE_HOURS_PER_WEEK (0: no limit)."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="device_limit")
-    max_devices = models.PositiveSmallIntegerField(help_text="Devices this user's jobs may hold at once; 0: no limit.")
+    # None: the site's default (for each of the two).
+    max_devices = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Devices this user's jobs may hold at once; 0: no limit; empty: the default."
+    )
+    max_device_hours_per_week = models.FloatField(
+        null=True, blank=True, help_text="Device-hours this user's jobs may use in any 7 days; 0: no limit; empty: the default."
+    )
 
     def __str__(self) -> str:
-        return f"{self.user}: {self.max_devices or 'no limit'}"
+        devices = "default" if self.max_devices is None else self.max_devices or "no limit"
+        hours = "default" if self.max_device_hours_per_week is None else self.max_device_hours_per_week or "no limit"
+        return f"{self.user}: {devices} devices, {hours} device-hours a week"
+
+
+class TeamLimit(models.Model):
+    """A team's (a Django group's) quota: what all its members' jobs together may hold at
+    once and use in any 7 days (0: no limit)."""
+
+    team = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="device_limit")
+    max_devices = models.PositiveSmallIntegerField(default=0, help_text="Devices the team's jobs may hold at once; 0: no limit.")
+    max_device_hours_per_week = models.FloatField(default=0, help_text="Device-hours the team may use in any 7 days; 0: no limit.")
+
+    def __str__(self) -> str:
+        return f"{self.team}: {self.max_devices or 'any'} devices, {self.max_device_hours_per_week or 'unlimited'} h/week"
+
+
+class FairShareUsage(models.Model):
+    """A user's decayed device-seconds as of `at` (see workers/fairshare.py)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="fair_share_usage")
+    device_seconds = models.FloatField(default=0.0)
+    at = models.DateTimeField()

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from .models import Allocation, Device, DeviceLimit, Job, JobStatus
+from .models import Allocation, Device, DeviceLimit, Job, JobStatus, TeamLimit
 
 
 def job_list(*, kind: str | None = None, status: str | None = None, group: str | None = None) -> QuerySet[Job]:
@@ -51,7 +52,7 @@ def job_devices(job: Job) -> list:
 
 
 def queue_summary() -> list[dict[str, Any]]:
-    """The training queue in order, each job with how long it has waited and why."""
+    """The training queue in the order jobs would start, each with how long it has waited and why."""
     from .scheduler import QueueView, queued_jobs, wait_reason
 
     now = timezone.now()
@@ -59,6 +60,8 @@ def queue_summary() -> list[dict[str, Any]]:
     rows = []
     for job in queued_jobs().select_related("owner").prefetch_related("requested_devices"):
         rows.append({"job": job, "waited": (now - (job.queued_at or job.created_at)).total_seconds(), **wait_reason(job, view)})
+    # The order they would start in (fair share between users); held jobs after, in queue order.
+    rows.sort(key=lambda row: view.ahead_of(cast(Job, row["job"]).pk))
     return rows
 
 
@@ -121,19 +124,57 @@ def usage_history(limit: int = 200) -> QuerySet[Allocation]:
 
 
 def user_limits() -> list[dict[str, Any]]:
-    """Every active user with their device limit (an override, or the default) and use."""
+    """Every active user with their limits (an override, or the default), what they use
+    now and in the last 7 days, their team and their fair-share usage."""
     from django.conf import settings
 
+    from . import fairshare
     from .scheduler import devices_in_use_by_user
 
-    overrides = dict(DeviceLimit.objects.values_list("user_id", "max_devices"))
+    overrides = {u: (d, h) for u, d, h in DeviceLimit.objects.values_list("user_id", "max_devices", "max_device_hours_per_week")}
     in_use = devices_in_use_by_user()
-    return [
-        {
+    weekly = fairshare.weekly_device_hours()
+    decayed = fairshare.usage_hours()
+    team_of = fairshare.teams_of()
+    names = dict(Group.objects.filter(pk__in=set(team_of.values())).values_list("pk", "name"))
+    rows = []
+    for user in get_user_model().objects.filter(is_active=True).order_by("username"):
+        devices, hours = overrides.get(user.pk, (None, None))
+        rows.append({
             "user": user,
-            "limit": overrides.get(user.pk, settings.USER_DEVICE_LIMIT),
-            "override": user.pk in overrides,
+            "team": names.get(team_of.get(user.pk, -1), ""),
+            "limit": settings.USER_DEVICE_LIMIT if devices is None else devices,
+            "override": devices is not None,
+            "hours_limit": settings.USER_DEVICE_HOURS_PER_WEEK if hours is None else hours,
+            "hours_override": hours is not None,
             "in_use": in_use[user.pk],
-        }
-        for user in get_user_model().objects.filter(is_active=True).order_by("username")
-    ]
+            "week_hours": weekly.get(user.pk, 0.0),
+            "fair_share_hours": decayed.get(user.pk, 0.0),
+        })
+    return rows
+
+
+def team_limits() -> list[dict[str, Any]]:
+    """Every team (Django group) with its quota, members, devices held and weekly use."""
+    from . import fairshare
+    from .scheduler import devices_in_use_by_user
+
+    limits = {t: (d, h) for t, d, h in TeamLimit.objects.values_list("team_id", "max_devices", "max_device_hours_per_week")}
+    team_of = fairshare.teams_of()
+    in_use = devices_in_use_by_user()
+    weekly = fairshare.weekly_device_hours()
+    decayed = fairshare.usage_hours()
+    rows = []
+    for team in Group.objects.order_by("name"):
+        members = [u for u, t in team_of.items() if t == team.pk]
+        devices, hours = limits.get(team.pk, (0, 0.0))
+        rows.append({
+            "team": team,
+            "members": len(members),
+            "max_devices": devices,
+            "max_device_hours_per_week": hours,
+            "in_use": sum(in_use[u] for u in members),
+            "week_hours": sum(weekly.get(u, 0.0) for u in members),
+            "fair_share_hours": sum(decayed.get(u, 0.0) for u in members),
+        })
+    return rows

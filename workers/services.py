@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from celery import current_app
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from . import kinds
 from .events import publish
-from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority
+from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority, TeamLimit
 from .permissions import can_modify
 from .scheduler import queued_jobs, schedule_on_commit, user_limit
 from .transitions import JobError, job_transition
@@ -272,10 +272,12 @@ def jobs_bulk(user: User, job_ids: Iterable[int], action: str, *, group: str = "
 
 
 def queue_move(job: Job, where: str) -> None:
-    """Move a queued job up, down, to the top or to the bottom of its priority."""
+    """Move a queued job up, down, to the top or to the bottom of its owner's jobs of its
+    priority. Between users, fair share decides (workers/fairshare.py); to put a job ahead
+    of other users' jobs, raise its priority."""
     if job.status != JobStatus.QUEUED:
         raise JobError("Only a queued job can be moved.")
-    same = list(queued_jobs().filter(priority=job.priority).values_list("pk", "queue_position"))
+    same = list(queued_jobs().filter(priority=job.priority, owner_id=job.owner_id).values_list("pk", "queue_position"))
     index = next((i for i, (pk, _) in enumerate(same) if pk == job.pk), None)
     if index is None:
         raise JobError("This job is starting (its devices are allocated); it can no longer be moved.")
@@ -323,12 +325,33 @@ def device_set_enabled(device: Device, enabled: bool) -> None:
     schedule_on_commit()
 
 
-def user_limit_set(user: User, max_devices: int | None) -> None:
-    """Set a user's device limit (0: no limit), or None to use the default again."""
-    if max_devices is None:
+def user_limit_set(user: User, max_devices: int | None, max_device_hours_per_week: float | None = None) -> None:
+    """Set a user's device limit and weekly device-hours quota (0: no limit; None: the
+    site's default). Both None: the defaults again."""
+    if max_devices is not None and max_devices < 0:
+        raise JobError("A device limit is 0 (no limit) or more devices.", field="max_devices")
+    if max_device_hours_per_week is not None and not 0 <= max_device_hours_per_week < 1e9:
+        raise JobError("A weekly quota is 0 (no limit) or more device-hours.", field="max_device_hours_per_week")
+    if max_devices is None and max_device_hours_per_week is None:
         DeviceLimit.objects.filter(user=user).delete()
     else:
-        if max_devices < 0:
-            raise JobError("A limit is 0 (no limit) or more devices.")
-        DeviceLimit.objects.update_or_create(user=user, defaults={"max_devices": max_devices})
+        DeviceLimit.objects.update_or_create(
+            user=user, defaults={"max_devices": max_devices, "max_device_hours_per_week": max_device_hours_per_week}
+        )
+    schedule_on_commit()
+
+
+def team_limit_set(team: Group, max_devices: int, max_device_hours_per_week: float) -> None:
+    """Set a team's quota: devices its members' jobs hold at once, device-hours in any 7
+    days (0: no limit; both 0: no quota)."""
+    if max_devices < 0:
+        raise JobError("A device limit is 0 (no limit) or more devices.", field="max_devices")
+    if not 0 <= max_device_hours_per_week < 1e9:
+        raise JobError("A weekly quota is 0 (no limit) or more device-hours.", field="max_device_hours_per_week")
+    if not max_devices and not max_device_hours_per_week:
+        TeamLimit.objects.filter(team=team).delete()
+    else:
+        TeamLimit.objects.update_or_create(
+            team=team, defaults={"max_devices": max_devices, "max_device_hours_per_week": max_device_hours_per_week}
+        )
     schedule_on_commit()

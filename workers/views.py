@@ -1,16 +1,18 @@
 """The cluster console (staff only): devices with live stats and their jobs, the training
-queue with reorder, priority, hold/release and cancel, drain/enable, per-user device
-limits, and who used which device for how long. Thin views over workers.services."""
+queue in fair-share order with reorder, priority, hold/release and cancel, drain/enable,
+per-user and per-team limits and quotas, and who used which device for how long. Thin views over workers.services."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -18,10 +20,12 @@ from django.views.decorators.http import require_POST
 
 from . import kinds
 from .models import Device, Job, Priority
-from .selectors import device_board, queue_summary, usage_by_user, usage_history, user_limits
+from .selectors import device_board, queue_summary, team_limits, usage_by_user, usage_history, user_limits
 from .errors import JobError
 from .permissions import check_staff, current_user
-from .services import device_set_enabled, job_abort, jobs_bulk, queue_hold, queue_move, queue_set_priority, user_limit_set
+from .services import (
+    device_set_enabled, job_abort, jobs_bulk, queue_hold, queue_move, queue_set_priority, team_limit_set, user_limit_set,
+)
 
 
 def staff_only(view: Callable) -> Callable:
@@ -43,6 +47,8 @@ def cluster(request: HttpRequest) -> HttpResponse:
             "devices": device_board(),
             "queue": queue_summary(),
             "limits": user_limits(),
+            "teams": team_limits(),
+            "half_life_days": settings.FAIR_SHARE_HALF_LIFE_DAYS,
             "usage": usage_by_user(),
             "usage_week": usage_by_user(since=week),
             "history": usage_history(),
@@ -87,17 +93,47 @@ def cluster_job(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("cluster")
 
 
+def _number(value: str, kind: type[int] | type[float]) -> int | float | None:
+    """A form's number: empty is None; anything else must parse (ValueError)."""
+    value = value.strip()
+    return None if value == "" else kind(value)
+
+
 @staff_only
 @require_POST
 def cluster_limit(request: HttpRequest, user_id: int) -> HttpResponse:
     user = get_object_or_404(get_user_model(), pk=user_id)
-    value = request.POST.get("max_devices", "").strip()
     try:
-        user_limit_set(user, None if value == "" else int(value))
-    except (JobError, ValueError):
-        messages.error(request, "A limit is a whole number: 0 for no limit, or empty for the default.")
+        user_limit_set(
+            user,
+            cast(int | None, _number(request.POST.get("max_devices", ""), int)),
+            _number(request.POST.get("max_device_hours_per_week", ""), float),
+        )
+    except JobError as exc:
+        messages.error(request, f"{user.username}: {exc}")
+    except ValueError:
+        messages.error(request, "A limit is a number: 0 for no limit, or empty for the default.")
     else:
-        messages.success(request, f"Device limit of {user.username} saved.")
+        messages.success(request, f"Limits of {user.username} saved.")
+    return redirect("cluster")
+
+
+@staff_only
+@require_POST
+def cluster_team_limit(request: HttpRequest, team_id: int) -> HttpResponse:
+    team = get_object_or_404(Group, pk=team_id)
+    try:
+        team_limit_set(
+            team,
+            cast(int, _number(request.POST.get("max_devices", ""), int) or 0),
+            _number(request.POST.get("max_device_hours_per_week", ""), float) or 0.0,
+        )
+    except JobError as exc:
+        messages.error(request, f"{team.name}: {exc}")
+    except ValueError:
+        messages.error(request, "A quota is a number: 0 or empty for no limit.")
+    else:
+        messages.success(request, f"Quota of team {team.name} saved.")
     return redirect("cluster")
 
 
