@@ -26,7 +26,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 8 << 20  # upload chunk: the server takes up to 16 MiB
-FINISHED = ("done", "error", "aborted")
+FINISHED = ("done", "error", "aborted", "timed_out")
 
 
 def config_path() -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,7 +93,7 @@ def job_table(rows: list[dict[str, Any]], extra: list[tuple[str, Any]]) -> Table
 
 
 def status_text(status: str) -> str:
-    colour = {"done": "green", "error": "red", "aborted": "yellow", "running": "cyan"}.get(status, "white")
+    colour = {"done": "green", "error": "red", "aborted": "yellow", "timed_out": "yellow", "running": "cyan"}.get(status, "white")
     return f"[{colour}]{status}[/{colour}]"
 
 
@@ -300,6 +301,8 @@ def model_create(
     crop_size: int = typer.Option(None),
     devices: int = typer.Option(None, help="Train on this many devices (DDP)."),
     priority: str = typer.Option(None, help="low, normal, high (admins: urgent)."),
+    time_limit: float = typer.Option(None, "--time-limit", help="Hours per run: it then stops with a snapshot (resumable)."),
+    preemptible: bool = typer.Option(False, "--preemptible", help="Urgent jobs may take its devices; it resumes by itself."),
     group: str = typer.Option(None),
     option: list[str] = OPTION,
     follow_it: bool = typer.Option(False, "--follow", "-f", help="Stream progress and metrics; exit with the outcome."),
@@ -311,7 +314,8 @@ def model_create(
         "name": name, "dataset": dataset, "network": network, "base_model": base_model, "base_epoch": base_epoch,
         "epochs": epochs, "batch_size": batch_size, "solver": solver, "learning_rate": learning_rate, "lr_policy": lr_policy,
         "crop_size": crop_size, "devices": devices, "priority": priority, "group": group,
-        "custom_code": custom_code.read_text() if custom_code else None,
+        "custom_code": custom_code.read_text() if custom_code else None, "time_limit_hours": time_limit,
+        "preemptible": preemptible or None,
     })
     if custom_code and not network:
         fields["network"] = "custom"
@@ -654,6 +658,16 @@ def sweep_abort_cmd(sweep_id: int, as_json: bool = JSON) -> None:
 # -- the queue (admins) ------------------------------------------------------------------
 
 
+def starts_in(when: str | None) -> str:
+    """An estimated start from the API ("2026-11-29T14:05:00Z"): "in ~12 min (14:05)"."""
+    if not when:
+        return "unknown"
+    start = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    minutes = (start - datetime.now(timezone.utc)).total_seconds() / 60
+    local = start.astimezone().strftime("%H:%M")
+    return "now" if minutes < 1 else f"in ~{minutes:.0f} min ({local})" if minutes < 120 else f"in ~{minutes / 60:.1f} h ({local})"
+
+
 @queue_app.command("list")
 def queue_list(as_json: bool = JSON) -> None:
     """The queue in order, with why each job waits."""
@@ -662,10 +676,11 @@ def queue_list(as_json: bool = JSON) -> None:
     except ApiError as exc:
         fail(str(exc))
     if not emit(rows, as_json):
-        table = Table("#", "job", "name", "owner", "priority", "devices", "held", "waiting", "reason")
+        table = Table("#", "job", "name", "owner", "priority", "devices", "held", "waiting", "expected start", "reason")
         for r in rows:
             table.add_row(str(r["position"]), str(r["job"]), r["name"], r["owner"], r["priority"], str(r["devices"]),
-                          "yes" if r["held"] else "", f"{r['waited_seconds']:.0f} s", r["reason"])
+                          "yes" if r["held"] else "", f"{r['waited_seconds']:.0f} s", starts_in(r.get("estimated_start")),
+                          r["reason"])
         out.print(table)
 
 

@@ -185,6 +185,12 @@ USER_DEVICE_LIMIT = env.int("DIGITS_USER_DEVICE_LIMIT", default=0)
 # Device-hours one user's jobs may use in any 7 days (0: no limit); admins set overrides,
 # and quotas per team (a Django group).
 USER_DEVICE_HOURS_PER_WEEK = env.float("DIGITS_USER_DEVICE_HOURS_PER_WEEK", default=0)
+# A job's run stops (with a snapshot, resumable) after this many hours when it sets no
+# limit; users may set a shorter one, admins any (0: no limit). Admins override per user.
+JOB_TIME_LIMIT_HOURS = env.float("DIGITS_JOB_TIME_LIMIT_HOURS", default=0)
+# A job asked to stop (time limit, preemption) snapshots at its next step; one that has
+# not stopped this long after the request is killed (and resumes from its last snapshot).
+STOP_GRACE_SECONDS = env.float("DIGITS_STOP_GRACE_SECONDS", default=60)
 # Fair share (workers/fairshare.py): past device use counts half as much this many days later.
 FAIR_SHARE_HALF_LIFE_DAYS = env.float("DIGITS_FAIR_SHARE_HALF_LIFE_DAYS", default=7)
 # Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this

@@ -78,6 +78,14 @@ class ModelInputSerializer(serializers.ModelSerializer):
         help_text="Exactly these devices (GET /api/devices/); overrides `devices`.",
     )
     multi_host = serializers.BooleanField(required=False, default=False, help_text="May the ranks span several hosts?")
+    time_limit_hours = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=0,
+        help_text="Stop each run after this many hours, with a snapshot (resumable); null: the default; 0: none (admins).",
+    )
+    preemptible = serializers.BooleanField(
+        required=False, default=False,
+        help_text="A higher-priority job may take its devices: it stops with a snapshot and resumes by itself.",
+    )
     priority = serializers.ChoiceField(
         choices=[p.name.lower() for p in Priority], required=False, default="normal",
         help_text="low or normal; admins may also use high and urgent.",
@@ -85,7 +93,10 @@ class ModelInputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrainedModel
-        fields = ["name", "group", "notes", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority"]
+        fields = [
+            "name", "group", "notes", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority",
+            "time_limit_hours", "preemptible",
+        ]
 
 
 def _create(request: Request, data: Any) -> Response:
@@ -100,6 +111,8 @@ def _create(request: Request, data: Any) -> Response:
         device_ids=values.pop("device_ids"),
         multi_host=values.pop("multi_host"),
         priority=Priority[values.pop("priority").upper()],
+        time_limit_hours=values.pop("time_limit_hours"),
+        preemptible=values.pop("preemptible"),
     )
     model = model_create(owner=user, placement=placement, **values)
     return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)

@@ -27,11 +27,11 @@ class ModelForm(forms.ModelForm):
         ("Learning-rate policy", ["lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs"]),
         ("Data transforms", ["crop_size", "mean_subtraction", "flip", "rotate90", "rotation", "scale_jitter", "hsv_jitter"]),
         ("Validation, snapshots and stopping", ["val_interval", "snapshot_interval", "keep_snapshots", "early_stopping_patience"]),
-        ("Devices and queue", ["placement", "devices", "device_ids", "multi_host", "priority"]),
+        ("Devices and queue", ["placement", "devices", "device_ids", "multi_host", "priority", "time_limit_hours", "preemptible"]),
         ("Sweep (optional: many models)", ["sweep_space", "sweep_mode", "sweep_max_trials", "sweep_max_concurrent",
                                             "sweep_metric", "sweep_pruner"]),
     ]
-    PLACEMENT_FIELDS = ["placement", "devices", "device_ids", "multi_host", "priority"]
+    PLACEMENT_FIELDS = ["placement", "devices", "device_ids", "multi_host", "priority", "time_limit_hours", "preemptible"]
     SWEEP_FIELDS = ["sweep_space", "sweep_mode", "sweep_max_trials", "sweep_max_concurrent", "sweep_metric", "sweep_pruner"]
 
     sweep_space = forms.CharField(
@@ -69,7 +69,15 @@ class ModelForm(forms.ModelForm):
     multi_host = forms.BooleanField(required=False, label="Allow several hosts", help_text="Ranks on one host are faster; allow this to start sooner on a busy team.")
     priority = forms.TypedChoiceField(
         coerce=int, initial=Priority.NORMAL, required=False, label="Priority",
-        help_text="First come, first served within a priority.",
+        help_text="Between users of one priority, whoever used the devices least lately goes first (fair share).",
+    )
+    time_limit_hours = forms.FloatField(
+        min_value=0, required=False, label="Time limit (hours)",
+        help_text="Each run stops after this long with a snapshot, as 'timed out'; resume it to go on. Empty: the site's default.",
+    )
+    preemptible = forms.BooleanField(
+        required=False, label="Preemptible",
+        help_text="An urgent job may take its devices: it stops with a snapshot and resumes by itself, losing nothing.",
     )
 
     class Meta:

@@ -18,6 +18,7 @@ from workers.models import Job, JobStatus
 from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
 from .exports import export_list, export_remove_partial, export_spec, export_store_result, export_summary
 from .models import EVALUATION_KIND, EXPORT_KIND, MODEL_KIND, Evaluation, Export, TrainedModel
+from .selectors import model_estimate_seconds
 from .services import latest_snapshot, model_before_delete, model_record_events, model_rewind, model_train_spec
 from .sweeps import sweep_on_trial_end, sweep_on_validation
 from .training import CHILD_ENV
@@ -27,6 +28,7 @@ class ModelTraining(Kind):
     name = MODEL_KIND
     label = "model"
     uses_devices = True
+    stoppable = True  # the trainer snapshots and stops on SIGUSR1 (time limits, preemption)
 
     def child_module(self) -> str:
         return settings.TRAINING_MODULE
@@ -80,6 +82,9 @@ class ModelTraining(Kind):
 
     def page_url(self, job: Job) -> str:
         return reverse("model_detail", args=[job.pk])
+
+    def estimate_seconds(self, job_ids: list[int]) -> dict[int, float]:
+        return model_estimate_seconds(job_ids)
 
     def before_delete(self, job: Job) -> None:
         model_before_delete(job.pk)

@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from datasets.models import Dataset
-from workers.models import Job
+from workers.models import Job, JobStatus
 
 from .training.spec import DEFAULTS
 
@@ -175,7 +175,7 @@ class TrainedModel(models.Model):
 
     @property
     def resumable(self) -> bool:
-        return self.job.status in ("aborted", "error") and self.snapshots.exists() and not self.imported_from
+        return self.job.status in JobStatus.resumable() and self.snapshots.exists() and not self.imported_from
 
     @property
     def imported(self) -> bool:

@@ -86,3 +86,47 @@ def model_metric_rows(model: TrainedModel) -> Iterator[tuple[str, int, float, fl
     """Every point of every series, for the CSV (streamed from the database in chunks)."""
     rows = Metric.objects.filter(model=model).order_by("name", "iteration", "id")
     return rows.values_list("name", *FIELDS).iterator(chunk_size=5000)
+
+
+# Past runs read per estimate: the newest finished ones of the networks asked about.
+ESTIMATE_HISTORY = 500
+
+
+def model_estimate_seconds(model_ids: list[int]) -> dict[int, float]:
+    """How long each queued model should train, from the newest finished run of the same
+    network: on the same dataset, its seconds per epoch times this model's epochs; else,
+    on another dataset, its seconds per training image and epoch. None known: absent.
+    (The queue's estimated start times build on this; a guess, and said to be one.)"""
+    from workers.models import JobStatus
+
+    queued = list(
+        TrainedModel.objects.filter(pk__in=model_ids).values_list("pk", "network", "dataset_id", "epochs", "dataset__counts")
+    )
+    if not queued:
+        return {}
+    past = (
+        TrainedModel.objects.filter(
+            network__in={network for _, network, *_ in queued}, job__status=JobStatus.DONE,
+            job__started_at__isnull=False, job__finished_at__isnull=False,
+        )
+        .order_by("-job__finished_at")
+        .values_list("network", "dataset_id", "epochs", "dataset__counts", "job__started_at", "job__finished_at")[:ESTIMATE_HISTORY]
+    )
+    per_epoch: dict[tuple[str, int], float] = {}
+    per_image_epoch: dict[str, float] = {}
+    for network, dataset_id, epochs, counts, started, finished in past:
+        if started is None or finished is None:  # (filtered on; the columns are nullable)
+            continue
+        seconds = (finished - started).total_seconds()
+        per_epoch.setdefault((network, dataset_id), seconds / max(epochs, 1e-9))
+        train = (counts or {}).get("train") or 0
+        if train:
+            per_image_epoch.setdefault(network, seconds / (max(epochs, 1e-9) * train))
+    estimates: dict[int, float] = {}
+    for pk, network, dataset_id, epochs, counts in queued:
+        train = (counts or {}).get("train") or 0
+        if (network, dataset_id) in per_epoch:
+            estimates[pk] = per_epoch[network, dataset_id] * epochs
+        elif network in per_image_epoch and train:
+            estimates[pk] = per_image_epoch[network] * epochs * train
+    return estimates

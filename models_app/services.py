@@ -149,6 +149,8 @@ def model_clone_params(model: TrainedModel) -> dict[str, Any]:
         "device_ids": list(job.requested_devices.values_list("pk", flat=True)),
         "priority": Priority(job.priority).name.lower(),
         "multi_host": job.multi_host,
+        "time_limit_hours": job.time_limit_seconds / 3600.0 if job.time_limit_seconds else None,
+        "preemptible": job.preemptible,
     }
     return {"name": f"{job.name} (clone)", "dataset": model.dataset_id, "group": job.group, **values, **placement}
 
@@ -161,7 +163,7 @@ def model_rerun_exactly(owner: User, model: TrainedModel) -> TrainedModel:
     job = model.job
     placement = Placement(devices=job.devices_requested, device_ids=tuple(job.requested_devices.values_list("pk", flat=True)),
                           priority=job.priority if job.priority in Priority.for_users() or owner.is_staff else Priority.NORMAL,
-                          multi_host=job.multi_host)
+                          multi_host=job.multi_host, time_limit_seconds=job.time_limit_seconds, preemptible=job.preemptible)
     return model_create(
         owner=owner, name=f"{job.name} (rerun)"[:200], dataset=model.dataset, group=job.group,
         notes=f"An exact rerun of model #{model.pk}.", placement=placement,

@@ -204,3 +204,43 @@ def test_admins_set_quotas_and_see_fair_share_on_the_console_and_the_api(owner, 
     assert not TeamLimit.objects.filter(team=team).exists()
     # Not an admin: refused.
     assert token_client(owner).put(f"/api/teams/{team.pk}/limit/", {"max_devices": 1}, format="json").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_queue_estimates_when_each_job_starts(fake_devices, owner) -> None:
+    """Devices free at their running jobs' ETAs; each queued job holds them for as long as
+    the last run of its network on its dataset took per epoch; a job with nothing to go by
+    holds its device for good in the replay, so what waits for that device has no estimate."""
+    from models_app.models import TrainedModel
+    from tests.factories import make_model
+
+    dataset = make_dataset(owner)
+    now = timezone.now()
+    past = make_model(owner, dataset, name="past", epochs=2)
+    Job.objects.filter(pk=past.pk).update(started_at=now - timedelta(seconds=400), finished_at=now - timedelta(seconds=100))
+    device("e", 0)
+    device("e", 1)
+    first, second = queue(owner, dataset, "first"), queue(owner, dataset, "second")
+    assert running(first) and running(second)
+    Job.objects.filter(pk=first.pk).update(eta_seconds=600)
+    Job.objects.filter(pk=second.pk).update(eta_seconds=1200)
+    j1, j2, j3, j4 = (queue(owner, dataset, name) for name in ("j1", "j2", "j3", "j4"))
+    both = queue(owner, dataset, "both", devices=2)
+    TrainedModel.objects.filter(pk=j2.pk).update(network="alexnet")  # never run: no estimate
+    run = 150.0 * TrainedModel.objects.get(pk=j1.pk).epochs  # 300 s for 2 epochs
+
+    def starts_in(job: Job) -> float | None:
+        start = wait_reason(fresh(job))["estimated_start"]
+        return None if start is None else (start - timezone.now()).total_seconds()
+
+    assert starts_in(j1) == pytest.approx(600, abs=30)
+    assert starts_in(j2) == pytest.approx(min(600 + run, 1200), abs=30)
+    assert starts_in(j3) == pytest.approx(max(600 + run, 1200), abs=30)
+    assert starts_in(j4) == pytest.approx(max(600 + run, 1200) + run, abs=30)
+    assert starts_in(both) is None  # one of the two devices is j2's for as long as anyone can tell
+    # The job page and the API say it too.
+    from tests.conftest import token_client
+
+    queued = token_client(owner).get(f"/api/models/{j1.pk}/").json()["job"]["queue"]
+    assert queued["position"] == 1 and queued["estimated_start"] is not None
+    assert token_client(owner).get(f"/api/models/{both.pk}/").json()["job"]["queue"]["estimated_start"] is None

@@ -216,7 +216,7 @@ def test_abort_then_resume_continues_the_same_curves(celery_worker_process, api,
     assert sorted(iterations) == list(range(1, 60 * 15 + 1))
     assert [s["epoch"] for s in done["snapshots"]] == [float(e) for e in range(3, 61, 3)]
     again = api.post(f"/api/models/{model_id}/resume/")
-    assert again.status_code == 400 and "Only an aborted or failed model" in again.json()["detail"]
+    assert again.status_code == 400 and "Only an aborted, failed or timed-out model" in again.json()["detail"]
 
 
 @pytest.mark.e2e

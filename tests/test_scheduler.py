@@ -234,7 +234,7 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     admin = Client()
     admin.force_login(admin_user)
     page = admin.get("/cluster/").content.decode()
-    assert "h/cpu0" in page and "h/cpu1" in page and f'data-job="{a.pk}"' in page and "Device limits" in page
+    assert "h/cpu0" in page and "h/cpu1" in page and f'data-job="{a.pk}"' in page and "Limits and fair share" in page
     # Reorder: b to the top, then hold it; a goes first when a device frees.
     admin.post(f"/cluster/jobs/{b.pk}/", {"action": "top"})
     assert [q["name"] for q in owner_api.get("/api/queue/").json()["results"]] == ["b", "a"]

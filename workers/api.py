@@ -6,7 +6,7 @@ from typing import Any, cast
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer, inline_serializer
 import django_filters
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
@@ -107,6 +107,16 @@ class JobEditSerializer(serializers.Serializer):
     notes = serializers.CharField(required=False, allow_blank=True)
 
 
+class QueuePlaceSerializer(serializers.Serializer):
+    position = serializers.IntegerField(help_text="1: the next to start.")
+    ahead = serializers.IntegerField(help_text="Jobs that would start before it.")
+    reason = serializers.CharField(help_text="Why it waits.")
+    estimated_start = serializers.DateTimeField(
+        allow_null=True, required=False,
+        help_text="When it should start, from the running jobs' ETAs and past runs of the jobs ahead; null: cannot be told.",
+    )
+
+
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True, help_text="Run time; null before it starts.")
@@ -120,12 +130,13 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "name", "group", "notes", "owner", "status", "progress", "eta_seconds", "error",
             "created_at", "started_at", "finished_at", "duration_seconds", "priority", "devices_requested",
-            "multi_host", "held", "queue", "devices", "timeline",
+            "multi_host", "held", "time_limit_seconds", "preemptible", "stop_request", "queue", "devices", "timeline",
         ]
 
     def get_priority(self, job: Job) -> str:
         return Priority(job.priority).name.lower()
 
+    @extend_schema_field(QueuePlaceSerializer(allow_null=True))
     def get_queue(self, job: Job) -> dict[str, Any] | None:
         if job.status != JobStatus.QUEUED or job.kind not in kinds.device_kinds():
             return None
@@ -135,7 +146,7 @@ class JobSerializer(serializers.ModelSerializer):
         context = cast(dict[str, Any], self.context)
         if "queue_view" not in context:
             context["queue_view"] = QueueView.now()
-        return wait_reason(job, context["queue_view"])
+        return QueuePlaceSerializer(wait_reason(job, context["queue_view"])).data
 
     def get_devices(self, job: Job) -> list[str]:
         # From the prefetched allocations in lists (workers/listing.py), a query otherwise.
@@ -316,6 +327,7 @@ class QueuedJobSerializer(serializers.Serializer):
     held = serializers.BooleanField()
     waited_seconds = serializers.FloatField()
     reason = serializers.CharField()
+    estimated_start = serializers.DateTimeField(allow_null=True, help_text="null: cannot be told yet.")
 
 
 class QueueApi(APIView):
@@ -333,6 +345,7 @@ class QueueApi(APIView):
                 "position": n, "job": r["job"].pk, "name": r["job"].name, "owner": r["job"].owner.username,
                 "priority": Priority(r["job"].priority).name.lower(), "devices": r["job"].devices_requested,
                 "held": r["job"].held, "waited_seconds": round(r["waited"], 1), "reason": r["reason"],
+                "estimated_start": r["estimated_start"],
             }
             for n, r in enumerate(queue_summary(), start=1)
         ]

@@ -64,6 +64,9 @@ class Kind:
     queue: ClassVar[str] = "default"
     # The child process: `python -m <module> --spec spec.json`.
     module: ClassVar[str] = ""
+    # Does its child stop gracefully on SIGUSR1 (snapshot at its next step, a Stopped
+    # event, exit 0)? Only such kinds get time limits and may be preempted.
+    stoppable: ClassVar[bool] = False
 
     def child_module(self) -> str:
         """The module to run; a kind may read it from settings (the bench swaps the trainer)."""
@@ -93,6 +96,11 @@ class Kind:
     def blocked(self, job_ids: QuerySet[Any]) -> dict[int, Blocked]:
         """For the given queued jobs (a subquery of their ids), those that must not start
         yet, and why."""
+        return {}
+
+    def estimate_seconds(self, job_ids: list[int]) -> dict[int, float]:
+        """How long each of these queued jobs should run once started, where the kind can
+        tell (from past runs): the queue's estimated start times build on it."""
         return {}
 
     def rewind(self, job_id: int) -> str:
@@ -141,3 +149,8 @@ def all_kinds() -> list[Kind]:
 def device_kinds() -> list[str]:
     """Names of the kinds the scheduler places on devices."""
     return [k.name for k in _registry.values() if k.uses_devices]
+
+
+def stoppable_device_kinds() -> list[str]:
+    """Of those, the kinds whose runs stop gracefully (time limits, preemption)."""
+    return [k.name for k in _registry.values() if k.uses_devices and k.stoppable]

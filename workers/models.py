@@ -22,6 +22,8 @@ class JobStatus(models.TextChoices):
     DONE = "done", "Done"
     ABORTED = "aborted", "Aborted"
     ERROR = "error", "Error"
+    # Stopped at its time limit, with a snapshot: resumable.
+    TIMED_OUT = "timed_out", "Timed out"
 
     @classmethod
     def active(cls) -> list[str]:
@@ -29,7 +31,20 @@ class JobStatus(models.TextChoices):
 
     @classmethod
     def finished(cls) -> list[str]:
-        return [cls.DONE, cls.ABORTED, cls.ERROR]
+        return [cls.DONE, cls.ABORTED, cls.ERROR, cls.TIMED_OUT]
+
+    @classmethod
+    def resumable(cls) -> list[str]:
+        return [cls.ABORTED, cls.ERROR, cls.TIMED_OUT]
+
+
+class StopReason(models.TextChoices):
+    """Why a running job is asked to stop gracefully: snapshot at its next step, then exit
+    (workers/runner.py signals the child; the kind's child must honour SIGUSR1)."""
+
+    NONE = "", "—"
+    TIMEOUT = "timeout", "Its time limit"
+    PREEMPT = "preempt", "Preempted"
 
 
 class Priority(models.IntegerChoices):
@@ -75,6 +90,18 @@ class Job(models.Model):
         "Device", blank=True, related_name="requested_by"
     )
     multi_host = models.BooleanField(default=False, help_text="May the ranks be spread over several hosts?")
+    # Wall-time limit of one run (from its start or resume); None: no limit.
+    time_limit_seconds = models.FloatField(null=True, blank=True)
+    preemptible = models.BooleanField(
+        default=False, help_text="May a higher-priority job take its devices? It is stopped with a snapshot and resumes by itself."
+    )
+    # A graceful stop asked of the current run, and since when (the grace period counts from it).
+    stop_request = models.CharField(max_length=16, choices=StopReason.choices, blank=True, default=StopReason.NONE)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    stop_note = models.CharField(max_length=300, blank=True, default="")  # who preempted it
+    # The queued job a preemption makes room for: while its victims stop, nothing smaller
+    # takes the devices they free (no backfill past it).
+    preempted_for = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="preempting")
     # Each dispatch is a new attempt; ranks of an older attempt stop and are ignored.
     attempt = models.PositiveIntegerField(default=0)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -214,6 +241,8 @@ class AllocationOutcome(models.TextChoices):
     ABORTED = "aborted", "Aborted"
     INTERRUPTED = "interrupted", "Interrupted"  # requeued to resume elsewhere
     LOST = "lost", "Worker lost"
+    PREEMPTED = "preempted", "Preempted"  # stopped with a snapshot for a higher-priority job
+    TIMED_OUT = "timed_out", "Timed out"
     SKIPPED = "skipped", "Not started"  # the job changed before the rank began
 
 
@@ -266,6 +295,8 @@ class DeviceLimit(models.Model):
     max_devices = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Devices this user's jobs may hold at once; 0: no limit; empty: the default."
     )
+    # A run's time limit when the user's job sets none, and the most it may set (None: the site's).
+    max_job_hours = models.FloatField(null=True, blank=True, help_text="Longest run of one job, in hours; 0: no limit; empty: the default.")
     max_device_hours_per_week = models.FloatField(
         null=True, blank=True, help_text="Device-hours this user's jobs may use in any 7 days; 0: no limit; empty: the default."
     )

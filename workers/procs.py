@@ -20,6 +20,14 @@ def die_with_parent() -> None:
         pass
 
 
+def child_setup() -> None:
+    """In a job's child between fork and exec: die with the parent, and ignore SIGUSR1
+    (a graceful-stop request, whose default action kills) until the child's own handler
+    is set: an ignored signal stays ignored across exec, and the runner repeats it."""
+    die_with_parent()
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def keep_freed_memory() -> None:
     """glibc: serve large allocations from the heap and keep freed memory, in this process
     and the ones it forks. By default each buffer above a moving threshold (decoded

@@ -140,8 +140,23 @@ class Result(Event):
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Stopped(Event):
+    """The child stopped early because the worker asked it to (SIGUSR1: a time limit or a
+    preemption), after writing a snapshot at `iteration` (epoch `epoch`); it exits 0."""
+
+    name: ClassVar[str] = "stopped"
+    iteration: int
+    epoch: float
+
+
+# The signal a worker sends its child to ask for a graceful stop: snapshot, then exit.
+STOP_SIGNAL = "SIGUSR1"
+
+
 EVENTS: dict[str, type[Event]] = {
-    cls.name: cls for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Record, Summary, Result)
+    cls.name: cls
+    for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Record, Summary, Result, Stopped)
 }
 
 

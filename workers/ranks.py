@@ -20,10 +20,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import kinds, zygote
-from .models import Allocation, AllocationOutcome, Job, JobStatus
+from .models import Allocation, AllocationOutcome, Job, JobStatus, StopReason
 from .procs import process_gone
-from .runner import Event, failure_message, relay_progress, run_child
-from .scheduler import schedule
+from .runner import ChildResult, Event, failure_message, relay_progress, run_child
+from .scheduler import schedule, schedule_on_commit
 from .services import allocation_interrupt
 from .transitions import JobError, job_claim, job_transition
 
@@ -99,6 +99,49 @@ def join(allocation: Allocation) -> Job | None:
         time.sleep(0.1)
     allocation_interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s")
     return None
+
+
+def _after_stop(allocation: Allocation, job: Job, result: ChildResult, reporter: bool) -> AllocationOutcome:
+    """The run stopped as asked (at its time limit, or preempted): it snapshotted at the
+    step where it stopped (or, killed after the grace period, has its last snapshot).
+    Rank 0 waits for the other ranks to give their devices back, then a timed-out job
+    becomes "timed out" (resumable), a preempted one is requeued at its place to resume
+    by itself; the other ranks only end."""
+    preempted = result.stop_reason == StopReason.PREEMPT
+    outcome = AllocationOutcome.PREEMPTED if preempted else AllocationOutcome.TIMED_OUT
+    if not reporter:
+        return outcome
+    kind = kinds.get(job.kind)
+    note = Job.objects.filter(pk=job.pk).values_list("stop_note", flat=True).first() or ""
+    _wait_for_peers(allocation)
+    release(allocation, outcome)
+    attempt = {"attempt": allocation.attempt}
+    how = (
+        f"it did not stop within {settings.STOP_GRACE_SECONDS:.0f} s and was killed"
+        if result.stop_killed else "it stopped at a snapshot of its last step"
+    )
+    if preempted:
+        then = kind.rewind(job.pk)
+        if job_transition(
+            job.pk, JobStatus.QUEUED, from_=[JobStatus.RUNNING], where=attempt,
+            also={"runner_pid": None, "runner_host": ""},
+            message=f"Preempted {note}: {how}. {then}".replace("  ", " "),
+        ):
+            schedule_on_commit()
+    else:
+        limit = duration_words(job.time_limit_seconds or 0.0)
+        job_transition(
+            job.pk, JobStatus.TIMED_OUT, from_=[JobStatus.RUNNING], where=attempt,
+            message=f"Stopped at its time limit of {limit}: {how}. Resume it to go on from there.",
+        )
+    return outcome
+
+
+def duration_words(seconds: float) -> str:
+    """2 h 05 min, 12 min, 40 s."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min" if minutes else f"{secs} s"
 
 
 def _zygote_socket(allocation: Allocation) -> Path | None:
@@ -185,7 +228,10 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
         job, kind.child_module(), spec, relay,
         env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
         zygote_socket=_zygote_socket(allocation),
+        time_limit=job.time_limit_seconds if reporter and kind.stoppable else None,
     )
+    if result.stop_reason and (result.stopped_early or result.stop_killed):
+        return _after_stop(allocation, job, result, reporter)
     if result.stopped:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),
         # it was aborted or deleted, requeued, or failed on another rank.

@@ -23,17 +23,19 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
+from django.utils import timezone
 
 from . import kinds, protocol, zygote
-from .models import Job, JobStatus
-from .procs import die_with_parent, end_group, process_gone, signal_group
+from .models import Job, JobStatus, StopReason
+from .procs import child_setup, end_group, process_gone, signal_group
 from .services import job_interrupt
-from .transitions import JobError, job_claim, job_fail, job_set_progress, job_transition
+from .transitions import JobError, job_claim, job_fail, job_request_stop, job_set_progress, job_transition
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ class ChildResult:
     error: str = ""  # the child's own error message, if it reported one
     peer_lost: bool = False  # a distributed rank lost contact with the others
     bad_events: int = 0  # JSON lines that were not valid events (logged, then ignored)
+    # A graceful stop (workers/models.py StopReason): the one asked of this run, whether
+    # the child stopped early for it (its Stopped event), or was killed after the grace.
+    stop_reason: str = ""
+    stopped_early: bool = False
+    stop_killed: bool = False
 
 
 def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
@@ -87,15 +94,28 @@ def _reader(stream: IO[bytes], out: queue.Queue, logfile: IO[str], ended: thread
     ended.set()
 
 
-def _still_wanted(job: Job, *, lock: bool = False) -> bool:
+def _still_wanted(job: Job, *, lock: bool = False) -> tuple[bool, str, datetime | None]:
     """Is this run (the one that claimed the job at job.started_at) still the job's run?
     An abort, a delete, or an abort followed by a resume that another worker has
     already claimed all say no. With lock=True the job row stays locked until the
-    caller's transaction ends, so an abort cannot slip in between check and write."""
+    caller's transaction ends, so an abort cannot slip in between check and write.
+    Also: the graceful stop asked of it, if any, and since when."""
     rows = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, started_at=job.started_at)
     if lock:
         rows = rows.select_for_update()
-    return rows.exists()
+    row = rows.values_list("stop_request", "stop_requested_at").first()
+    if row is None:
+        return False, "", None
+    return True, row[0], row[1]
+
+
+def _ask_to_stop(proc: subprocess.Popen[bytes] | zygote.ZygoteChild) -> None:
+    """The graceful stop signal, to the child itself only: its DataLoader workers (same
+    process group) would die of SIGUSR1's default action."""
+    try:
+        os.kill(proc.pid, getattr(signal, protocol.STOP_SIGNAL))
+    except ProcessLookupError:
+        pass
 
 
 def _kill_group(proc: subprocess.Popen[bytes] | zygote.ZygoteChild) -> None:
@@ -112,11 +132,17 @@ def run_child(
     env: dict[str, str] | None = None,
     name: str = "",
     zygote_socket: Path | None = None,
+    time_limit: float | None = None,
 ) -> ChildResult:
     """Run `module` on `spec`; `name` tells ranks apart ("rank1": spec-rank1.json and
     job-rank1.log; rank 0 and single-process jobs use spec.json and job.log). With a
     `zygote_socket` the child is forked from that pre-imported zygote (workers/zygote.py)
-    when it answers, and started directly otherwise."""
+    when it answers, and started directly otherwise.
+
+    A graceful stop (a preemption asked by the scheduler, or `time_limit` seconds since
+    the run started, which this run itself asks for) is passed to the child as SIGUSR1,
+    at each wake-up until it ends; a child that has not ended STOP_GRACE_SECONDS after
+    the request is killed."""
     spec_path = write_spec(job, spec, f"spec-{name}.json" if name else "spec.json")
     log_path = job.directory / f"job-{name}.log" if name else job.log_path
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -157,16 +183,33 @@ def run_child(
                     if isinstance(event, protocol.Error):
                         result.error = event.message
                         result.peer_lost = event.peer_lost
+                    elif isinstance(event, protocol.Stopped):
+                        result.stopped_early = True
                 close_old_connections()
+                stop, stop_at = "", None
                 if batch:
                     # Events are stored only while this run still owns the job: after an
                     # abort (and a quick resume) late points must not reach the charts.
                     with transaction.atomic():
-                        wanted = _still_wanted(job, lock=True)
+                        wanted, stop, stop_at = _still_wanted(job, lock=True)
                         if wanted:
                             handle(batch)
+                elif finished:
+                    wanted = True
                 else:
-                    wanted = finished or _still_wanted(job)
+                    wanted, stop, stop_at = _still_wanted(job)
+                if wanted and not finished and not stop and time_limit and job.started_at:
+                    if timezone.now() >= job.started_at + timedelta(seconds=time_limit):
+                        stop, stop_at = StopReason.TIMEOUT, timezone.now()
+                        job_request_stop(job, StopReason.TIMEOUT)
+                if wanted and stop and not finished:
+                    result.stop_reason = stop
+                    _ask_to_stop(proc)  # again at each wake-up: one sent before its handler was set is lost
+                    if stop_at is not None and timezone.now() >= stop_at + timedelta(seconds=settings.STOP_GRACE_SECONDS):
+                        log.warning("job %s did not stop within %.0f s of the request: killing it", job.pk, settings.STOP_GRACE_SECONDS)
+                        result.stop_killed = True
+                        _kill_group(proc)
+                        break
                 if not wanted:
                     log.info("job %s no longer running: stopping child %s", job.pk, proc.pid)
                     result.stopped = True
@@ -200,7 +243,7 @@ def _start(
         stderr=logfile,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=die_with_parent,
+        preexec_fn=child_setup,
     )
 
 

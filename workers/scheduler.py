@@ -27,7 +27,7 @@ placed, and what they wait for besides devices, is their kind's business (worker
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import logging
 from collections import Counter, defaultdict
@@ -45,8 +45,8 @@ from django.utils import timezone
 from . import fairshare, kinds
 from .fairshare import FairQueue, Waiting
 from .live import redis_client
-from .models import Allocation, Device, DeviceLimit, Job, JobStatus, TeamLimit
-from .transitions import job_fail
+from .models import Allocation, Device, DeviceLimit, Job, JobStatus, Priority, StopReason, TeamLimit
+from .transitions import job_fail, job_request_stop
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,12 @@ def schedule_pass() -> int:
         if why.fail:  # it can never start (its dataset failed): say why, now
             job_fail(pk, why.reason)
     free = list(live_devices().filter(enabled=True).exclude(pk__in=busy_device_ids()))
-    if not free:
-        return 0
+    started = _place_all(blocked, free) if free else 0
+    preempt_pass()  # one query when no preemptible job runs
+    return started
+
+
+def _place_all(blocked: dict[int, kinds.Blocked], free: list[Device]) -> int:
     fairshare.fold_released()
     quotas = Quotas.now()
     wanted = requested_devices()
@@ -242,11 +246,97 @@ def schedule_pass() -> int:
     # over: no fit, over quota) while devices stay free does it read every job.
     per_user = 4 * len(free) + 16
     rows = waiting_jobs(blocked, per_user)
-    started, free, exhausted = _place(rows, free, quotas, wanted)
+    making_room = preempting_for()
+    started, free, exhausted = _place(rows, free, quotas, wanted, making_room)
     if exhausted and free and max(Counter(w.owner_id for w, _ in rows.values()).values(), default=0) >= per_user:
-        more, free, _ = _place(waiting_jobs(blocked, None), free, quotas, wanted)
+        more, free, _ = _place(waiting_jobs(blocked, None), free, quotas, wanted, making_room)
         started += more
     return started
+
+
+def preempting_for() -> set[int]:
+    """Queued jobs whose preemptions are under way (their victims are stopping)."""
+    rows = Job.objects.filter(status=JobStatus.RUNNING, preempted_for__isnull=False).values_list("preempted_for", flat=True)
+    return {pk for pk in rows if pk is not None}
+
+
+def preempt_pass() -> int:
+    """Make room for waiting jobs by stopping preemptible running jobs of a lower
+    priority (see `preempt`). Run by every scheduling pass that found devices busy."""
+    victims = Job.objects.filter(
+        status=JobStatus.RUNNING, preemptible=True, stop_request="", kind__in=kinds.stoppable_device_kinds()
+    )
+    lowest = victims.order_by("priority").values_list("priority", flat=True).first()
+    if lowest is None:
+        return 0
+    blocked = blocked_jobs()
+    waiting = [
+        (w, multi_host) for w, multi_host in waiting_jobs(blocked, 64).values() if w.priority > lowest
+    ]
+    if not waiting:
+        return 0
+    return preempt(waiting, Quotas.now())
+
+
+def preempt(waiting: list[tuple[Waiting, bool]], quotas: Quotas) -> int:
+    """For each waiting job (in fair-share order) of a higher priority than some running
+    preemptible job, and that the devices free or already being freed cannot hold: ask
+    the fewest such jobs (lowest priority first, then the latest started) to stop, so it
+    fits. They snapshot at their next step and are requeued to resume by themselves; the
+    waiting job starts when their devices free (nothing smaller takes them meanwhile).
+    Returns how many jobs were asked to stop."""
+    usable = {d.pk: d for d in live_devices().filter(enabled=True)}
+    held: dict[int, list[Device]] = defaultdict(list)
+    for job_id, device_id in Allocation.objects.filter(released_at__isnull=True).values_list("job_id", "device_id"):
+        if job_id is not None and device_id in usable:
+            held[job_id].append(usable[device_id])
+    busy = {d.pk for devices in held.values() for d in devices}
+    running = list(
+        Job.objects.filter(status=JobStatus.RUNNING, pk__in=list(held)).values_list(
+            "pk", "priority", "started_at", "preemptible", "stop_request", "name", "owner__username"
+        )
+    )
+    # Devices free now or as soon as the runs already asked to stop have stopped.
+    pool = [d for pk, d in usable.items() if pk not in busy]
+    pool += [d for pk, *_, stop, _, _ in running if stop for d in held[pk]]
+    candidates = sorted(
+        ((pk, priority, started) for pk, priority, started, preemptible, stop, *_ in running if preemptible and not stop),
+        key=lambda row: (row[1], -(row[2].timestamp() if row[2] else 0.0)),
+    )
+    names = {pk: (name, owner) for pk, *_, name, owner in running}
+    jobs = {w.pk: (w, multi_host) for w, multi_host in waiting}
+    order = fair_queue([w for w, _ in waiting], quotas.team_of)
+    asked = 0
+    while (w := order.pop()) is not None:
+        if quotas.refusal(w.owner_id, w.need) is not None:
+            continue
+        multi_host = jobs[w.pk][1]
+        chosen = pick_devices(pool, w.need, multi_host)
+        victims: list[int] = []
+        for pk, priority, _ in candidates:
+            if chosen is not None:
+                break
+            if priority >= w.priority:
+                continue
+            victims.append(pk)
+            chosen = pick_devices(pool + [d for v in victims for d in held[v]], w.need, multi_host)
+        if chosen is None:
+            continue  # even all the lower-priority preemptible jobs would not make room
+        if victims:
+            owner = Job.objects.filter(pk=w.pk).values_list("owner__username", flat=True).first() or "?"
+            note = f"by job #{w.pk} ({Priority(w.priority).label.lower()} priority, {owner})"
+            for pk in victims:
+                job = Job.objects.only("pk", "started_at").get(pk=pk)
+                if job_request_stop(job, StopReason.PREEMPT, note, preempted_for=w.pk):
+                    asked += 1
+                    log.info("scheduler: preempting job %s (%s of %s) %s", pk, *names[pk], note)
+            candidates = [c for c in candidates if c[0] not in victims]
+            pool += [d for v in victims for d in held[v]]
+        taken = {d.pk for d in chosen}
+        pool = [d for d in pool if d.pk not in taken]
+        quotas.take(w.owner_id, w.need)
+        order.charge(w, w.need * fairshare.START_CHARGE_HOURS)
+    return asked
 
 
 def waiting_jobs(blocked: dict[int, kinds.Blocked], per_user: int | None) -> dict[int, tuple[Waiting, bool]]:
@@ -264,7 +354,8 @@ def waiting_jobs(blocked: dict[int, kinds.Blocked], per_user: int | None) -> dic
 
 
 def _place(
-    rows: dict[int, tuple[Waiting, bool]], free: list[Device], quotas: Quotas, wanted: dict[int, list[int]]
+    rows: dict[int, tuple[Waiting, bool]], free: list[Device], quotas: Quotas, wanted: dict[int, list[int]],
+    making_room: set[int],
 ) -> tuple[int, list[Device], bool]:
     """Start what fits, in fair-share order. Returns the jobs started, the devices still
     free, and whether every row was tried (False: stopped by a job that waited too long)."""
@@ -283,6 +374,8 @@ def _place(
         else:
             chosen = pick_devices(free, waiting.need, rows[waiting.pk][1])
         if chosen is None:
+            if waiting.pk in making_room:
+                return started, free, False  # jobs are stopping to make room for it: keep what they free for it
             since = Job.objects.filter(pk=waiting.pk).values_list(Coalesce("queued_at", "created_at"), flat=True).get()
             if (now - since).total_seconds() > settings.SCHEDULER_BACKFILL_SECONDS:
                 return started, free, False  # it has waited long enough: nothing behind it may take its devices
@@ -339,19 +432,23 @@ class QueueView:
     busy: set[int]
     quotas: Quotas
     blocked: dict[int, kinds.Blocked]
+    jobs: dict[int, tuple[str, Waiting, float]]  # id -> (kind, what the order needs, progress)
 
     @classmethod
     def now(cls) -> QueueView:
-        queue = list(queued_jobs().values_list("pk", "held", "kind", "owner_id", "priority", "queue_position", "devices_requested"))
+        fields = ("pk", "held", "kind", "owner_id", "priority", "queue_position", "devices_requested", "progress")
+        queue = list(queued_jobs().values_list(*fields))
         quotas = Quotas.now()
-        waiting = [Waiting(pk, owner, priority, position, need) for pk, held, _, owner, priority, position, need in queue if not held]
+        jobs = {pk: (kind, Waiting(pk, owner, priority, position, need), progress)
+                for pk, _, kind, owner, priority, position, need, progress in queue}
         return cls(
-            order=[w.pk for w in fair_queue(waiting, quotas.team_of)],
+            order=[w.pk for w in fair_queue([jobs[pk][1] for pk, held, *_ in queue if not held], quotas.team_of)],
             held={pk for pk, held, *_ in queue if held},
             blocked=blocked_jobs(),
             devices=list(live_devices()),
             busy=busy_device_ids(),
             quotas=quotas,
+            jobs=jobs,
         )
 
     def ahead_of(self, job_id: int) -> int:
@@ -361,6 +458,64 @@ class QueueView:
     @cached_property
     def _positions(self) -> dict[int, int]:
         return {pk: n for n, pk in enumerate(self.order)}
+
+    def estimated_start(self, job_id: int) -> datetime | None:
+        """When this job should start, or None when that cannot be told (see `_starts`)."""
+        return self._starts.get(job_id)
+
+    @cached_property
+    def _starts(self) -> dict[int, datetime]:
+        """Replay the queue on a clock: each usable device frees when its running job's
+        ETA says (now if free); each job, in the order they would start, takes the devices
+        that free first and holds them for its kind's estimate of its run. A job whose
+        start cannot be told (held, blocked, over quota, waiting for devices whose
+        running or queued job has no estimate) gets none, and holds nothing in the replay."""
+        now = timezone.now()
+        usable = {d.pk: d for d in self.devices if d.enabled}
+        etas = dict(
+            Allocation.objects.filter(released_at__isnull=True, device_id__in=list(usable)).values_list(
+                "device_id", "job__eta_seconds"
+            )
+        )
+        free_at: dict[int, datetime] = {}
+        for pk in usable:
+            if pk not in self.busy:
+                free_at[pk] = now
+            elif etas.get(pk) is not None:
+                free_at[pk] = now + timedelta(seconds=float(etas[pk] or 0.0))
+        durations = self._durations()
+        wanted = requested_devices()
+        quotas = Quotas(self.quotas.device_limits, self.quotas.hour_limits, self.quotas.team_limits, self.quotas.team_of,
+                        Counter(self.quotas.in_use), self.quotas.weekly)
+        starts: dict[int, datetime] = {}
+        for pk in self.order:
+            waiting = self.jobs[pk][1]
+            if pk in self.blocked or quotas.refusal(waiting.owner_id, waiting.need) is not None:
+                continue
+            candidates = [d for d in wanted.get(pk, usable) if d in free_at]
+            if len(candidates) < waiting.need or (pk in wanted and len(candidates) < len(wanted[pk])):
+                continue
+            chosen = sorted(candidates, key=lambda d: free_at[d])[: waiting.need]
+            start = max(free_at[d] for d in chosen)
+            starts[pk] = start
+            for d in chosen:
+                if pk in durations:
+                    free_at[d] = start + timedelta(seconds=durations[pk])
+                else:  # how long it holds them is not known: nothing after it can be told there
+                    del free_at[d]
+        return starts
+
+    def _durations(self) -> dict[int, float]:
+        """Seconds each queued job should run, from its kind (what is left of it, for a
+        job that is resumed)."""
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for pk, (kind, _, _) in self.jobs.items():
+            by_kind[kind].append(pk)
+        durations: dict[int, float] = {}
+        for kind, ids in by_kind.items():
+            for pk, seconds in kinds.get(kind).estimate_seconds(ids).items():
+                durations[pk] = seconds * (1.0 - min(max(self.jobs[pk][2], 0.0), 1.0))
+        return durations
 
 
 def wait_reason(job: Job, view: QueueView | None = None) -> dict[str, object]:
@@ -401,7 +556,8 @@ def wait_reason(job: Job, view: QueueView | None = None) -> dict[str, object]:
         reason = f"Waiting for {need} {noun} on one host: {len(free)} free, but spread over hosts; {jobs_ahead}."
     else:
         reason = f"Waiting for {need} {kind}{'s' if need != 1 else ''}; {len(free)} free; {jobs_ahead}."
-    return {"position": position, "ahead": ahead, "reason": reason}
+    start = view.estimated_start(job.pk)
+    return {"position": position, "ahead": ahead, "reason": reason, "estimated_start": start}
 
 
 def _kind_word(devices: list[Device]) -> str:

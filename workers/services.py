@@ -35,7 +35,10 @@ def job_create(
     kinds.get(kind)  # an unknown kind is a programming error: fail before writing anything
     fields: dict[str, object] = {}
     if placement is not None:
-        fields = {"devices_requested": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host}
+        fields = {
+            "devices_requested": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host,
+            "time_limit_seconds": placement.time_limit_seconds, "preemptible": placement.preemptible,
+        }
     job = Job.objects.create(kind=kind, name=name, owner=owner, group=group.strip(), notes=notes, **fields)
     if placement is not None and placement.device_ids:
         job.requested_devices.set(placement.device_ids)
@@ -47,12 +50,15 @@ def job_create(
 @dataclass(frozen=True)
 class Placement:
     """Where a training job may run: `devices` of any free ones (on one host unless
-    `multi_host`), or exactly `device_ids`; and its queue priority."""
+    `multi_host`), or exactly `device_ids`; its queue priority, its time limit, and
+    whether a higher-priority job may preempt it."""
 
     devices: int = 1
     device_ids: tuple[int, ...] = ()
     priority: int = Priority.NORMAL
     multi_host: bool = False
+    time_limit_seconds: float | None = None  # one run's wall time (None: no limit)
+    preemptible: bool = False
 
 
 def placement_check(
@@ -62,6 +68,8 @@ def placement_check(
     device_ids: Iterable[int] = (),
     priority: int | None = None,
     multi_host: bool = False,
+    time_limit_hours: float | None = None,
+    preemptible: bool = False,
 ) -> Placement:
     """Validate what a user asked for; JobError names the field to fix. (That the batch
     splits evenly over the devices is checked by model_create.)"""
@@ -103,7 +111,27 @@ def placement_check(
                 f"Only {available} device{'s are' if available != 1 else ' is'} available{where}: ask for fewer{hint}.",
                 field="devices",
             )
-    return Placement(devices=devices, device_ids=ids, priority=int(priority), multi_host=bool(multi_host))
+    return Placement(
+        devices=devices, device_ids=ids, priority=int(priority), multi_host=bool(multi_host),
+        time_limit_seconds=time_limit_check(user, time_limit_hours), preemptible=bool(preemptible),
+    )
+
+
+def time_limit_check(user: User, hours: float | None) -> float | None:
+    """A run's time limit in seconds: what the user asked for, else their default (an
+    admin's override, else DIGITS_JOB_TIME_LIMIT_HOURS); None: no limit. That default is
+    also the most a non-admin may ask for."""
+    override = DeviceLimit.objects.filter(user_id=user.pk).values_list("max_job_hours", flat=True).first()
+    default = settings.JOB_TIME_LIMIT_HOURS if override is None else override
+    if hours is None or hours == 0:
+        if hours == 0 and default and not user.is_staff:
+            raise JobError(f"Runs stop after at most {default:g} h here: ask for that or less.", field="time_limit_hours")
+        return default * 3600.0 if default and hours is None else None
+    if not 0 < hours <= 24 * 365:
+        raise JobError("A time limit is a positive number of hours (up to a year), or empty for the default.", field="time_limit_hours")
+    if default and hours > default and not user.is_staff:
+        raise JobError(f"Runs stop after at most {default:g} h here: ask for that or less.", field="time_limit_hours")
+    return hours * 3600.0
 
 
 def job_enqueue(job_id: int, *, from_: Iterable[str], message: str = "") -> bool:
@@ -123,15 +151,15 @@ def job_enqueue(job_id: int, *, from_: Iterable[str], message: str = "") -> bool
 
 
 def job_resume(job: Job) -> str:
-    """Continue an aborted or failed job where its kind says it can (its last snapshot)."""
+    """Continue an aborted, failed or timed-out job where its kind says it can (its last snapshot)."""
     kind = kinds.get(job.kind)
-    if job.status not in (JobStatus.ABORTED, JobStatus.ERROR):
+    if job.status not in JobStatus.resumable():
         raise JobError(
-            f"Only an aborted or failed {kind.label} can be resumed; this one is {job.get_status_display().lower()}."
+            f"Only an aborted, failed or timed-out {kind.label} can be resumed; this one is {job.get_status_display().lower()}."
         )
     with transaction.atomic():
         message = kind.prepare_resume(job)
-        if not job_enqueue(job.pk, from_=[JobStatus.ABORTED, JobStatus.ERROR], message=message):
+        if not job_enqueue(job.pk, from_=JobStatus.resumable(), message=message):
             raise JobError("This job changed meanwhile; reload the page.")
     return message
 

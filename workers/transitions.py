@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from .errors import JobError
 from .events import publish
-from .models import Job, JobEvent, JobStatus
+from .models import Job, JobEvent, JobStatus, StopReason
 
 __all__ = ["JobError", "job_claim", "job_fail", "job_set_progress", "job_transition"]
 
@@ -36,16 +36,15 @@ def job_transition(
     now = timezone.now()
     fields: dict[str, object] = {"status": to}
     if to == JobStatus.RUNNING:
-        fields.update(started_at=now, finished_at=None, error="")
+        fields.update(started_at=now, finished_at=None, error="", stop_request="", stop_requested_at=None, preempted_for=None)
     if to in JobStatus.finished():
-        fields["finished_at"] = now
-        fields["eta_seconds"] = None
+        fields.update(finished_at=now, eta_seconds=None, stop_request="", stop_requested_at=None, preempted_for=None)
     if to == JobStatus.ERROR:
         fields["error"] = message
     if to == JobStatus.DONE:
         fields["progress"] = 1.0
     if to == JobStatus.QUEUED:
-        fields.update(queued_at=now, dispatched_at=None, rendezvous="")
+        fields.update(queued_at=now, dispatched_at=None, rendezvous="", stop_request="", stop_requested_at=None, preempted_for=None)
     fields.update(also or {})
     with transaction.atomic():
         updated = Job.objects.filter(pk=job_id, status__in=allowed, **(where or {})).update(**fields)
@@ -70,3 +69,16 @@ def job_set_progress(job_id: int, progress: float, eta_seconds: float | None) ->
     publish(job_id, {"type": "progress", "progress": progress, "eta": eta_seconds})
 
 
+def job_request_stop(job: Job, reason: str, note: str = "", preempted_for: int | None = None) -> bool:
+    """Ask the running job's current run to stop gracefully: its ranks' runners signal
+    their children, which snapshot at their next step and exit (workers/runner.py). False:
+    it is not running, or a stop was already asked."""
+    updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, started_at=job.started_at, stop_request="").update(
+        stop_request=reason, stop_requested_at=timezone.now(), stop_note=note[:300], preempted_for_id=preempted_for
+    )
+    if updated:  # on its timeline
+        what = "its time limit" if reason == StopReason.TIMEOUT else f"{note}".strip() or "a higher-priority job"
+        JobEvent.objects.create(
+            job_id=job.pk, status=JobStatus.RUNNING, message=f"Asked to stop for {what}: it snapshots at its next step."
+        )
+    return bool(updated)

@@ -185,6 +185,10 @@ def serve(path: Path, preload: list[str]) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
+    # A graceful-stop request that reaches a child before its handler is set must not
+    # kill it (SIGUSR1's default): ignored from the fork on (inherited), until the child
+    # sets its handler; the runner repeats the request until the child stops.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(wake_read, selectors.EVENT_READ, "child")

@@ -1,7 +1,10 @@
 """Small display helpers for templates."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import template
+from django.utils import timezone
 from django.utils.html import format_html
 
 register = template.Library()
@@ -20,6 +23,15 @@ def duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+@register.filter
+def starts_in(when: datetime | None) -> str:
+    """An estimated start: "now", or "in ~12m 05s"."""
+    if when is None:
+        return "—"
+    seconds = (when - timezone.now()).total_seconds()
+    return "now" if seconds < 1 else f"in ~{duration(seconds)}"
 
 
 @register.filter

@@ -33,7 +33,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,6 +191,7 @@ class Trainer:
         self.last_lr: float | None = None
         self.last_throughput: float | None = None
         self.last_snapshot_epoch: float | None = None
+        self.last_snapshot_iteration: int | None = None
         self.devices = DeviceReader(self.device, torch.get_num_threads())
         log.info(
             "rank %d of %d on %s; torch %s with %d threads; affinity %s",
@@ -394,6 +397,13 @@ class Trainer:
                     pending, images_since, last_report = [], 0, now
                 paused = time.monotonic()
                 stop = self._maybe_validate_and_snapshot()
+                if not stop and self.iteration < plan.total_iterations and self._stop_agreed():
+                    if pending:  # the points since the last report go with it
+                        now = time.monotonic()
+                        self._flush(pending, images_since * self.world_size / max(now - last_report, 1e-9))
+                        pending, images_since, last_report = [], 0, now
+                    self._stop_gracefully()
+                    stop = True
                 # The throughput window measures training only, not validation or snapshots.
                 last_report += time.monotonic() - paused
                 if stop:
@@ -506,6 +516,30 @@ class Trainer:
             self.snapshot_seconds += time.monotonic() - began
         return stop
 
+    def _stop_agreed(self) -> bool:
+        """Has the worker asked this run to stop (a time limit, a preemption)? With several
+        ranks they must stop at the same step: every STOP_CHECK_EVERY steps they agree
+        (any rank asked: all stop), a one-number all-reduce."""
+        if self.world_size == 1:
+            return STOP_ASKED.is_set()
+        if self.iteration % STOP_CHECK_EVERY:
+            return False
+        flag = torch.tensor([1.0 if STOP_ASKED.is_set() else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _stop_gracefully(self) -> None:
+        """Snapshot here (unless this step just made one), wait until it is on disk, and
+        say so: the job resumes from exactly this step, losing nothing."""
+        it = self.iteration
+        if self.last_snapshot_iteration != it:
+            self.snapshot({})
+        self.wait_for_snapshots()
+        epoch = round(self.plan.epoch_of(it), 4)
+        log.info("stopping at iteration %d (epoch %.2f) as the worker asked; the snapshot there is kept", it, epoch)
+        if self.report:
+            emit(protocol.Stopped(iteration=it, epoch=epoch))
+
     def _log_validation(self, iteration: int, metrics: dict[str, float]) -> None:
         """One line per validation in job.log, as torchvision's MetricLogger prints it."""
         plan = self.plan
@@ -547,6 +581,7 @@ class Trainer:
         filename = f"snapshot_iter_{it}.pt"
         epoch = round(self.plan.epoch_of(it), 4)
         self.last_snapshot_epoch = epoch
+        self.last_snapshot_iteration = it
         # Training goes on while the snapshot is written: a private CPU copy of the state
         # is taken now, and a background thread serialises it. The event is sent once
         # the file is in place, so a snapshot that is listed always exists.
@@ -621,7 +656,19 @@ def out_of_memory_message(spec: TrainSpec) -> str:
     )
 
 
+# Set by SIGUSR1 (protocol.STOP_SIGNAL): the worker asks for a graceful stop.
+STOP_ASKED = threading.Event()
+# With several ranks, how often (in steps) they check together whether to stop.
+STOP_CHECK_EVERY = 10
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    STOP_ASKED.set()
+
+
 def cli(argv: list[str] | None = None) -> int:
+    # First of all: SIGUSR1's default action would kill the process.
+    signal.signal(getattr(signal, protocol.STOP_SIGNAL), _on_stop_signal)
     parser = argparse.ArgumentParser(description="Train an image classifier from a job spec.")
     parser.add_argument("--spec", required=True, type=Path)
     args = parser.parse_args(argv)

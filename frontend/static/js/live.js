@@ -81,6 +81,11 @@
           if (!queue) { window.location.reload(); return; }
           document.getElementById("queue-position").textContent = "#" + queue.position + " in the queue";
           document.getElementById("queue-text").textContent = queue.reason;
+          const start = queue.estimated_start ? Date.parse(queue.estimated_start) : NaN;
+          document.getElementById("queue-start").textContent = isNaN(start)
+            ? "no start estimate yet (a job ahead or running has no ETA or past run to go by)"
+            : "expected to start " + (start - Date.now() < 1000 ? "now" : "in ~" + formatDuration((start - Date.now()) / 1000))
+              + " (" + new Date(start).toTimeString().slice(0, 5) + ")";
         });
     }, 3000);
   }
