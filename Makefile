@@ -37,6 +37,7 @@ bench: install
 	$(PY) -m bench.training
 	$(PY) -m bench.scheduler
 	$(PY) -m bench.fairshare
+	$(PY) -m bench.preemption
 	$(PY) -m bench.startup
 	$(PY) -m bench.lists
 	$(PY) -m bench.memory

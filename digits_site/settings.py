@@ -48,6 +48,44 @@ ALLOWED_HOSTS = [h for h in env.str("ALLOWED_HOSTS", default="*").split(",") if 
 CSRF_FAILURE_VIEW = "frontend.views.csrf_failure"  # back to the form, not Django's bare 403
 CSRF_TRUSTED_ORIGINS = [o for o in env.str("CSRF_TRUSTED_ORIGINS", default="").split(",") if o]
 
+# Production behind HTTPS (README "Deploying"): `manage.py check --deploy` is clean with
+# DIGITS_HTTPS=1. Behind a proxy that terminates TLS, DIGITS_PROXY_SSL_HEADER=1 trusts its
+# X-Forwarded-Proto (only when the proxy sets it: otherwise clients could forge it).
+HTTPS = env.bool("DIGITS_HTTPS", default=False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("DIGITS_HSTS_SECONDS", default=31536000)
+    # Both on by default (what the deploy check asks); a site whose subdomains are not all
+    # on HTTPS, or that does not want the browsers' preload list, turns them off, and the
+    # check's warning with it (a choice made, not an oversight).
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DIGITS_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("DIGITS_HSTS_PRELOAD", default=True)
+    SILENCED_SYSTEM_CHECKS = [
+        *([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]),
+        *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+    ]
+    if env.bool("DIGITS_PROXY_SSL_HEADER", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# Login rate limiting (django-axes): after AXES_FAILURE_LIMIT failed logins for one
+# username from one address, that pair is locked out for AXES_COOLOFF_TIME hours (admins
+# unlock in the admin: Axes → Access attempts). API tokens are not affected.
+AXES_FAILURE_LIMIT = env.int("DIGITS_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("DIGITS_LOGIN_COOLOFF_HOURS", default=0.25)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+if env.bool("DIGITS_PROXY_SSL_HEADER", default=False):
+    AXES_IPWARE_PROXY_COUNT = 1  # the client's address is the one the proxy forwards
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -62,6 +100,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "workers",
     "datasets",
     "models_app",
@@ -79,6 +118,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "frontend.middleware.LoginRequiredMiddleware",
     "frontend.middleware.DomainErrorMiddleware",
+    "workers.audit.AuditMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "digits_site.urls"

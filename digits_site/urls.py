@@ -86,6 +86,7 @@ api_patterns = [
     path("usage/", workers_api.UsageApi.as_view(), name="api_usage"),
     path("users/<id:user_id>/device-limit/", workers_api.UserLimitApi.as_view(), name="api_user_limit"),
     path("teams/<id:team_id>/limit/", workers_api.TeamLimitApi.as_view(), name="api_team_limit"),
+    path("audit/", workers_api.AuditListApi.as_view(), name="api_audit"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
@@ -142,6 +143,7 @@ urlpatterns = [
     path("cluster/jobs/<id:pk>/", workers_views.cluster_job, name="cluster_job"),
     path("cluster/limits/<id:user_id>/", workers_views.cluster_limit, name="cluster_limit"),
     path("cluster/teams/<id:team_id>/", workers_views.cluster_team_limit, name="cluster_team_limit"),
+    path("cluster/audit/", workers_views.cluster_audit, name="cluster_audit"),
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]

@@ -1,7 +1,8 @@
 """The Django admin for the engine's rows: jobs, devices and who held them, limits and quotas."""
 from django.contrib import admin
+from django.http import HttpRequest
 
-from .models import Allocation, Device, DeviceLimit, FairShareUsage, Job, TeamLimit
+from .models import AuditEntry, Allocation, Device, DeviceLimit, FairShareUsage, Job, TeamLimit
 
 
 @admin.register(Job)
@@ -49,3 +50,22 @@ class FairShareUsageAdmin(admin.ModelAdmin):
 
     list_display = ["user", "device_seconds", "at"]
     readonly_fields = ["user", "device_seconds", "at"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Read only: the log is written by workers/audit.py, never edited."""
+
+    list_display = ["at", "username", "action", "target", "status", "method", "path", "address"]
+    list_filter = ["action", "status"]
+    search_fields = ["username", "target", "path"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

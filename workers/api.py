@@ -18,7 +18,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
 from . import kinds
-from .models import Job, JobEvent, JobStatus, Priority
+from .models import AuditEntry, Job, JobEvent, JobStatus, Priority
 from .errors import JobError
 from .listing import JobFilterSet, Pagination, job_ordering, job_prefetches
 from .permissions import IsStaff, current_user
@@ -487,3 +487,29 @@ class TeamLimitApi(APIView):
         data.is_valid(raise_exception=True)
         team_limit_set(team, data.validated_data["max_devices"], data.validated_data["max_device_hours_per_week"])
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "at", "username", "action", "target", "method", "path", "status", "address"]
+
+
+class AuditFilter(django_filters.FilterSet):
+    username = django_filters.CharFilter(help_text="Only this user's actions.")
+    action = django_filters.CharFilter(lookup_expr="icontains", help_text="Words of the action, e.g. deleted.")
+    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+
+    class Meta:
+        model = AuditEntry
+        fields = ["username", "action", "since"]
+
+
+class AuditListApi(generics.ListAPIView):
+    """Admins: who did what, when — every destructive and admin action, newest first,
+    with its outcome (HTTP status: 2xx/3xx done, 4xx refused)."""
+
+    permission_classes = [IsAuthenticated, IsStaff]
+    serializer_class = AuditEntrySerializer
+    filterset_class = AuditFilter
+    queryset = AuditEntry.objects.all()

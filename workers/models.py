@@ -325,3 +325,25 @@ class FairShareUsage(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="fair_share_usage")
     device_seconds = models.FloatField(default=0.0)
     at = models.DateTimeField()
+
+
+class AuditEntry(models.Model):
+    """Who did what, when: every destructive action (delete, abort, bulk actions) and every
+    admin action (the queue, devices, limits and quotas, the Django admin), recorded by
+    workers/audit.py for the pages and the API alike. Kept when the user or object goes."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=100)
+    target = models.CharField(max_length=300, blank=True)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=500)
+    status = models.PositiveSmallIntegerField()  # the response: 2xx/3xx done, 4xx refused
+    address = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username}: {self.action} {self.target} ({self.status})"

@@ -13,13 +13,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from . import kinds
-from .models import Device, Job, Priority
+from .models import AuditEntry, Device, Job, Priority
 from .selectors import device_board, queue_summary, team_limits, usage_by_user, usage_history, user_limits
 from .errors import JobError
 from .permissions import check_staff, current_user
@@ -116,6 +117,20 @@ def cluster_limit(request: HttpRequest, user_id: int) -> HttpResponse:
     else:
         messages.success(request, f"Limits of {user.username} saved.")
     return redirect("cluster")
+
+
+@staff_only
+def cluster_audit(request: HttpRequest) -> HttpResponse:
+    """Who did what, when: destructive and admin actions, newest first, 100 a page;
+    ?user= and ?action= narrow it."""
+    entries = AuditEntry.objects.all()
+    if request.GET.get("user"):
+        entries = entries.filter(username=request.GET["user"])
+    if request.GET.get("action"):
+        entries = entries.filter(action__icontains=request.GET["action"])
+    page = Paginator(entries, 100).get_page(request.GET.get("page"))
+    return render(request, "cluster/audit.html", {"page": page, "user": request.GET.get("user", ""),
+                                                  "action": request.GET.get("action", "")})
 
 
 @staff_only
