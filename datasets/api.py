@@ -17,7 +17,8 @@ from rest_framework.views import APIView
 
 from workers.api import JobEditSerializer, JobSerializer
 from workers.errors import JobError
-from workers.permissions import current_user
+from workers.models import Visibility
+from workers.permissions import current_user, visible_q
 from workers.listing import job_prefetches
 from workers.services import job_abort, job_update
 
@@ -52,6 +53,7 @@ class DatasetInputSerializer(serializers.ModelSerializer):
     name = serializers.CharField(max_length=200)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False, default=Visibility.TEAM, help_text="Who may see it: private (you and admins), team (your teams; everyone if you are in none), public.")
     upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
     train_list_upload = serializers.FileField(required=False, help_text="Multipart: the training list itself.")
     val_list_upload = serializers.FileField(required=False)
@@ -61,7 +63,7 @@ class DatasetInputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "name", "group", "notes", *PARAM_FIELDS, "upload",
+            "name", "group", "notes", "visibility", *PARAM_FIELDS, "upload",
             "train_list_upload", "val_list_upload", "test_list_upload", "labels_file_upload",
         ]
 
@@ -82,7 +84,9 @@ class DatasetListApi(generics.ListAPIView):
     filterset_class = DatasetFilter
 
     def get_queryset(self) -> QuerySet[Dataset]:
-        return dataset_list().select_related("upload").prefetch_related(*job_prefetches("job__"))
+        return dataset_list().filter(visible_q(self.request.user, "job__")).select_related("upload").prefetch_related(
+            *job_prefetches("job__")
+        )
 
     @extend_schema(operation_id="datasets_list")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -5,6 +5,8 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from workers.models import Visibility
+
 from .models import PARAM_FIELDS, Dataset, ResizeMode, Source, param_field
 
 RESIZE_HELP = {
@@ -33,6 +35,8 @@ class DatasetForm(forms.ModelForm):
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.TEAM, required=False, label="Who may see it",
+                                   help_text="Your teams (everyone, if you are in none), everyone, or only you. Admins see all.")
     labels_file_upload = forms.FileField(required=False, label="… or upload the labels file")
     train_list_upload = forms.FileField(required=False, label="… or upload the training list")
     val_list_upload = forms.FileField(required=False, label="… or upload the validation list")
@@ -46,7 +50,7 @@ class DatasetForm(forms.ModelForm):
 
     # The page's other fieldsets, in order (the template walks these; the resize modes
     # have a fieldset of their own with a preview of each).
-    JOB_FIELDS = ("name", "group", "notes")
+    JOB_FIELDS = ("name", "group", "notes", "visibility")
     SPLIT_FIELDS = ("val_percent", "test_percent")  # folder and archive sources
     SIZE_FIELDS = ("image_width", "image_height", "image_mode")
     OPTION_FIELDS = ("encoding", "jpeg_quality", "min_per_class", "max_per_class", "seed")
@@ -110,3 +114,4 @@ class DatasetEditForm(forms.Form):
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False)
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    visibility = forms.ChoiceField(choices=Visibility.choices, required=False, label="Who may see it")

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from workers.errors import Conflict, JobError
-from workers.models import JobStatus
+from workers.models import JobStatus, Visibility
 from workers.services import job_create, job_delete, job_enqueue
 
 from .build import OUTPUTS
@@ -164,6 +164,7 @@ def dataset_create(
     notes: str = "",
     upload: str = "",
     uploaded: dict[str, UploadedFile] | None = None,
+    visibility: str = Visibility.TEAM,
     **params: Any,
 ) -> Dataset:
     """Validate a dataset request, store it and queue its build (after commit).
@@ -176,7 +177,7 @@ def dataset_create(
     candidate = _candidate(params)
     _check_options(candidate)
     source_fields = _check_source(candidate, upload, owner, uploaded or {})
-    job = job_create(kind=DATASET_KIND, name=name.strip(), owner=owner, group=group, notes=notes)
+    job = job_create(kind=DATASET_KIND, name=name.strip(), owner=owner, group=group, notes=notes, visibility=visibility)
     for name in LIST_FIELDS:
         file = source_fields.get(name)
         if isinstance(file, UploadedFile):

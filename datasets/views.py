@@ -8,8 +8,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from workers.errors import JobError
-from workers.models import JobStatus
-from workers.permissions import can_modify, check_modify, current_user
+from workers.models import JobStatus, Visibility
+from workers.permissions import can_modify, check_modify, current_user, visible_q
 from workers.services import job_abort, job_update
 
 from .filters import DatasetFilter
@@ -23,8 +23,9 @@ from .uploads import upload_get
 
 def dataset_list_view(request: HttpRequest) -> HttpResponse:
     """Every dataset, a page at a time: search, filters, sorting, bulk actions."""
-    filters = DatasetFilter(request.GET or None, queryset=dataset_list())
-    rows = filters.qs if filters.is_bound and filters.is_valid() else dataset_list()
+    visible = dataset_list().filter(visible_q(request.user, "job__"))
+    filters = DatasetFilter(request.GET or None, queryset=visible)
+    rows = filters.qs if filters.is_bound and filters.is_valid() else visible
     page = Paginator(rows, 50).get_page(request.GET.get("page"))
     return render(request, "datasets/list.html", {"filters": filters, "page": page, "statuses": JobStatus.choices,
                                                    "sources": Source.choices})
@@ -47,7 +48,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
         try:
             dataset = dataset_create(
                 owner=current_user(request.user), name=data["name"], group=data["group"], notes=data["notes"],
-                upload=data["upload"], uploaded=form.uploaded_lists(), **form.params(),
+                visibility=data["visibility"] or Visibility.TEAM, upload=data["upload"], uploaded=form.uploaded_lists(), **form.params(),
             )
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
@@ -63,7 +64,8 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list().prefetch_related("job__events"), pk=pk)
     modifiable = can_modify(request.user, dataset)
-    edit_form = DatasetEditForm(initial={"name": dataset.job.name, "group": dataset.job.group, "notes": dataset.job.notes})
+    edit_form = DatasetEditForm(initial={"name": dataset.job.name, "group": dataset.job.group, "notes": dataset.job.notes,
+                                         "visibility": dataset.job.visibility})
     return render(
         request,
         "datasets/detail.html",
@@ -82,7 +84,7 @@ def dataset_edit(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _modifiable(request, pk)
     form = DatasetEditForm(request.POST)
     if form.is_valid():
-        job_update(dataset.job, **form.cleaned_data)
+        job_update(dataset.job, **{**form.cleaned_data, "visibility": form.cleaned_data["visibility"] or None})
         messages.success(request, "Saved.")
     else:
         messages.error(request, "Not saved: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))

@@ -118,6 +118,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "frontend.middleware.LoginRequiredMiddleware",
     "frontend.middleware.DomainErrorMiddleware",
+    "frontend.visibility.VisibilityMiddleware",
     "workers.audit.AuditMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
@@ -237,6 +238,9 @@ FAIR_SHARE_HALF_LIFE_DAYS = env.float("DIGITS_FAIR_SHARE_HALF_LIFE_DAYS", defaul
 # Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this
 # long; then nothing behind it starts until it fits, so large jobs cannot starve.
 SCHEDULER_BACKFILL_SECONDS = env.float("DIGITS_SCHEDULER_BACKFILL_SECONDS", default=1800)
+# A job whose ranks did not all start (a gang start that timed out) waits this long,
+# doubled at each further interruption, before it is placed again.
+GANG_RETRY_SECONDS = env.float("DIGITS_GANG_RETRY_SECONDS", default=30)
 # A job requeued this many times after lost workers fails instead of looping.
 MAX_INTERRUPTIONS = env.int("DIGITS_MAX_INTERRUPTIONS", default=3)
 # Ranks wait this long for rank 0 and for each other (torch.distributed timeout).
@@ -282,6 +286,7 @@ REST_FRAMEWORK = {
     # Logged in to read anything; owner or admin to change an object (workers/permissions.py).
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
+        "frontend.visibility.ObjectInUrlVisible",  # 404 for an object the user may not see
         "workers.permissions.IsOwnerOrReadOnly",
     ],
     "DEFAULT_SCHEMA_CLASS": "workers.schema.AutoSchema",
@@ -315,5 +320,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}},
+    # axes logs every login at INFO; lockouts are warnings.
+    "loggers": {"daphne": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from workers.events import JOBS_GROUP, job_group
-from workers.models import Job
+from workers.permissions import can_view
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -25,8 +25,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if job_id is None:
             self.group = JOBS_GROUP
         else:
-            exists = await database_sync_to_async(Job.objects.filter(pk=job_id).exists)()
-            if not exists:
+            visible = await database_sync_to_async(can_view)(user, int(job_id))
+            if not visible:  # as for a job that does not exist: nothing is given away
                 await self.close(code=4404)
                 return
             self.group = job_group(int(job_id))

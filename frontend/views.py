@@ -15,7 +15,7 @@ from .errors import back_to_form
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", job_console(group=request.GET.get("group") or None))
+    return render(request, "home.html", job_console(request.user, group=request.GET.get("group") or None))
 
 
 def profile(request: HttpRequest) -> HttpResponse:

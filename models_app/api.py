@@ -19,9 +19,9 @@ from rest_framework.views import APIView
 
 from datasets.selectors import dataset_list
 from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
-from workers.models import Priority
+from workers.models import Priority, Visibility
 from workers.errors import JobError
-from workers.permissions import current_user
+from workers.permissions import current_user, visible_q
 from workers.listing import job_prefetches
 from workers.services import job_abort, job_update, placement_check
 
@@ -68,6 +68,7 @@ class ModelInputSerializer(serializers.ModelSerializer):
     name = serializers.CharField(max_length=200)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False, default=Visibility.TEAM, help_text="Who may see it: private (you and admins), team (your teams; everyone if you are in none), public.")
     dataset = IdRelatedField(queryset=dataset_list())
     base_model = IdRelatedField(queryset=model_list(), required=False, allow_null=True)
 
@@ -94,7 +95,7 @@ class ModelInputSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainedModel
         fields = [
-            "name", "group", "notes", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority",
+            "name", "group", "notes", "visibility", "dataset", *PARAM_FIELDS, "devices", "device_ids", "multi_host", "priority",
             "time_limit_hours", "preemptible",
         ]
 
@@ -126,7 +127,7 @@ class ModelListApi(generics.ListAPIView):
     filterset_class = ModelFilter
 
     def get_queryset(self) -> QuerySet[TrainedModel]:
-        return model_list().prefetch_related("snapshots", *job_prefetches("job__"))
+        return model_list().filter(visible_q(self.request.user, "job__")).prefetch_related("snapshots", *job_prefetches("job__"))
 
     @extend_schema(operation_id="models_list")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -158,7 +159,7 @@ class ModelCompareApi(APIView):
         }),
     )
     def get(self, request: Request) -> Response:
-        return Response(model_compare(parse_ids(request.query_params.get("ids", ""))))
+        return Response(model_compare(parse_ids(request.query_params.get("ids", "")), request.user))
 
 
 class ModelImportApi(APIView):

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from workers.permissions import AnyUser, visible_q
 from workers.errors import JobError
 from workers.models import Allocation
 
@@ -54,8 +55,10 @@ def _display(model: TrainedModel, field: str) -> str:
     return "" if value is None else str(value)
 
 
-def model_compare(ids: list[int]) -> dict[str, Any]:
-    models = {m.pk: m for m in model_list().select_related("base_model__job").filter(pk__in=ids)}
+def model_compare(ids: list[int], user: AnyUser | None = None) -> dict[str, Any]:
+    """The runs side by side; with `user`, only those they may see (the others: "No model")."""
+    rows = model_list() if user is None else model_list().filter(visible_q(user, "job__"))
+    models = {m.pk: m for m in rows.select_related("base_model__job").filter(pk__in=ids)}
     missing = [i for i in ids if i not in models]
     if missing:
         raise JobError(f"No model {', '.join(map(str, missing))}.", field="ids")

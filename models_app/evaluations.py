@@ -155,7 +155,7 @@ def _create(
     the job goes with them: nothing half-stored); then it is queued."""
     name = f"{model.job.name} · epoch {epoch:g} · {split or description}"[:200]
     with transaction.atomic():
-        job = job_create(kind=EVALUATION_KIND, name=name, owner=owner, group=model.job.group)
+        job = job_create(kind=EVALUATION_KIND, name=name, owner=owner, group=model.job.group, visibility=model.job.visibility)
         evaluation = Evaluation.objects.create(
             job=job, model=model, epoch=epoch, source=source, split=split, description=description,
             image_folder=image_folder,

@@ -40,7 +40,7 @@ def export_create(*, owner: User, model: TrainedModel, epoch: float | None) -> E
     snapshot = snapshot_for(model, epoch, field="epoch")
     verification_split(model)
     name = f"{model.job.name} · epoch {snapshot.epoch:g} · export"
-    job = job_create(kind=EXPORT_KIND, name=name, owner=owner, group=model.job.group)
+    job = job_create(kind=EXPORT_KIND, name=name, owner=owner, group=model.job.group, visibility=model.job.visibility)
     export = Export.objects.create(job=job, model=model, epoch=snapshot.epoch)
     job_enqueue(job.pk, from_=[JobStatus.INITIALIZED])
     return export

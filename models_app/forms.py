@@ -8,7 +8,8 @@ from django.contrib.auth.models import AnonymousUser, User
 
 from datasets.selectors import dataset_usable_list
 from workers.errors import JobError
-from workers.models import Device, Priority
+from workers.models import Device, Priority, Visibility
+from workers.permissions import visible_q
 
 from .models import MeanSubtraction, Network, Pruner, SweepMode, TrainedModel
 from .selectors import model_list
@@ -21,7 +22,7 @@ class ModelForm(forms.ModelForm):
 
     # Shown as one fieldset each, in this order (the template walks `sections`).
     SECTIONS = [
-        ("Job", ["name", "group", "notes", "dataset"]),
+        ("Job", ["name", "group", "notes", "visibility", "dataset"]),
         ("Network", ["network", "base_model", "base_epoch", "custom_code"]),
         ("Solver", ["solver", "epochs", "batch_size", "batch_accumulation", "learning_rate", "momentum", "weight_decay", "seed", "precision"]),
         ("Learning-rate policy", ["lr_policy", "lr_step_size", "lr_steps", "lr_gamma", "lr_power", "lr_warmup_epochs"]),
@@ -54,6 +55,8 @@ class ModelForm(forms.ModelForm):
     name = forms.CharField(max_length=200)
     group = forms.CharField(max_length=100, required=False, help_text="Optional: jobs with the same group are shown together.")
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.TEAM, required=False, label="Who may see it",
+                                   help_text="Your teams (everyone, if you are in none), everyone, or only you. Admins see all.")
     placement = forms.ChoiceField(
         choices=[("next", "Next available device"), ("count", "A number of devices"), ("specific", "Specific devices")],
         initial="next", widget=forms.RadioSelect, label="Run on", required=False,
@@ -115,7 +118,7 @@ class ModelForm(forms.ModelForm):
     def __init__(self, *args: Any, user: User | AnonymousUser | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         dataset = cast(forms.ModelChoiceField, self.fields["dataset"])
-        dataset.queryset = dataset_usable_list()
+        dataset.queryset = dataset_usable_list().filter(visible_q(user, "job__")) if user is not None else dataset_usable_list()
         dataset.help_text = "A built dataset, or one still building (training waits for it)."
         # Django's per-field override of the option labels.
         dataset.label_from_instance = lambda d: (  # type: ignore[method-assign,assignment]

@@ -22,7 +22,8 @@ from workers.errors import JobError
 from workers.inference import ask
 from workers import protocol
 from workers.events import publish
-from workers.models import JobStatus, Priority
+from workers.models import JobStatus, Priority, Visibility
+from workers.permissions import can_view
 from workers.version import code_version
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
 
@@ -109,8 +110,14 @@ def model_create(
     group: str = "",
     notes: str = "",
     placement: Placement | None = None,
+    visibility: str = Visibility.TEAM,
     **params: Any,
 ) -> TrainedModel:
+    if not can_view(owner, dataset):
+        raise JobError("No such dataset: pick one of yours, your teams' or a public one.", field="dataset")
+    base = params.get("base_model")
+    if base is not None and not can_view(owner, base if isinstance(base, TrainedModel) else int(base)):
+        raise JobError("No such model to fine-tune from.", field="base_model")
     if dataset.job.status in (JobStatus.ERROR, JobStatus.ABORTED):
         raise JobError(
             f"Dataset {dataset.job.name!r} did not build ({dataset.job.status}); pick another dataset or rebuild it.",
@@ -126,7 +133,9 @@ def model_create(
         raise JobError(
             f"The batch size is split over the devices: {batch} is not a multiple of {placement.devices}.", field="batch_size"
         )
-    job = job_create(kind=MODEL_KIND, name=name, owner=owner, group=group, notes=notes, placement=placement)
+    job = job_create(
+        kind=MODEL_KIND, name=name, owner=owner, group=group, notes=notes, placement=placement, visibility=visibility
+    )
     model = TrainedModel.objects.create(job=job, dataset=dataset, **params)
     if model.base_model is not None:
         # Copy the weights: the fine-tune keeps working if the base model is deleted.
@@ -151,6 +160,7 @@ def model_clone_params(model: TrainedModel) -> dict[str, Any]:
         "multi_host": job.multi_host,
         "time_limit_hours": job.time_limit_seconds / 3600.0 if job.time_limit_seconds else None,
         "preemptible": job.preemptible,
+        "visibility": job.visibility,
     }
     return {"name": f"{job.name} (clone)", "dataset": model.dataset_id, "group": job.group, **values, **placement}
 
@@ -166,7 +176,7 @@ def model_rerun_exactly(owner: User, model: TrainedModel) -> TrainedModel:
                           multi_host=job.multi_host, time_limit_seconds=job.time_limit_seconds, preemptible=job.preemptible)
     return model_create(
         owner=owner, name=f"{job.name} (rerun)"[:200], dataset=model.dataset, group=job.group,
-        notes=f"An exact rerun of model #{model.pk}.", placement=placement,
+        notes=f"An exact rerun of model #{model.pk}.", placement=placement, visibility=job.visibility,
         **{f: getattr(model, f) for f in PARAM_FIELDS},
     )
 

@@ -106,7 +106,7 @@ class SweepListApi(generics.ListAPIView):
     serializer_class = SweepSerializer
 
     def get_queryset(self) -> QuerySet[Sweep]:
-        return sweep_list()
+        return sweep_list(self.request.user)
 
     @extend_schema(operation_id="sweeps_list")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

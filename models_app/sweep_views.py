@@ -16,7 +16,7 @@ from .sweeps import sweep_abort, sweep_advance, sweep_list, sweep_summary
 
 
 def sweep_list_view(request: HttpRequest) -> HttpResponse:
-    sweeps = list(sweep_list()[:200])
+    sweeps = list(sweep_list(request.user)[:200])
     return render(request, "models/sweeps.html", {"sweeps": [(s, sweep_summary(s)) for s in sweeps]})
 
 

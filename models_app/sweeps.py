@@ -29,6 +29,7 @@ from django.utils import timezone
 from datasets.models import Dataset
 from workers.errors import Conflict, JobError
 from workers.models import JobStatus
+from workers.permissions import AnyUser, shares_team_q
 from workers.services import Placement, job_abort
 from workers.transitions import job_transition
 
@@ -201,8 +202,16 @@ def should_prune(sweep: Sweep, trial: Trial, others: list[Trial]) -> bool:
 # -- creating and advancing ------------------------------------------------------------------
 
 
-def sweep_list() -> QuerySet[Sweep]:
-    return Sweep.objects.select_related("owner", "dataset", "dataset__job")
+def sweep_list(user: AnyUser | None = None) -> QuerySet[Sweep]:
+    """Sweeps (those `user` may see: their owner's teams', as a model of "team" visibility)."""
+    sweeps = Sweep.objects.select_related("owner", "dataset", "dataset__job")
+    if user is not None and not getattr(user, "is_staff", False):
+        sweeps = sweeps.filter(shares_team_q(user, "owner_id")) if user.is_authenticated else sweeps.none()
+    return sweeps
+
+
+def sweep_visible(user: AnyUser, pk: int) -> bool:
+    return sweep_list(user).filter(pk=pk).exists()
 
 
 def sweep_create(

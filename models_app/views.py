@@ -8,11 +8,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from datasets.selectors import dataset_list
-from workers.models import JobStatus, Priority
+from workers.models import JobStatus, Priority, Visibility
 from workers.scheduler import wait_reason
 from workers.selectors import job_devices
 from workers.errors import JobError
-from workers.permissions import can_modify, check_modify, current_user
+from workers.permissions import can_modify, check_modify, current_user, visible_q
 from workers.services import job_abort, job_update, placement_check
 
 from .compare import model_compare, parse_ids
@@ -41,6 +41,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         params, requested = form.split()
+        params["visibility"] = params.get("visibility") or Visibility.TEAM
         sweep = form.sweep()
         try:
             user = current_user(request.user)
@@ -70,19 +71,20 @@ LIST_PAGE_SIZE = 50
 def model_list_view(request: HttpRequest) -> HttpResponse:
     """Every model, a page at a time: search, filters, sorting by any column (best
     validation accuracy, duration, ...), bulk actions and "compare selected"."""
-    filters = ModelFilter(request.GET or None, queryset=model_list())
-    rows = filters.qs if filters.is_bound and filters.is_valid() else model_list()
+    visible = model_list().filter(visible_q(request.user, "job__"))
+    filters = ModelFilter(request.GET or None, queryset=visible)
+    rows = filters.qs if filters.is_bound and filters.is_valid() else visible
     page = Paginator(rows, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "models/list.html", {
         "filters": filters, "page": page, "networks": Network.choices, "statuses": JobStatus.choices,
-        "datasets": dataset_list().values_list("pk", "job__name")[:500],
+        "datasets": dataset_list().filter(visible_q(request.user, "job__")).values_list("pk", "job__name")[:500],
     })
 
 
 def model_compare_view(request: HttpRequest) -> HttpResponse:
     """`?ids=1,2,3`: the runs' curves overlaid, their parameters side by side."""
     try:
-        comparison = model_compare(parse_ids(request.GET.get("ids", "")))
+        comparison = model_compare(parse_ids(request.GET.get("ids", "")), request.user)
     except JobError as exc:
         messages.error(request, str(exc))
         return redirect("model_list")
@@ -124,12 +126,13 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             # Top-5 says nothing with 5 classes or fewer (it is always 100 %).
             "show_top5": model.dataset.num_classes > 5,
             "best_snapshot": max((s for s in snapshots if s.val_accuracy is not None), key=lambda s: s.val_accuracy or 0.0, default=None),
-            "evaluations": evaluation_list().filter(model=model).order_by("-job__created_at")[:20],
+            "evaluations": evaluation_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at")[:20],
             "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),
             "exports": [
                 (export, export_rows(export)) for export in export_list().filter(model=model).order_by("-job__created_at", "-pk")[:10]
             ],
             "can_modify": can_modify(request.user, model),
+            "visibilities": Visibility.choices,
             "queue": wait_reason(model.job),
             "placed": job_devices(model.job),
         },
@@ -198,7 +201,8 @@ def model_resume_view(request: HttpRequest, pk: int) -> HttpResponse:
 def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     model = _modifiable(request, pk)
     try:
-        job_update(model.job, name=request.POST.get("name"), group=request.POST.get("group"), notes=request.POST.get("notes"))
+        job_update(model.job, name=request.POST.get("name"), group=request.POST.get("group"), notes=request.POST.get("notes"),
+                   visibility=request.POST.get("visibility") or None)
     except JobError as exc:
         messages.error(request, f"Not saved: {exc}")
     else:

@@ -268,3 +268,25 @@ def test_cluster_console_steers_the_queue_and_devices(fake_devices, owner, teamm
     assert usage["owner"]["device_hours"] >= 2.0 and usage["owner"]["jobs"] >= 1
     page = admin.get("/cluster/").content.decode()
     assert "busy" in page and "2h 00m" in page
+
+
+def test_a_gang_that_did_not_start_backs_off_before_it_is_placed_again(fake_devices, owner, settings) -> None:
+    """Its devices were allocated but no worker started them within the rendezvous time:
+    the reaper requeues it, and it waits (30 s, doubled per interruption) before the
+    scheduler places it again, saying so, instead of retrying in a tight loop."""
+    dataset = make_dataset(owner)
+    device("gang", 0)
+    device("gang", 1)
+    job = queue(owner, dataset, "stuck", devices=2)
+    assert len(running(job)) == 2  # allocated; no worker serves these rows
+    Allocation.objects.filter(job=job).update(allocated_at=timezone.now() - timedelta(seconds=settings.RENDEZVOUS_SECONDS + 5))
+    assert reap() == 2
+    requeued = Job.objects.get(pk=job.pk)
+    assert requeued.status == JobStatus.QUEUED and requeued.interruptions == 1
+    wait = (requeued.not_before - timezone.now()).total_seconds()
+    assert settings.GANG_RETRY_SECONDS - 5 < wait <= settings.GANG_RETRY_SECONDS
+    assert "It is placed again in 30 s at the earliest." in requeued.events.order_by("-id").first().message
+    assert schedule_pass() == 0 and not running(job)
+    assert wait_reason(requeued)["reason"].startswith("Retrying at ")
+    Job.objects.filter(pk=job.pk).update(not_before=timezone.now() - timedelta(seconds=1))
+    assert schedule_pass() == 1 and len(running(job)) == 2

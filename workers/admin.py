@@ -2,7 +2,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from .models import AuditEntry, Allocation, Device, DeviceLimit, FairShareUsage, Job, TeamLimit
+from .models import AuditEntry, Allocation, Device, DeviceLimit, FairShareUsage, Job, TeamAdmin, TeamLimit
 
 
 @admin.register(Job)
@@ -69,3 +69,12 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(TeamAdmin)
+class TeamAdminAdmin(admin.ModelAdmin):
+    """Team admins may change their team members' jobs (teams: Authentication → Groups)."""
+
+    list_display = ["team", "user"]
+    list_filter = ["team"]
+    search_fields = ["user__username", "team__name"]

@@ -5,6 +5,7 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import FileResponse, Http404
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer, inline_serializer
 import django_filters
@@ -18,10 +19,10 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
 from . import kinds
-from .models import AuditEntry, Job, JobEvent, JobStatus, Priority
+from .models import AuditEntry, Job, JobEvent, JobStatus, Priority, Visibility
 from .errors import JobError
 from .listing import JobFilterSet, Pagination, job_ordering, job_prefetches
-from .permissions import IsStaff, current_user
+from .permissions import IsStaff, current_user, visible_q
 from .selectors import job_list
 
 
@@ -105,6 +106,7 @@ class JobEditSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     group = serializers.CharField(max_length=100, required=False, allow_blank=True)
     notes = serializers.CharField(required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False, help_text="Who may see it: private (you and admins), team (your teams; everyone if you are in none), public.")
 
 
 class QueuePlaceSerializer(serializers.Serializer):
@@ -130,7 +132,7 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "name", "group", "notes", "owner", "status", "progress", "eta_seconds", "error",
             "created_at", "started_at", "finished_at", "duration_seconds", "priority", "devices_requested",
-            "multi_host", "held", "time_limit_seconds", "preemptible", "stop_request", "queue", "devices", "timeline",
+            "multi_host", "held", "time_limit_seconds", "preemptible", "stop_request", "visibility", "queue", "devices", "timeline",
         ]
 
     def get_priority(self, job: Job) -> str:
@@ -175,6 +177,9 @@ class JobListApi(generics.ListAPIView):
     serializer_class = OutputSerializer
     filterset_class = JobFilter
     queryset = job_list()
+
+    def get_queryset(self) -> QuerySet[Job]:
+        return job_list().filter(visible_q(self.request.user))
 
 
 class JobBulkApi(APIView):

@@ -48,7 +48,11 @@ class AuditMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         action = target = ""
         if request.method in CHANGING:
-            action, target = _what(request)
+            try:
+                action, target = _what(request)
+            except Exception:  # whatever the request holds, the audit must not break it
+                log.exception("could not tell what %s %s does", request.method, request.path)
+                action, target = "unreadable request", ""
         response = self.get_response(request)
         user = getattr(request, "user", None)
         if action and user is not None and user.is_authenticated:
@@ -98,9 +102,11 @@ def _bulk_target(request: HttpRequest) -> str:
     ids: list[str] = []
     if request.content_type == "application/json":
         try:
-            ids = [str(i) for i in json.loads(request.body or b"{}").get("ids", [])][:50]
-        except (ValueError, AttributeError):
-            ids = []
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            payload = {}
+        found = payload.get("ids") if isinstance(payload, dict) else None
+        ids = [str(i) for i in found][:50] if isinstance(found, list) else []
     else:
         ids = request.POST.getlist("ids")[:50]
     return "jobs " + ", ".join(f"#{i}" for i in ids) if ids else ""

@@ -89,7 +89,8 @@ def reap() -> int:
     ).select_related("device")
     for allocation in stuck:
         allocation_interrupt(
-            allocation, f"The worker of {allocation.device.label} did not start it within {settings.RENDEZVOUS_SECONDS:.0f} s"
+            allocation, f"The worker of {allocation.device.label} did not start it within {settings.RENDEZVOUS_SECONDS:.0f} s",
+            backoff=True,
         )
         count += 1
     return count

@@ -47,6 +47,14 @@ class StopReason(models.TextChoices):
     PREEMPT = "preempt", "Preempted"
 
 
+class Visibility(models.TextChoices):
+    """Who may see a job (and its dataset or model): the owner and admins always."""
+
+    PRIVATE = "private", "Only me"
+    TEAM = "team", "My teams"  # an owner in no team shares with everyone, as before teams existed
+    PUBLIC = "public", "Everyone"
+
+
 class Priority(models.IntegerChoices):
     """Queue priority: higher first, first come first served within one. Users pick low or
     normal; admins may set any."""
@@ -69,6 +77,7 @@ class Job(models.Model):
     group = models.CharField(max_length=100, blank=True, default="")
     notes = models.TextField(blank=True, default="")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.TEAM)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.INITIALIZED)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -109,6 +118,9 @@ class Job(models.Model):
     rendezvous = models.CharField(max_length=200, blank=True, default="")
     # Automatic requeues after a lost worker; bounded so a broken job cannot loop forever.
     interruptions = models.PositiveIntegerField(default=0)
+    # After a gang start that failed (its ranks did not all start), it is not placed again
+    # before this time: a backoff, so a bad device or host is not retried in a tight loop.
+    not_before = models.DateTimeField(null=True, blank=True)
     # The process running a device-less job (a dataset build), so a redelivered task can
     # tell a live run from one whose process was killed.
     runner_host = models.CharField(max_length=200, blank=True, default="")
@@ -347,3 +359,16 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username}: {self.action} {self.target} ({self.status})"
+
+
+class TeamAdmin(models.Model):
+    """A team's admin: may change (abort, delete, edit) the jobs of the team's members."""
+
+    team = models.ForeignKey("auth.Group", on_delete=models.CASCADE, related_name="admins")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_admin_of")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_admin_row_per_team_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} administers {self.team}"

@@ -97,7 +97,7 @@ def join(allocation: Allocation) -> Job | None:
         if current.status == JobStatus.RUNNING and current.rendezvous:
             return current
         time.sleep(0.1)
-    allocation_interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s")
+    allocation_interrupt(allocation, f"Rank 0 did not start within {settings.RENDEZVOUS_SECONDS:.0f} s", backoff=True)
     return None
 
 

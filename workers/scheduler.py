@@ -343,6 +343,7 @@ def waiting_jobs(blocked: dict[int, kinds.Blocked], per_user: int | None) -> dic
     """The jobs a pass may start (not held, not blocked), each with whether it may span
     hosts; at most the first `per_user` of each user's queue."""
     queue = queued_jobs().filter(held=False).exclude(pk__in=list(blocked))  # blocked: they take nothing meanwhile
+    queue = queue.exclude(not_before__gt=timezone.now())  # backing off after a failed gang start
     if per_user is not None:
         order = [F("priority").desc(), F("queue_position").asc(), F("id").asc()]
         queue = queue.annotate(n=Window(RowNumber(), partition_by=[F("owner_id")], order_by=order)).filter(n__lte=per_user)
@@ -540,6 +541,11 @@ def wait_reason(job: Job, view: QueueView | None = None) -> dict[str, object]:
     refusal = view.quotas.refusal(job.owner_id, need)
     if job.held:
         reason = "Held by an admin: it keeps its place but does not start until released."
+    elif job.not_before and job.not_before > timezone.now():
+        reason = (
+            f"Retrying at {timezone.localtime(job.not_before):%H:%M:%S}: its ranks did not all start last time "
+            f"(interrupted {job.interruptions} time{'s' if job.interruptions != 1 else ''}); {jobs_ahead}."
+        )
     elif blocked is not None:
         reason = blocked.reason
     elif len(usable) < need and not wanted:

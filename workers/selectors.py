@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .models import Allocation, Device, DeviceLimit, Job, JobStatus, TeamLimit
+from .permissions import AnyUser, visible_q
 
 
 def job_list(*, kind: str | None = None, status: str | None = None, group: str | None = None) -> QuerySet[Job]:
@@ -27,10 +28,11 @@ def job_list(*, kind: str | None = None, status: str | None = None, group: str |
 CONSOLE_ACTIVE, CONSOLE_FINISHED = 100, 50
 
 
-def job_console(group: str | None = None) -> dict[str, object]:
+def job_console(user: AnyUser, group: str | None = None) -> dict[str, object]:
     """Running (and waiting) jobs first, then the latest finished ones; newest first in
-    each. With a group, only that group's jobs. The lists pages have the rest."""
-    jobs = job_list(group=group)
+    each; those `user` may see. With a group, only that group's jobs. The lists pages
+    have the rest."""
+    jobs = job_list(group=group).filter(visible_q(user))
     active = jobs.filter(status__in=JobStatus.active())
     return {
         "group": group or "",

@@ -3,6 +3,8 @@ of any kind, and steer the GPU queue. Status changes themselves go through
 `transitions.job_transition`; what a kind does on each is its own hook (kinds.py)."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import logging
 import shutil
 import time
@@ -18,7 +20,7 @@ from django.utils import timezone
 
 from . import kinds
 from .events import publish
-from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority, TeamLimit
+from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority, TeamLimit, Visibility
 from .permissions import can_modify
 from .scheduler import queued_jobs, schedule_on_commit, user_limit
 from .transitions import JobError, job_transition
@@ -29,13 +31,20 @@ log = logging.getLogger(__name__)
 RUN_TASK = "workers.tasks.job_run_task"
 
 
+def visibility_check(visibility: str) -> str:
+    if visibility not in Visibility.values:
+        raise JobError(f"Visibility is one of {', '.join(Visibility.values)}.", field="visibility")
+    return visibility
+
+
 def job_create(
-    *, kind: str, name: str, owner: User, group: str = "", notes: str = "", placement: Placement | None = None
+    *, kind: str, name: str, owner: User, group: str = "", notes: str = "", placement: Placement | None = None,
+    visibility: str = Visibility.TEAM,
 ) -> Job:
     kinds.get(kind)  # an unknown kind is a programming error: fail before writing anything
-    fields: dict[str, object] = {}
+    fields: dict[str, object] = {"visibility": visibility_check(visibility)}
     if placement is not None:
-        fields = {
+        fields |= {
             "devices_requested": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host,
             "time_limit_seconds": placement.time_limit_seconds, "preemptible": placement.preemptible,
         }
@@ -164,12 +173,13 @@ def job_resume(job: Job) -> str:
     return message
 
 
-def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
+def job_interrupt(job_id: int, attempt: int | None, reason: str, *, backoff: bool = False) -> bool:
     """The run of a job was lost (worker or process killed, host rebooted, peers gone):
     release every device of that attempt and requeue the job, keeping its place in the
     queue, to resume from its last checkpoint (the kind's `rewind` drops what was recorded
     after it, so charts continue without duplicates). `attempt` None: a device-less job.
-    False: that run was already over."""
+    `backoff`: its ranks did not all start; it waits GANG_RETRY_SECONDS, doubled for each
+    interruption so far, before it may be placed again. False: that run was already over."""
     with transaction.atomic():
         rows = Job.objects.select_for_update().filter(pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
         if attempt is not None:
@@ -190,10 +200,14 @@ def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
             transaction.on_commit(lambda: kind.cleanup(job))
             return True
         then = kind.rewind(job_id)
+        also: dict[str, object] = {"interruptions": F("interruptions") + 1, "runner_pid": None, "runner_host": ""}
+        if backoff:
+            wait = min(settings.GANG_RETRY_SECONDS * 2**job.interruptions, 3600.0)
+            also["not_before"] = timezone.now() + timedelta(seconds=wait)
+            then += f" It is placed again in {wait:.0f} s at the earliest."
         requeued = job_transition(
             job_id, JobStatus.QUEUED, from_=[JobStatus.QUEUED, JobStatus.RUNNING],
-            where={} if attempt is None else {"attempt": attempt},
-            also={"interruptions": F("interruptions") + 1, "runner_pid": None, "runner_host": ""},
+            where={} if attempt is None else {"attempt": attempt}, also=also,
             message=f"Interrupted: {reason}. {then}",
         )
         if requeued and kind.uses_devices:
@@ -204,7 +218,7 @@ def job_interrupt(job_id: int, attempt: int | None, reason: str) -> bool:
 
 
 def allocation_interrupt(
-    allocation: Allocation, reason: str, outcome: AllocationOutcome = AllocationOutcome.LOST
+    allocation: Allocation, reason: str, outcome: AllocationOutcome = AllocationOutcome.LOST, *, backoff: bool = False
 ) -> bool:
     """A rank was lost: release it, and requeue its job if this attempt is still the job's.
 
@@ -218,7 +232,7 @@ def allocation_interrupt(
     )
     if not released or allocation.job_id is None:
         return False
-    return job_interrupt(allocation.job_id, allocation.attempt, reason)
+    return job_interrupt(allocation.job_id, allocation.attempt, reason, backoff=backoff)
 
 
 def job_abort(job: Job) -> None:
@@ -227,8 +241,11 @@ def job_abort(job: Job) -> None:
     job_transition(job.pk, JobStatus.ABORTED, from_=JobStatus.active(), message="Aborted by the user.")
 
 
-def job_update(job: Job, *, name: str | None = None, group: str | None = None, notes: str | None = None) -> Job:
-    """Edit what a person may change at any time: the name, the group and the notes."""
+def job_update(
+    job: Job, *, name: str | None = None, group: str | None = None, notes: str | None = None, visibility: str | None = None,
+) -> Job:
+    """Edit what a person may change at any time: the name, the group, the notes and who
+    may see it."""
     if name is not None:
         if not name.strip():
             raise JobError("The name cannot be empty.", field="name")
@@ -237,7 +254,9 @@ def job_update(job: Job, *, name: str | None = None, group: str | None = None, n
         job.group = group.strip()[:100]
     if notes is not None:
         job.notes = notes
-    job.save(update_fields=["name", "group", "notes"])
+    if visibility is not None:
+        job.visibility = visibility_check(visibility)
+    job.save(update_fields=["name", "group", "notes", "visibility"])
     publish(job.pk, {"type": "updated", "name": job.name, "group": job.group}, broadcast=True)
     return job
 

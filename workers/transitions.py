@@ -36,7 +36,7 @@ def job_transition(
     now = timezone.now()
     fields: dict[str, object] = {"status": to}
     if to == JobStatus.RUNNING:
-        fields.update(started_at=now, finished_at=None, error="", stop_request="", stop_requested_at=None, preempted_for=None)
+        fields.update(not_before=None, started_at=now, finished_at=None, error="", stop_request="", stop_requested_at=None, preempted_for=None)
     if to in JobStatus.finished():
         fields.update(finished_at=now, eta_seconds=None, stop_request="", stop_requested_at=None, preempted_for=None)
     if to == JobStatus.ERROR:
