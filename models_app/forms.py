@@ -150,6 +150,10 @@ class ModelForm(forms.ModelForm):
         from workers.selectors import device_board
 
         board = {row["device"].pk: row for row in device_board()}
+        running = [row["allocation"].job_id for row in board.values() if row["allocation"] is not None]
+        from workers.models import Job
+
+        shown = set(Job.objects.filter(visible_q(user), pk__in=running).values_list("pk", flat=True)) if user else set()
         field = cast(forms.ModelMultipleChoiceField, self.fields["device_ids"])
         field.queryset = Device.objects.all()
 
@@ -158,7 +162,8 @@ class ModelForm(forms.ModelForm):
             allocation = row.get("allocation")
             state = "offline" if not device.online else ("drained" if not device.enabled else "free")
             if allocation is not None and allocation.job is not None:
-                state = f"running {allocation.job.name!r} ({allocation.owner.username})"
+                name = repr(allocation.job.name) if allocation.job_id in shown else "a job not shared with you"
+                state = f"running {name} ({allocation.owner.username})"
             asked = len(row.get("asked", []))
             waiting = f"; {asked} queued job{'s' if asked != 1 else ''} asked for it" if asked else ""
             return f"{device.label}: {device.name}, {state}{waiting}"

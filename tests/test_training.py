@@ -445,3 +445,30 @@ def test_the_spec_is_typed_and_refuses_unknown_fields(tmp_path):
         assert cli(["--spec", str(path)]) == 1
     error = json.loads(out.getvalue().splitlines()[-1])
     assert error["event"] == "error" and "unknown spec field(s): learnig_rate" in error["message"]
+
+
+def test_a_full_disk_while_snapshotting_says_so_and_keeps_the_previous_snapshot(shapes3, tmp_path):
+    """A real full disk (the CI machines run as root, so a tmpfs can be mounted): the run's
+    folder on a 6 MiB tmpfs holds the first snapshots of LeNet but not all of them. The run fails with what to do, the snapshots written before
+    are intact and loadable, and no half-written file is left."""
+    out = tmp_path / "small"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(out)], check=True)
+    try:
+        spec = make_spec(shapes3, out, epochs=8)
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        proc = subprocess.run(
+            [sys.executable, "-m", "models_app.training.train", "--spec", str(tmp_path / "spec.json")],
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=300,
+        )
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        errors = [e["message"] for e in events if e["event"] == "error"]
+        assert proc.returncode == 1 and errors, proc.stderr[-2000:]
+        assert "The disk may be full: free some space, then resume the model from its last snapshot." in errors[-1]
+        written = [e["filename"] for e in events if e["event"] == "snapshot"]
+        assert written and sorted(p.name for p in out.glob("*.pt")) == sorted(written)
+        assert not list(out.glob("*.tmp"))
+        state = torch.load(out / written[-1], weights_only=False)
+        assert state["iteration"] == max(e["iteration"] for e in events if e["event"] == "snapshot")
+    finally:
+        subprocess.run(["umount", str(out)], check=True)

@@ -119,3 +119,13 @@ def test_changes_need_the_owner_a_team_admin_or_a_site_admin(people, models) -> 
     assert refused.status_code == 400 and "dataset" in refused.json()["errors"]
     fine = token_client(people["teammate"]).post("/api/models/", {"name": "y", "dataset": dataset_id, "epochs": 1}, format="json")
     assert fine.status_code == 201, fine.content
+
+
+def test_the_shared_queue_does_not_give_away_the_names_of_private_jobs(people, models) -> None:
+    dataset = make_dataset(people["owner"], name="for-the-queue")
+    secret = make_model(people["owner"], dataset, name="secret-run", status="queued")
+    Job.objects.filter(pk=secret.pk).update(visibility="private")
+    names = {role: [r["name"] for r in token_client(user).get("/api/queue/").json()["results"] if r["job"] == secret.pk]
+             for role, user in people.items()}
+    assert names["owner"] == names["admin"] == ["secret-run"]
+    assert names["teammate"] == names["outsider"] == ["(not shared with you)"]

@@ -1,6 +1,8 @@
 """Shared REST pieces: job output fields, the error handler, the console listing."""
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -233,13 +235,19 @@ class JobLogApi(APIView):
 # -- devices and the queue -------------------------------------------------------------
 
 
-def _device_row(row: dict[str, Any]) -> dict[str, Any]:
+HIDDEN_NAME = "(not shared with you)"
+
+
+def _device_row(row: dict[str, Any], visible: set[int] | None = None) -> dict[str, Any]:
+    """One device; the name of a job `user` may not see is not given (`visible`: the
+    visible job ids among those on devices; None: all)."""
     d, a = row["device"], row["allocation"]
+    name = a.job_name if a is not None and (visible is None or a.job_id in visible) else HIDDEN_NAME
     return {
         "id": d.pk, "label": d.label, "host": d.host, "kind": d.kind, "index": d.index, "uuid": d.uuid, "name": d.name,
         "memory_total": d.memory_total, "enabled": d.enabled, "state": row["state"], "last_seen": d.last_seen,
         "stats": row["stats"],
-        "job": {"id": a.job_id, "name": a.job_name, "owner": a.owner.username, "rank": a.rank, "world_size": a.world_size}
+        "job": {"id": a.job_id, "name": name, "owner": a.owner.username, "rank": a.rank, "world_size": a.world_size}
         if a is not None else None,
         "queued_for_it": [j.pk for j in row["asked"]],
     }
@@ -297,7 +305,10 @@ class DeviceListApi(APIView):
     def get(self, request: Request) -> Response:
         from .selectors import device_board
 
-        return paginated(self, [_device_row(row) for row in device_board()], DeviceSerializer)
+        board = device_board()
+        ids = [row["allocation"].job_id for row in board if row["allocation"] is not None]
+        visible = set(Job.objects.filter(visible_q(request.user), pk__in=ids).values_list("pk", flat=True))
+        return paginated(self, [_device_row(row, visible) for row in board], DeviceSerializer)
 
 
 class DeviceDetailApi(APIView):
@@ -337,7 +348,7 @@ class QueuedJobSerializer(serializers.Serializer):
 
 class QueueApi(APIView):
     """The training queue in order: position, job, owner, priority, devices, held, how long
-    it has waited and why."""
+    it has waited and why (the names of jobs not shared with you are not given)."""
 
     pagination_class = Pagination  # read by `paginated` and by the schema
 
@@ -345,14 +356,16 @@ class QueueApi(APIView):
     def get(self, request: Request) -> Response:
         from .selectors import queue_summary
 
+        summary = queue_summary()
+        visible = set(Job.objects.filter(visible_q(request.user), pk__in=[r["job"].pk for r in summary]).values_list("pk", flat=True))
         rows = [
             {
-                "position": n, "job": r["job"].pk, "name": r["job"].name, "owner": r["job"].owner.username,
+                "position": n, "job": r["job"].pk, "name": r["job"].name if r["job"].pk in visible else HIDDEN_NAME, "owner": r["job"].owner.username,
                 "priority": Priority(r["job"].priority).name.lower(), "devices": r["job"].devices_requested,
                 "held": r["job"].held, "waited_seconds": round(r["waited"], 1), "reason": r["reason"],
                 "estimated_start": r["estimated_start"],
             }
-            for n, r in enumerate(queue_summary(), start=1)
+            for n, r in enumerate(summary, start=1)
         ]
         return paginated(self, rows, QueuedJobSerializer)
 
@@ -503,11 +516,18 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 class AuditFilter(django_filters.FilterSet):
     username = django_filters.CharFilter(help_text="Only this user's actions.")
     action = django_filters.CharFilter(lookup_expr="icontains", help_text="Words of the action, e.g. deleted.")
-    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    since = django_filters.IsoDateTimeFilter(method="filter_since", help_text="Only actions at or after this time (ISO 8601).")
 
     class Meta:
         model = AuditEntry
         fields = ["username", "action", "since"]
+
+    def filter_since(self, queryset: QuerySet[AuditEntry], name: str, value: datetime) -> QuerySet[AuditEntry]:
+        # In UTC here: an offset the database does not take (beyond ±15:59) would fail there.
+        try:
+            return queryset.filter(at__gte=value.astimezone(dt_timezone.utc))
+        except (OverflowError, ValueError):
+            raise serializers.ValidationError({"since": ["Give a time between the years 1 and 9999."]}) from None
 
 
 class AuditListApi(generics.ListAPIView):

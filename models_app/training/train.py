@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -123,9 +125,25 @@ def reduce_sum(values: list[float], device: torch.device, world_size: int) -> li
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a snapshot whole or not at all: a reader never sees half of one, and a failed
+    write (a full disk) leaves no partial file behind. torch.save reports a failed write
+    as a RuntimeError ("file write failed"): raised here as the OSError it is."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a reader never sees half a snapshot
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        # Told apart while the partial file still takes its room: a full disk has none left.
+        full = isinstance(exc, RuntimeError) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
+        raise
+
+
+# Free space under which a failed torch.save is taken for a full disk (it reports one as a
+# RuntimeError such as "unexpected pos", not as ENOSPC).
+FULL_DISK_BYTES = 1024 * 1024
 
 
 def cpu_copy(value: Any) -> Any:
