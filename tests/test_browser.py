@@ -535,3 +535,53 @@ def test_the_model_page_marks_the_best_epoch_and_stays_true(live_url, page, owne
     assert "learning rate 10" in page.locator("#job-error").inner_text()
     assert page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length") == 10  # its curve up to the failure
     _keep(page, "model-best-epoch")
+
+
+def test_the_queue_explains_itself_and_a_model_sets_its_limit_preemption_and_visibility(
+    fake_devices, live_url, page, owner, admin_user
+):
+    """From the model form: a time limit, preemptible, private. The job page says all
+    three, its place in the queue and when it should start (the running job's ETA); the
+    console shows the same estimate. No worker serves the device: it stays queued."""
+    from django.utils import timezone
+
+    from tests.test_scheduler import device, queue, running
+    from workers.models import Job
+
+    dataset = make_dataset(owner, name="queue-data")
+    past = make_model(owner, dataset, name="past", epochs=2)
+    now = timezone.now()
+    Job.objects.filter(pk=past.pk).update(started_at=now - timezone.timedelta(seconds=400), finished_at=now - timezone.timedelta(seconds=100))
+    device("b", 0)
+    first = queue(owner, dataset, "first")
+    assert running(first)
+    Job.objects.filter(pk=first.pk).update(eta_seconds=600)
+
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/new/?dataset={dataset.pk}")
+    page.fill("input[name=name]", "waiting")
+    page.fill("input[name=epochs]", "2")
+    page.fill("input[name=time_limit_hours]", "0.5")
+    page.check("input[name=preemptible]")
+    page.select_option("select[name=visibility]", "private")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_url}/models/*/")
+    waiting = Job.objects.get(name="waiting")
+    assert (waiting.visibility, waiting.preemptible, waiting.time_limit_seconds) == ("private", True, 1800.0)
+    assert page.locator("#queue-position").inner_text() == "#1 in the queue"
+    assert page.locator("#queue-start").inner_text().startswith("expected to start in ~")  # about 10 minutes
+    assert page.locator("#job-visibility").inner_text() == "private"
+    header = page.locator("#queue-reason").inner_text()
+    assert "preemptible" in header and "stops after 30m 00s" in header
+    _keep(page, "model-queued")
+
+    page.context.clear_cookies()  # log in as an admin
+    _login(page, live_url, "boss")
+    page.goto(f"{live_url}/cluster/")
+    row = page.locator(f"#queue tr[data-job='{waiting.pk}']")
+    assert row.locator(".expected-start").inner_text().startswith("in ~") and "preemptible" in row.inner_text()
+    assert "Limits and fair share" in page.content()
+    page.click("#audit-link")
+    page.wait_for_url(f"{live_url}/cluster/audit/")
+    assert page.locator("#audit").count() == 1
+    _keep(page, "cluster-queue")
