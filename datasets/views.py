@@ -41,7 +41,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
     initial = {}
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
-        initial = dataset_clone_params(get_object_or_404(dataset_list(), pk=int(clone_of)))
+        initial = dataset_clone_params(get_object_or_404(dataset_list().filter(visible_q(request.user, "job__")), pk=int(clone_of)))
     form = DatasetForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -74,7 +74,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "job": dataset.job,
             "can_modify": modifiable,
             "edit_form": edit_form if modifiable else None,
-            "models": dataset.models.select_related("job").order_by("-job__created_at")[:20],
+            "models": dataset.models.filter(visible_q(request.user, "job__")).select_related("job").order_by("-job__created_at")[:20],
         },
     )
 

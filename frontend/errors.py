@@ -31,5 +31,6 @@ def back_to_form(request: HttpRequest, message: str, status: int) -> HttpRespons
     if page is None or not hasattr(request, "_messages"):
         return None
     log.warning("Refused (%s): %s %s: %s", status, request.method, request.path, message)
+    request.audit_status = status  # type: ignore[attr-defined]  # read by workers/audit.py
     messages.error(request, message)
     return HttpResponseRedirect(page)

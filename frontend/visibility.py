@@ -36,7 +36,16 @@ def url_object_visible(user: AnyUser, url_name: str, kwargs: dict[str, Any]) -> 
         from models_app.sweeps import sweep_visible  # (not at import: see above)
 
         return sweep_visible(user, pk)
-    return can_view(user, pk)
+    if not can_view(user, pk):
+        return False
+    if url_name.startswith(("evaluation_", "api_evaluation", "export_", "api_export")):
+        # Made by anyone who could see the model: seen only by who still can see the model too.
+        from models_app.models import Evaluation, Export
+
+        rows = Evaluation.objects if "evaluation" in url_name else Export.objects
+        model_id = rows.filter(pk=pk).values_list("model_id", flat=True).first()
+        return model_id is None or can_view(user, model_id)
+    return True
 
 
 class VisibilityMiddleware:

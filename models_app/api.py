@@ -181,6 +181,7 @@ class ModelImportApi(APIView):
         mean_subtraction = serializers.ChoiceField(choices=MeanSubtraction.choices, default=MeanSubtraction.IMAGE)
         group = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
         notes = serializers.CharField(required=False, allow_blank=True, default="")
+        visibility = serializers.ChoiceField(choices=Visibility.choices, required=False, default=Visibility.TEAM)
 
     @extend_schema(
         request={"multipart/form-data": extend_schema_serializer(component_name="ModelImportRequest")(InputSerializer)},

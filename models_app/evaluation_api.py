@@ -238,6 +238,7 @@ class EvaluationCompareApi(APIView):
         for name, value in ids.items():
             if value is None:
                 raise JobError(f"Give the id of evaluation {name}.", field=name)
-        a = get_object_or_404(evaluation_list(), pk=ids["a"])
-        b = get_object_or_404(evaluation_list(), pk=ids["b"])
+        visible = evaluation_list().filter(visible_q(request.user, "job__"), visible_q(request.user, "model__job__"))
+        a = get_object_or_404(visible, pk=ids["a"])
+        b = get_object_or_404(visible, pk=ids["b"])
         return Response(evaluation_compare(a, b))

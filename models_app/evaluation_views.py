@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from workers.errors import JobError
-from workers.permissions import can_modify, check_modify, current_user
+from workers.permissions import can_modify, check_modify, current_user, visible_q
 from workers.services import job_abort, job_delete
 
 from .evaluation_api import image_url
@@ -124,12 +124,13 @@ def evaluation_remove(request: HttpRequest, pk: int) -> HttpResponse:
 
 def evaluation_compare_view(request: HttpRequest) -> HttpResponse:
     """`?a=ID&b=ID`: two evaluations side by side; without them, a form to pick them."""
-    choices = evaluation_list().filter(job__status="done").order_by("-job__created_at")[:200]
+    visible = evaluation_list().filter(visible_q(request.user, "job__"), visible_q(request.user, "model__job__"))
+    choices = visible.filter(job__status="done").order_by("-job__created_at")[:200]
     context: dict[str, object] = {"choices": choices}
     a, b = request.GET.get("a", ""), request.GET.get("b", "")
     if a.isdigit() and b.isdigit():
-        first = get_object_or_404(evaluation_list(), pk=int(a))
-        second = get_object_or_404(evaluation_list(), pk=int(b))
+        first = get_object_or_404(visible, pk=int(a))
+        second = get_object_or_404(visible, pk=int(b))
         try:
             comparison = evaluation_compare(first, second)
         except JobError as exc:

@@ -327,6 +327,7 @@ class ImportForm(forms.Form):
     dataset = forms.ModelChoiceField(
         queryset=dataset_usable_list(), help_text="The model's classes and image size must match it: it gives the labels, mean and preprocessing.",
     )
+    visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.TEAM, required=False, label="Who may see it")
     file = forms.FileField(
         label="Model file",
         help_text="An archive downloaded from a model's page (.tar.gz, .zip), or a PyTorch state dict (.pt, .pth).",
@@ -338,8 +339,11 @@ class ImportForm(forms.Form):
     group = forms.CharField(max_length=100, required=False)
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User | AnonymousUser | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if user is not None:  # only the datasets this user may see
+            dataset = cast(forms.ModelChoiceField, self.fields["dataset"])
+            dataset.queryset = dataset_usable_list().filter(visible_q(user, "job__"))
         cast(forms.ChoiceField, self.fields["network"]).choices = [("", "— (from the archive)")] + [
             (value, label) for value, label in Network.choices if value != Network.CUSTOM
         ]

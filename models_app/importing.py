@@ -25,7 +25,8 @@ from django.db import transaction
 from datasets.models import Dataset
 from datasets.sources import SourceError, extract_archive
 from workers.errors import JobError
-from workers.models import JobStatus
+from workers.models import JobStatus, Visibility
+from workers.permissions import can_view
 from workers.services import job_create, job_delete
 from workers.transitions import job_transition
 
@@ -111,7 +112,10 @@ def model_import(
     mean_subtraction: str = MeanSubtraction.IMAGE,
     group: str = "",
     notes: str = "",
+    visibility: str = Visibility.TEAM,
 ) -> TrainedModel:
+    if not can_view(owner, dataset):
+        raise JobError("No such dataset: pick one of yours, your teams' or a public one.", field="dataset")
     filename = (file.name or "").replace("\\", "/").rsplit("/", 1)[-1]
     suffix = _suffix(filename)
     if not suffix:
@@ -127,7 +131,7 @@ def model_import(
         raise JobError("Name the network these weights belong to.", field="network")
 
     with transaction.atomic():
-        job = job_create(kind=MODEL_KIND, name=name, owner=owner, group=group, notes=notes)
+        job = job_create(kind=MODEL_KIND, name=name, owner=owner, group=group, notes=notes, visibility=visibility)
         model = TrainedModel.objects.create(
             job=job, dataset=dataset, network=Network.LENET, imported_from=filename[:300], epochs=0.01,
         )

@@ -25,7 +25,7 @@ from workers.events import publish
 from workers.models import JobStatus, Priority, Visibility
 from workers.permissions import can_view
 from workers.version import code_version
-from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume
+from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume, time_limit_check
 
 from .models import MODEL_KIND, Evaluation, Export, LrPolicy, Metric, Network, Snapshot, TrainedModel
 from .networks import check_input
@@ -173,7 +173,9 @@ def model_rerun_exactly(owner: User, model: TrainedModel) -> TrainedModel:
     job = model.job
     placement = Placement(devices=job.devices_requested, device_ids=tuple(job.requested_devices.values_list("pk", flat=True)),
                           priority=job.priority if job.priority in Priority.for_users() or owner.is_staff else Priority.NORMAL,
-                          multi_host=job.multi_host, time_limit_seconds=job.time_limit_seconds, preemptible=job.preemptible)
+                          multi_host=job.multi_host, preemptible=job.preemptible,
+                          # The limit as this user may have it (the default now, or at most theirs).
+                          time_limit_seconds=time_limit_check(owner, job.time_limit_seconds / 3600 if job.time_limit_seconds else None))
     return model_create(
         owner=owner, name=f"{job.name} (rerun)"[:200], dataset=model.dataset, group=job.group,
         notes=f"An exact rerun of model #{model.pk}.", placement=placement, visibility=job.visibility,

@@ -29,7 +29,7 @@ from django.utils import timezone
 from datasets.models import Dataset
 from workers.errors import Conflict, JobError
 from workers.models import JobStatus
-from workers.permissions import AnyUser, shares_team_q
+from workers.permissions import AnyUser, can_view, shares_team_q
 from workers.services import Placement, job_abort
 from workers.transitions import job_transition
 
@@ -223,6 +223,10 @@ def sweep_create(
     start the first trials."""
     if mode not in SweepMode.values:
         raise JobError(f"mode must be one of {', '.join(SweepMode.values)}.", field="mode")
+    if not can_view(owner, dataset):
+        raise JobError("No such dataset: pick one of yours, your teams' or a public one.", field="dataset")
+    # Trials are shared like their sweep (with the owner's teams): the sweep page shows them all.
+    base = {k: v for k, v in base.items() if k != "visibility"}
     space = parse_space(space, mode)
     overlap = sorted(set(space) & set(base))
     if overlap:
@@ -242,7 +246,8 @@ def sweep_create(
     placement = placement or Placement()
     sweep = Sweep.objects.create(
         owner=owner, name=name, group=group or f"sweep: {name}"[:100], dataset=dataset, mode=mode, space=space, base=base,
-        placement={"devices": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host},
+        placement={"devices": placement.devices, "priority": placement.priority, "multi_host": placement.multi_host,
+                   "time_limit_seconds": placement.time_limit_seconds, "preemptible": placement.preemptible},
         metric=metric, max_trials=max_trials, max_concurrent=max_concurrent, pruner=pruner, seed=seed,
     )
     sweep_advance(sweep.pk)
@@ -307,7 +312,9 @@ def sweep_advance(sweep_id: int) -> None:
 
 def _start_trial(sweep: Sweep, number: int, params: dict[str, Any]) -> Trial:
     placement = Placement(devices=sweep.placement.get("devices", 1), priority=sweep.placement.get("priority", 1),
-                          multi_host=sweep.placement.get("multi_host", False))
+                          multi_host=sweep.placement.get("multi_host", False),
+                          time_limit_seconds=sweep.placement.get("time_limit_seconds"),
+                          preemptible=sweep.placement.get("preemptible", False))
     described = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     try:
         with transaction.atomic():

@@ -31,7 +31,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
     initial: dict = {}
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
-        initial = model_clone_params(get_object_or_404(model_list(), pk=int(clone_of)))
+        initial = model_clone_params(get_object_or_404(model_list().filter(visible_q(request.user, "job__")), pk=int(clone_of)))
         initial["priority"] = Priority[initial["priority"].upper()]
         initial["placement"] = "specific" if initial["device_ids"] else ("count" if initial["devices"] > 1 else "next")
     elif request.GET.get("dataset"):
@@ -93,10 +93,10 @@ def model_compare_view(request: HttpRequest) -> HttpResponse:
 
 def model_import_view(request: HttpRequest) -> HttpResponse:
     """Import a model trained elsewhere; a refused upload re-shows the form with the reason."""
-    form = ImportForm(request.POST or None, request.FILES or None, initial={"dataset": request.GET.get("dataset")})
+    form = ImportForm(request.POST or None, request.FILES or None, initial={"dataset": request.GET.get("dataset")}, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            model = model_import(owner=current_user(request.user), **form.cleaned_data)
+            model = model_import(owner=current_user(request.user), **{**form.cleaned_data, "visibility": form.cleaned_data["visibility"] or Visibility.TEAM})
         except JobError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
@@ -129,7 +129,8 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "evaluations": evaluation_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at")[:20],
             "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),
             "exports": [
-                (export, export_rows(export)) for export in export_list().filter(model=model).order_by("-job__created_at", "-pk")[:10]
+                (export, export_rows(export))
+                for export in export_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at", "-pk")[:10]
             ],
             "can_modify": can_modify(request.user, model),
             "visibilities": Visibility.choices,

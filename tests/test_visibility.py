@@ -129,3 +129,20 @@ def test_the_shared_queue_does_not_give_away_the_names_of_private_jobs(people, m
              for role, user in people.items()}
     assert names["owner"] == names["admin"] == ["secret-run"]
     assert names["teammate"] == names["outsider"] == ["(not shared with you)"]
+
+
+def test_ids_in_query_strings_and_bodies_are_checked_too(people, models) -> None:
+    """Clone (?clone=), bulk actions (ids in the body) and sweeps (a dataset id) see only
+    what the user may see, as the object's own pages do."""
+    private = models["private"]
+    teammate = page_client(people["teammate"])
+    assert teammate.get(f"/models/new/?clone={private}").status_code == 404
+    assert page_client(people["owner"]).get(f"/models/new/?clone={private}").status_code == 200
+    bulk = token_client(people["team_admin"]).post("/api/jobs/bulk/", {"ids": [private], "action": "abort"}, format="json")
+    assert bulk.status_code == 200 and bulk.json()["skipped"] == [{"id": private, "reason": "no such job"}]
+    dataset_id = Job.objects.get(name="vision-data").pk
+    Job.objects.filter(pk=dataset_id).update(visibility="private")
+    sweep = token_client(people["outsider"]).post("/api/sweeps/", {
+        "name": "s", "dataset": dataset_id, "space": {"learning_rate": {"values": [0.1, 0.01]}}, "max_trials": 2,
+    }, format="json")
+    assert sweep.status_code == 400 and "dataset" in sweep.json()["errors"], sweep.content

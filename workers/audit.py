@@ -30,6 +30,7 @@ AUDITED: dict[str, str] = {
     "cluster_limit": "set a user's limits", "api_user_limit": "set a user's limits",
     "cluster_team_limit": "set a team's quota", "api_team_limit": "set a team's quota",
     "profile_token": "replaced their API token",
+    "dataset_edit": "edited a dataset", "model_edit": "edited a model",
 }
 # The API's object endpoints: what a DELETE, PATCH or PUT does to which kind of object.
 OBJECTS: dict[str, str] = {
@@ -59,7 +60,8 @@ class AuditMiddleware:
             try:
                 AuditEntry.objects.create(
                     user=user, username=user.get_username(), action=action, target=target[:300], method=request.method or "",
-                    path=request.path[:500], status=response.status_code, address=request.META.get("REMOTE_ADDR", "")[:64],
+                    # A refusal shown back on the form's page is a redirect, but a refusal.
+                    path=request.path[:500], status=getattr(request, "audit_status", response.status_code), address=request.META.get("REMOTE_ADDR", "")[:64],
                 )
             except Exception:  # the action is done: a failed audit write is logged, never turned into an error page
                 log.exception("could not record the audit entry of %s %s", request.method, request.path)

@@ -32,8 +32,16 @@ def _send(groups: list[str], payload: dict[str, Any]) -> None:
             log.warning("could not publish event to %s", group, exc_info=True)
 
 
+# What the console's group gets of an event: every logged-in user listens there, so no
+# name, message or error of a job they may not see (the page reloads what it shows).
+BROADCAST_FIELDS = ("job", "type", "status")
+
+
 def publish(job_id: int, payload: dict[str, Any], *, broadcast: bool = False) -> None:
-    """Send `payload` to the job's group (and the console group) once the transaction commits."""
-    groups = [job_group(job_id)] + ([JOBS_GROUP] if broadcast else [])
+    """Send `payload` to the job's group (whose members may see the job), and its bare
+    outline (BROADCAST_FIELDS) to the console's group, once the transaction commits."""
     payload = {"job": job_id, **payload}
-    transaction.on_commit(lambda: _send(groups, payload))
+    outline = {k: v for k, v in payload.items() if k in BROADCAST_FIELDS}
+    transaction.on_commit(lambda: _send([job_group(job_id)], payload))
+    if broadcast:
+        transaction.on_commit(lambda: _send([JOBS_GROUP], outline))

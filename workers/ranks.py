@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from . import kinds, zygote
@@ -107,12 +108,14 @@ def _after_stop(allocation: Allocation, job: Job, result: ChildResult, reporter:
     Rank 0 waits for the other ranks to give their devices back, then a timed-out job
     becomes "timed out" (resumable), a preempted one is requeued at its place to resume
     by itself; the other ranks only end."""
-    preempted = result.stop_reason == StopReason.PREEMPT
+    # Why, from the job's row: another rank's runner may have seen the request first (the
+    # ranks agree to stop together), and a preemption may have won over a time limit.
+    asked, note = Job.objects.filter(pk=job.pk).values_list("stop_request", "stop_note").first() or ("", "")
+    preempted = (asked or result.stop_reason) == StopReason.PREEMPT
     outcome = AllocationOutcome.PREEMPTED if preempted else AllocationOutcome.TIMED_OUT
     if not reporter:
         return outcome
     kind = kinds.get(job.kind)
-    note = Job.objects.filter(pk=job.pk).values_list("stop_note", flat=True).first() or ""
     _wait_for_peers(allocation)
     release(allocation, outcome)
     attempt = {"attempt": allocation.attempt}
@@ -121,13 +124,15 @@ def _after_stop(allocation: Allocation, job: Job, result: ChildResult, reporter:
         if result.stop_killed else "it stopped at a snapshot of its last step"
     )
     if preempted:
-        then = kind.rewind(job.pk)
-        if job_transition(
-            job.pk, JobStatus.QUEUED, from_=[JobStatus.RUNNING], where=attempt,
-            also={"runner_pid": None, "runner_host": ""},
-            message=f"Preempted {note}: {how}. {then}".replace("  ", " "),
-        ):
-            schedule_on_commit()
+        with transaction.atomic():  # as job_interrupt: the rewind and the requeue of this attempt, or neither
+            if Job.objects.select_for_update().filter(pk=job.pk, status=JobStatus.RUNNING, **attempt).exists():
+                then = kind.rewind(job.pk)
+                if job_transition(
+                    job.pk, JobStatus.QUEUED, from_=[JobStatus.RUNNING], where=attempt,
+                    also={"runner_pid": None, "runner_host": ""},
+                    message=f"Preempted {note}: {how}. {then}".replace("  ", " "),
+                ):
+                    schedule_on_commit()
     else:
         limit = duration_words(job.time_limit_seconds or 0.0)
         job_transition(
@@ -230,7 +235,7 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
         zygote_socket=_zygote_socket(allocation),
         time_limit=job.time_limit_seconds if reporter and kind.stoppable else None,
     )
-    if result.stop_reason and (result.stopped_early or result.stop_killed):
+    if result.stopped_early or result.stop_killed:
         return _after_stop(allocation, job, result, reporter)
     if result.stopped:
         # Stopped because the job moved on: rank 0 finished it (this rank was ending too),

@@ -248,7 +248,7 @@ def _place_all(blocked: dict[int, kinds.Blocked], free: list[Device]) -> int:
     rows = waiting_jobs(blocked, per_user)
     making_room = preempting_for()
     started, free, exhausted = _place(rows, free, quotas, wanted, making_room)
-    if exhausted and free and max(Counter(w.owner_id for w, _ in rows.values()).values(), default=0) >= per_user:
+    if exhausted and free and max(Counter(w.owner_id for w, _, _ in rows.values()).values(), default=0) >= per_user:
         more, free, _ = _place(waiting_jobs(blocked, None), free, quotas, wanted, making_room)
         started += more
     return started
@@ -271,7 +271,7 @@ def preempt_pass() -> int:
         return 0
     blocked = blocked_jobs()
     waiting = [
-        (w, multi_host) for w, multi_host in waiting_jobs(blocked, 64).values() if w.priority > lowest
+        (w, multi_host) for w, multi_host, _ in waiting_jobs(blocked, 64).values() if w.priority > lowest
     ]
     if not waiting:
         return 0
@@ -304,6 +304,8 @@ def preempt(waiting: list[tuple[Waiting, bool]], quotas: Quotas) -> int:
         key=lambda row: (row[1], -(row[2].timestamp() if row[2] else 0.0)),
     )
     names = {pk: (name, owner) for pk, *_, name, owner in running}
+    wanted = requested_devices()  # jobs that asked for given devices wait for those: no preemption for them
+    waiting = [(w, multi_host) for w, multi_host in waiting if w.pk not in wanted]
     jobs = {w.pk: (w, multi_host) for w, multi_host in waiting}
     order = fair_queue([w for w, _ in waiting], quotas.team_of)
     asked = 0
@@ -322,6 +324,8 @@ def preempt(waiting: list[tuple[Waiting, bool]], quotas: Quotas) -> int:
             chosen = pick_devices(pool + [d for v in victims for d in held[v]], w.need, multi_host)
         if chosen is None:
             continue  # even all the lower-priority preemptible jobs would not make room
+        taken = {d.pk for d in chosen}
+        victims = [v for v in victims if any(d.pk in taken for d in held[v])]  # only those whose devices it takes
         if victims:
             owner = Job.objects.filter(pk=w.pk).values_list("owner__username", flat=True).first() or "?"
             note = f"by job #{w.pk} ({Priority(w.priority).label.lower()} priority, {owner})"
@@ -332,35 +336,36 @@ def preempt(waiting: list[tuple[Waiting, bool]], quotas: Quotas) -> int:
                     log.info("scheduler: preempting job %s (%s of %s) %s", pk, *names[pk], note)
             candidates = [c for c in candidates if c[0] not in victims]
             pool += [d for v in victims for d in held[v]]
-        taken = {d.pk for d in chosen}
         pool = [d for d in pool if d.pk not in taken]
         quotas.take(w.owner_id, w.need)
         order.charge(w, w.need * fairshare.START_CHARGE_HOURS)
     return asked
 
 
-def waiting_jobs(blocked: dict[int, kinds.Blocked], per_user: int | None) -> dict[int, tuple[Waiting, bool]]:
+def waiting_jobs(blocked: dict[int, kinds.Blocked], per_user: int | None) -> dict[int, tuple[Waiting, bool, datetime]]:
     """The jobs a pass may start (not held, not blocked), each with whether it may span
-    hosts; at most the first `per_user` of each user's queue."""
+    hosts and since when it waits; at most the first `per_user` of each user's queue."""
     queue = queued_jobs().filter(held=False).exclude(pk__in=list(blocked))  # blocked: they take nothing meanwhile
     queue = queue.exclude(not_before__gt=timezone.now())  # backing off after a failed gang start
     if per_user is not None:
         order = [F("priority").desc(), F("queue_position").asc(), F("id").asc()]
         queue = queue.annotate(n=Window(RowNumber(), partition_by=[F("owner_id")], order_by=order)).filter(n__lte=per_user)
-    fields = ("pk", "owner_id", "priority", "queue_position", "devices_requested", "multi_host")
+    fields = ("pk", "owner_id", "priority", "queue_position", "devices_requested", "multi_host", "since")
     return {
-        pk: (Waiting(pk, owner_id, priority, position, need), multi_host)
-        for pk, owner_id, priority, position, need, multi_host in queue.values_list(*fields)
+        pk: (Waiting(pk, owner_id, priority, position, need), multi_host, since)
+        for pk, owner_id, priority, position, need, multi_host, since in queue.annotate(
+            since=Coalesce("queued_at", "created_at")
+        ).values_list(*fields)
     }
 
 
 def _place(
-    rows: dict[int, tuple[Waiting, bool]], free: list[Device], quotas: Quotas, wanted: dict[int, list[int]],
+    rows: dict[int, tuple[Waiting, bool, datetime]], free: list[Device], quotas: Quotas, wanted: dict[int, list[int]],
     making_room: set[int],
 ) -> tuple[int, list[Device], bool]:
     """Start what fits, in fair-share order. Returns the jobs started, the devices still
     free, and whether every row was tried (False: stopped by a job that waited too long)."""
-    order = fair_queue([w for w, _ in rows.values()], quotas.team_of)
+    order = fair_queue([w for w, _, _ in rows.values()], quotas.team_of)
     now = timezone.now()
     started = 0
     while free:
@@ -377,8 +382,7 @@ def _place(
         if chosen is None:
             if waiting.pk in making_room:
                 return started, free, False  # jobs are stopping to make room for it: keep what they free for it
-            since = Job.objects.filter(pk=waiting.pk).values_list(Coalesce("queued_at", "created_at"), flat=True).get()
-            if (now - since).total_seconds() > settings.SCHEDULER_BACKFILL_SECONDS:
+            if (now - rows[waiting.pk][2]).total_seconds() > settings.SCHEDULER_BACKFILL_SECONDS:
                 return started, free, False  # it has waited long enough: nothing behind it may take its devices
             continue
         if _dispatch(waiting.pk, chosen):

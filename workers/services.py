@@ -21,7 +21,7 @@ from django.utils import timezone
 from . import kinds
 from .events import publish
 from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority, TeamLimit, Visibility
-from .permissions import can_modify
+from .permissions import can_modify, visible_q
 from .scheduler import queued_jobs, schedule_on_commit, user_limit
 from .transitions import JobError, job_transition
 
@@ -291,7 +291,8 @@ def jobs_bulk(user: User, job_ids: Iterable[int], action: str, *, group: str = "
     ids = list(dict.fromkeys(int(i) for i in job_ids))
     if not ids:
         raise JobError("Select at least one job.", field="ids")
-    jobs = {job.pk: job for job in Job.objects.filter(pk__in=ids)}
+    # Jobs the user may not see are "no such job", as everywhere else.
+    jobs = {job.pk: job for job in Job.objects.filter(visible_q(user), pk__in=ids)}
     done: list[int] = []
     skipped: list[dict[str, object]] = []
     for job_id in ids:

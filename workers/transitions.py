@@ -36,15 +36,24 @@ def job_transition(
     now = timezone.now()
     fields: dict[str, object] = {"status": to}
     if to == JobStatus.RUNNING:
-        fields.update(not_before=None, started_at=now, finished_at=None, error="", stop_request="", stop_requested_at=None, preempted_for=None)
+        fields.update(
+            not_before=None, started_at=now, finished_at=None, error="", stop_request="", stop_requested_at=None,
+            preempted_for=None, stop_note="",
+        )
     if to in JobStatus.finished():
-        fields.update(finished_at=now, eta_seconds=None, stop_request="", stop_requested_at=None, preempted_for=None)
+        fields.update(
+            finished_at=now, eta_seconds=None, stop_request="", stop_requested_at=None, preempted_for=None, not_before=None
+        )
     if to == JobStatus.ERROR:
         fields["error"] = message
     if to == JobStatus.DONE:
         fields["progress"] = 1.0
     if to == JobStatus.QUEUED:
-        fields.update(queued_at=now, dispatched_at=None, rendezvous="", stop_request="", stop_requested_at=None, preempted_for=None)
+        # (an interruption's backoff sets not_before again, in `also`)
+        fields.update(
+            queued_at=now, dispatched_at=None, rendezvous="", stop_request="", stop_requested_at=None, preempted_for=None,
+            not_before=None,
+        )
     fields.update(also or {})
     with transaction.atomic():
         updated = Job.objects.filter(pk=job_id, status__in=allowed, **(where or {})).update(**fields)

@@ -555,8 +555,7 @@ class Trainer:
         self.wait_for_snapshots()
         epoch = round(self.plan.epoch_of(it), 4)
         log.info("stopping at iteration %d (epoch %.2f) as the worker asked; the snapshot there is kept", it, epoch)
-        if self.report:
-            emit(protocol.Stopped(iteration=it, epoch=epoch))
+        emit(protocol.Stopped(iteration=it, epoch=epoch))  # every rank: each one's worker must know it stopped early
 
     def _log_validation(self, iteration: int, metrics: dict[str, float]) -> None:
         """One line per validation in job.log, as torchvision's MetricLogger prints it."""
