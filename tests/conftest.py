@@ -48,6 +48,9 @@ def subprocess_env(db_name: str) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "digits_site.settings_test",
         "DATABASE_URL": url,
+        # One key for every process of the session (as `serve` writes it for `make run`):
+        # sessions stay valid when a web server is restarted.
+        "SECRET_KEY": settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
@@ -217,26 +220,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class WebServer:
+    """The real ASGI server (daphne, websockets included) on the test database, on one
+    port: tests may stop it and start it again (a restarted web process)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = subprocess_env(settings.DATABASES["default"]["NAME"])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "digits_site.asgi:application"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "daphne did not start"
+                time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+
 @pytest.fixture
-def live_url(transactional_db) -> Iterator[str]:
-    """The real ASGI server (daphne, websockets included) on the test database."""
-    port = free_port()
-    env = subprocess_env(settings.DATABASES["default"]["NAME"])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "digits_site.asgi:application"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "daphne did not start"
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+def web_server(transactional_db) -> Iterator[WebServer]:
+    server = WebServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_url(web_server: WebServer) -> str:
+    return web_server.url
 
 
 @pytest.fixture

@@ -585,3 +585,39 @@ def test_the_queue_explains_itself_and_a_model_sets_its_limit_preemption_and_vis
     page.wait_for_url(f"{live_url}/cluster/audit/")
     assert page.locator("#audit").count() == 1
     _keep(page, "cluster-queue")
+
+
+def test_a_killed_web_process_leaves_training_alone_and_the_page_catches_up(
+    celery_worker_process, web_server, page, owner, shapes_folder
+):
+    """kill -9 of the web server while a model trains: the job goes on (it lives in the
+    workers), and once the web server is back the open page reconnects by itself and shows
+    the points stored meanwhile, with nothing missing."""
+    import signal
+
+    from tests.conftest import token_client, wait_for_status
+    from tests.test_distributed import submit, wait_until
+
+    live_url = web_server.url
+    api = token_client(owner)
+    response = api.post("/api/datasets/", {"name": "web-down", "folder": str(shapes_folder), "val_percent": 20}, format="json")
+    dataset_id = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
+    model_id = submit(api, dataset_id, name="through-a-restart", epochs=150, snapshot_interval=50, val_interval=50)
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/{model_id}/")
+    page.wait_for_function("document.body.dataset.live === 'connected'", timeout=60_000)
+    page.wait_for_function("Chart.getChart('loss-chart').data.datasets[0].data.length > 10", timeout=60_000)
+    web_server.stop(signal.SIGKILL)
+    page.wait_for_function("document.body.dataset.live === 'disconnected'", timeout=30_000)
+    before = Metric.objects.filter(model_id=model_id, name="train_loss").count()
+    wait_until(lambda: Metric.objects.filter(model_id=model_id, name="train_loss").count() > before + 30, 60,
+               "training to go on without the web server")
+    web_server.start()
+    page.wait_for_function("document.body.dataset.live === 'connected'", timeout=60_000)  # reconnected, and reloaded
+    page.wait_for_function("document.body.dataset.chartsReady === '1'", timeout=60_000)
+    shown = page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length")
+    assert shown > before + 30
+    done = wait_for_status(api, f"/api/models/{model_id}/", {"done", "error"}, timeout=300)
+    assert done["job"]["status"] == "done", done["job"]
+    iterations = sorted(Metric.objects.filter(model_id=model_id, name="train_loss").values_list("iteration", flat=True))
+    assert iterations == list(range(1, 150 * 15 + 1))
