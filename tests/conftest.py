@@ -245,9 +245,15 @@ class WebServer:
                 time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGTERM: daphne waits for open websockets to close; after 5 s they are
+        cut, as a process manager would)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(10)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 @pytest.fixture

@@ -621,3 +621,21 @@ def test_a_killed_web_process_leaves_training_alone_and_the_page_catches_up(
     assert done["job"]["status"] == "done", done["job"]
     iterations = sorted(Metric.objects.filter(model_id=model_id, name="train_loss").values_list("iteration", flat=True))
     assert iterations == list(range(1, 150 * 15 + 1))
+
+
+def test_a_page_whose_session_ended_says_so_instead_of_going_quiet(web_server, page, owner):
+    """Logged out everywhere (the sessions deleted) while a job page is open, and the web
+    server restarted: the page cannot reconnect, and says why, with a way back."""
+    from django.contrib.sessions.models import Session
+
+    dataset = make_dataset(owner, name="session-data")
+    model = make_model(owner, dataset, name="followed")
+    _login(page, web_server.url)
+    page.goto(f"{web_server.url}/models/{model.pk}/")
+    page.wait_for_function("document.body.dataset.live === 'connected'")
+    Session.objects.all().delete()
+    web_server.stop()
+    web_server.start()
+    page.wait_for_selector("#logged-out", timeout=60_000)
+    assert "You are logged out" in page.locator("#logged-out").inner_text()
+    assert page.locator("#logged-out a").get_attribute("href") == f"/accounts/login/?next=%2Fmodels%2F{model.pk}%2F"

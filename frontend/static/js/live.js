@@ -15,6 +15,28 @@
 
   // onReconnect: after a lost connection; onFirstOpen: once subscribed the first time
   // (what happened between the page's render and then was not pushed: catch up).
+  // A websocket that cannot reconnect says nothing of why. When the session has ended
+  // (logged out elsewhere, expired), say so once, with the way back, instead of leaving a
+  // page that silently stopped updating.
+  let sessionChecked = 0;
+  function checkSession() {
+    if (document.getElementById("logged-out") || Date.now() - sessionChecked < 5000) return;
+    sessionChecked = Date.now();
+    fetch("/api/jobs/?page_size=1", { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) {
+        if (r.status !== 401 && r.status !== 403) return;
+        const box = document.createElement("div");
+        box.id = "logged-out";
+        box.className = "flash error";
+        const link = document.createElement("a");
+        link.href = "/accounts/login/?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+        link.textContent = "Log in again";
+        box.append("You are logged out, so this page no longer updates. ", link, " to follow it live.");
+        (document.querySelector("main") || document.body).prepend(box);
+      })
+      .catch(function () { /* the server is down: the reconnects go on */ });
+  }
+
   function connect(path, onMessage, onReconnect, onFirstOpen) {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     let delay = 1000;
@@ -32,6 +54,7 @@
       socket.onclose = function (event) {
         document.body.dataset.live = "disconnected";
         if (event.code >= 4400) return;  // not allowed or gone: do not retry
+        if (opened) checkSession();  // refused again and again after a restart: logged out?
         setTimeout(open, delay);
         delay = Math.min(delay * 2, 15000);
       };
