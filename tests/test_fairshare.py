@@ -198,6 +198,16 @@ def test_admins_set_quotas_and_see_fair_share_on_the_console_and_the_api(owner, 
     assert (limit.max_devices, limit.max_device_hours_per_week) == (2, None)
     assert api.put(f"/api/users/{teammate.pk}/device-limit/", {"max_devices": None}, format="json").status_code == 204
     assert not DeviceLimit.objects.filter(user=teammate).exists()
+    # A run's time limit per user, on the console: kept while the other two go back to the defaults.
+    admin.post(f"/cluster/limits/{teammate.pk}/", {"max_devices": "", "max_device_hours_per_week": "", "max_job_hours": "2"})
+    limit = DeviceLimit.objects.get(user=teammate)
+    assert (limit.max_devices, limit.max_device_hours_per_week, limit.max_job_hours) == (None, None, 2.0)
+    from workers.errors import JobError
+    from workers.services import placement_check
+
+    assert placement_check(teammate).time_limit_seconds == 7200.0  # their default now
+    with pytest.raises(JobError, match="at most 2 h"):
+        placement_check(teammate, time_limit_hours=3)
     bad = api.put(f"/api/teams/{team.pk}/limit/", {"max_device_hours_per_week": -1}, format="json")
     assert bad.status_code == 400 and "max_device_hours_per_week" in bad.json()["errors"]
     assert api.put(f"/api/teams/{team.pk}/limit/", {"max_devices": 0}, format="json").status_code == 204

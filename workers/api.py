@@ -461,7 +461,8 @@ class UsageApi(APIView):
 
 class UserLimitApi(APIView):
     """Admins: a user's limits, replaced as a whole: `{"max_devices": N,
-    "max_device_hours_per_week": H}` (0: no limit; null or left out: the site's default)."""
+    "max_device_hours_per_week": H, "max_job_hours": T}` (0: no limit; null or left out:
+    the site's default)."""
 
     permission_classes = [IsAuthenticated, IsStaff]
 
@@ -469,6 +470,10 @@ class UserLimitApi(APIView):
     class InputSerializer(serializers.Serializer):
         max_devices = serializers.IntegerField(min_value=0, max_value=10000, allow_null=True)
         max_device_hours_per_week = serializers.FloatField(min_value=0, max_value=1e8, allow_null=True, required=False, default=None)
+        max_job_hours = serializers.FloatField(
+            min_value=0, max_value=24 * 365, allow_null=True, required=False, default=None,
+            help_text="A run's default time limit, and the most this user may set; 0: none.",
+        )
 
     @extend_schema(request=InputSerializer, responses={204: None})
     def put(self, request: Request, user_id: int) -> Response:
@@ -479,7 +484,10 @@ class UserLimitApi(APIView):
         user = get_object_or_404(get_user_model(), pk=user_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user_limit_set(user, data.validated_data["max_devices"], data.validated_data["max_device_hours_per_week"])
+        user_limit_set(
+            user, data.validated_data["max_devices"], data.validated_data["max_device_hours_per_week"],
+            data.validated_data["max_job_hours"],
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

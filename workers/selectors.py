@@ -133,7 +133,10 @@ def user_limits() -> list[dict[str, Any]]:
     from . import fairshare
     from .scheduler import devices_in_use_by_user
 
-    overrides = {u: (d, h) for u, d, h in DeviceLimit.objects.values_list("user_id", "max_devices", "max_device_hours_per_week")}
+    overrides = {
+        u: (d, h, j)
+        for u, d, h, j in DeviceLimit.objects.values_list("user_id", "max_devices", "max_device_hours_per_week", "max_job_hours")
+    }
     in_use = devices_in_use_by_user()
     weekly = fairshare.weekly_device_hours()
     decayed = fairshare.usage_hours()
@@ -141,7 +144,7 @@ def user_limits() -> list[dict[str, Any]]:
     names = dict(Group.objects.filter(pk__in=set(team_of.values())).values_list("pk", "name"))
     rows = []
     for user in get_user_model().objects.filter(is_active=True).order_by("username"):
-        devices, hours = overrides.get(user.pk, (None, None))
+        devices, hours, job_hours = overrides.get(user.pk, (None, None, None))
         rows.append({
             "user": user,
             "team": names.get(team_of.get(user.pk, -1), ""),
@@ -149,6 +152,8 @@ def user_limits() -> list[dict[str, Any]]:
             "override": devices is not None,
             "hours_limit": settings.USER_DEVICE_HOURS_PER_WEEK if hours is None else hours,
             "hours_override": hours is not None,
+            "job_hours": settings.JOB_TIME_LIMIT_HOURS if job_hours is None else job_hours,
+            "job_hours_override": job_hours is not None,
             "in_use": in_use[user.pk],
             "week_hours": weekly.get(user.pk, 0.0),
             "fair_share_hours": decayed.get(user.pk, 0.0),

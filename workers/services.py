@@ -373,19 +373,24 @@ def device_set_enabled(device: Device, enabled: bool) -> None:
     schedule_on_commit()
 
 
-def user_limit_set(user: User, max_devices: int | None, max_device_hours_per_week: float | None = None) -> None:
-    """Set a user's device limit and weekly device-hours quota (0: no limit; None: the
-    site's default). Both None: the defaults again."""
+def user_limit_set(
+    user: User, max_devices: int | None, max_device_hours_per_week: float | None = None, max_job_hours: float | None = None,
+) -> None:
+    """Set a user's limits, all three at once: devices held at once, device-hours in any 7
+    days, and the time limit of one run (0: no limit; None: the site's default). All None:
+    the defaults again."""
     if max_devices is not None and max_devices < 0:
         raise JobError("A device limit is 0 (no limit) or more devices.", field="max_devices")
     if max_device_hours_per_week is not None and not 0 <= max_device_hours_per_week < 1e9:
         raise JobError("A weekly quota is 0 (no limit) or more device-hours.", field="max_device_hours_per_week")
-    if max_devices is None and max_device_hours_per_week is None:
+    if max_job_hours is not None and not 0 <= max_job_hours <= 24 * 365:
+        raise JobError("A run's time limit is 0 (none) or up to a year of hours.", field="max_job_hours")
+    if max_devices is None and max_device_hours_per_week is None and max_job_hours is None:
         DeviceLimit.objects.filter(user=user).delete()
     else:
-        DeviceLimit.objects.update_or_create(
-            user=user, defaults={"max_devices": max_devices, "max_device_hours_per_week": max_device_hours_per_week}
-        )
+        DeviceLimit.objects.update_or_create(user=user, defaults={
+            "max_devices": max_devices, "max_device_hours_per_week": max_device_hours_per_week, "max_job_hours": max_job_hours,
+        })
     schedule_on_commit()
 
 

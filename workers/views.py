@@ -109,6 +109,7 @@ def cluster_limit(request: HttpRequest, user_id: int) -> HttpResponse:
             user,
             cast(int | None, _number(request.POST.get("max_devices", ""), int)),
             _number(request.POST.get("max_device_hours_per_week", ""), float),
+            _number(request.POST.get("max_job_hours", ""), float),
         )
     except JobError as exc:
         messages.error(request, f"{user.username}: {exc}")
