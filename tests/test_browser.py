@@ -581,10 +581,11 @@ def test_the_queue_explains_itself_and_a_model_sets_its_limit_preemption_and_vis
     row = page.locator(f"#queue tr[data-job='{waiting.pk}']")
     assert row.locator(".expected-start").inner_text().startswith("in ~") and "preemptible" in row.inner_text()
     assert "Limits and fair share" in page.content()
+    _keep(page, "cluster-queue")
     page.click("#audit-link")
     page.wait_for_url(f"{live_url}/cluster/audit/")
-    assert page.locator("#audit").count() == 1
-    _keep(page, "cluster-queue")
+    assert page.locator("#audit").count() == 1 and page.locator("#nav-cluster").is_visible()  # the menu is there
+    _keep(page, "audit")
 
 
 def test_a_killed_web_process_leaves_training_alone_and_the_page_catches_up(

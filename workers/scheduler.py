@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import redis
@@ -490,8 +490,7 @@ class QueueView:
                 free_at[pk] = now + timedelta(seconds=float(etas[pk] or 0.0))
         durations = self._durations()
         wanted = requested_devices()
-        quotas = Quotas(self.quotas.device_limits, self.quotas.hour_limits, self.quotas.team_limits, self.quotas.team_of,
-                        Counter(self.quotas.in_use), self.quotas.weekly)
+        quotas = replace(self.quotas, in_use=Counter(self.quotas.in_use))  # the replay takes devices on a copy
         starts: dict[int, datetime] = {}
         for pk in self.order:
             waiting = self.jobs[pk][1]

@@ -130,7 +130,8 @@ def cluster_audit(request: HttpRequest) -> HttpResponse:
     if request.GET.get("action"):
         entries = entries.filter(action__icontains=request.GET["action"])
     page = Paginator(entries, 100).get_page(request.GET.get("page"))
-    return render(request, "cluster/audit.html", {"page": page, "user": request.GET.get("user", ""),
+    # "who", not "user": that name is the signed-in user's in every template (the menu).
+    return render(request, "cluster/audit.html", {"page": page, "who": request.GET.get("user", ""),
                                                   "action": request.GET.get("action", "")})
 
 
