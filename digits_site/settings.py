@@ -35,7 +35,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Where datasets, job folders, the SQLite database and generated secrets live.
 DATA_DIR = Path(env.str("DIGITS_DATA_DIR", default=str(BASE_DIR / "data"))).expanduser().resolve()
-JOBS_DIR = DATA_DIR / "jobs"
+# Job folders (datasets' LMDB databases, snapshots, logs, exports): on several hosts, one
+# shared file system mounted at the same path everywhere; the rest of DATA_DIR is per host.
+JOBS_DIR = Path(env.str("DIGITS_JOBS_DIR", default=str(DATA_DIR / "jobs"))).expanduser().resolve()
 # Server folders that datasets may be read from; nothing outside them is ever opened.
 DATA_ROOTS: list[Path] = env_paths("DIGITS_DATA_ROOTS", str(DATA_DIR / "images"))
 
@@ -233,6 +235,9 @@ JOB_TIME_LIMIT_HOURS = env.float("DIGITS_JOB_TIME_LIMIT_HOURS", default=0)
 # A job asked to stop (time limit, preemption) snapshots at its next step; one that has
 # not stopped this long after the request is killed (and resumes from its last snapshot).
 STOP_GRACE_SECONDS = env.float("DIGITS_STOP_GRACE_SECONDS", default=60)
+# Workers ride out a database outage this long (a running job keeps training, its points
+# kept in memory until they can be stored); longer, and the run fails.
+DB_OUTAGE_SECONDS = env.float("DIGITS_DB_OUTAGE_SECONDS", default=600)
 # Fair share (workers/fairshare.py): past device use counts half as much this many days later.
 FAIR_SHARE_HALF_LIFE_DAYS = env.float("DIGITS_FAIR_SHARE_HALF_LIFE_DAYS", default=7)
 # Smaller jobs may start ahead of a blocked larger one (backfill) until it has waited this
@@ -266,6 +271,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis restarting must not end a run: its task goes on (the run's state is in Postgres,
+# its events reach the database without Redis), rather than being cancelled to be
+# redelivered, which Celery plans to make the default.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Training can take days; the visibility timeout must outlast the longest task or
 # Redis redelivers it (the claim makes a redelivery harmless, but it costs a worker).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}

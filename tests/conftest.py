@@ -35,6 +35,8 @@ def _end_subprocess_connections(django_db_setup, django_db_blocker) -> Iterator[
     """Workers and web servers started by tests may hold connections for a moment after
     they exit; end them so the test database can be dropped cleanly."""
     yield
+    if settings.DATABASES["default"]["NAME"] == os.environ["DATABASE_URL"].rsplit("/", 1)[1].split("?")[0]:
+        return  # only tests without the database ran: there is no test database
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -60,17 +62,21 @@ class Cluster:
     """Real Celery workers on the test database and broker: one for dataset builds, one for
     inference requests and one pinned to each CPU device (DIGITS_DEVICE=cpu:N), as
     `manage.py serve` starts them.
-    Tests may kill a device worker (kill -9) and start it again."""
+    Tests may kill a device worker (kill -9) and start it again.
+    `prefix` runs each worker through a command (e.g. `ip netns exec NAME ...`: a worker on
+    another host); `log_dir` holds the workers' logs (default: the test data folder)."""
 
     DEVICES = 2
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, prefix: list[str] | None = None, log_dir: Path | None = None) -> None:
         self.env = env
+        self.prefix = prefix or []
+        self.log_dir = log_dir or Path(settings.DATA_DIR)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
     def start(self, name: str, *, device: str | None = None, queues: str | None = None, extra_env: dict[str, str] | None = None) -> None:
-        log_path = Path(settings.DATA_DIR) / f"celery-{name}.log"
+        log_path = self.log_dir / f"celery-{name}.log"
         env = {**self.env, **(extra_env or {})}
         cmd = [sys.executable, "-m", "celery", "-A", "digits_site", "worker", "--loglevel", "INFO",
                "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
@@ -86,7 +92,7 @@ class Cluster:
             log.write(f"--- start {name}\n")
             offset = log.tell()
             self.procs[name] = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [*self.prefix, *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.logs[name] = log_path
         deadline = time.monotonic() + 60
@@ -224,13 +230,14 @@ class WebServer:
     """The real ASGI server (daphne, websockets included) on the test database, on one
     port: tests may stop it and start it again (a restarted web process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.extra_env = extra_env or {}
 
     def start(self) -> None:
-        env = subprocess_env(settings.DATABASES["default"]["NAME"])
+        env = {**subprocess_env(settings.DATABASES["default"]["NAME"]), **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "digits_site.asgi:application"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import logging
 import threading
+import time
 from typing import Any
 
 import psutil
@@ -107,12 +108,25 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         psutil.cpu_percent(interval=None)  # the first reading is meaningless
+        # This worker's last heartbeat that reached the database, and since when they have
+        # reached it without a gap that could make a live device look dead.
+        last_ok: float | None = None
+        steady_since = 0.0
+        failing = False
         while not self.stopping.wait(settings.DEVICE_HEARTBEAT_SECONDS):
             try:
                 close_old_connections()
                 if heartbeat(self.device_id, self.info) is None:
                     self.device_id = register(self.info, self.worker).pk
-                reap()
+                now = time.monotonic()
+                if last_ok is None or now - last_ok > settings.DEVICE_DEAD_SECONDS:
+                    # After a database outage (or this process being stopped or starved),
+                    # every device's last heartbeat is old, the live ones' too: reap only
+                    # once they have all had the time to heartbeat again.
+                    steady_since = now
+                last_ok = now
+                if now - steady_since >= settings.DEVICE_DEAD_SECONDS:
+                    reap()
                 # A rank whose pool process was killed (its message may never come back).
                 for pk in Allocation.objects.filter(
                     device_id=self.device_id, released_at__isnull=True, started_at__isnull=False
@@ -121,7 +135,13 @@ class Heartbeat(threading.Thread):
                 if queued_jobs().filter(held=False).exists():
                     schedule()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the heartbeat
-                log.warning("device heartbeat failed; retrying", exc_info=True)
+                if not failing:  # once per outage, not at every beat
+                    log.warning("device heartbeat failed; retrying", exc_info=True)
+                failing = True
+            else:
+                if failing:
+                    log.warning("device heartbeat back")
+                failing = False
 
     def stop(self) -> None:
         self.stopping.set()

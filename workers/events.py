@@ -21,15 +21,27 @@ def job_group(job_id: int) -> str:
     return f"job-{job_id}"
 
 
+# Whether the last push failed: an outage is logged once, when it starts and ends, not
+# at every event (pages catch up from the database when they reconnect).
+_failing = False
+
+
 def _send(groups: list[str], payload: dict[str, Any]) -> None:
+    global _failing
     layer = get_channel_layer()
     if layer is None:
         return
     for group in groups:
         try:
             async_to_sync(layer.group_send)(group, {"type": "job.event", "data": payload})
-        except Exception:  # Redis down must never break training or a request
-            log.warning("could not publish event to %s", group, exc_info=True)
+        except Exception as exc:  # Redis down must never break training or a request
+            if not _failing:
+                log.warning("could not push live events (%s: %s); pages catch up when it is back", type(exc).__name__, exc)
+            _failing = True
+        else:
+            if _failing:
+                log.warning("live events pushed again")
+            _failing = False
 
 
 # What the console's group gets of an event: every logged-in user listens there, so no

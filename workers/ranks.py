@@ -16,12 +16,14 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from . import kinds, zygote
 from .models import Allocation, AllocationOutcome, Job, JobStatus, StopReason
+from .outage import UNREACHABLE, until_database
 from .procs import process_gone
 from .runner import ChildResult, Event, failure_message, relay_progress, run_child
 from .scheduler import schedule, schedule_on_commit
@@ -182,7 +184,24 @@ def rank_env(allocation: Allocation, job: Job) -> dict[str, str]:
     if allocation.device.kind == "cpu":
         threads = str(settings.CPU_DEVICE_THREADS)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    if allocation.world_size > 1 and (interface := interface_of(settings.HOST_ADDRESS)):
+        # Gloo and NCCL pick the interface of the host name's address, which on a host
+        # with several networks (or a name that resolves to 127.0.1.1) is not the one
+        # the other hosts reach: use the interface of the address this host announced.
+        for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if not os.environ.get(name):
+                env[name] = interface
     return env
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface that holds `address` on this host (None: loopback or none)."""
+    if address.startswith("127.") or address in ("", "::1", "localhost"):
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    return None
 
 
 def rank_run(allocation_id: int) -> None:
@@ -210,8 +229,11 @@ def rank_run(allocation_id: int) -> None:
             )
             raise
     finally:
-        release(allocation, outcome)
-        schedule()  # its device is free: the next job may start
+        until_database(f"giving back {allocation.device.label}", lambda: release(allocation, outcome))
+        try:
+            schedule()  # its device is free: the next job may start
+        except UNREACHABLE:
+            log.warning("no scheduling pass after job %s: the database is unreachable (the heartbeat's pass will run)", allocation.job_id)
 
 
 def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
@@ -235,6 +257,15 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
         zygote_socket=_zygote_socket(allocation),
         time_limit=job.time_limit_seconds if reporter and kind.stoppable else None,
     )
+    # The run has ended: its outcome is recorded even if the database is away right now.
+    return until_database(f"finishing job {job.pk}", lambda: _finish_rank(allocation, job, result))
+
+
+def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> AllocationOutcome:
+    """Record how this rank's run ended (safe to run again: every write is conditional)."""
+    kind = kinds.get(job.kind)
+    reporter = allocation.rank == 0
+    attempt = {"attempt": allocation.attempt}
     if result.stopped_early or result.stop_killed:
         return _after_stop(allocation, job, result, reporter)
     if result.stopped:

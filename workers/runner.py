@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from django.utils import timezone
 
 from . import kinds, protocol, zygote
 from .models import Job, JobStatus, StopReason
+from .outage import UNREACHABLE, forget_connection, until_database
 from .procs import child_setup, end_group, process_gone, signal_group
 from .services import job_interrupt
 from .transitions import JobError, job_claim, job_fail, job_request_stop, job_set_progress, job_transition
@@ -109,6 +111,30 @@ def _still_wanted(job: Job, *, lock: bool = False) -> tuple[bool, str, datetime 
     return True, row[0], row[1]
 
 
+def _store(
+    job: Job, batch: list[Event], handle: Callable[[list[Event]], None], finished: bool, time_limit: float | None
+) -> tuple[bool, str, datetime | None]:
+    """Store a batch of events (only while this run still owns the job: after an abort,
+    and a quick resume, late points must not reach the charts), and say whether the run
+    is still wanted, and the stop asked of it, if any (its time limit asks here)."""
+    close_old_connections()
+    stop, stop_at = "", None
+    if batch:
+        with transaction.atomic():
+            wanted, stop, stop_at = _still_wanted(job, lock=True)
+            if wanted:
+                handle(batch)
+    elif finished:
+        wanted = True
+    else:
+        wanted, stop, stop_at = _still_wanted(job)
+    if wanted and not finished and not stop and time_limit and job.started_at:
+        if timezone.now() >= job.started_at + timedelta(seconds=time_limit):
+            stop, stop_at = StopReason.TIMEOUT, timezone.now()
+            job_request_stop(job, StopReason.TIMEOUT)
+    return wanted, stop, stop_at
+
+
 def _ask_to_stop(proc: subprocess.Popen[bytes] | zygote.ZygoteChild) -> None:
     """The graceful stop signal, to the child itself only: its DataLoader workers (same
     process group) would die of SIGUSR1's default action."""
@@ -155,8 +181,12 @@ def run_child(
         thread = threading.Thread(target=_reader, args=(proc.stdout, events, logfile, ended, result), daemon=True)
         thread.start()
         finished = False
+        # Events not stored yet (the database is unreachable), and since when it is.
+        pending: list[Event] = []
+        down_since: float | None = None
+        next_try = 0.0
         try:
-            while not finished:
+            while not finished or pending:
                 # Wake at the first event (or the child's end, or after POLL_SECONDS to see
                 # whether the job is still wanted), then give the rest of its burst
                 # COALESCE_SECONDS to arrive: points reach the page within a fraction of a
@@ -173,35 +203,39 @@ def run_child(
                         items.append(events.get_nowait())
                     except queue.Empty:
                         break
-                batch: list[Event] = []
+                fresh: list[Event] = []
                 for item in items:
                     if item is None:
                         finished = True
                         break
-                    batch.append(item)
-                for event in batch:
+                    fresh.append(item)
+                for event in fresh:
                     if isinstance(event, protocol.Error):
                         result.error = event.message
                         result.peer_lost = event.peer_lost
                     elif isinstance(event, protocol.Stopped):
                         result.stopped_early = True
-                close_old_connections()
-                stop, stop_at = "", None
-                if batch:
-                    # Events are stored only while this run still owns the job: after an
-                    # abort (and a quick resume) late points must not reach the charts.
-                    with transaction.atomic():
-                        wanted, stop, stop_at = _still_wanted(job, lock=True)
-                        if wanted:
-                            handle(batch)
-                elif finished:
-                    wanted = True
-                else:
-                    wanted, stop, stop_at = _still_wanted(job)
-                if wanted and not finished and not stop and time_limit and job.started_at:
-                    if timezone.now() >= job.started_at + timedelta(seconds=time_limit):
-                        stop, stop_at = StopReason.TIMEOUT, timezone.now()
-                        job_request_stop(job, StopReason.TIMEOUT)
+                batch, pending = pending + fresh, []
+                if down_since is not None and time.monotonic() < next_try:
+                    pending = batch  # not every wake-up: once a second is enough to notice it is back
+                    continue
+                try:
+                    wanted, stop, stop_at = _store(job, batch, handle, finished, time_limit)
+                except UNREACHABLE as exc:
+                    # The database is gone for now (restarting, cut off): the child trains
+                    # on and its events wait here, in order, until they can be stored.
+                    forget_connection()
+                    now = time.monotonic()
+                    if down_since is None:
+                        down_since = now
+                        log.warning("job %s: database unreachable (%s); keeping its events until it is back", job.pk, str(exc).strip())
+                    if now - down_since > settings.DB_OUTAGE_SECONDS:
+                        raise
+                    pending, next_try = batch, now + 1.0
+                    continue
+                if down_since is not None:
+                    log.warning("job %s: database back after %.0f s; %d events stored", job.pk, time.monotonic() - down_since, len(batch))
+                    down_since = None
                 if wanted and stop and not finished:
                     result.stop_reason = stop
                     _ask_to_stop(proc)  # again at each wake-up: one sent before its handler was set is lost
@@ -312,6 +346,14 @@ def job_run(job_id: int) -> ChildResult | None:
         job_fail(job_id, f"The worker failed while running this job: {exc}")
         kind.cleanup(job)
         raise
+    # The run has ended: its outcome is recorded even if the database is away right now.
+    return until_database(f"finishing job {job_id}", lambda: _finish_run(job, result))
+
+
+def _finish_run(job: Job, result: ChildResult) -> ChildResult:
+    """Record how a device-less job's run ended (safe to run again: the writes are
+    conditional)."""
+    job_id, kind = job.pk, kinds.get(job.kind)
     if not Job.objects.filter(pk=job_id).exists():
         # Deleted while running: the child may have written files after the delete.
         shutil.rmtree(job.directory, ignore_errors=True)
