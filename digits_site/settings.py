@@ -88,6 +88,27 @@ if env.bool("DIGITS_PROXY_SSL_HEADER", default=False):
     AXES_IPWARE_PROXY_COUNT = 1  # the client's address is the one the proxy forwards
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 
+# Single sign-on through an OpenID Connect provider (frontend/sso.py): on when a client id
+# is set; local accounts and API tokens keep working. The endpoints are the provider's
+# (its /.well-known/openid-configuration lists them).
+OIDC_RP_CLIENT_ID = env.str("DIGITS_OIDC_CLIENT_ID", default="")
+OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_SECRET = env.str("DIGITS_OIDC_CLIENT_SECRET", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("DIGITS_OIDC_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("DIGITS_OIDC_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("DIGITS_OIDC_USERINFO_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("DIGITS_OIDC_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env.str("DIGITS_OIDC_SIGN_ALGO", default="RS256")
+OIDC_ISSUER = env.str("DIGITS_OIDC_ISSUER", default="")  # checked against the ID token's `iss` when set
+OIDC_RP_SCOPES = env.str("DIGITS_OIDC_SCOPES", default="openid email profile")
+OIDC_TEAMS_CLAIM = env.str("DIGITS_OIDC_TEAMS_CLAIM", default="")  # e.g. "groups": teams follow it
+OIDC_PROVIDER_NAME = env.str("DIGITS_OIDC_PROVIDER_NAME", default="single sign-on")
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso_callback"
+OIDC_TIMEOUT = 15
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+if OIDC_ENABLED:
+    AUTHENTICATION_BACKENDS.insert(1, "frontend.sso.OidcBackend")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

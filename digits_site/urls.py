@@ -9,6 +9,7 @@ from rest_framework.authtoken.views import obtain_auth_token
 
 from datasets import api as datasets_api
 from datasets import views as datasets_views
+from frontend import sso
 from frontend import views as frontend_views
 from models_app import api as models_api
 from models_app import evaluation_api, evaluation_views, export_api, export_views, sweep_api, sweep_views
@@ -96,7 +97,10 @@ urlpatterns = [
     # Browsers ask for /favicon.ico whatever the page says: the icon, also before login.
     path("favicon.ico", login_not_required(RedirectView.as_view(url=static("img/favicon.svg"), permanent=True))),
     path("", frontend_views.home, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", sso.LoginView.as_view(), name="login"),
+    # Single sign-on (OpenID Connect): 404 unless configured.
+    path("oidc/authenticate/", sso.sso_start, name="sso_start"),
+    path("oidc/callback/", sso.sso_callback, name="sso_callback"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("profile/", frontend_views.profile, name="profile"),
     path("profile/token/", frontend_views.profile_token, name="profile_token"),
