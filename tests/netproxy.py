@@ -24,9 +24,10 @@ CHUNK = 256 * 1024
 
 
 class _Connection:
-    """One forwarded connection: the client's socket, the target's (once connected), and
-    the thread that pumps bytes both ways. Only that thread closes the sockets; `abort`
-    (any thread) shuts them down, which wakes the thread from select, recv or sendall."""
+    """One forwarded connection: the client's socket, the target's (once connected), and a
+    thread per direction (one thread for both could deadlock, each side blocked sending to
+    the other). Either side ending ends both: the direction that sees it shuts both sockets
+    down, which wakes the other one from recv or sendall; once both stopped, they are closed."""
 
     def __init__(self, proxy: TcpProxy, client: socket.socket) -> None:
         self.proxy = proxy
@@ -40,13 +41,21 @@ class _Connection:
         with self.proxy._lock:
             self.aborted = True
             for sock in (self.client, self.upstream):
-                if sock is None or sock.fileno() < 0:
-                    continue
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                if sock is not None and sock.fileno() >= 0:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    except OSError:
+                        pass
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self.proxy._lock:
+            for sock in (self.client, self.upstream):
+                if sock is not None and sock.fileno() >= 0:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def _run(self) -> None:
         try:
@@ -60,7 +69,10 @@ class _Connection:
                 self.upstream = upstream
                 if self.aborted:
                     return
-            self._pump(self.client, upstream)
+            back = threading.Thread(target=self._copy, args=(upstream, self.client), name="netproxy-pump", daemon=True)
+            back.start()
+            self._copy(self.client, upstream)
+            back.join()
         finally:
             with self.proxy._lock:
                 for sock in (self.client, self.upstream):
@@ -68,19 +80,14 @@ class _Connection:
                         sock.close()
                 self.proxy._connections.discard(self)
 
-    @staticmethod
-    def _pump(client: socket.socket, upstream: socket.socket) -> None:
-        other = {client: upstream, upstream: client}
-        while True:
-            try:
-                readable, _, _ = select.select([client, upstream], [], [])
-                for sock in readable:
-                    data = sock.recv(CHUNK)
-                    if not data:  # either side closed: the forwarded connection ends
-                        return
-                    other[sock].sendall(data)
-            except (OSError, ValueError):  # reset, or shut down by `abort`
-                return
+    def _copy(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(CHUNK):
+                sink.sendall(data)
+        except OSError:  # reset, or shut down by the other direction or by `abort`
+            pass
+        finally:
+            self._shutdown()
 
 
 class TcpProxy:
@@ -95,6 +102,7 @@ class TcpProxy:
         self._acceptor: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
+        self._control = threading.Lock()  # one start, cut or close at a time
 
     # -- the public side -------------------------------------------------------------
 
@@ -113,6 +121,10 @@ class TcpProxy:
             return len(self._connections)
 
     def start(self) -> TcpProxy:
+        with self._control:
+            return self._start()
+
+    def _start(self) -> TcpProxy:
         if self._closed:
             raise RuntimeError("this proxy is closed")
         if self._listener is not None:
@@ -136,6 +148,10 @@ class TcpProxy:
     def cut(self) -> None:
         """Stop listening (a new connection is refused) and reset every forwarded one.
         Returns once all of them are closed. Idempotent."""
+        with self._control:
+            self._cut()
+
+    def _cut(self) -> None:
         listener, acceptor = self._listener, self._acceptor
         if listener is not None and acceptor is not None:
             self._wake_w.send(b"x")
@@ -155,12 +171,13 @@ class TcpProxy:
         return self.start()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self.cut()
-        self._closed = True
-        self._wake_r.close()
-        self._wake_w.close()
+        with self._control:
+            if self._closed:
+                return
+            self._cut()
+            self._closed = True
+            self._wake_r.close()
+            self._wake_w.close()
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -185,12 +202,15 @@ class TcpProxy:
             self._wake_r.setblocking(True)
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while True:
             try:
-                readable, _, _ = select.select([listener, self._wake_r], [], [])
-            except (OSError, ValueError):
+                ready = {fd for fd, _ in poller.poll()}
+            except OSError:
                 return
-            if self._wake_r in readable:
+            if self._wake_r.fileno() in ready:
                 return  # `cut`: it closes the listener once this thread is gone
             try:
                 client, _ = listener.accept()

@@ -7,6 +7,7 @@ import time
 
 import psutil
 import pytest
+from django.conf import settings
 
 from models_app.models import Metric
 from workers.tasks import job_rank_task
@@ -40,7 +41,8 @@ def children_running(model_id: int) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "models_app.training.train" in cmdline and f"/jobs/{model_id}/" in cmdline:
+        # This session's job folder: another suite on the machine may have a job of that id.
+        if "models_app.training.train" in cmdline and f"{settings.JOBS_DIR}/{model_id}/" in cmdline:
             found.append(proc)
     return found
 
