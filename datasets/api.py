@@ -37,10 +37,12 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "id", "job", "source", "folder", "val_folder", "test_folder", "train_list", "val_list", "test_list",
+            "id", "job", "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list",
+            "train_list", "val_list", "test_list",
             "labels_file", "image_folder", "shuffle", "upload", "image_width", "image_height", "image_mode",
             "resize_mode", "encoding", "jpeg_quality", "val_percent", "test_percent", "min_per_class", "max_per_class",
             "seed", "labels", "counts", "class_counts", "skipped", "dropped_classes", "mean_pixel", "build_seconds",
+            "label_colours", "ignored_pixels",
         ]
 
 

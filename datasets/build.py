@@ -1,4 +1,10 @@
-"""Build an image classification dataset: gather, split, resize, encode into LMDB, mean image.
+"""Build an image dataset: gather, split, resize, encode into LMDB, mean image.
+
+Classification: a label per image (class subfolders, text lists, an archive).
+Segmentation: a label image per image (class ids, a palette, or colours of the class
+list), resized with the same geometry (nearest neighbour, padding "ignored") and stored
+in a database of its own per split (`<split>_labels_db`, aligned with `<split>_db`), with
+per-class pixel counts instead of image counts.
 
 Runs as a child process of a Celery worker (or by hand):
 
@@ -41,9 +47,11 @@ from PIL import Image
 from workers import protocol
 from workers.procs import keep_freed_memory
 
-from .imaging import IMAGE_EXTENSIONS, encode, load_image, resize_image, to_array
+from .imaging import IGNORE_LABEL, IMAGE_EXTENSIONS, encode, load_image, load_mask, resize_image, to_array
 from .lmdb_store import LmdbWriter, StoreWriteError, content_digest, map_size_for, write_records
-from .sources import Skip, SourceError, extract_archive, parse_list, read_labels_file, scan_folder
+from .sources import (
+    Skip, SourceError, extract_archive, pair_label_images, parse_list, read_class_list, read_labels_file, scan_folder,
+)
 from .spec import BuildSpec
 from .source_paths import paths_files, write_paths
 from .splits import SPLITS, Splits, cap_per_class, drop_small_classes, split_stratified
@@ -52,6 +60,7 @@ FLUSH_SECONDS = 1.0
 WORKER_CHECK_SECONDS = 0.5
 OUTPUTS = (
     "train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png",
+    "train_labels_db", "val_labels_db", "test_labels_db",
     *(name.name for split in ("train", "val", "test") for name in paths_files(Path(), split)),
 )
 
@@ -74,6 +83,9 @@ class Gathered:
     skipped: list[Skip] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     requested: tuple[str, ...] = ("train", "val")  # splits that get a database
+    # Segmentation: each item's label image (aligned with `splits`), the classes' colours.
+    label_images: dict[str, list[str]] = field(default_factory=dict)
+    colours: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _gather_folders(spec: BuildSpec, root: Path) -> Gathered:
@@ -134,9 +146,36 @@ def _gather_lists(spec: BuildSpec) -> Gathered:
     return Gathered(labels, splits, image_folder, skipped, requested=tuple(requested))
 
 
+def _gather_segmentation(spec: BuildSpec) -> Gathered:
+    """Images paired with their label images, split at random by the percentages."""
+    if spec.source != "folder":
+        raise BuildError("A segmentation dataset is made from two server folders (images and label images).")
+    names, colours = read_class_list(Path(spec.class_list))
+    pairs, skipped = pair_label_images(Path(spec.folder), Path(spec.label_folder))
+    order = list(range(len(pairs)))
+    random.Random(spec.seed).shuffle(order)
+    n_val = round(len(order) * spec.val_percent / 100)
+    n_test = round(len(order) * spec.test_percent / 100)
+    if n_val + n_test >= len(order) and order:
+        raise BuildError(
+            f"{len(order)} image(s) with label images leave none for training with {spec.val_percent:g}% for validation "
+            f"and {spec.test_percent:g}% for test; lower the percentages or add images."
+        )
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    splits: Splits = {split: [(pairs[i][0], 0) for i in parts[split]] for split in SPLITS}
+    label_images = {split: [pairs[i][1] for i in parts[split]] for split in SPLITS}
+    requested = ("train", "val") + (("test",) if spec.test_percent > 0 else ())
+    return Gathered(names, splits, Path(spec.folder), skipped, requested=requested, label_images=label_images, colours=colours)
+
+
 def gather(spec: BuildSpec, workdir: Path) -> Gathered:
     """Collect (path, label) items per split from the spec's source and apply the rules."""
     source = spec.source
+    if spec.task == "segmentation":
+        try:
+            return _gather_segmentation(spec)
+        except SourceError as exc:
+            raise BuildError(str(exc)) from exc
     try:
         if source == "folder":
             gathered = _gather_folders(spec, Path(spec.folder))
@@ -176,6 +215,9 @@ class Chunk:
     seed_offset: int  # distinct noise seeds per split
     items: list[tuple[int, str, int]]  # (position in the split, path, label)
     want_sum: bool  # the training split feeds the mean image
+    # Segmentation: the label image of each item, and the database they go to.
+    label_paths: tuple[str, ...] = ()
+    label_db: str = ""
 
 
 @dataclass
@@ -184,6 +226,7 @@ class ChunkResult:
     written: list[tuple[int, int]]  # (position, label), in position order
     failed: list[tuple[int, str, int, str]]  # (position, path, label, reason)
     pixel_sum: Any  # uint32 HxWxC (exact, and half the bytes of float64 to send back), or None
+    class_pixels: Any = None  # segmentation: int64 pixels per class id (IGNORE_LABEL last)
 
 
 @dataclass(frozen=True)
@@ -199,6 +242,7 @@ class Encoder:
     encoding: str
     quality: int
     seed: int
+    colours: tuple[tuple[int, int, int], ...] = ()  # segmentation: the classes' colours
 
     def record_bytes(self) -> int:
         """An upper bound of one stored image (raw pixels, or PNG/JPEG of them)."""
@@ -209,13 +253,24 @@ class Encoder:
         records: list[tuple[int, int, bytes]] = []
         failed: list[tuple[int, str, int, str]] = []
         total = np.zeros((self.height, self.width, self.channels), dtype=np.uint32) if chunk.want_sum else None
-        for position, path, label in chunk.items:
+        segmentation = bool(chunk.label_db)
+        label_records: list[tuple[int, int, bytes]] = []
+        class_pixels = np.zeros(256, dtype=np.int64) if segmentation else None
+        for n, (position, path, label) in enumerate(chunk.items):
             try:
-                img = load_image(path, self.channels, (self.width, self.height))
+                if segmentation:
+                    # Its size is the image's as stored, before a JPEG's reduced decoding.
+                    img = load_image(path, self.channels)
+                    mask = load_mask(chunk.label_paths[n], list(self.colours), img.size)
+                else:
+                    img = load_image(path, self.channels, (self.width, self.height))
                 # A per-image seed: the noise padding is the same in every rebuild or clone.
                 seed = self.seed * 1_000_003 + chunk.seed_offset + position
                 arr = to_array(resize_image(img, self.width, self.height, self.resize_mode, seed=seed))
                 data = encode(arr, self.encoding, self.quality)
+                if segmentation:
+                    ids = to_array(resize_image(mask, self.width, self.height, self.resize_mode, pad=IGNORE_LABEL))
+                    label_data = encode(ids, "png")
             except PermissionError as exc:
                 failed.append((position, path, label, f"not readable ({exc.strerror})"))
                 continue
@@ -228,8 +283,13 @@ class Encoder:
             if total is not None:
                 total += arr
             records.append((position, label, data))
+            if class_pixels is not None:
+                class_pixels += np.bincount(ids.reshape(-1), minlength=256)
+                label_records.append((position, 0, label_data))
         write_records(Path(chunk.db), chunk.map_size, records)
-        return ChunkResult(chunk.split, [(position, label) for position, label, _ in records], failed, total)
+        if segmentation:
+            write_records(Path(chunk.label_db), chunk.map_size, label_records)
+        return ChunkResult(chunk.split, [(position, label) for position, label, _ in records], failed, total, class_pixels)
 
 
 _ENCODER: Encoder | None = None
@@ -307,13 +367,16 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(spec.output_dir)
     width, height, channels = spec.width, spec.height, spec.channels
     encoding = spec.encoding
-    encoder = Encoder(width, height, channels, spec.resize_mode, encoding, spec.jpeg_quality, spec.seed)
     tmp = out_dir / "build.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.monotonic()
 
     gathered = gather(spec, tmp)
+    segmentation = spec.task == "segmentation"
+    encoder = Encoder(
+        width, height, channels, spec.resize_mode, encoding, spec.jpeg_quality, spec.seed, tuple(gathered.colours)
+    )
     labels, splits, skipped = gathered.labels, gathered.splits, gathered.skipped
     total = sum(len(splits[s]) for s in gathered.requested)
     if total == 0:
@@ -338,6 +401,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
     meta = {"width": width, "height": height, "channels": channels, "encoding": encoding}
     map_size = map_size_for(max((len(splits[s]) for s in gathered.requested), default=0), encoder.record_bytes())
     writers: dict[str, LmdbWriter] = {}
+    label_writers: dict[str, LmdbWriter] = {}  # segmentation
+    class_pixels = {split: np.zeros(256, dtype=np.int64) for split in gathered.requested}
     order = {split: n for n, split in enumerate(gathered.requested)}
     unreadable: list[tuple[int, int, str, str]] = []  # (split, position, path, reason): reported in order
     written: dict[str, list[tuple[int, int]]] = {split: [] for split in gathered.requested}  # (position, label)
@@ -347,8 +412,12 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         # One stream over every split, so no worker waits between splits.
         for split_no, split in enumerate(gathered.requested):
             items = [(i, path, label) for i, (path, label) in enumerate(splits[split])]
+            masks = gathered.label_images.get(split, [])
             for i in range(0, len(items), chunk):
-                yield Chunk(split, str(writers[split].path), map_size, split_no * 10_000_000, items[i : i + chunk], split == "train")
+                yield Chunk(
+                    split, str(writers[split].path), map_size, split_no * 10_000_000, items[i : i + chunk], split == "train",
+                    tuple(masks[i : i + chunk]), str(label_writers[split].path) if segmentation else "",
+                )
 
     # The pages the workers commit reach the disk in the background while they encode;
     # otherwise the final sync writes them all at once (hundreds of MB for raw pixels)
@@ -357,7 +426,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
 
     def flush() -> None:
         while not stop_flushing.wait(FLUSH_SECONDS):
-            for writer in list(writers.values()):
+            for writer in [*writers.values(), *label_writers.values()]:
                 writer.sync()
 
     flusher = threading.Thread(target=flush, name="lmdb-flush", daemon=True)
@@ -368,6 +437,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             # Opened after the fork: an LMDB environment must not be inherited by a child.
             for split in gathered.requested:
                 writers[split] = LmdbWriter(tmp / f"{split}_db", map_size=map_size)
+                if segmentation:
+                    label_writers[split] = LmdbWriter(tmp / f"{split}_labels_db", map_size=map_size)
             flusher.start()
             for result in _bounded_unordered(pool, tasks(), 2 * processes, pids):
                 written[result.split].extend(result.written)
@@ -376,6 +447,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
                     unreadable.append((order[result.split], position, path, reason))
                 if result.pixel_sum is not None:
                     mean_sum += result.pixel_sum
+                if result.class_pixels is not None:
+                    class_pixels[result.split] += result.class_pixels
                 done += len(result.written) + len(result.failed)
                 now = time.monotonic()
                 if now - last_report > 0.5:
@@ -389,8 +462,14 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             # Records keep their order once the gaps of unreadable files are closed.
             write_paths(tmp, split, (report_path(splits[split][position][0]) for position, _ in kept))
             counts[split] = writer.close(meta, split_labels, gaps[split], len(splits[split]))
-            per_class = Counter(split_labels)
-            class_counts[split] = [per_class[i] for i in range(len(labels))]
+            if segmentation:
+                # The same gaps closed the same way: record i of both databases is one pair.
+                label_meta = {"width": width, "height": height, "channels": 1, "encoding": "png"}
+                label_writers[split].close(label_meta, split_labels, gaps[split], len(splits[split]))
+                class_counts[split] = [int(v) for v in class_pixels[split][: len(labels)]]
+            else:
+                per_class = Counter(split_labels)
+                class_counts[split] = [per_class[i] for i in range(len(labels))]
     except WorkerDied as exc:
         raise BuildError(
             f"A decoding process (pid {exc}) ended abruptly: killed, or out of memory (a very large image can "
@@ -406,10 +485,15 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         stop_flushing.set()
         if flusher.is_alive():
             flusher.join()
-        for writer in writers.values():
+        for writer in [*writers.values(), *label_writers.values()]:
             writer.abandon()
 
     usable = [i for i in range(len(labels)) if sum(class_counts[s][i] for s in counts) > 0]
+    if segmentation and counts["train"] > 0 and len(usable) < 2:
+        raise BuildError(
+            f"The label images show {len(usable)} class(es) of the class list; segmentation needs pixels of two. "
+            "Check that the label images use the class ids or colours of the class list."
+        )
     if len(usable) < 2 or counts["train"] == 0:
         reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
         summary = "; ".join(f"{n} × {r}" for r, n in reasons.most_common(3))
@@ -430,6 +514,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         raise BuildError(f"Could not write the mean image ({exc}). The disk may be full: free some space, then build again.") from exc
     # What the databases hold, for the reproducibility record of every run trained on them.
     checksums = {split: content_digest(tmp / f"{split}_db") for split in counts}
+    if segmentation:
+        checksums.update({f"{split}_labels": content_digest(tmp / f"{split}_labels_db") for split in counts})
     for name in OUTPUTS:
         if (tmp / name).exists():
             os.replace(tmp / name, out_dir / name)
@@ -443,6 +529,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         "dropped_classes": gathered.dropped,
         "mean_pixel": [float(v) for v in mean.reshape(-1, channels).mean(axis=0)],
         "checksums": checksums,
+        "label_colours": [list(c) for c in gathered.colours],
+        "ignored_pixels": {split: int(class_pixels[split][IGNORE_LABEL]) for split in counts} if segmentation else {},
         "seconds": seconds,
         "images_per_second": done / max(time.monotonic() - encode_started, 1e-6),
     }

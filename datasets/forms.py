@@ -24,7 +24,7 @@ class DatasetForm(forms.ModelForm):
 
     # Which fields belong to which source: the template shows one group at a time.
     SOURCE_FIELDS = {
-        Source.FOLDER: ["folder", "val_folder", "test_folder"],
+        Source.FOLDER: ["folder", "val_folder", "test_folder", "label_folder", "class_list"],
         Source.TEXTFILE: [
             "labels_file", "labels_file_upload", "train_list", "train_list_upload", "val_list", "val_list_upload",
             "test_list", "test_list_upload", "image_folder", "shuffle",
@@ -50,7 +50,7 @@ class DatasetForm(forms.ModelForm):
 
     # The page's other fieldsets, in order (the template walks these; the resize modes
     # have a fieldset of their own with a preview of each).
-    JOB_FIELDS = ("name", "group", "notes", "visibility")
+    JOB_FIELDS = ("name", "task", "group", "notes", "visibility")
     SPLIT_FIELDS = ("val_percent", "test_percent")  # folder and archive sources
     SIZE_FIELDS = ("image_width", "image_height", "image_mode")
     OPTION_FIELDS = ("encoding", "jpeg_quality", "min_per_class", "max_per_class", "seed")
@@ -67,7 +67,7 @@ class DatasetForm(forms.ModelForm):
         roots = ", ".join(str(r) for r in settings.DATA_ROOTS)
         self.fields["folder"].help_text += f" Allowed roots: {roots}. Start typing: the folders under them are offered."
         # The folders under the data roots, offered as the user types (<datalist id="data-folders">).
-        for name in ("folder", "val_folder", "test_folder", "image_folder"):
+        for name in ("folder", "val_folder", "test_folder", "image_folder", "label_folder"):
             self.fields[name].widget.attrs.update(list="data-folders", autocomplete="off")
 
     def clean(self) -> dict[str, Any]:

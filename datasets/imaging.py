@@ -65,18 +65,24 @@ def _noise(size: tuple[int, int], mode: str, rng: np.random.Generator) -> Image.
     return Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode)
 
 
-def resize_image(img: Image.Image, width: int, height: int, mode: str = "squash", seed: int = 0) -> Image.Image:
+def resize_image(
+    img: Image.Image, width: int, height: int, mode: str = "squash", seed: int = 0, *, pad: int | None = None
+) -> Image.Image:
     """Resize with DIGITS semantics.
 
     squash: stretch to the size. crop: keep aspect, cover, centre-crop. fill: keep aspect,
     fit inside, pad with uniform noise. half_crop: scale by the mean of the two ratios,
     crop the long side and noise-pad the short side.
+
+    With `pad` (a label image: class ids), the same geometry with nearest-neighbour
+    sampling (no class is blended into another) and that value where an image gets noise.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    resample = Image.Resampling.NEAREST if pad is not None else Image.Resampling.BILINEAR
     iw, ih = img.size
     if mode == "squash" or (iw, ih) == (width, height):
-        return img.resize((width, height), Image.Resampling.BILINEAR)
+        return img.resize((width, height), resample)
     rw, rh = width / iw, height / ih
     if mode == "crop":
         scale = max(rw, rh)
@@ -85,15 +91,59 @@ def resize_image(img: Image.Image, width: int, height: int, mode: str = "squash"
     else:
         scale = (rw + rh) / 2
     nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
-    scaled = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    scaled = img.resize((nw, nh), resample)
     # Crop whatever overflows, centred.
     left, top = max(0, (nw - width) // 2), max(0, (nh - height) // 2)
     scaled = scaled.crop((left, top, left + min(nw, width), top + min(nh, height)))
     if scaled.size == (width, height):
         return scaled
-    canvas = _noise((width, height), img.mode, np.random.default_rng(seed))
+    if pad is not None:
+        canvas = Image.new(img.mode, (width, height), pad)
+    else:
+        canvas = _noise((width, height), img.mode, np.random.default_rng(seed))
     canvas.paste(scaled, ((width - scaled.size[0]) // 2, (height - scaled.size[1]) // 2))
     return canvas
+
+
+# The label of pixels that count for no class (padding, "void" in VOC): left out of the
+# loss and the metrics.
+IGNORE_LABEL = 255
+
+
+def load_mask(path: str | Path, colours: list[tuple[int, int, int]], size: tuple[int, int] | None = None) -> Image.Image:
+    """A label image as class ids (mode "L"): a palette or gray PNG holds them already, an
+    RGB one is mapped through `colours` (class id -> colour). Raises ValueError with a
+    reason for an unreadable file, a colour or id that is no class, or a size that is not
+    the image's (`size`)."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            img = opened.copy()
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable label image ({exc})") from exc
+    if size is not None and img.size != size:
+        raise ValueError(f"label image is {img.size[0]}x{img.size[1]}, its image {size[0]}x{size[1]}")
+    if img.mode in ("P", "L"):
+        ids = np.asarray(img, dtype=np.uint8)
+    elif img.mode in ("I", "I;16"):
+        ids = np.asarray(img).astype(np.int64)
+        if ids.max(initial=0) > 255:
+            raise ValueError(f"class id {int(ids.max())} in the label image; at most 255 classes")
+        ids = ids.astype(np.uint8)
+    else:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(colours)}
+        values, inverse = np.unique(packed, return_inverse=True)
+        unknown = [int(v) for v in values if int(v) not in lookup]
+        if unknown:
+            v = unknown[0]
+            raise ValueError(f"colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) is not in the class list")
+        ids = np.asarray([lookup[int(v)] for v in values], dtype=np.uint8)[inverse].reshape(packed.shape)
+    bad = np.unique(ids[(ids >= len(colours)) & (ids != IGNORE_LABEL)])
+    if len(bad):
+        raise ValueError(f"class id {int(bad[0])} is not in the class list (0-{len(colours) - 1}, or {IGNORE_LABEL} to ignore)")
+    return Image.fromarray(ids, "L")
 
 
 def to_array(img: Image.Image) -> np.ndarray:

@@ -33,6 +33,11 @@ class Encoding(models.TextChoices):
     JPEG = "jpeg", "JPEG (lossy, smallest)"
 
 
+class Task(models.TextChoices):
+    CLASSIFICATION = "classification", "Classification (a class per image)"
+    SEGMENTATION = "segmentation", "Segmentation (a class per pixel)"
+
+
 class Source(models.TextChoices):
     FOLDER = "folder", "Server folder"
     TEXTFILE = "textfile", "Text files"
@@ -73,6 +78,7 @@ class Dataset(models.Model):
     # The options a person chooses: declared here once. The form (datasets/forms.py) and
     # the API (datasets/api.py) derive their fields, labels, defaults and validators from
     # these, and `dataset_create` checks a request against them (PARAM_FIELDS below).
+    task = models.CharField(max_length=16, choices=Task.choices, default=Task.CLASSIFICATION)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.FOLDER)
     # Folder source: training folder, and optional separate validation / test folders.
     folder = models.CharField(
@@ -81,6 +87,17 @@ class Dataset(models.Model):
         "nested folders are walked).",
     )
     val_folder = models.CharField("separate validation folder (optional)", max_length=1000, blank=True)
+    # Segmentation: the images are in `folder` (no class subfolders), their label images
+    # (same file names) in `label_folder`, and the classes in `class_list`.
+    label_folder = models.CharField(
+        "label images folder", max_length=1000, blank=True,
+        help_text="Segmentation: a server folder with a PNG per image, of the same name, holding class ids "
+        "(gray or palette) or the class list's colours (RGB); 255 means 'ignore'.",
+    )
+    class_list = models.CharField(
+        "class list (server path)", max_length=1000, blank=True,
+        help_text="Segmentation: line i names class i, optionally with its colour: `road 128 64 128`.",
+    )
     test_folder = models.CharField("separate test folder (optional)", max_length=1000, blank=True)
     # Text-file source: lists of `path label_index` lines and a labels file (stored in the
     # job folder when uploaded; server paths otherwise).
@@ -137,6 +154,10 @@ class Dataset(models.Model):
     skipped = models.JSONField(default=list, blank=True)  # [{"path", "reason"}]
     dropped_classes = models.JSONField(default=list, blank=True)  # [{"label", "images", "reason"}]
     mean_pixel = models.JSONField(default=list, blank=True)
+    # Segmentation: each class's colour ([r, g, b] per class id), and the pixels per split
+    # labelled "ignore" (255: padding, void).
+    label_colours = models.JSONField(default=list, blank=True)
+    ignored_pixels = models.JSONField(default=dict, blank=True)
     build_seconds = models.FloatField(null=True, blank=True)
     # A digest of each split's content (datasets.lmdb_store.content_digest), in every run's record.
     checksums = models.JSONField(default=dict, blank=True)
@@ -147,6 +168,14 @@ class Dataset(models.Model):
     @property
     def channels(self) -> int:
         return 3 if self.image_mode == ImageMode.COLOR else 1
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.task == Task.SEGMENTATION
+
+    def label_split_path(self, split: str) -> Path:
+        """Segmentation: the label images of a split (record i is the label of image i)."""
+        return self.directory / f"{split}_labels_db"
 
     @property
     def num_classes(self) -> int:
@@ -191,7 +220,7 @@ class Dataset(models.Model):
 # The fields of a dataset request (besides the job's name, group and notes, and the upload,
 # which is checked against its owner): what the form, the API and `dataset_create` accept.
 PARAM_FIELDS = (
-    "source", "folder", "val_folder", "test_folder",
+    "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list",
     "train_list", "val_list", "test_list", "labels_file", "image_folder", "shuffle",
     "image_width", "image_height", "image_mode", "resize_mode", "encoding", "jpeg_quality",
     "val_percent", "test_percent", "min_per_class", "max_per_class", "seed",

@@ -20,8 +20,8 @@ from workers.services import job_create, job_delete, job_enqueue
 from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
 from .lmdb_store import forget
-from .models import DATASET_KIND, PARAM_FIELDS, Dataset, Source, param_field
-from .sources import is_under
+from .models import DATASET_KIND, PARAM_FIELDS, Dataset, Source, Task, param_field
+from .sources import SourceError, is_under, read_class_list
 from .spec import BuildSpec
 from .uploads import upload_delete, upload_for_build
 
@@ -122,8 +122,36 @@ def _check_options(p: Dataset) -> None:
         raise JobError("The minimum per class is larger than the maximum.", field="min_per_class")
 
 
+def _check_segmentation(p: Dataset) -> dict[str, Any]:
+    """A folder of images, a folder of label images of the same names, a class list."""
+    if p.source != Source.FOLDER:
+        raise JobError("A segmentation dataset is made from server folders: choose the folder source.", field="source")
+    if p.val_folder or p.test_folder:
+        raise JobError(
+            "Segmentation takes its validation and test images from the folder by percentage; "
+            "leave the separate folders empty.", field="val_folder",
+        )
+    folder = resolve_data_folder(p.folder)
+    if not p.label_folder:
+        raise JobError("Give the folder of label images (a PNG per image, of the same name).", field="label_folder")
+    label_folder = resolve_data_folder(p.label_folder, field="label_folder")
+    if not p.class_list:
+        raise JobError("Give the class list: line i names class i, optionally with its colour (`road 128 64 128`).",
+                       field="class_list")
+    class_list = resolve_data_file(p.class_list, "class_list")
+    try:
+        read_class_list(class_list)
+    except SourceError as exc:
+        raise JobError(str(exc), field="class_list") from None
+    return {"folder": str(folder), "label_folder": str(label_folder), "class_list": str(class_list)}
+
+
 def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
     """Validate the source and return the resolved fields to store."""
+    if p.task == Task.SEGMENTATION:
+        return _check_segmentation(p)
+    if p.label_folder or p.class_list:
+        raise JobError("A label images folder and a class list are for segmentation datasets.", field="label_folder")
     if p.source == Source.FOLDER:
         folder = resolve_data_folder(p.folder)
         check_class_folders(folder)
@@ -191,6 +219,7 @@ def dataset_create(
             source_fields[name] = str(target)
     dataset = Dataset.objects.create(
         job=job,
+        task=candidate.task,
         source=candidate.source,
         **{field: getattr(candidate, field) for field in OPTION_FIELDS},
         **source_fields,
@@ -216,7 +245,9 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
 def dataset_build_spec(dataset: Dataset) -> BuildSpec:
     """What the build child is asked to do: the source, the options, where to write."""
     source: dict[str, Any] = {}
-    if dataset.source == Source.FOLDER:
+    if dataset.task == Task.SEGMENTATION:
+        source = {"folder": dataset.folder, "label_folder": dataset.label_folder, "class_list": dataset.class_list}
+    elif dataset.source == Source.FOLDER:
         source = {"folder": dataset.folder, "val_folder": dataset.val_folder, "test_folder": dataset.test_folder}
     elif dataset.source == Source.TEXTFILE:
         source = {name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")}
@@ -225,6 +256,7 @@ def dataset_build_spec(dataset: Dataset) -> BuildSpec:
             raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
         source = {"archive": str(dataset.upload.path), "max_extract_bytes": settings.MAX_ARCHIVE_EXTRACT_BYTES}
     return BuildSpec(
+        task=dataset.task,
         source=dataset.source,
         output_dir=str(dataset.directory),
         width=dataset.image_width,
@@ -252,8 +284,11 @@ def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:
     dataset.dropped_classes = result.get("dropped_classes", [])
     dataset.build_seconds = result.get("seconds")
     dataset.checksums = result.get("checksums", {})
+    dataset.label_colours = result.get("label_colours", [])
+    dataset.ignored_pixels = result.get("ignored_pixels", {})
     dataset.save(
-        update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel", "dropped_classes", "build_seconds", "checksums"]
+        update_fields=["labels", "counts", "class_counts", "skipped", "mean_pixel", "dropped_classes", "build_seconds",
+                       "checksums", "label_colours", "ignored_pixels"]
     )
 
 

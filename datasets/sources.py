@@ -234,3 +234,84 @@ def extract_archive(
             root = entries[0]
         else:
             return root, skipped
+
+
+# -- segmentation: images paired with label images, and the class list --------------------
+
+# Colours for classes that the class list names without one (background black first).
+DEFAULT_PALETTE = (
+    (0, 0, 0), (220, 20, 60), (30, 144, 255), (50, 205, 50), (255, 165, 0), (148, 0, 211), (0, 206, 209),
+    (255, 20, 147), (128, 128, 0), (70, 130, 180), (210, 105, 30), (0, 128, 0), (128, 0, 0), (0, 0, 128),
+)
+
+
+def read_class_list(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Line i: the name of class i, optionally followed by its colour in RGB label images
+    (`road 128 64 128`). Class 0 is usually the background. Names may contain spaces."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"Cannot read the class list {path.name}: {exc}.") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names: list[str] = []
+    colours: list[tuple[int, int, int]] = []
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            raise SourceError(f"The class list {path.name} has a blank line among its classes (line {number}).")
+        tail = parts[-3:]
+        if len(parts) >= 4 and all(p.isdigit() for p in tail):
+            rgb = tuple(int(p) for p in tail)
+            if any(v > 255 for v in rgb):
+                raise SourceError(f"Line {number} of {path.name}: colour values go from 0 to 255.")
+            names.append(" ".join(parts[:-3]))
+            colours.append((rgb[0], rgb[1], rgb[2]))
+        else:
+            names.append(" ".join(parts))
+            colours.append(DEFAULT_PALETTE[(number - 1) % len(DEFAULT_PALETTE)])
+    if len(names) < 2:
+        raise SourceError(f"The class list {path.name} lists {len(names)} class(es); segmentation needs two (the background counts).")
+    if len(names) > 255:
+        raise SourceError(f"The class list {path.name} lists {len(names)} classes; at most 255 (label 255 means 'ignore').")
+    if len(set(colours)) < len(colours):
+        raise SourceError(f"Two classes of {path.name} have the same colour; each needs its own.")
+    return names, colours
+
+
+def _image_files(root: Path, skipped: list[Skip], what: str) -> dict[str, str]:
+    """Image files under `root` (walked, links not followed) by their path relative to it
+    without the extension."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: skipped.append(
+        {"path": f"[{what}] {_rel(Path(e.filename), root)}", "reason": f"folder not readable ({e.strerror})"}
+    )):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS or os.path.islink(path):
+                continue
+            key = os.path.splitext(os.path.relpath(path, root))[0]
+            if key in found:
+                skipped.append({"path": f"[{what}] {_rel(Path(path), root)}", "reason": "another file has the same name"})
+                continue
+            found[key] = path
+    return found
+
+
+def pair_label_images(images: Path, labels: Path) -> tuple[list[tuple[str, str]], list[Skip]]:
+    """(image, label image) pairs: files of the same name (without extension, in the same
+    subfolder) in the two folders. Images without a label image, and label images without
+    an image, are reported."""
+    for folder, what in ((images, "image"), (labels, "label image")):
+        if not folder.is_dir():
+            raise SourceError(f"The {what} folder {folder} does not exist or is not a folder.")
+    skipped: list[Skip] = []
+    image_files = _image_files(images, skipped, "images")
+    label_files = _image_files(labels, skipped, "labels")
+    pairs = [(image_files[k], label_files[k]) for k in sorted(image_files) if k in label_files]
+    skipped += [{"path": _rel(Path(image_files[k]), images), "reason": "no label image of that name"}
+                for k in sorted(image_files) if k not in label_files]
+    skipped += [{"path": f"[labels] {_rel(Path(label_files[k]), labels)}", "reason": "no image of that name"}
+                for k in sorted(label_files) if k not in image_files]
+    return pairs, skipped

@@ -16,6 +16,11 @@ from workers.protocol import spec_from_dict
 class BuildSpec:
     output_dir: str = ""
     data_roots: list[str] = field(default_factory=list)
+    # What the dataset is for: "classification" (a label per image) or "segmentation" (a
+    # label image per image: `label_folder`, with the classes and colours of `class_list`).
+    task: str = "classification"
+    label_folder: str = ""
+    class_list: str = ""
     # The source: a folder of class subfolders, text lists, or an uploaded archive.
     source: str = "folder"
     folder: str = ""

@@ -22,6 +22,24 @@
     schedulePreview();
   }
   form.querySelectorAll("input[name=source]").forEach((r) => r.addEventListener("change", showSource));
+
+  // --- what the dataset is for: a segmentation dataset has label images and a class
+  // list instead of class subfolders and separate validation and test folders.
+  function showTask() {
+    const segmentation = el("task").value === "segmentation";
+    ["label_folder", "class_list"].forEach(function (name) {
+      const field = document.getElementById("field-" + name);
+      if (field) field.hidden = !segmentation;
+    });
+    ["val_folder", "test_folder", "min_per_class", "max_per_class"].forEach(function (name) {
+      const field = document.getElementById("field-" + name);
+      if (field) field.hidden = segmentation;
+    });
+    const folderLabel = form.querySelector("label[for=id_folder]");
+    if (folderLabel) folderLabel.firstChild.textContent = segmentation ? "Images folder" : "Training images folder";
+  }
+  el("task").addEventListener("change", showTask);
+  showTask();
   el("encoding").addEventListener("change", showSource);
 
   // --- live resize preview -------------------------------------------------------

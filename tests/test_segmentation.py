@@ -1,0 +1,163 @@
+"""Segmentation datasets: images paired with label images (class ids, a palette, or the
+class list's colours), built by the real worker; the synthetic shapes generator; and the
+pure pieces (class lists, label images, resizing labels with the image)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from PIL import Image
+
+from datasets.imaging import IGNORE_LABEL, load_mask, resize_image
+from datasets.lmdb_store import open_readonly, read_meta, read_record
+from datasets.models import Dataset
+from datasets.source_paths import read_paths
+from datasets.sources import SourceError, read_class_list
+from datasets.synthetic import CLASS_COLOURS, CLASSES, write_shapes
+from tests.conftest import wait_for_status
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def seg_folder(data_root: Path, request) -> Path:
+    folder = data_root / f"seg-{request.node.name}"
+    write_shapes(folder, 40, 48, seed=5)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_segmentation_dataset_from_label_images(celery_worker_process, api, seg_folder):
+    # Some bad pairs among the good ones: each is reported, the rest is built.
+    Image.new("L", (10, 10)).save(seg_folder / "masks" / "00001.png")  # not the image's size
+    Image.new("RGB", (48, 48), (1, 2, 3)).save(seg_folder / "masks" / "00002.png")  # a colour of no class
+    (seg_folder / "masks" / "00003.png").unlink()  # no label image
+    np_ids = np.zeros((48, 48), dtype=np.uint8)
+    np_ids[0, 0] = 9
+    Image.fromarray(np_ids, "L").save(seg_folder / "masks" / "00004.png")  # an id of no class
+    # RGB label images with the class list's colours are read as well as palette ones.
+    palette = Image.open(seg_folder / "masks" / "00005.png")
+    palette.convert("RGB").save(seg_folder / "masks" / "00005.png")
+
+    body = {"name": "seg", "task": "segmentation", "folder": str(seg_folder / "images"),
+            "label_folder": str(seg_folder / "masks"), "class_list": str(seg_folder / "classes.txt"),
+            "image_width": 32, "image_height": 24, "resize_mode": "fill", "val_percent": 25}
+    response = api.post("/api/datasets/", body, format="json")
+    assert response.status_code == 201, response.content
+    data = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done", "error"})
+    assert data["job"]["status"] == "done", data["job"]
+    assert data["task"] == "segmentation" and data["labels"] == list(CLASSES)
+    assert data["label_colours"] == [list(c) for c in CLASS_COLOURS]
+    reasons = {s["path"]: s["reason"] for s in data["skipped"]}
+    assert reasons["00001.png"] == "label image is 10x10, its image 48x48"
+    assert reasons["00002.png"] == "colour (1, 2, 3) is not in the class list"
+    assert reasons["00003.png"] == "no label image of that name"
+    assert reasons["00004.png"].startswith("class id 9 is not in the class list")
+    assert len(reasons) == 4
+    # 39 pairs split 29/10 before decoding; the 3 that then fail are left out of their split.
+    assert sum(data["counts"].values()) == 36 and 7 <= data["counts"]["val"] <= 10
+    # Pixel counts per class: every stored pixel is a class's or "ignored".
+    for split, count in data["counts"].items():
+        assert sum(data["class_counts"][split]) + data["ignored_pixels"][split] == count * 32 * 24
+    assert all(n > 0 for n in data["class_counts"]["train"])
+    # "fill" pads the square images' sides: those pixels are ignored, not background.
+    assert data["ignored_pixels"]["train"] == data["counts"]["train"] * 2 * 4 * 24
+
+    # Record i of the label database is the label image of image i, resized the same way.
+    dataset = Dataset.objects.get(pk=data["id"])
+    meta = read_meta(dataset.label_split_path("train"))
+    train = data["counts"]["train"]
+    assert (meta["width"], meta["height"], meta["channels"], meta["count"]) == (32, 24, 1, train)
+    sources = read_paths(dataset.directory, "train", range(train))
+    with open_readonly(dataset.label_split_path("train")).begin() as txn:
+        for index in (0, train // 2, train - 1):
+            stored, _ = read_record(txn, index, meta)
+            name = Path(sources[index]).name
+            expected = resize_image(load_mask(seg_folder / "masks" / name, list(CLASS_COLOURS)), 32, 24, "fill", pad=IGNORE_LABEL)
+            assert np.array_equal(stored[:, :, 0], np.asarray(expected)), name
+    page = api.get(f"/datasets/{data['id']}/")
+    assert page.status_code in (200, 302)
+
+
+def test_segmentation_requests_are_checked_field_by_field(api, seg_folder, tmp_path):
+    base = {"name": "seg", "task": "segmentation", "folder": str(seg_folder / "images"),
+            "label_folder": str(seg_folder / "masks"), "class_list": str(seg_folder / "classes.txt")}
+    cases = [
+        ({"class_list": ""}, "class_list", "Give the class list"),
+        ({"label_folder": ""}, "label_folder", "Give the folder of label images"),
+        ({"label_folder": str(tmp_path)}, "label_folder", "outside the allowed data roots"),
+        ({"class_list": str(seg_folder / "images" / "00000.png")}, "class_list", "Cannot read the class list"),
+        ({"source": "upload"}, "source", "made from server folders"),
+        ({"val_folder": str(seg_folder / "images")}, "val_folder", "by percentage"),
+    ]
+    for change, field, words in cases:
+        response = api.post("/api/datasets/", {**base, **change}, format="json")
+        assert response.status_code == 400, (change, response.content)
+        body = response.json()
+        assert field in body["errors"] and words in body["detail"], (change, body)
+    # And a classification request does not take segmentation's fields.
+    response = api.post("/api/datasets/", {"name": "c", "folder": str(seg_folder), "class_list": base["class_list"]}, format="json")
+    assert response.status_code == 400 and "for segmentation datasets" in response.json()["detail"]
+    assert not Dataset.objects.exists()
+
+
+def test_class_lists(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("background 0 0 0\nroad surface 128 64 128\ncar\n\n")
+    names, colours = read_class_list(path)
+    assert names == ["background", "road surface", "car"]
+    assert colours[:2] == [(0, 0, 0), (128, 64, 128)] and colours[2] not in colours[:2]
+    for text, words in [
+        ("only\n", "lists 1 class"),
+        ("a\n\nb\n", "blank line among its classes (line 2)"),
+        ("a 0 0 0\nb 0 0 0\n", "the same colour"),
+        ("a 0 0 300\nb\n", "from 0 to 255"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(SourceError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            read_class_list(path)
+
+
+def test_label_images_resize_with_their_image_without_blending(tmp_path):
+    ids = np.zeros((20, 40), dtype=np.uint8)
+    ids[:, 20:] = 2
+    ids[5, 5] = IGNORE_LABEL
+    mask = Image.fromarray(ids, "L")
+    for mode in ("squash", "crop", "fill", "half_crop"):
+        out = np.asarray(resize_image(mask, 16, 16, mode, pad=IGNORE_LABEL))
+        assert out.shape == (16, 16) and set(np.unique(out)) <= {0, 2, IGNORE_LABEL}, mode  # no blended value
+    filled = np.asarray(resize_image(mask, 16, 16, "fill", pad=IGNORE_LABEL))
+    assert (filled[0] == IGNORE_LABEL).all() and (filled[8, :8] == 0).all() and (filled[8, 9:] == 2).all()
+    # Colours of the class list map to ids; a palette image holds them already.
+    rgb = Image.new("RGB", (4, 4), CLASS_COLOURS[3])
+    rgb.save(tmp_path / "rgb.png")
+    assert np.asarray(load_mask(tmp_path / "rgb.png", list(CLASS_COLOURS))).tolist() == [[3] * 4] * 4
+
+
+def test_synthetic_shapes_agree_in_every_format(tmp_path):
+    objects = write_shapes(tmp_path / "s", 12, 40, seed=2)
+    coco = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    assert len(coco["images"]) == 12 and sum(objects.values()) == len(coco["annotations"])
+    assert [c["name"] for c in coco["categories"]] == list(CLASSES[1:])
+    for image in coco["images"]:
+        stem = Path(image["file_name"]).stem
+        ids = np.asarray(Image.open(tmp_path / "s" / "masks" / f"{stem}.png"))
+        lines = (tmp_path / "s" / "labels" / f"{stem}.txt").read_text().splitlines()
+        boxes = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        assert len(lines) == len(boxes) >= 1
+        for line, box in zip(lines, boxes):
+            kind, *fields = line.split()
+            assert len(fields) == 14 and CLASSES.index(kind) == box["category_id"]
+            left, top, right, bottom = (int(float(v)) for v in fields[3:7])
+            assert [left, top, right - left + 1, bottom - top + 1] == box["bbox"]
+            # The box holds the object's pixels, and its class fills most of it.
+            inside = ids[top : bottom + 1, left : right + 1]
+            assert (inside == box["category_id"]).sum() == box["area"] >= 0.4 * inside.size
+    call_command("synthetic_shapes", str(tmp_path / "cmd"), "--count", "3", "--size", "32")
+    assert len(list((tmp_path / "cmd" / "images").iterdir())) == 3
