@@ -24,7 +24,7 @@ from workers.services import job_abort, job_update
 
 from .filters import DatasetFilter
 from .models import PARAM_FIELDS, Dataset, Upload
-from .selectors import dataset_gallery, dataset_image, dataset_list
+from .selectors import LABEL_VIEWS, dataset_gallery, dataset_image, dataset_label_view, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
 
@@ -177,9 +177,18 @@ class DatasetImagesApi(APIView):
 
 
 class DatasetImageApi(APIView):
-    @extend_schema(responses={(200, "image/png"): bytes}, operation_id="datasets_image_retrieve")
+    @extend_schema(
+        responses={(200, "image/png"): bytes}, operation_id="datasets_image_retrieve",
+        parameters=[OpenApiParameter(
+            "show", str, enum=list(LABEL_VIEWS),
+            description="Segmentation datasets: the label image in its classes' colours, or over the image.",
+        )],
+    )
     def get(self, request: Request, pk: int, split: str, index: int) -> HttpResponse:
         dataset = get_object_or_404(dataset_list(), pk=pk)
+        show = request.query_params.get("show", "image")
+        if show != "image":
+            return HttpResponse(dataset_label_view(dataset, split, index, show), content_type="image/png")
         data, content_type, label = dataset_image(dataset, split, index)
         response = HttpResponse(data, content_type=content_type)
         response["X-Label"] = str(label)

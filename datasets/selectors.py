@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from django.db.models import QuerySet
 
-from workers.errors import NotFound
+from workers.errors import JobError, NotFound
 from workers.models import JobStatus
 
-from .imaging import decode, encode
-from .lmdb_store import meta_shape, open_readonly, read_labels, read_meta, read_raw
+from .imaging import IGNORE_LABEL, decode, encode
+from .lmdb_store import meta_shape, open_readonly, read_labels, read_meta, read_raw, read_record
 from .models import Dataset
 
 
@@ -94,6 +94,38 @@ def dataset_image(dataset: Dataset, split: str, index: int) -> tuple[bytes, str,
     if encoding == "none":
         return encode(decode(data, "none", meta_shape(meta)), "png"), "image/png", label
     return data, "image/png", label
+
+
+LABEL_VIEWS = ("image", "labels", "overlay")
+
+
+def dataset_label_view(dataset: Dataset, split: str, index: int, show: str) -> bytes:
+    """Segmentation: the label image of record `index` in its classes' colours ("labels"),
+    or blended over the image ("overlay"; ignored pixels show the image alone), as PNG."""
+    if show not in LABEL_VIEWS[1:]:
+        raise JobError(f"Show one of {', '.join(LABEL_VIEWS)}.", field="show")
+    if not dataset.is_segmentation:
+        raise JobError("Only a segmentation dataset has label images.", field="show")
+    _check_split(dataset, split)
+    path = dataset.label_split_path(split)
+    meta = read_meta(path)
+    with open_readonly(path).begin() as txn:
+        try:
+            ids, _ = read_record(txn, index, meta)
+        except IndexError:
+            raise NotFound(f"The {split} split has no image {index}.") from None
+    ids = ids[:, :, 0]
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(dataset.label_colours)] = np.asarray(dataset.label_colours, dtype=np.uint8).reshape(-1, 3)
+    coloured = palette[ids]
+    if show == "overlay":
+        image_meta = read_meta(dataset.split_path(split))
+        with open_readonly(dataset.split_path(split)).begin() as txn:
+            pixels, _ = read_record(txn, index, image_meta)
+        base = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        blend = (0.45 * base + 0.55 * coloured).round().astype(np.uint8)
+        coloured = np.where((ids == IGNORE_LABEL)[:, :, None], base, blend)
+    return encode(coloured, "png")
 
 
 def data_folders(limit: int = 500, depth: int = 3) -> list[str]:

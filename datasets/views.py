@@ -16,7 +16,7 @@ from .filters import DatasetFilter
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
-from .selectors import data_folders, dataset_gallery, dataset_image, dataset_list
+from .selectors import LABEL_VIEWS, data_folders, dataset_gallery, dataset_image, dataset_label_view, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
 
@@ -99,12 +99,22 @@ def dataset_explore(request: HttpRequest, pk: int) -> HttpResponse:
     page_arg = request.GET.get("page", "1")
     page = dataset_gallery(dataset, split, label=label, page=int(page_arg) if page_arg.isdigit() else 1)
     items = [(i, dataset.labels[lab]) for i, lab in zip(page.indices, page.labels)]
-    return render(request, "datasets/explore.html", {"dataset": dataset, "job": dataset.job, "page": page, "items": items})
+    # Segmentation: each image with its labels over it (or the labels, or the image alone).
+    show = request.GET.get("show", "overlay")
+    show = show if show in LABEL_VIEWS else "overlay"
+    legend = list(zip(dataset.labels, dataset.label_colours)) if dataset.is_segmentation else []
+    return render(request, "datasets/explore.html", {
+        "dataset": dataset, "job": dataset.job, "page": page, "items": items, "show": show, "legend": legend,
+    })
 
 
 def dataset_image_view(request: HttpRequest, pk: int, split: str, index: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list(), pk=pk)
-    data, content_type, _label = dataset_image(dataset, split, index)
+    show = request.GET.get("show", "image")
+    if show != "image":  # a segmentation dataset's labels, alone or over the image
+        data, content_type = dataset_label_view(dataset, split, index, show), "image/png"
+    else:
+        data, content_type, _label = dataset_image(dataset, split, index)
     response = HttpResponse(data, content_type=content_type)
     response["Cache-Control"] = "private, max-age=3600"
     return response

@@ -27,3 +27,23 @@ def make_model(owner, dataset: Dataset, name: str = "m", status: str = JobStatus
         Metric.objects.create(model=model, name="val_accuracy", iteration=e * 5, epoch=e, value=0.5 + e / 10)
         Snapshot.objects.create(model=model, epoch=e, filename=f"snapshot_epoch_{e}.pt", val_accuracy=0.5 + e / 10, val_loss=1.0)
     return model
+
+
+def make_segmentation_dataset(owner, folder, name: str = "seg", size: tuple[int, int] = (32, 32)) -> Dataset:
+    """A segmentation dataset really built (by the build child's code, in this process)
+    from `folder` as written by datasets.synthetic.write_shapes."""
+    from datasets.build import build
+    from datasets.services import dataset_store_result
+
+    job = Job.objects.create(kind="dataset", name=name, owner=owner, status=JobStatus.DONE)
+    JobEvent.objects.create(job=job, status=JobStatus.DONE)
+    job.directory.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset.objects.create(
+        job=job, task="segmentation", folder=str(folder / "images"), label_folder=str(folder / "masks"),
+        class_list=str(folder / "classes.txt"), image_width=size[0], image_height=size[1], val_percent=25,
+    )
+    result = build({"task": "segmentation", "folder": dataset.folder, "label_folder": dataset.label_folder,
+                    "class_list": dataset.class_list, "output_dir": str(job.directory), "width": size[0],
+                    "height": size[1], "val_percent": 25, "workers": 1})
+    dataset_store_result(dataset, result)
+    return dataset

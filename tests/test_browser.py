@@ -640,3 +640,29 @@ def test_a_page_whose_session_ended_says_so_instead_of_going_quiet(web_server, p
     page.wait_for_selector("#logged-out", timeout=60_000)
     assert "You are logged out" in page.locator("#logged-out").inner_text()
     assert page.locator("#logged-out a").get_attribute("href") == f"/accounts/login/?next=%2Fmodels%2F{model.pk}%2F"
+
+
+def test_a_segmentation_dataset_page_and_its_gallery_of_labels(live_url, page, owner, tmp_path):
+    from datasets.synthetic import write_shapes
+    from tests.factories import make_segmentation_dataset
+
+    write_shapes(tmp_path / "shapes", 24, 48, seed=4)
+    dataset = make_segmentation_dataset(owner, tmp_path / "shapes", size=(48, 48))
+    _login(page, live_url)
+    page.goto(f"{live_url}/datasets/{dataset.pk}/")
+    assert page.locator("h2", has_text="Pixels per class").count() == 1
+    assert page.locator(".class-chart").count() == 2  # a chart per split
+    page.wait_for_function("Chart.getChart(document.querySelector('.class-chart')) !== undefined")
+    _keep(page, "segmentation-dataset")
+    page.click("#explore")
+    page.wait_for_selector("#gallery img")
+    # Every image of the page arrives, with its labels over it.
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 48)")
+    assert "show=overlay" in page.locator("#gallery img").first.get_attribute("src")
+    assert page.locator("#legend .swatch").count() == 4
+    _keep(page, "segmentation-gallery")
+    page.select_option("select[name=show]", "labels")
+    page.click("#gallery-filter button[type=submit]")
+    page.wait_for_url("**show=labels**")
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 48)")
+    assert "show=labels" in page.locator("#gallery img").first.get_attribute("src")

@@ -3,6 +3,7 @@ class list's colours), built by the real worker; the synthetic shapes generator;
 pure pieces (class lists, label images, resizing labels with the image)."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from PIL import Image
 
 from datasets.imaging import IGNORE_LABEL, load_mask, resize_image
@@ -33,7 +35,7 @@ def seg_folder(data_root: Path, request) -> Path:
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_a_segmentation_dataset_from_label_images(celery_worker_process, api, seg_folder):
+def test_a_segmentation_dataset_from_label_images(celery_worker_process, api, owner, seg_folder):
     # Some bad pairs among the good ones: each is reported, the rest is built.
     Image.new("L", (10, 10)).save(seg_folder / "masks" / "00001.png")  # not the image's size
     Image.new("RGB", (48, 48), (1, 2, 3)).save(seg_folder / "masks" / "00002.png")  # a colour of no class
@@ -81,8 +83,28 @@ def test_a_segmentation_dataset_from_label_images(celery_worker_process, api, se
             name = Path(sources[index]).name
             expected = resize_image(load_mask(seg_folder / "masks" / name, list(CLASS_COLOURS)), 32, 24, "fill", pad=IGNORE_LABEL)
             assert np.array_equal(stored[:, :, 0], np.asarray(expected)), name
-    page = api.get(f"/datasets/{data['id']}/")
-    assert page.status_code in (200, 302)
+    # Its page shows pixels per class with the classes' colours; the gallery the labels
+    # over each image; the API the labels in colour.
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/datasets/{data['id']}/").content.decode()
+    assert "Pixels per class" in page and "rgb(220, 20, 60)" in page and 'id="task">Segmentation' in page
+    gallery = client.get(f"/datasets/{data['id']}/explore/?split=val").content.decode()
+    assert gallery.count("?show=overlay") == data["counts"]["val"] and 'id="legend"' in gallery
+    labels = api.get(f"/api/datasets/{data['id']}/images/train/0/?show=labels")
+    assert labels.status_code == 200 and labels["Content-Type"] == "image/png"
+    with open_readonly(dataset.label_split_path("train")).begin() as txn:
+        ids, _ = read_record(txn, 0, meta)
+    coloured = np.asarray(Image.open(io.BytesIO(labels.content)).convert("RGB"))
+    palette = np.asarray(CLASS_COLOURS + ((0, 0, 0),) * (256 - len(CLASS_COLOURS)), dtype=np.uint8)
+    assert np.array_equal(coloured, palette[ids[:, :, 0]])
+    overlay = api.get(f"/api/datasets/{data['id']}/images/train/0/?show=overlay")
+    image = api.get(f"/api/datasets/{data['id']}/images/train/0/")
+    blended, plain = (np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int) for r in (overlay, image))
+    ignored = ids[:, :, 0] == IGNORE_LABEL
+    assert ignored.any() and np.array_equal(blended[ignored], plain[ignored])  # the padding shows the image
+    assert np.abs(blended[~ignored] - (0.45 * plain[~ignored] + 0.55 * palette[ids[:, :, 0]][~ignored])).max() <= 1
+    assert api.get(f"/api/datasets/{data['id']}/images/train/0/?show=bogus").status_code == 400
 
 
 def test_segmentation_requests_are_checked_field_by_field(api, seg_folder, tmp_path):

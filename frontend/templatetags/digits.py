@@ -52,7 +52,10 @@ def attr(obj: object, name: str) -> object:
 
 
 @register.filter
-def get(mapping: dict, key: str) -> object:
+def get(mapping: dict | list, key: str | int) -> object:
+    """mapping[key] in a template: a dict's value, or a list's item (a colour per class)."""
+    if isinstance(mapping, (list, tuple)):
+        return mapping[key] if isinstance(key, int) and 0 <= key < len(mapping) else ""
     return mapping.get(key, "") if hasattr(mapping, "get") else ""
 
 
@@ -90,3 +93,9 @@ def page_query(context: dict, page: int) -> str:
     params = context["request"].GET.copy()
     params["page"] = page
     return params.urlencode()
+
+
+@register.filter
+def pairs(text: str) -> list[tuple[str, str]]:
+    """"a:A,b:B" -> [("a", "A"), ("b", "B")]: a small fixed list of choices in a template."""
+    return [tuple(item.split(":", 1)) for item in text.split(",")]  # type: ignore[misc]
