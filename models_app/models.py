@@ -21,6 +21,11 @@ class Network(models.TextChoices):
     MOBILENET_V3 = "mobilenet_v3", "MobileNetV3 (large)"
     EFFICIENTNET_B0 = "efficientnet_b0", "EfficientNet-B0"
     VIT_B_16 = "vit_b_16", "ViT-B/16"
+    UNET_SMALL = "unet_small", "Small U-Net (segmentation)"
+    FCN_RESNET50 = "fcn_resnet50", "FCN ResNet-50 (segmentation)"
+    DEEPLABV3_MOBILENET = "deeplabv3_mobilenet_v3_large", "DeepLabV3 MobileNetV3-Large (segmentation)"
+    DEEPLABV3_RESNET50 = "deeplabv3_resnet50", "DeepLabV3 ResNet-50 (segmentation)"
+    LRASPP_MOBILENET = "lraspp_mobilenet_v3_large", "LR-ASPP MobileNetV3-Large (segmentation)"
     CUSTOM = "custom", "Custom (PyTorch code)"
 
 

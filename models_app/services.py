@@ -28,7 +28,7 @@ from workers.version import code_version
 from workers.services import Placement, job_create, job_delete, job_enqueue, job_resume, time_limit_check
 
 from .models import MODEL_KIND, Evaluation, Export, LrPolicy, Metric, Network, Snapshot, TrainedModel
-from .networks import check_input
+from .networks import check_input, network_task
 from .training.lr_policy import parse_steps
 from .training.spec import TrainSpec
 
@@ -83,6 +83,12 @@ def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dic
             f"The crop size must fit in the dataset's {dataset.image_width}x{dataset.image_height} images.", field="crop_size"
         )
     shape = input_size(dataset, crop)
+    if network != Network.CUSTOM and network_task(network) != dataset.task:
+        wanted = "a segmentation network (its name says so)" if dataset.is_segmentation else "a classification network"
+        raise JobError(
+            f"{Network(network).label} is for {network_task(network)}, and {dataset.job.name!r} is a {dataset.task} "
+            f"dataset: pick {wanted}.", field="network",
+        )
     if network != Network.CUSTOM:
         try:
             check_input(network, Network(network).label, shape)
@@ -269,8 +275,11 @@ def model_train_spec(model: TrainedModel) -> TrainSpec:
         **params,
         num_classes=dataset.num_classes,
         input_shape=(dataset.channels, dataset.image_height, dataset.image_width),
+        task=dataset.task,
         train_db=str(dataset.split_path("train")),
         val_db=str(dataset.split_path("val")),
+        train_labels_db=str(dataset.label_split_path("train")) if dataset.is_segmentation else "",
+        val_labels_db=str(dataset.label_split_path("val")) if dataset.is_segmentation else "",
         mean_path=str(dataset.mean_path),
         output_dir=str(model.directory),
         num_workers=settings.TRAIN_LOADER_WORKERS,

@@ -1,6 +1,8 @@
 """Model pages: thin views over the same services as the API."""
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -123,8 +125,11 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "snapshots": snapshots,
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots], initial={"epoch": chosen}),
             "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits, initial={"epoch": chosen}),
-            # Top-5 says nothing with 5 classes or fewer (it is always 100 %).
-            "show_top5": model.dataset.num_classes > 5,
+            # Top-5 says nothing with 5 classes or fewer (it is always 100 %), nor per pixel.
+            "show_top5": model.dataset.num_classes > 5 and not model.dataset.is_segmentation,
+            # Segmentation charts name and colour each class's IoU.
+            "class_names_json": json.dumps(model.dataset.labels),
+            "class_colours_json": json.dumps(model.dataset.label_colours),
             "best_snapshot": max((s for s in snapshots if s.val_accuracy is not None), key=lambda s: s.val_accuracy or 0.0, default=None),
             "evaluations": evaluation_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at")[:20],
             "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),

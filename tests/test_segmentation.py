@@ -183,3 +183,40 @@ def test_synthetic_shapes_agree_in_every_format(tmp_path):
             assert (inside == box["category_id"]).sum() == box["area"] >= 0.4 * inside.size
     call_command("synthetic_shapes", str(tmp_path / "cmd"), "--count", "3", "--size", "32")
     assert len(list((tmp_path / "cmd" / "images").iterdir())) == 3
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, seg_folder):
+    body = {"name": "seg", "task": "segmentation", "folder": str(seg_folder / "images"),
+            "label_folder": str(seg_folder / "masks"), "class_list": str(seg_folder / "classes.txt"),
+            "image_width": 32, "image_height": 32, "val_percent": 25}
+    response = api.post("/api/datasets/", body, format="json")
+    assert response.status_code == 201, response.content
+    dataset_id = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
+    # A classification network is refused for it, and a segmentation one for a classification dataset.
+    refused = api.post("/api/models/", {"name": "m", "dataset": dataset_id, "network": "lenet"}, format="json")
+    assert refused.status_code == 400 and "network" in refused.json()["errors"]
+    assert "pick a segmentation network" in refused.json()["detail"]
+
+    model = api.post("/api/models/", {
+        "name": "unet", "dataset": dataset_id, "network": "unet_small", "epochs": 6, "batch_size": 8, "solver": "adam",
+        "learning_rate": 0.003, "val_interval": 2, "snapshot_interval": 3, "flip": "hv", "rotation": 10, "seed": 1,
+    }, format="json")
+    assert model.status_code == 201, model.content
+    done = wait_for_status(api, f"/api/models/{model.json()['id']}/", {"done", "error"}, timeout=300)
+    assert done["job"]["status"] == "done", done["job"]
+    metrics = api.get(f"/api/models/{done['id']}/metrics/").json()
+    assert [p["epoch"] for p in metrics["val_miou"]] == [2, 3, 4, 6]  # validations and snapshots
+    for i in range(4):  # every class has its IoU at every validation, all within 0..1
+        assert len(metrics[f"val_iou/{i}"]) == 4 and all(0 <= p["value"] <= 1 for p in metrics[f"val_iou/{i}"])
+    miou = [p["value"] for p in metrics["val_miou"]]
+    per_class = [metrics[f"val_iou/{i}"][-1]["value"] for i in range(4)]
+    assert abs(miou[-1] - sum(per_class) / 4) < 1e-6  # the mean of the classes' IoU
+    assert metrics["val_iou/0"][-1]["value"] > 0.9  # the background is learnt at once
+    assert [s["epoch"] for s in done["snapshots"]] == [3, 6]
+    # The page charts them, named and coloured per class.
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/models/{done['id']}/").content.decode()
+    assert 'data-task="segmentation"' in page and "&quot;rectangle&quot;" in page

@@ -35,6 +35,12 @@ STANDARD_NETWORKS = {
     "mobilenet_v3": "models_app.networks.mobilenet_v3",
     "efficientnet_b0": "models_app.networks.efficientnet_b0",
     "vit_b_16": "models_app.networks.vit_b_16",
+    # Segmentation (TASK = "segmentation" in the module).
+    "unet_small": "models_app.networks.unet_small",
+    "fcn_resnet50": "models_app.networks.fcn_resnet50",
+    "deeplabv3_mobilenet_v3_large": "models_app.networks.deeplabv3_mobilenet_v3_large",
+    "deeplabv3_resnet50": "models_app.networks.deeplabv3_resnet50",
+    "lraspp_mobilenet_v3_large": "models_app.networks.lraspp_mobilenet_v3_large",
 }
 # How tracebacks name custom code, so an error can point at the user's line.
 CUSTOM_FILENAME = "network.py"
@@ -85,6 +91,11 @@ def network_constants(name: str) -> dict[str, object]:
     return constants
 
 
+def network_task(name: str) -> str:
+    """What a standard network is for: "classification" or "segmentation" (its TASK)."""
+    return str(network_constants(name).get("TASK", "classification"))
+
+
 def intended_input(name: str) -> tuple[int, int]:
     height, width = cast(tuple[int, int], network_constants(name)["INTENDED_INPUT"])
     return int(height), int(width)
@@ -100,6 +111,9 @@ def check_input(name: str, label: str, input_shape: tuple[int, int, int]) -> Non
         raise ValueError(
             f"{label} needs square images whose side is a multiple of {multiple} (like 224x224), got {width}x{height}."
         )
+    factor = constants.get("SIDE_FACTOR")
+    if isinstance(factor, int) and (height % factor or width % factor):
+        raise ValueError(f"{label} needs sides that are multiples of {factor}, got {width}x{height}.")
     side = constants.get("MIN_SIDE", 1)
     if isinstance(side, int) and min(height, width) < side:
         raise ValueError(f"{label} needs images of at least {side}x{side} pixels, got {width}x{height}.")

@@ -99,7 +99,11 @@ def random_rot90(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def random_affine(x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator, labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate and zoom each image by a random amount; `labels` (N, H, W class ids) move
+    with their image, sampled nearest (no class blended into another), IGNORE outside."""
     batch = x.shape[0]
     angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(max_degrees)
     # Zoom in by `scale`: sample a window 1/scale as large.
@@ -108,7 +112,13 @@ def random_affine(x: torch.Tensor, max_degrees: float, max_scale: float, generat
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if labels is None:
+        return out, None
+    # Shifted by one so that 0 marks "outside the image" after zero padding.
+    moved = F.grid_sample((labels[:, None].to(x.dtype) + 1), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    moved = moved[:, 0].round().long() - 1
+    return out, torch.where(moved < 0, torch.full_like(moved, IGNORE_INDEX), moved)
 
 
 def random_hsv(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
@@ -128,6 +138,11 @@ def random_hsv(x: torch.Tensor, amount: float, generator: torch.Generator) -> to
     x = grey + saturation.to(x.device, x.dtype)[:, None, None, None] * (x - grey)
     x = x * value.to(x.device, x.dtype)[:, None, None, None]
     return x.clamp_(0.0, 255.0)
+
+
+# Label pixels that count for nothing (datasets.imaging.IGNORE_LABEL; not imported: this
+# file is copied into downloaded archives, which carry no datasets package).
+IGNORE_INDEX = 255
 
 
 class BatchTransform:
@@ -153,7 +168,7 @@ class BatchTransform:
             x = random_hsv(x, s.hsv_jitter, g)
         x = self._subtract_mean(x)
         if s.rotation or s.scale_jitter:
-            x = random_affine(x, s.rotation, s.scale_jitter, g)
+            x, _ = random_affine(x, s.rotation, s.scale_jitter, g)
         if s.crop_size:
             x = random_crop(x, s.crop_size, g)
         if s.flip in ("h", "hv"):
@@ -163,6 +178,39 @@ class BatchTransform:
         if s.rotate90 and x.shape[-1] == x.shape[-2]:
             x = random_rot90(x, g)
         return x.div_(255.0)
+
+    def train_pair(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation: the training transform of `train`, with every geometric step
+        (rotation and zoom, crop, flips, quarter turns) applied to the label images too.
+        labels: (N, H, W) class ids."""
+        s, g = self.spec, self.generator
+        x = self._prepare(images)
+        y = labels.to(self.device, non_blocking=True).long()
+        if s.hsv_jitter and x.shape[1] == 3:
+            x = random_hsv(x, s.hsv_jitter, g)
+        x = self._subtract_mean(x)
+        if s.rotation or s.scale_jitter:
+            x, moved = random_affine(x, s.rotation, s.scale_jitter, g, y)
+            assert moved is not None
+            y = moved
+        # The label image as one more channel: crops, flips and turns index both alike.
+        both = torch.cat([x, y[:, None].to(x.dtype)], dim=1)
+        if s.crop_size:
+            both = random_crop(both, s.crop_size, g)
+        if s.flip in ("h", "hv"):
+            both = random_flip(both, -1, g)
+        if s.flip in ("v", "hv"):
+            both = random_flip(both, -2, g)
+        if s.rotate90 and both.shape[-1] == both.shape[-2]:
+            both = random_rot90(both, g)
+        return both[:, :-1].div(255.0), both[:, -1].round().long()
+
+    def eval_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Segmentation: the label images as `eval` crops their images."""
+        y = labels.to(self.device, non_blocking=True).long()
+        if self.spec.crop_size:
+            y = centre_crop(y[:, None], self.spec.crop_size)[:, 0]
+        return y
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         x = self._subtract_mean(self._prepare(images))

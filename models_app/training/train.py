@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,12 +53,13 @@ import torch
 import torch._dynamo  # noqa: F401 - every optimizer imports it lazily (about 1 s): here, so a zygote pre-imports it
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F  # noqa: N812 - as torch's own docs name it
 
 from workers import protocol
 
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
-from .augment import BatchTransform, TransformSpec
+from .augment import IGNORE_INDEX, BatchTransform, TransformSpec
 from .data import Split, chunk, epoch_order, per_rank_count, shard
 from .lr_policy import LrSchedule
 from .solvers import make_optimizer
@@ -225,10 +227,19 @@ class Trainer:
         self.val_set = Split(spec.val_db, cache_bytes=cache, workers=workers) if spec.val_db else None
         if len(self.train_set) == 0:
             raise TrainingError("The dataset's training split is empty.")
+        # Segmentation: the label images, record i the label of image i.
+        self.segmentation = spec.task == "segmentation"
+        self.train_labels = self.val_labels = None
+        if self.segmentation:
+            self.train_labels = Split(spec.train_labels_db, cache_bytes=cache, workers=workers)
+            if self.val_set is not None and spec.val_labels_db:
+                self.val_labels = Split(spec.val_labels_db, cache_bytes=cache, workers=workers)
+            if len(self.train_labels) != len(self.train_set):
+                raise TrainingError("The dataset's label images do not match its images; build the dataset again.")
         if self.device.type == "cuda":
             # Up to a quarter of the GPU's memory may hold the dataset itself.
             budget = torch.cuda.get_device_properties(self.device).total_memory // 4
-            for split in (self.train_set, self.val_set):
+            for split in (self.train_set, self.val_set, self.train_labels, self.val_labels):
                 if split is not None and split.move_to(self.device, budget):
                     assert split.images is not None  # moved: it is in memory
                     budget -= split.images.numel()
@@ -252,7 +263,8 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.criterion = nn.CrossEntropyLoss()
+        # Segmentation: per-pixel cross-entropy, the pixels labelled "ignore" left out.
+        self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX) if self.segmentation else nn.CrossEntropyLoss()
         self.optimizer = make_optimizer(spec, self.net.parameters())
         self.schedule = LrSchedule.from_spec(spec)
         plan = self.plan
@@ -378,7 +390,7 @@ class Trainer:
             first_step = self.iteration - epoch * plan.iterations_per_epoch
             used = batches[first_step * plan.accumulation :]
             steps = [used[i : i + plan.accumulation] for i in range(0, len(used), plan.accumulation)]
-            stream = self.train_set.batches(used)
+            stream = self._batches(self.train_set, self.train_labels, used)
             self.net.train()
             for group in steps:
                 if self.iteration >= plan.total_iterations:
@@ -387,8 +399,11 @@ class Trainer:
                 loss_sum = torch.zeros((), device=self.device)
                 for j, _ in enumerate(group):
                     images, targets = next(stream)
-                    targets = targets.to(self.device, non_blocking=True)
-                    x = self.transform.train(images)
+                    if self.segmentation:  # the label images move with their images
+                        x, targets = self.transform.train_pair(images, targets)
+                    else:
+                        targets = targets.to(self.device, non_blocking=True)
+                        x = self.transform.train(images)
                     # DDP: only the last batch of an accumulation group all-reduces gradients.
                     sync = j == len(group) - 1 or self.world_size == 1
                     ctx = cast(nn.parallel.DistributedDataParallel, self.net).no_sync() if not sync else contextlib.nullcontext()
@@ -562,17 +577,65 @@ class Trainer:
         plan = self.plan
         eta = getattr(self, "eta", None)
         log.info(
-            "epoch %.2f/%g  iteration %d/%d  train loss %s  val loss %.4f  val accuracy %.2f%%  lr %.4g  %s images/s  ETA %s",
+            "epoch %.2f/%g  iteration %d/%d  train loss %s  val loss %.4f  val accuracy %.2f%%%s  lr %.4g  %s images/s  ETA %s",
             plan.epoch_of(iteration), self.spec.epochs, iteration, plan.total_iterations,
             f"{self.last_loss:.4f}" if self.last_loss is not None else "-", metrics["val_loss"], 100 * metrics["val_accuracy"],
+            f"  mean IoU {100 * metrics['val_miou']:.2f}%" if "val_miou" in metrics else "",
             self.last_lr if self.last_lr is not None else self.optimizer.param_groups[0]["lr"],
             f"{self.last_throughput:.0f}" if self.last_throughput is not None else "-",
             f"{eta:.0f}s" if eta is not None else "-",
         )
 
+    @staticmethod
+    def _batches(split: Split, labels: Split | None, index_batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, targets) per batch: class ids, or (segmentation) the label images."""
+        if labels is None:
+            yield from split.batches(index_batches)
+            return
+        for (images, _), (label_images, _) in zip(split.batches(index_batches), labels.batches(index_batches)):
+            yield images, label_images[:, 0]
+
+    @torch.no_grad()
+    def evaluate_segmentation(self) -> dict[str, float]:
+        """Loss per labelled pixel, pixel accuracy, and the intersection over union of each
+        class (and their mean over the classes present) from one confusion matrix of the
+        whole validation split (summed over the ranks)."""
+        assert self.val_set is not None and self.val_labels is not None
+        self.net.eval()
+        classes = self.num_classes
+        order = shard(torch.arange(len(self.val_set)), self.rank, self.world_size)
+        confusion = torch.zeros(classes * classes, dtype=torch.int64, device=self.device)
+        loss_sum = 0.0
+        for images, label_images in self._batches(self.val_set, self.val_labels, chunk(order, self.batch_size)):
+            y = self.transform.eval_labels(label_images)
+            with self._autocast():
+                output = self.net(self.transform.eval(images)).float()
+            loss_sum += F.cross_entropy(output, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
+            valid = y != IGNORE_INDEX
+            confusion += torch.bincount(y[valid] * classes + output.argmax(1)[valid], minlength=classes * classes)
+        if self.world_size > 1:
+            dist.all_reduce(confusion)
+        (loss_sum,) = reduce_sum([loss_sum], self.device, self.world_size)
+        self.net.train()
+        matrix = confusion.view(classes, classes).double().cpu()
+        hits, truth, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+        union = truth + predicted - hits
+        iou = torch.where(union > 0, hits / union.clamp(min=1), torch.full_like(union, float("nan")))
+        pixels = max(float(matrix.sum()), 1.0)
+        present = iou[~iou.isnan()]
+        metrics = {
+            "val_loss": loss_sum / pixels,
+            "val_accuracy": float(hits.sum()) / pixels,  # pixel accuracy
+            "val_miou": float(present.mean()) if len(present) else 0.0,
+        }
+        metrics.update({f"val_iou/{i}": float(v) for i, v in enumerate(iou.tolist()) if not math.isnan(v)})
+        return metrics
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         assert self.val_set is not None
+        if self.segmentation:
+            return self.evaluate_segmentation()
         self.net.eval()
         order = shard(torch.arange(len(self.val_set)), self.rank, self.world_size)
         loss_sum = correct1 = correct5 = count = 0.0
@@ -615,6 +678,7 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "augment_rng": self.transform.generator.get_state(),
                 "network": spec.network,
+                "task": spec.task,
                 "num_classes": self.num_classes,
                 "input_shape": list(self.input_shape),
                 "crop_size": self.transform_spec.crop_size,

@@ -11,6 +11,10 @@
   const controls = document.getElementById("chart-controls");
   const plannedEpochs = Number(controls.dataset.epochs) || undefined;  // the x-axis spans the whole run from the start
   const showTop5 = controls.dataset.top5 === "1";  // top-5 says nothing with 5 classes or fewer
+  // Segmentation: pixel accuracy, mean IoU (the best epoch's measure) and each class's IoU.
+  const segmentation = controls.dataset.task === "segmentation";
+  const classNames = JSON.parse(controls.dataset.classes || "[]");
+  const classColours = JSON.parse(controls.dataset.colours || "[]");
 
   function points(name, scale) {
     return (series[name] || []).map(function (p) { return { x: p.epoch, y: p.value * (scale || 1) }; });
@@ -53,9 +57,10 @@
       { label: "val loss", data: points("val_loss"), borderColor: "#ef4444", pointRadius: 3 },
     ], "loss"),
     accuracy: lineChart("accuracy-chart", [
-      { label: "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
+      { label: segmentation ? "val pixel accuracy (%)" : "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
       { label: "best", data: [], borderColor: "#f59e0b", backgroundColor: "#f59e0b", pointStyle: "star", pointRadius: 10, showLine: false },
-    ].concat(showTop5 ? [{ label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 }] : []),
+    ].concat(showTop5 ? [{ label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 }] : [])
+     .concat(segmentation ? [{ label: "val mean IoU (%)", data: points("val_miou", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : []),
     "accuracy %", { scales: { x: { type: "linear", min: 0, max: plannedEpochs, title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
     lr: lineChart("lr-chart", [{ label: "learning rate", data: points("lr"), borderColor: "#f59e0b" }], "learning rate"),
     throughput: lineChart("throughput-chart", [
@@ -89,10 +94,24 @@
     throughput: [charts.throughput, 0, 1],
   };
   if (showTop5) where.val_top5 = [charts.accuracy, 2, 100];
+  if (segmentation) where.val_miou = [charts.accuracy, 2, 100];
 
-  // The best validation accuracy so far, starred on the chart.
+  // A class's IoU ("val_iou/<class id>"): a thin dashed line in the class's colour.
+  function iouTarget(name) {
+    const match = /^val_iou\/(\d+)$/.exec(name);
+    if (!match || !segmentation) return null;
+    const id = Number(match[1]);
+    const colour = classColours[id] ? "rgb(" + classColours[id].join(",") + ")" : "#94a3b8";
+    charts.accuracy.data.datasets.push({
+      label: "IoU " + (classNames[id] || "class " + id) + " (%)", data: [], borderColor: colour, borderDash: [4, 3], borderWidth: 1, pointRadius: 2,
+    });
+    where[name] = [charts.accuracy, charts.accuracy.data.datasets.length - 1, 100];
+    return where[name];
+  }
+
+  // The best validation accuracy (segmentation: mean IoU) so far, starred on the chart.
   function markBest() {
-    const data = charts.accuracy.data.datasets[0].data;
+    const data = charts.accuracy.data.datasets[segmentation ? 2 : 0].data;
     let best = null;
     data.forEach(function (p) { if (!best || p.y > best.y) best = p; });
     charts.accuracy.data.datasets[1].data = best ? [{ x: best.x, y: best.y }] : [];
@@ -171,7 +190,7 @@
   function addPoints(list) {
     const touched = new Set();
     list.forEach(function (p) {
-      const target = where[p.name] || deviceTarget(p.name);
+      const target = where[p.name] || deviceTarget(p.name) || iouTarget(p.name);
       if (!target) return;
       const data = target[0].data.datasets[target[1]].data;
       const point = { x: p.epoch, y: p.value * target[2] };
