@@ -353,7 +353,8 @@ _STATISTICS = inline_serializer(
 
 
 class ModelClassifyApi(APIView):
-    """Classify one uploaded image with a snapshot (default: the latest): top-5, the image
+    """Classify one uploaded image with a snapshot (default: the latest): top-5 (a
+    segmentation model: each pixel's class, drawn, and the classes found), the image
     as the network saw it, and with `views=true` what every layer did (weights and
     activations as pictures and statistics) and a Grad-CAM map. Answered by the inference
     worker, so it works while every device trains."""
@@ -372,9 +373,20 @@ class ModelClassifyApi(APIView):
                 "epoch": serializers.FloatField(),
                 "predictions": inline_serializer(
                     "Prediction",
-                    {"label": serializers.CharField(), "index": serializers.IntegerField(), "probability": serializers.FloatField()},
+                    {"label": serializers.CharField(), "index": serializers.IntegerField(),
+                     "probability": serializers.FloatField(help_text="Segmentation: the class's share of the pixels."),
+                     "pixels": serializers.IntegerField(required=False, help_text="Segmentation: the pixels of the class."),
+                     "confidence": serializers.FloatField(required=False, allow_null=True,
+                                                          help_text="Segmentation: the mean probability of those pixels.")},
                     many=True,
                 ),
+                "segmentation": inline_serializer("SegmentationViews", {
+                    "labels": serializers.CharField(help_text="PNG data URI: each pixel's class in its colour."),
+                    "overlay": serializers.CharField(help_text="PNG data URI: the same over the image."),
+                    "legend": inline_serializer("LegendEntry", {
+                        "label": serializers.CharField(), "colour": serializers.ListField(child=serializers.IntegerField()),
+                    }, many=True),
+                }, required=False),
                 "input": inline_serializer("ClassifyInputImages", {
                     "resized": serializers.CharField(help_text="PNG data URI: the image resized to the dataset's size."),
                     "network": serializers.CharField(help_text="PNG data URI: the network's input (cropped, mean subtracted), scaled for display."),

@@ -63,6 +63,40 @@ def preprocess(model: TrainedModel, image: bytes) -> tuple[np.ndarray, torch.Ten
     return resized, BatchTransform(spec, dataset.load_mean(), torch.device("cpu")).eval(images)
 
 
+def segmentation_views(model: TrainedModel, ids: np.ndarray, confidence: list[float], resized: np.ndarray) -> dict[str, Any]:
+    """What a page shows of one image's segmentation: the labels in their classes' colours,
+    alone and over the image (as the network saw it: cropped like it), and each class
+    found, with its share of the pixels and its mean probability ("predictions", largest
+    first)."""
+    from .network_views import png_uri
+
+    dataset = model.dataset
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(dataset.label_colours)] = np.asarray(dataset.label_colours, dtype=np.uint8).reshape(-1, 3)
+    seen = resized
+    if model.crop_size:
+        top, left = (resized.shape[0] - model.crop_size) // 2, (resized.shape[1] - model.crop_size) // 2
+        seen = resized[top : top + model.crop_size, left : left + model.crop_size]
+    base = np.repeat(seen, 3, axis=2) if seen.shape[2] == 1 else seen
+    coloured = palette[ids]
+    counts = np.bincount(ids.reshape(-1), minlength=len(dataset.labels))
+    total = max(int(counts.sum()), 1)
+    labels = dataset.labels
+    found = [i for i in np.argsort(-counts) if counts[i] > 0]
+    return {
+        "segmentation": {
+            "labels": png_uri(coloured),
+            "overlay": png_uri((0.45 * base + 0.55 * coloured).round().astype(np.uint8)),
+            "legend": [{"label": labels[i], "colour": list(map(int, palette[i]))} for i in range(len(labels))],
+        },
+        "predictions": [
+            {"label": labels[i] if i < len(labels) else str(i), "index": int(i), "probability": float(counts[i] / total),
+             "pixels": int(counts[i]), "confidence": float(confidence[i]) if i < len(confidence) else None}
+            for i in found
+        ],
+    }
+
+
 # -- one request ----------------------------------------------------------------------------
 
 
@@ -78,7 +112,7 @@ def _run_custom(model: TrainedModel, snapshot: Snapshot, resized: np.ndarray, x:
                 {
                     "task": "classify", "network": "custom", "code": model.custom_code, "input_shape": list(x.shape[1:]),
                     "num_classes": model.dataset.num_classes, "weights": str(snapshot.path), "input": tmp.name,
-                    "crop_size": model.crop_size, "views": views,
+                    "crop_size": model.crop_size, "views": views, "segmentation": model.dataset.is_segmentation,
                 }
             )
         except SandboxError as exc:
@@ -92,10 +126,15 @@ def classify(model: TrainedModel, snapshot: Snapshot, image: bytes, *, top_k: in
     did). Raises ValueError for a bad image."""
     started = time.perf_counter()
     resized, x = preprocess(model, image)
+    task = model.dataset.task
     if model.network == Network.CUSTOM:
         reply = _run_custom(model, snapshot, resized, x, views)
     else:
-        reply = analyse(load_network(snapshot), x, resized, crop_size=model.crop_size, views=views)
+        reply = analyse(load_network(snapshot), x, resized, crop_size=model.crop_size, views=views, task=task)
+    if model.dataset.is_segmentation:
+        reply.update(segmentation_views(model, np.asarray(reply.pop("label_ids"), dtype=np.uint8), reply.pop("confidence"), resized))
+        reply["seconds"] = round(time.perf_counter() - started, 4)
+        return reply
     probabilities = np.asarray(reply.pop("probabilities"))
     labels = model.dataset.labels
     order = np.argsort(-probabilities)[: min(top_k, len(probabilities))]

@@ -151,9 +151,13 @@ def _grad_cam(net: torch.nn.Module, x: torch.Tensor, target: int, picture: np.nd
     return {"layer": name, "overlay": png_uri(overlay), "heatmap": png_uri((heat * 255).astype(np.uint8))}
 
 
-def analyse(net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_size: int | None, views: bool) -> dict[str, Any]:
+def analyse(
+    net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_size: int | None, views: bool, task: str = "classification",
+) -> dict[str, Any]:
     """Probabilities of every class for the (1, C, H, W) input `x`; with `views`, the
-    pictures and statistics of every layer and the Grad-CAM map as well."""
+    pictures and statistics of every layer and the Grad-CAM map as well.
+    Segmentation: instead of probabilities, each pixel's class ("label_ids", an HxW uint8
+    array as a list of rows) and its probability's mean per class ("confidence")."""
     net.eval()
     seen = centre_crop(torch.from_numpy(resized).permute(2, 0, 1), crop_size).permute(1, 2, 0).numpy() if crop_size else resized
     reply: dict[str, Any] = {
@@ -175,7 +179,15 @@ def analyse(net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_
     finally:
         for h in hooks:
             h.remove()
-    reply["probabilities"] = probabilities.tolist()
+    if task == "segmentation":
+        best, ids = probabilities.max(dim=0)
+        classes = probabilities.shape[0]
+        sums = torch.zeros(classes).index_add_(0, ids.reshape(-1), best.reshape(-1))
+        counts = torch.bincount(ids.reshape(-1), minlength=classes).clamp(min=1)
+        reply["label_ids"] = ids.to(torch.uint8).tolist()
+        reply["confidence"] = (sums / counts).tolist()
+    else:
+        reply["probabilities"] = probabilities.tolist()
     if not views:
         return reply
     layers = []
@@ -194,5 +206,6 @@ def analyse(net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_
         })
     reply["layers"] = layers
     reply["total_params"] = sum(p.numel() for p in net.parameters())
-    reply["gradcam"] = _grad_cam(net, x, int(probabilities.argmax()), seen)
+    if task != "segmentation":  # a map of what raised one class: the labels are that already
+        reply["gradcam"] = _grad_cam(net, x, int(probabilities.argmax()), seen)
     return reply

@@ -110,7 +110,8 @@ def _classify(net: Any, request: dict[str, Any]) -> dict[str, Any]:
     net.load_state_dict(state.get("model", state))
     with np.load(request["input"]) as data:
         x, resized = torch.from_numpy(data["x"]), data["resized"]
-    return analyse(net, x, resized, crop_size=request.get("crop_size"), views=bool(request.get("views")))
+    task = "segmentation" if request.get("segmentation") else "classification"
+    return analyse(net, x, resized, crop_size=request.get("crop_size"), views=bool(request.get("views")), task=task)
 
 
 def _state_dict(loaded: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ class list's colours), built by the real worker; the synthetic shapes generator;
 pure pieces (class lists, label images, resizing labels with the image)."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -220,3 +221,20 @@ def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, 
     client.force_login(owner)
     page = client.get(f"/models/{done['id']}/").content.decode()
     assert 'data-task="segmentation"' in page and "&quot;rectangle&quot;" in page
+
+    # One image through the inference worker: each pixel's class, drawn, and the classes found.
+    with open(seg_folder / "images" / "00007.png", "rb") as image:
+        reply = api.post(f"/api/models/{done['id']}/classify/", {"image": image, "views": "true"}, format="multipart")
+    assert reply.status_code == 200, reply.content
+    result = reply.json()
+    assert result["segmentation"]["labels"].startswith("data:image/png;base64,")
+    drawn = Image.open(io.BytesIO(base64.b64decode(result["segmentation"]["labels"].split(",", 1)[1])))
+    assert drawn.size == (32, 32)
+    assert [c["label"] for c in result["segmentation"]["legend"]] == list(CLASSES)
+    assert sum(p["pixels"] for p in result["predictions"]) == 32 * 32
+    assert abs(sum(p["probability"] for p in result["predictions"]) - 1) < 1e-6
+    assert result["predictions"][0]["label"] == "background" and 0 < result["predictions"][0]["confidence"] <= 1
+    assert result["layers"] and "gradcam" not in result  # every layer's views; no Grad-CAM of a pixel map
+    with open(seg_folder / "images" / "00007.png", "rb") as image:
+        shown = client.post(f"/models/{done['id']}/classify/", {"image": image}).content.decode()
+    assert 'id="segmentation-overlay"' in shown and "Share of the pixels" in shown
