@@ -28,6 +28,9 @@ README = """Exported from DIGITS-NG.
     pip install {requirements}
     python classify.py some_image.png
 
+(A segmentation model: each image's class map is written as <image>_labels.png in the
+label colours of info.json, or --out FOLDER, and the share of each class is printed.)
+
 model.pt holds the state_dict of network.build(info["input_shape"], info["num_classes"]).
 Inputs are resized with imaging.resize_image, mean-subtracted (info["mean_subtraction"]:
 the mean image mean.npy, its per-channel mean, or nothing), centre-cropped to
@@ -110,6 +113,10 @@ def archive_info(model: TrainedModel, snapshot: Snapshot, export: Export | None,
         "mean_subtraction": model.mean_subtraction,
         "preprocessing": "centre_crop(resize(image) - mean) / 255, channels first",
         "labels": dataset.labels,
+        # "segmentation": the output is (N, classes, H, W) logits, a class per pixel, drawn
+        # in label_colours (class id -> [r, g, b]).
+        "task": dataset.task,
+        "label_colours": dataset.label_colours if dataset.is_segmentation else None,
         "dataset": dataset.job.name,
         "val_accuracy": snapshot.val_accuracy,
         "val_loss": snapshot.val_loss,
@@ -188,10 +195,13 @@ def triton_config(name: str, model: TrainedModel) -> str:
     """config.pbtxt for Triton's ONNX Runtime backend: batch dimension dynamic (up to
     max_batch_size), one FP32 input in CHW, logits out, labels attached."""
     channels, height, width = input_size(model.dataset, model.crop_size)
-    return TRITON_CONFIG.format(
-        name=name, channels=channels, height=height, width=width, classes=model.dataset.num_classes,
-        input=INPUT_NAME, output=OUTPUT_NAME,
+    classes = model.dataset.num_classes
+    config = TRITON_CONFIG.format(
+        name=name, channels=channels, height=height, width=width, classes=classes, input=INPUT_NAME, output=OUTPUT_NAME,
     )
+    if model.dataset.is_segmentation:  # logits per pixel; no label file for a class map
+        config = config.replace(f"dims: [ {classes} ]\n    label_filename: \"labels.txt\"", f"dims: [ {classes}, {height}, {width} ]")
+    return config
 
 
 def build_triton(model: TrainedModel, snapshot: Snapshot) -> Path:

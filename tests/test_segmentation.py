@@ -22,6 +22,7 @@ from datasets.source_paths import read_paths
 from datasets.sources import SourceError, read_class_list
 from datasets.synthetic import CLASS_COLOURS, CLASSES, write_shapes
 from tests.conftest import wait_for_status
+from tests.test_export import _run_script, _untar
 
 pytestmark = pytest.mark.django_db
 
@@ -188,7 +189,7 @@ def test_synthetic_shapes_agree_in_every_format(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, seg_folder):
+def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, seg_folder, tmp_path):
     body = {"name": "seg", "task": "segmentation", "folder": str(seg_folder / "images"),
             "label_folder": str(seg_folder / "masks"), "class_list": str(seg_folder / "classes.txt"),
             "image_width": 32, "image_height": 32, "val_percent": 25}
@@ -238,3 +239,26 @@ def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, 
     with open(seg_folder / "images" / "00007.png", "rb") as image:
         shown = client.post(f"/models/{done['id']}/classify/", {"image": image}).content.decode()
     assert 'id="segmentation-overlay"' in shown and "Share of the pixels" in shown
+
+    # Export: ONNX checked pixel by pixel against PyTorch; the archive's script writes each
+    # image's class map, with torch and with onnxruntime alone, the same.
+    response = api.post(f"/api/models/{done['id']}/exports/", {"epoch": 6}, format="json")
+    assert response.status_code == 201, response.content
+    export = wait_for_status(api, f"/api/exports/{response.json()['id']}/", {"done", "error"})
+    assert export["job"]["status"] == "done", export["job"]
+    checks = {c["format"]: c for c in export["checks"]}
+    assert checks["onnx"]["status"] == "passed" and checks["onnx"]["top1_agreement"] == 1.0, checks["onnx"]
+    folder = _untar(api.get(f"/api/models/{done['id']}/download/archive/?epoch=6"), tmp_path / "archive")
+    info = json.loads((folder / "info.json").read_text())
+    assert info["task"] == "segmentation" and info["label_colours"] == [list(c) for c in CLASS_COLOURS]
+    image = str(seg_folder / "images" / "00007.png")
+    with_torch = _run_script(folder, [image], "--json", "--out", str(tmp_path / "torch"))
+    without_torch = _run_script(folder, [image], "--json", "--out", str(tmp_path / "onnx"), block_torch=True)
+    assert with_torch[0]["runtime"] == "torch" and without_torch[0]["runtime"] == "onnx"
+    maps = [np.asarray(Image.open(r[0]["labels_png"])) for r in (with_torch, without_torch)]
+    assert maps[0].shape == (32, 32, 3) and np.array_equal(maps[0], maps[1])
+    # The same class map as the inference worker drew for this image.
+    assert np.array_equal(maps[0], np.asarray(drawn.convert("RGB")))
+    assert with_torch[0]["classes"] == without_torch[0]["classes"]
+    triton = _untar(api.get(f"/api/models/{done['id']}/download/triton/?epoch=6"), tmp_path / "triton")
+    assert "dims: [ 4, 32, 32 ]" in (triton / "config.pbtxt").read_text()

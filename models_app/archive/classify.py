@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Classify images with this exported model.
 
-    python classify.py IMAGE [IMAGE ...] [--top 5] [--json] [--runtime auto|torch|onnx]
+    python classify.py IMAGE [IMAGE ...] [--top 5] [--json] [--runtime auto|torch|onnx] [--out FOLDER]
+
+A segmentation model (info.json "task") gives a class per pixel: each image's class map is
+written as IMAGE_labels.png (in FOLDER with --out), in the classes' colours, and the share
+of the pixels of each class found is printed.
 
 Two runtimes, same preprocessing (imaging.py, the code used in training) and same answers:
   - torch: model.pt (weights) with network.py (`build(input_shape, num_classes)`);
@@ -82,12 +86,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
+def segment(path: str, logits: np.ndarray, info: dict, labels: list[str], out: str | None) -> dict:
+    """Each pixel's class, saved as a PNG in the classes' colours; each class's share."""
+    from PIL import Image
+
+    ids = logits[0].argmax(axis=0).astype(np.uint8)
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(info["label_colours"])] = np.asarray(info["label_colours"], dtype=np.uint8)
+    target = Path(out or Path(path).parent) / (Path(path).stem + "_labels.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(colours[ids]).save(target)
+    counts = np.bincount(ids.reshape(-1), minlength=len(labels))
+    found = [i for i in np.argsort(-counts) if counts[i]]
+    return {"labels_png": str(target),
+            "classes": [{"label": labels[i], "share": float(counts[i] / ids.size), "pixels": int(counts[i])} for i in found]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Classify images with the exported model.")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto")
+    parser.add_argument("--out", help="segmentation: the folder for the class maps (default: next to each image)")
     args = parser.parse_args()
     info = json.loads((HERE / "info.json").read_text())
     labels = (HERE / "labels.txt").read_text().splitlines()
@@ -96,6 +117,15 @@ def main() -> int:
     runtime = args.runtime if args.runtime != "auto" else ("torch" if torch_available() else "onnx")
     run = load_torch(info) if runtime == "torch" else load_onnx(info)
     for path in args.images:
+        if info.get("task") == "segmentation":
+            result = segment(path, np.asarray(run(preprocess(path, info, mean))), info, labels, args.out)
+            if args.json:
+                print(json.dumps({"image": path, "runtime": runtime, **result}))
+            else:
+                print(f"{path} -> {result['labels_png']}")
+                for c in result["classes"]:
+                    print(f"  {c['share'] * 100:6.2f}%  {c['label']}")
+            continue
         probs = softmax(np.asarray(run(preprocess(path, info, mean)), dtype=np.float64)[0])
         order = np.argsort(-probs)[: min(args.top, len(probs))]
         results = [{"label": labels[i], "probability": float(probs[i])} for i in order]
