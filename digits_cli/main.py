@@ -152,7 +152,9 @@ def login(
 @datasets_app.command("create")
 def dataset_create(
     name: str,
-    folder: str = typer.Option(None, help="A server folder of class subfolders."),
+    folder: str = typer.Option(None, help="A server folder of class subfolders (segmentation: of images)."),
+    label_folder: str = typer.Option(None, help="Segmentation: a server folder of label images of the same names."),
+    class_list: str = typer.Option(None, help="Segmentation: a server file, line i `name [r g b]` of class i."),
     train_list: str = typer.Option(None, help="A server text list of `path label` lines (with --labels-file)."),
     val_list: str = typer.Option(None),
     labels_file: str = typer.Option(None),
@@ -170,15 +172,18 @@ def dataset_create(
     wait: bool = typer.Option(False, "--wait", help="Wait until it is built (exit status: its outcome)."),
     as_json: bool = JSON,
 ) -> None:
-    """Create a dataset from a server folder, server text lists, or a local archive."""
+    """Create a dataset from a server folder, server text lists, or a local archive; with
+    --label-folder and --class-list, a segmentation dataset."""
     client = api()
     fields = drop_none({
-        "name": name, "folder": folder, "train_list": train_list, "val_list": val_list, "labels_file": labels_file,
+        "name": name, "folder": folder, "label_folder": label_folder, "class_list": class_list, "train_list": train_list, "val_list": val_list, "labels_file": labels_file,
         "image_folder": image_folder, "image_width": width, "image_height": height, "image_mode": mode,
         "resize_mode": resize_mode, "encoding": encoding, "val_percent": val_percent, "test_percent": test_percent, "group": group,
     })
     if train_list:
         fields["source"] = "textfile"
+    if label_folder or class_list:
+        fields["task"] = "segmentation"
     fields.update(parse_options(option))
     try:
         if archive is not None:

@@ -121,3 +121,20 @@ def test_the_readme_example_script(celery_worker_process, live_url, owner, shape
     assert out.returncode == 0, out.stderr
     assert "dataset #" in out.stdout and "best validation accuracy" in out.stdout and "on 60 images" in out.stdout
     assert out.stdout.count("recall") == 3
+
+
+def test_a_segmentation_dataset_from_the_cli(celery_worker_process, live_url, owner, data_root, tmp_path):
+    from datasets.synthetic import write_shapes
+
+    folder = data_root / "cli-seg"
+    write_shapes(folder, 12, 32, seed=9)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    env.update(DIGITS_CONFIG=str(tmp_path / "digits.json"), DIGITS_URL=live_url, COLUMNS="200")
+    as_json(digits(env, "login", "--username", "owner", "--password", "pw-owner", "--json"))
+    dataset = as_json(digits(env, "datasets", "create", "cli-seg", "--folder", str(folder / "images"),
+                             "--label-folder", str(folder / "masks"), "--class-list", str(folder / "classes.txt"),
+                             "--width", "32", "--height", "32", "--val-percent", "25", "--wait", "--json"))
+    assert dataset["job"]["status"] == "done" and dataset["task"] == "segmentation"
+    assert dataset["counts"] == {"train": 9, "val": 3} and len(dataset["class_counts"]["train"]) == 4
+    refused = digits(env, "datasets", "create", "no-classes", "--folder", str(folder / "images"), "--label-folder", str(folder / "masks"))
+    assert refused.returncode == 1 and "Give the class list" in refused.stderr
