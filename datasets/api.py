@@ -24,7 +24,7 @@ from workers.services import job_abort, job_update
 
 from .filters import DatasetFilter
 from .models import PARAM_FIELDS, Dataset, Upload
-from .selectors import LABEL_VIEWS, dataset_gallery, dataset_image, dataset_label_view, dataset_list
+from .selectors import LABEL_VIEWS, dataset_gallery, dataset_image, dataset_label_view, dataset_list, dataset_objects
 from .services import dataset_clone_params, dataset_create, dataset_delete
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
 
@@ -37,7 +37,7 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "id", "job", "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list",
+            "id", "job", "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file",
             "train_list", "val_list", "test_list",
             "labels_file", "image_folder", "shuffle", "upload", "image_width", "image_height", "image_mode",
             "resize_mode", "encoding", "jpeg_quality", "val_percent", "test_percent", "min_per_class", "max_per_class",
@@ -168,8 +168,12 @@ class DatasetImagesApi(APIView):
             "per_page": page.per_page, "total": page.total,
             "images": [
                 {
-                    "index": i, "label": lab, "label_name": dataset.labels[lab],
+                    # Segmentation and detection: no class per image.
+                    "index": i, "label": lab if dataset.task == "classification" else None,
+                    "label_name": dataset.labels[lab] if dataset.task == "classification" else None,
                     "url": reverse("api_dataset_image", args=[dataset.pk, page.split, i]),
+                    # Detection: the image's boxes, in the stored image's pixels.
+                    **({"objects": dataset_objects(dataset, page.split, i)} if dataset.is_detection else {}),
                 }
                 for i, lab in zip(page.indices, page.labels)
             ],
@@ -181,7 +185,8 @@ class DatasetImageApi(APIView):
         responses={(200, "image/png"): bytes}, operation_id="datasets_image_retrieve",
         parameters=[OpenApiParameter(
             "show", str, enum=list(LABEL_VIEWS),
-            description="Segmentation datasets: the label image in its classes' colours, or over the image.",
+            description="Segmentation datasets: the label image in its classes' colours, or over the image; "
+            "detection datasets: the image with its boxes.",
         )],
     )
     def get(self, request: Request, pk: int, split: str, index: int) -> HttpResponse:

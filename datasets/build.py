@@ -25,6 +25,7 @@ two chunks per worker are in flight, so memory stays bounded whatever the datase
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -47,10 +48,11 @@ from PIL import Image
 from workers import protocol
 from workers.procs import keep_freed_memory
 
-from .imaging import IGNORE_LABEL, IMAGE_EXTENSIONS, encode, load_image, load_mask, resize_image, to_array
+from .imaging import IGNORE_LABEL, IMAGE_EXTENSIONS, encode, load_image, load_mask, resize_boxes, resize_image, to_array
 from .lmdb_store import LmdbWriter, StoreWriteError, content_digest, map_size_for, write_records
 from .sources import (
-    Skip, SourceError, extract_archive, pair_label_images, parse_list, read_class_list, read_labels_file, scan_folder,
+    Skip, SourceError, extract_archive, pair_label_files, pair_label_images, parse_kitti, parse_list, read_class_list,
+    read_coco, read_labels_file, scan_folder,
 )
 from .spec import BuildSpec
 from .source_paths import paths_files, write_paths
@@ -60,7 +62,7 @@ FLUSH_SECONDS = 1.0
 WORKER_CHECK_SECONDS = 0.5
 OUTPUTS = (
     "train_db", "val_db", "test_db", "labels.txt", "mean.npy", "mean.png",
-    "train_labels_db", "val_labels_db", "test_labels_db",
+    "train_labels_db", "val_labels_db", "test_labels_db", "train_objects.npz", "val_objects.npz", "test_objects.npz",
     *(name.name for split in ("train", "val", "test") for name in paths_files(Path(), split)),
 )
 
@@ -86,6 +88,8 @@ class Gathered:
     # Segmentation: each item's label image (aligned with `splits`), the classes' colours.
     label_images: dict[str, list[str]] = field(default_factory=dict)
     colours: list[tuple[int, int, int]] = field(default_factory=list)
+    # Detection: each item's objects (class index, left, top, right, bottom), aligned.
+    objects: dict[str, list[list[tuple[Any, ...]]]] = field(default_factory=dict)
 
 
 def _gather_folders(spec: BuildSpec, root: Path) -> Gathered:
@@ -152,28 +156,67 @@ def _gather_segmentation(spec: BuildSpec) -> Gathered:
         raise BuildError("A segmentation dataset is made from two server folders (images and label images).")
     names, colours = read_class_list(Path(spec.class_list))
     pairs, skipped = pair_label_images(Path(spec.folder), Path(spec.label_folder))
-    order = list(range(len(pairs)))
-    random.Random(spec.seed).shuffle(order)
-    n_val = round(len(order) * spec.val_percent / 100)
-    n_test = round(len(order) * spec.test_percent / 100)
-    if n_val + n_test >= len(order) and order:
-        raise BuildError(
-            f"{len(order)} image(s) with label images leave none for training with {spec.val_percent:g}% for validation "
-            f"and {spec.test_percent:g}% for test; lower the percentages or add images."
-        )
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    parts = _random_split(len(pairs), spec)
     splits: Splits = {split: [(pairs[i][0], 0) for i in parts[split]] for split in SPLITS}
     label_images = {split: [pairs[i][1] for i in parts[split]] for split in SPLITS}
     requested = ("train", "val") + (("test",) if spec.test_percent > 0 else ())
     return Gathered(names, splits, Path(spec.folder), skipped, requested=requested, label_images=label_images, colours=colours)
 
 
+def _random_split(count: int, spec: BuildSpec) -> dict[str, list[int]]:
+    """Positions of `count` items per split, at random by the spec's percentages."""
+    order = list(range(count))
+    random.Random(spec.seed).shuffle(order)
+    n_val = round(count * spec.val_percent / 100)
+    n_test = round(count * spec.test_percent / 100)
+    if n_val + n_test >= count and order:
+        raise BuildError(
+            f"{count} usable image(s) leave none for training with {spec.val_percent:g}% for validation "
+            f"and {spec.test_percent:g}% for test; lower the percentages or add images."
+        )
+    return {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+
+
+def _gather_detection(spec: BuildSpec) -> Gathered:
+    """Images with their boxes: KITTI label files of the same names, or a COCO file."""
+    if spec.source != "folder":
+        raise BuildError("A detection dataset is made from a server folder of images with label files or a COCO file.")
+    images = Path(spec.folder)
+    skipped: list[Skip] = []
+    named: list[tuple[str, list[tuple[str, float, float, float, float]]]] = []
+    if spec.annotations_file:
+        names, found, skipped = read_coco(Path(spec.annotations_file), images)
+        named = [(path, [(names[c], *box) for c, *box in objects]) for path, objects in found]  # type: ignore[misc]
+    else:
+        pairs, skipped = pair_label_files(images, Path(spec.label_folder))
+        for image, label_file in pairs:
+            try:
+                named.append((image, parse_kitti(label_file) if label_file else []))
+            except ValueError as exc:
+                skipped.append({"path": os.path.relpath(label_file, spec.label_folder), "reason": str(exc)})
+        names = sorted({name for _, objects in named for name, *_ in objects})
+    if spec.class_list:
+        names, _ = read_class_list(Path(spec.class_list), at_least=1)
+        left_out = Counter(name for _, objects in named for name, *_ in objects if name not in names)
+        skipped += [{"path": f"[class {name!r}]", "reason": f"{n} object(s) of a class not in the class list, left out"}
+                    for name, n in sorted(left_out.items())]
+    if not names:
+        raise BuildError("No object was found in the labels: check the label folder (KITTI .txt files) or the COCO file.")
+    index = {name: i for i, name in enumerate(names)}
+    objects = [[(index[name], *box) for name, *box in objs if name in index] for _, objs in named]
+    parts = _random_split(len(named), spec)
+    splits: Splits = {split: [(named[i][0], 0) for i in parts[split]] for split in SPLITS}
+    boxes = {split: [objects[i] for i in parts[split]] for split in SPLITS}
+    requested = ("train", "val") + (("test",) if spec.test_percent > 0 else ())
+    return Gathered(names, splits, images, skipped, requested=requested, objects=boxes)
+
+
 def gather(spec: BuildSpec, workdir: Path) -> Gathered:
     """Collect (path, label) items per split from the spec's source and apply the rules."""
     source = spec.source
-    if spec.task == "segmentation":
+    if spec.task in ("segmentation", "detection"):
         try:
-            return _gather_segmentation(spec)
+            return _gather_segmentation(spec) if spec.task == "segmentation" else _gather_detection(spec)
         except SourceError as exc:
             raise BuildError(str(exc)) from exc
     try:
@@ -218,6 +261,8 @@ class Chunk:
     # Segmentation: the label image of each item, and the database they go to.
     label_paths: tuple[str, ...] = ()
     label_db: str = ""
+    # Detection: the objects of each item (class, left, top, right, bottom), in its pixels.
+    objects: tuple[tuple[tuple[Any, ...], ...], ...] = ()
 
 
 @dataclass
@@ -227,6 +272,9 @@ class ChunkResult:
     failed: list[tuple[int, str, int, str]]  # (position, path, label, reason)
     pixel_sum: Any  # uint32 HxWxC (exact, and half the bytes of float64 to send back), or None
     class_pixels: Any = None  # segmentation: int64 pixels per class id (IGNORE_LABEL last)
+    # Detection: (position, (K, 5) float32 [left, top, right, bottom, class]) of each image
+    # written, its boxes moved as the image was resized.
+    boxes: list[tuple[int, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -254,6 +302,8 @@ class Encoder:
         failed: list[tuple[int, str, int, str]] = []
         total = np.zeros((self.height, self.width, self.channels), dtype=np.uint32) if chunk.want_sum else None
         segmentation = bool(chunk.label_db)
+        detection = bool(chunk.objects)
+        boxes: list[tuple[int, Any]] = []
         label_records: list[tuple[int, int, bytes]] = []
         class_pixels = np.zeros(256, dtype=np.int64) if segmentation else None
         for n, (position, path, label) in enumerate(chunk.items):
@@ -262,6 +312,8 @@ class Encoder:
                     # Its size is the image's as stored, before a JPEG's reduced decoding.
                     img = load_image(path, self.channels)
                     mask = load_mask(chunk.label_paths[n], list(self.colours), img.size)
+                elif detection:  # the boxes are in the pixels of the full image
+                    img = load_image(path, self.channels)
                 else:
                     img = load_image(path, self.channels, (self.width, self.height))
                 # A per-image seed: the noise padding is the same in every rebuild or clone.
@@ -271,6 +323,11 @@ class Encoder:
                 if segmentation:
                     ids = to_array(resize_image(mask, self.width, self.height, self.resize_mode, pad=IGNORE_LABEL))
                     label_data = encode(ids, "png")
+                if detection:
+                    found = np.asarray([o[1:] for o in chunk.objects[n]], dtype=np.float64).reshape(-1, 4)
+                    moved, kept = resize_boxes(found, img.size, self.width, self.height, self.resize_mode)
+                    classes = np.asarray([o[0] for o in chunk.objects[n]], dtype=np.float32).reshape(-1)[kept]
+                    placed = np.concatenate([moved, classes[:, None]], axis=1).astype(np.float32)
             except PermissionError as exc:
                 failed.append((position, path, label, f"not readable ({exc.strerror})"))
                 continue
@@ -286,10 +343,12 @@ class Encoder:
             if class_pixels is not None:
                 class_pixels += np.bincount(ids.reshape(-1), minlength=256)
                 label_records.append((position, 0, label_data))
+            if detection:
+                boxes.append((position, placed))
         write_records(Path(chunk.db), chunk.map_size, records)
         if segmentation:
             write_records(Path(chunk.label_db), chunk.map_size, label_records)
-        return ChunkResult(chunk.split, [(position, label) for position, label, _ in records], failed, total, class_pixels)
+        return ChunkResult(chunk.split, [(position, label) for position, label, _ in records], failed, total, class_pixels, boxes)
 
 
 _ENCODER: Encoder | None = None
@@ -374,6 +433,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
 
     gathered = gather(spec, tmp)
     segmentation = spec.task == "segmentation"
+    detection = spec.task == "detection"
     encoder = Encoder(
         width, height, channels, spec.resize_mode, encoding, spec.jpeg_quality, spec.seed, tuple(gathered.colours)
     )
@@ -403,6 +463,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
     writers: dict[str, LmdbWriter] = {}
     label_writers: dict[str, LmdbWriter] = {}  # segmentation
     class_pixels = {split: np.zeros(256, dtype=np.int64) for split in gathered.requested}
+    boxes: dict[str, dict[int, Any]] = {split: {} for split in gathered.requested}  # detection: position -> (K, 5)
     order = {split: n for n, split in enumerate(gathered.requested)}
     unreadable: list[tuple[int, int, str, str]] = []  # (split, position, path, reason): reported in order
     written: dict[str, list[tuple[int, int]]] = {split: [] for split in gathered.requested}  # (position, label)
@@ -413,10 +474,12 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         for split_no, split in enumerate(gathered.requested):
             items = [(i, path, label) for i, (path, label) in enumerate(splits[split])]
             masks = gathered.label_images.get(split, [])
+            objects = gathered.objects.get(split, [])
             for i in range(0, len(items), chunk):
                 yield Chunk(
                     split, str(writers[split].path), map_size, split_no * 10_000_000, items[i : i + chunk], split == "train",
                     tuple(masks[i : i + chunk]), str(label_writers[split].path) if segmentation else "",
+                    tuple(tuple(o) for o in objects[i : i + chunk]),
                 )
 
     # The pages the workers commit reach the disk in the background while they encode;
@@ -449,6 +512,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
                     mean_sum += result.pixel_sum
                 if result.class_pixels is not None:
                     class_pixels[result.split] += result.class_pixels
+                boxes[result.split].update(result.boxes)
                 done += len(result.written) + len(result.failed)
                 now = time.monotonic()
                 if now - last_report > 0.5:
@@ -462,12 +526,21 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             # Records keep their order once the gaps of unreadable files are closed.
             write_paths(tmp, split, (report_path(splits[split][position][0]) for position, _ in kept))
             counts[split] = writer.close(meta, split_labels, gaps[split], len(splits[split]))
+            if detection:
+                # Record i's boxes: rows offsets[i]:offsets[i + 1] (the gaps closed as in the database).
+                placed = [boxes[split][position] for position, _ in kept]
+                stacked = np.concatenate(placed) if placed else np.zeros((0, 5), dtype=np.float32)
+                offsets = np.cumsum([0] + [len(b) for b in placed]).astype(np.int64)
+                with open(tmp / f"{split}_objects.npz", "wb") as fh:
+                    np.savez(fh, boxes=stacked[:, :4], labels=stacked[:, 4].astype(np.int64), offsets=offsets)
+                per_object = np.bincount(stacked[:, 4].astype(np.int64), minlength=len(labels))
+                class_counts[split] = [int(v) for v in per_object[: len(labels)]]
             if segmentation:
                 # The same gaps closed the same way: record i of both databases is one pair.
                 label_meta = {"width": width, "height": height, "channels": 1, "encoding": "png"}
                 label_writers[split].close(label_meta, split_labels, gaps[split], len(splits[split]))
                 class_counts[split] = [int(v) for v in class_pixels[split][: len(labels)]]
-            else:
+            elif not detection:
                 per_class = Counter(split_labels)
                 class_counts[split] = [per_class[i] for i in range(len(labels))]
     except WorkerDied as exc:
@@ -489,12 +562,15 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
             writer.abandon()
 
     usable = [i for i in range(len(labels)) if sum(class_counts[s][i] for s in counts) > 0]
-    if segmentation and counts["train"] > 0 and len(usable) < 2:
+    if detection:
+        if counts["train"] == 0 or not sum(class_counts["train"]):
+            raise BuildError("The training split has no object: check the labels (the job log lists every file left out).")
+    elif segmentation and counts["train"] > 0 and len(usable) < 2:
         raise BuildError(
             f"The label images show {len(usable)} class(es) of the class list; segmentation needs pixels of two. "
             "Check that the label images use the class ids or colours of the class list."
         )
-    if len(usable) < 2 or counts["train"] == 0:
+    if not detection and (len(usable) < 2 or counts["train"] == 0):
         reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
         summary = "; ".join(f"{n} × {r}" for r, n in reasons.most_common(3))
         for s in skipped:
@@ -516,6 +592,11 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
     checksums = {split: content_digest(tmp / f"{split}_db") for split in counts}
     if segmentation:
         checksums.update({f"{split}_labels": content_digest(tmp / f"{split}_labels_db") for split in counts})
+    if detection:
+        checksums.update({
+            f"{split}_objects": "blake2b:" + hashlib.blake2b((tmp / f"{split}_objects.npz").read_bytes(), digest_size=16).hexdigest()
+            for split in counts
+        })
     for name in OUTPUTS:
         if (tmp / name).exists():
             os.replace(tmp / name, out_dir / name)

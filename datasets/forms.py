@@ -24,7 +24,7 @@ class DatasetForm(forms.ModelForm):
 
     # Which fields belong to which source: the template shows one group at a time.
     SOURCE_FIELDS = {
-        Source.FOLDER: ["folder", "val_folder", "test_folder", "label_folder", "class_list"],
+        Source.FOLDER: ["folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file"],
         Source.TEXTFILE: [
             "labels_file", "labels_file_upload", "train_list", "train_list_upload", "val_list", "val_list_upload",
             "test_list", "test_list_upload", "image_folder", "shuffle",

@@ -105,6 +105,30 @@ def resize_image(
     return canvas
 
 
+def resize_boxes(
+    boxes: np.ndarray, size: tuple[int, int], width: int, height: int, mode: str = "squash"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move (N, 4) boxes [left, top, right, bottom] (pixels of an image of `size`) as
+    `resize_image` moves that image, clipped to the new image. Returns the boxes kept
+    (at least a pixel wide and high after clipping: a crop may cut some out) and the
+    indices of those kept."""
+    iw, ih = size
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if mode == "squash" or (iw, ih) == (width, height):
+        out = boxes * [width / iw, height / ih, width / iw, height / ih]
+    else:
+        rw, rh = width / iw, height / ih
+        scale = max(rw, rh) if mode == "crop" else min(rw, rh) if mode == "fill" else (rw + rh) / 2
+        nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+        sx, sy = nw / iw, nh / ih  # what the rounding made of the scale
+        left, top = max(0, (nw - width) // 2), max(0, (nh - height) // 2)  # cropped
+        pad_x, pad_y = (width - min(nw, width)) // 2, (height - min(nh, height)) // 2  # pasted at
+        out = boxes * [sx, sy, sx, sy] + [pad_x - left, pad_y - top, pad_x - left, pad_y - top]
+    out = np.clip(out, 0, [width, height, width, height])
+    kept = np.flatnonzero((out[:, 2] - out[:, 0] >= 1) & (out[:, 3] - out[:, 1] >= 1))
+    return out[kept].astype(np.float32), kept
+
+
 # The label of pixels that count for no class (padding, "void" in VOC): left out of the
 # loss and the metrics.
 IGNORE_LABEL = 255

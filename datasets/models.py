@@ -36,6 +36,7 @@ class Encoding(models.TextChoices):
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification (a class per image)"
     SEGMENTATION = "segmentation", "Segmentation (a class per pixel)"
+    DETECTION = "detection", "Object detection (boxes)"
 
 
 class Source(models.TextChoices):
@@ -90,13 +91,19 @@ class Dataset(models.Model):
     # Segmentation: the images are in `folder` (no class subfolders), their label images
     # (same file names) in `label_folder`, and the classes in `class_list`.
     label_folder = models.CharField(
-        "label images folder", max_length=1000, blank=True,
+        "labels folder", max_length=1000, blank=True,
         help_text="Segmentation: a server folder with a PNG per image, of the same name, holding class ids "
-        "(gray or palette) or the class list's colours (RGB); 255 means 'ignore'.",
+        "(gray or palette) or the class list's colours (RGB); 255 means 'ignore'. Detection: a KITTI label file "
+        "(.txt) per image, of the same name.",
     )
     class_list = models.CharField(
         "class list (server path)", max_length=1000, blank=True,
-        help_text="Segmentation: line i names class i, optionally with its colour: `road 128 64 128`.",
+        help_text="Segmentation: line i names class i, optionally with its colour: `road 128 64 128`. Detection "
+        "(optional): the classes to keep, in this order.",
+    )
+    annotations_file = models.CharField(
+        "COCO annotations file (server path)", max_length=1000, blank=True,
+        help_text="Detection, instead of KITTI label files: a COCO JSON file; its file names are under the images folder.",
     )
     test_folder = models.CharField("separate test folder (optional)", max_length=1000, blank=True)
     # Text-file source: lists of `path label_index` lines and a labels file (stored in the
@@ -173,6 +180,15 @@ class Dataset(models.Model):
     def is_segmentation(self) -> bool:
         return self.task == Task.SEGMENTATION
 
+    @property
+    def is_detection(self) -> bool:
+        return self.task == Task.DETECTION
+
+    def objects_path(self, split: str) -> Path:
+        """Detection: the boxes of a split (`boxes`, `labels`, and `offsets`: record i's
+        objects are rows offsets[i]:offsets[i + 1])."""
+        return self.directory / f"{split}_objects.npz"
+
     def label_split_path(self, split: str) -> Path:
         """Segmentation: the label images of a split (record i is the label of image i)."""
         return self.directory / f"{split}_labels_db"
@@ -220,7 +236,7 @@ class Dataset(models.Model):
 # The fields of a dataset request (besides the job's name, group and notes, and the upload,
 # which is checked against its owner): what the form, the API and `dataset_create` accept.
 PARAM_FIELDS = (
-    "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list",
+    "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file",
     "train_list", "val_list", "test_list", "labels_file", "image_folder", "shuffle",
     "image_width", "image_height", "image_mode", "resize_mode", "encoding", "jpeg_quality",
     "val_percent", "test_percent", "min_per_class", "max_per_class", "seed",

@@ -1,7 +1,9 @@
 """Reads for datasets."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 from dataclasses import dataclass
 
@@ -96,14 +98,64 @@ def dataset_image(dataset: Dataset, split: str, index: int) -> tuple[bytes, str,
     return data, "image/png", label
 
 
-LABEL_VIEWS = ("image", "labels", "overlay")
+LABEL_VIEWS = ("image", "labels", "overlay", "boxes")
+# Colours of the boxes drawn, one per class (cycled).
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+
+
+def dataset_objects(dataset: Dataset, split: str, index: int) -> list[dict[str, Any]]:
+    """Detection: the objects of record `index` ({label, index, box: [left, top, right,
+    bottom]} in the stored image's pixels)."""
+    _check_split(dataset, split)
+    with np.load(dataset.objects_path(split)) as data:
+        offsets = data["offsets"]
+        if not 0 <= index < len(offsets) - 1:
+            raise NotFound(f"The {split} split has no image {index}.")
+        start, end = int(offsets[index]), int(offsets[index + 1])
+        boxes, labels = data["boxes"][start:end], data["labels"][start:end]
+    return [
+        {"label": dataset.labels[int(c)], "index": int(c), "box": [round(float(v), 2) for v in box]}
+        for box, c in zip(boxes, labels)
+    ]
+
+
+def draw_boxes(pixels: np.ndarray, objects: list[dict[str, Any]], scale: int = 1) -> bytes:
+    """The image (HxWxC uint8) with each object's box and class name drawn, as PNG; small
+    images are enlarged `scale` times first so the names can be read."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        colour = BOX_COLOURS[obj["index"] % len(BOX_COLOURS)]
+        left, top, right, bottom = (v * scale for v in obj["box"])
+        draw.rectangle([left, top, right - 1, bottom - 1], outline=colour, width=max(1, scale // 2))
+        draw.text((left + 2, max(0, top - 11)), obj["label"], fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def dataset_label_view(dataset: Dataset, split: str, index: int, show: str) -> bytes:
     """Segmentation: the label image of record `index` in its classes' colours ("labels"),
-    or blended over the image ("overlay"; ignored pixels show the image alone), as PNG."""
+    or blended over the image ("overlay"; ignored pixels show the image alone), as PNG.
+    Detection: the image with its objects' boxes ("boxes")."""
     if show not in LABEL_VIEWS[1:]:
         raise JobError(f"Show one of {', '.join(LABEL_VIEWS)}.", field="show")
+    if show == "boxes":
+        if not dataset.is_detection:
+            raise JobError("Only a detection dataset has boxes.", field="show")
+        meta = read_meta(dataset.split_path(split))
+        with open_readonly(dataset.split_path(split)).begin() as txn:
+            try:
+                pixels, _ = read_record(txn, index, meta)
+            except IndexError:
+                raise NotFound(f"The {split} split has no image {index}.") from None
+        # Enlarged to about 256 pixels, so that the names of the classes can be read.
+        return draw_boxes(pixels, dataset_objects(dataset, split, index), scale=max(1, 256 // max(pixels.shape[:2])))
     if not dataset.is_segmentation:
         raise JobError("Only a segmentation dataset has label images.", field="show")
     _check_split(dataset, split)

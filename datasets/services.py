@@ -146,12 +146,47 @@ def _check_segmentation(p: Dataset) -> dict[str, Any]:
     return {"folder": str(folder), "label_folder": str(label_folder), "class_list": str(class_list)}
 
 
+def _check_detection(p: Dataset) -> dict[str, Any]:
+    """A folder of images with KITTI label files (a folder of them) or a COCO file, and
+    optionally the class list to keep."""
+    if p.source != Source.FOLDER:
+        raise JobError("A detection dataset is made from server folders: choose the folder source.", field="source")
+    if p.val_folder or p.test_folder:
+        raise JobError(
+            "Detection takes its validation and test images from the folder by percentage; leave the separate folders empty.",
+            field="val_folder",
+        )
+    if bool(p.label_folder) == bool(p.annotations_file):
+        raise JobError(
+            "Give either the folder of KITTI label files (a .txt per image, of the same name) or a COCO annotations file.",
+            field="label_folder",
+        )
+    out: dict[str, Any] = {"folder": str(resolve_data_folder(p.folder)), "label_folder": "", "annotations_file": "", "class_list": ""}
+    if p.label_folder:
+        out["label_folder"] = str(resolve_data_folder(p.label_folder, field="label_folder"))
+    else:
+        out["annotations_file"] = str(resolve_data_file(p.annotations_file, "annotations_file"))
+    if p.class_list:
+        path = resolve_data_file(p.class_list, "class_list")
+        try:
+            read_class_list(path, at_least=1)
+        except SourceError as exc:
+            raise JobError(str(exc), field="class_list") from None
+        out["class_list"] = str(path)
+    return out
+
+
 def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
     """Validate the source and return the resolved fields to store."""
     if p.task == Task.SEGMENTATION:
+        if p.annotations_file:
+            raise JobError("A COCO annotations file is for detection datasets.", field="annotations_file")
         return _check_segmentation(p)
-    if p.label_folder or p.class_list:
-        raise JobError("A label images folder and a class list are for segmentation datasets.", field="label_folder")
+    if p.task == Task.DETECTION:
+        return _check_detection(p)
+    if p.label_folder or p.class_list or p.annotations_file:
+        raise JobError("A labels folder, a class list and an annotations file are for segmentation or detection datasets.",
+                       field="label_folder")
     if p.source == Source.FOLDER:
         folder = resolve_data_folder(p.folder)
         check_class_folders(folder)
@@ -245,8 +280,9 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
 def dataset_build_spec(dataset: Dataset) -> BuildSpec:
     """What the build child is asked to do: the source, the options, where to write."""
     source: dict[str, Any] = {}
-    if dataset.task == Task.SEGMENTATION:
-        source = {"folder": dataset.folder, "label_folder": dataset.label_folder, "class_list": dataset.class_list}
+    if dataset.task in (Task.SEGMENTATION, Task.DETECTION):
+        source = {"folder": dataset.folder, "label_folder": dataset.label_folder, "class_list": dataset.class_list,
+                  "annotations_file": dataset.annotations_file}
     elif dataset.source == Source.FOLDER:
         source = {"folder": dataset.folder, "val_folder": dataset.val_folder, "test_folder": dataset.test_folder}
     elif dataset.source == Source.TEXTFILE:

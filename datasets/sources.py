@@ -8,6 +8,7 @@ one bad file. Paths in the report are relative to the source root where there is
 from __future__ import annotations
 
 import functools
+import json
 
 import os
 import shutil
@@ -245,7 +246,7 @@ DEFAULT_PALETTE = (
 )
 
 
-def read_class_list(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Line i: the name of class i, optionally followed by its colour in RGB label images
     (`road 128 64 128`). Class 0 is usually the background. Names may contain spaces."""
     try:
@@ -270,8 +271,11 @@ def read_class_list(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
         else:
             names.append(" ".join(parts))
             colours.append(DEFAULT_PALETTE[(number - 1) % len(DEFAULT_PALETTE)])
-    if len(names) < 2:
-        raise SourceError(f"The class list {path.name} lists {len(names)} class(es); segmentation needs two (the background counts).")
+    if len(names) < at_least:
+        raise SourceError(
+            f"The class list {path.name} lists {len(names)} class(es); segmentation needs two (the background counts)."
+            if at_least == 2 else f"The class list {path.name} lists no class."
+        )
     if len(names) > 255:
         raise SourceError(f"The class list {path.name} lists {len(names)} classes; at most 255 (label 255 means 'ignore').")
     if len(set(colours)) < len(colours):
@@ -315,3 +319,92 @@ def pair_label_images(images: Path, labels: Path) -> tuple[list[tuple[str, str]]
     skipped += [{"path": f"[labels] {_rel(Path(label_files[k]), labels)}", "reason": "no image of that name"}
                 for k in sorted(label_files) if k not in image_files]
     return pairs, skipped
+
+
+# -- detection: images with boxes (KITTI label files, or a COCO JSON file) ----------------
+
+# KITTI's label for regions to ignore: no object, and no background either.
+KITTI_IGNORED = {"dontcare"}
+
+
+def parse_kitti(path: str) -> list[tuple[str, float, float, float, float]]:
+    """(class name, left, top, right, bottom) of each object of a KITTI label file (DIGITS'
+    detection format: `type truncated occluded alpha left top right bottom ...`, 15 fields,
+    16 with a score). Raises ValueError naming the line that is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"label file not readable ({exc})") from exc
+    objects = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 8:
+            raise ValueError(f"line {number} has {len(fields)} fields; a KITTI label line has 15 (type, truncated, "
+                             "occluded, alpha, left, top, right, bottom, ...)")
+        try:
+            left, top, right, bottom = (float(v) for v in fields[4:8])
+        except ValueError:
+            raise ValueError(f"line {number}: the box (fields 5 to 8) is not four numbers") from None
+        if fields[0].lower() in KITTI_IGNORED:
+            continue
+        if not (right > left and bottom > top):
+            raise ValueError(f"line {number}: the box {left:g},{top:g},{right:g},{bottom:g} is empty (right <= left or bottom <= top)")
+        objects.append((fields[0], left, top, right, bottom))
+    return objects
+
+
+def pair_label_files(images: Path, labels: Path) -> tuple[list[tuple[str, str]], list[Skip]]:
+    """(image, KITTI label file) pairs of the same name; an image without a label file
+    has no object (a negative example), a label file without an image is reported."""
+    for folder, what in ((images, "image"), (labels, "label")):
+        if not folder.is_dir():
+            raise SourceError(f"The {what} folder {folder} does not exist or is not a folder.")
+    skipped: list[Skip] = []
+    image_files = _image_files(images, skipped, "images")
+    label_files: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(labels, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".txt"):
+                path = os.path.join(dirpath, name)
+                label_files[os.path.splitext(os.path.relpath(path, labels))[0]] = path
+    pairs = [(image_files[k], label_files.get(k, "")) for k in sorted(image_files)]
+    skipped += [{"path": f"[labels] {_rel(Path(label_files[k]), labels)}", "reason": "no image of that name"}
+                for k in sorted(label_files) if k not in image_files]
+    return pairs, skipped
+
+
+def read_coco(path: Path, images: Path) -> tuple[list[str], list[tuple[str, list[tuple[int, float, float, float, float]]]], list[Skip]]:
+    """A COCO JSON file: the category names (in id order), and each image (its path under
+    `images`) with its objects (class index, left, top, right, bottom). Crowd regions are
+    left out, as COCO's own evaluation does; an image listed but missing is reported."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        names = [str(c["name"]) for c in categories]
+        by_image: dict[int, list[tuple[int, float, float, float, float]]] = {int(i["id"]): [] for i in data["images"]}
+        for a in data.get("annotations", []):
+            if a.get("iscrowd"):
+                continue
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if w > 0 and h > 0 and a["category_id"] in index and int(a["image_id"]) in by_image:
+                by_image[int(a["image_id"])].append((index[a["category_id"]], x, y, x + w, y + h))
+        files = [(int(i["id"]), str(i["file_name"])) for i in data["images"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"{path.name} is not a readable COCO annotations file ({type(exc).__name__}: {exc}).") from exc
+    if not names:
+        raise SourceError(f"{path.name} lists no categories.")
+    root = images.resolve()
+    found, skipped = [], []
+    for image_id, name in files:
+        file = (images / name).resolve()
+        if not file.is_relative_to(root):
+            skipped.append({"path": name, "reason": "outside the image folder"})
+        elif not file.is_file():
+            skipped.append({"path": name, "reason": "listed in the annotations, not in the image folder"})
+        else:
+            found.append((str(file), by_image[image_id]))
+    return names, found, skipped

@@ -16,11 +16,15 @@ from workers.protocol import spec_from_dict
 class BuildSpec:
     output_dir: str = ""
     data_roots: list[str] = field(default_factory=list)
-    # What the dataset is for: "classification" (a label per image) or "segmentation" (a
-    # label image per image: `label_folder`, with the classes and colours of `class_list`).
+    # What the dataset is for: "classification" (a label per image), "segmentation" (a
+    # label image per image: `label_folder`, with the classes and colours of `class_list`)
+    # or "detection" (boxes).
     task: str = "classification"
     label_folder: str = ""
     class_list: str = ""
+    # Detection: the boxes from KITTI label files (`label_folder`) or a COCO JSON file;
+    # `class_list`, when set, picks the classes (and their order).
+    annotations_file: str = ""
     # The source: a folder of class subfolders, text lists, or an uploaded archive.
     source: str = "folder"
     folder: str = ""

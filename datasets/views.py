@@ -16,7 +16,7 @@ from .filters import DatasetFilter
 from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
-from .selectors import LABEL_VIEWS, data_folders, dataset_gallery, dataset_image, dataset_label_view, dataset_list
+from .selectors import data_folders, dataset_gallery, dataset_image, dataset_label_view, dataset_list
 from .services import dataset_clone_params, dataset_create, dataset_delete, resolve_data_folder
 from .uploads import upload_get
 
@@ -91,6 +91,9 @@ def dataset_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("dataset_detail", pk=pk)
 
 
+SHOW_WORDS = {"overlay": "labels over the image", "labels": "labels", "image": "image alone", "boxes": "boxes on the image"}
+
+
 def dataset_explore(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list(), pk=pk)
     split = request.GET.get("split", "train")
@@ -100,11 +103,14 @@ def dataset_explore(request: HttpRequest, pk: int) -> HttpResponse:
     page = dataset_gallery(dataset, split, label=label, page=int(page_arg) if page_arg.isdigit() else 1)
     items = [(i, dataset.labels[lab]) for i, lab in zip(page.indices, page.labels)]
     # Segmentation: each image with its labels over it (or the labels, or the image alone).
-    show = request.GET.get("show", "overlay")
-    show = show if show in LABEL_VIEWS else "overlay"
+    # Detection: each image with its boxes (or the image alone).
+    choices = {"segmentation": ("overlay", "labels", "image"), "detection": ("boxes", "image")}.get(dataset.task, ())
+    show = request.GET.get("show", "")
+    show = show if show in choices else (choices[0] if choices else "image")
     legend = list(zip(dataset.labels, dataset.label_colours)) if dataset.is_segmentation else []
     return render(request, "datasets/explore.html", {
         "dataset": dataset, "job": dataset.job, "page": page, "items": items, "show": show, "legend": legend,
+        "show_choices": [(c, SHOW_WORDS[c]) for c in choices],
     })
 
 

@@ -153,7 +153,10 @@ def login(
 def dataset_create(
     name: str,
     folder: str = typer.Option(None, help="A server folder of class subfolders (segmentation: of images)."),
-    label_folder: str = typer.Option(None, help="Segmentation: a server folder of label images of the same names."),
+    task: str = typer.Option(None, help="classification, segmentation or detection (default: segmentation with --label-folder)."),
+    label_folder: str = typer.Option(None, help="Segmentation: a server folder of label images of the same names; "
+                                     "detection: of KITTI label files."),
+    annotations_file: str = typer.Option(None, help="Detection: a server COCO JSON file (instead of --label-folder)."),
     class_list: str = typer.Option(None, help="Segmentation: a server file, line i `name [r g b]` of class i."),
     train_list: str = typer.Option(None, help="A server text list of `path label` lines (with --labels-file)."),
     val_list: str = typer.Option(None),
@@ -176,13 +179,18 @@ def dataset_create(
     --label-folder and --class-list, a segmentation dataset."""
     client = api()
     fields = drop_none({
-        "name": name, "folder": folder, "label_folder": label_folder, "class_list": class_list, "train_list": train_list, "val_list": val_list, "labels_file": labels_file,
+        "name": name, "folder": folder, "label_folder": label_folder, "class_list": class_list,
+        "annotations_file": annotations_file, "train_list": train_list, "val_list": val_list, "labels_file": labels_file,
         "image_folder": image_folder, "image_width": width, "image_height": height, "image_mode": mode,
         "resize_mode": resize_mode, "encoding": encoding, "val_percent": val_percent, "test_percent": test_percent, "group": group,
     })
     if train_list:
         fields["source"] = "textfile"
-    if label_folder or class_list:
+    if task:
+        fields["task"] = task
+    elif annotations_file:
+        fields["task"] = "detection"
+    elif label_folder or class_list:
         fields["task"] = "segmentation"
     fields.update(parse_options(option))
     try:

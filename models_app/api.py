@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from datasets.models import Task
 from datasets.selectors import dataset_list
 from workers.api import IdRelatedField, JobEditSerializer, JobSerializer
 from workers.models import Priority, Visibility
@@ -387,6 +388,13 @@ class ModelClassifyApi(APIView):
                         "label": serializers.CharField(), "colour": serializers.ListField(child=serializers.IntegerField()),
                     }, many=True),
                 }, required=False),
+                "detection": inline_serializer("DetectionViews", {
+                    "drawn": serializers.CharField(help_text="PNG data URI: the image with the boxes found."),
+                    "objects": inline_serializer("DetectedObject", {
+                        "label": serializers.CharField(), "index": serializers.IntegerField(), "score": serializers.FloatField(),
+                        "box": serializers.ListField(child=serializers.FloatField(), help_text="left, top, right, bottom"),
+                    }, many=True),
+                }, required=False),
                 "input": inline_serializer("ClassifyInputImages", {
                     "resized": serializers.CharField(help_text="PNG data URI: the image resized to the dataset's size."),
                     "network": serializers.CharField(help_text="PNG data URI: the network's input (cropped, mean subtracted), scaled for display."),
@@ -422,6 +430,7 @@ class NetworkSerializer(serializers.Serializer):
     name = serializers.CharField()
     label = serializers.CharField()  # type: ignore[assignment]  # a field named like Field.label
     intended_input = serializers.ListField(child=serializers.IntegerField(), help_text="[height, width]")
+    task = serializers.ChoiceField(choices=Task.choices, help_text="What datasets it trains on.")
 
 
 class NetworkDetailSerializer(NetworkSerializer):

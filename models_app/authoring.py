@@ -13,7 +13,7 @@ from datasets.models import Dataset
 from workers.errors import JobError, NotFound
 
 from .models import LrPolicy, Network, TrainedModel
-from .networks import STANDARD_NETWORKS, intended_input, network_source
+from .networks import STANDARD_NETWORKS, intended_input, network_source, network_task
 from .sandbox import SandboxError, run_sandboxed
 from .services import can_submit_code
 from .training.lr_policy import LrSchedule, parse_steps
@@ -22,7 +22,8 @@ from .training.lr_policy import LrSchedule, parse_steps
 def network_catalogue() -> list[dict[str, Any]]:
     labels = dict(Network.choices)
     return [
-        {"name": name, "label": labels[name], "intended_input": list(intended_input(name))} for name in STANDARD_NETWORKS
+        {"name": name, "label": labels[name], "intended_input": list(intended_input(name)), "task": network_task(name)}
+        for name in STANDARD_NETWORKS
     ]
 
 

@@ -59,6 +59,13 @@ def evaluation_create(
     `image_folder`; or uploaded `files` (images and archives) and a finished resumable
     `upload` (an archive). Exactly one kind of source."""
     snapshot = snapshot_for(model, epoch, field="epoch")
+    if model.dataset.task != "classification":
+        # Their metrics (mean IoU, mAP) are charted at every validation; a run over many
+        # images with the worst first is to come.
+        raise JobError(
+            f"Classify many is for classification models; a {model.dataset.task} model's validation metrics are on its "
+            "page, and Classify one image shows its output on any image.", field="split",
+        )
     chosen = [name for name, given in (("split", split), ("image_list", image_list is not None or list_path),
                                         ("images", files or upload)) if given]
     if len(chosen) != 1:

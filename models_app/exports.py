@@ -38,6 +38,13 @@ def verification_split(model: TrainedModel) -> str:
 def export_create(*, owner: User, model: TrainedModel, epoch: float | None) -> Export:
     """Queue an export of the snapshot of `epoch` (None: the latest) to every format."""
     snapshot = snapshot_for(model, epoch, field="epoch")
+    if model.dataset.is_detection:
+        # torchvision's detectors post-process in Python (anchors, NMS over a variable
+        # number of boxes): their ONNX export needs work of its own, not done yet.
+        raise JobError(
+            "Exports to ONNX and PT2 are not available for detection models yet; download the archive "
+            "(PyTorch weights with classify.py) instead.", field="epoch",
+        )
     verification_split(model)
     name = f"{model.job.name} · epoch {snapshot.epoch:g} · export"
     job = job_create(kind=EXPORT_KIND, name=name, owner=owner, group=model.job.group, visibility=model.job.visibility)

@@ -122,7 +122,8 @@ class ModelForm(forms.ModelForm):
         dataset.help_text = "A built dataset, or one still building (training waits for it)."
         # Django's per-field override of the option labels.
         dataset.label_from_instance = lambda d: (  # type: ignore[method-assign,assignment]
-            f"{d.job.name} ({d.image_width}x{d.image_height}, {d.job.status}, #{d.pk})"
+            f"{d.job.name} ({'' if d.task == 'classification' else d.task + ', '}{d.image_width}x{d.image_height}, "
+            f"{d.job.status}, #{d.pk})"
         )
         # Any number of models: not a dropdown but an id, with a search picker fed by the
         # paginated API (frontend/static/js/model_new.js); the id alone works without JS.
@@ -143,6 +144,11 @@ class ModelForm(forms.ModelForm):
             self.fields["custom_code"].help_text = (
                 "Custom code needs the 'Can train networks from custom PyTorch code' permission; ask an admin."
             )
+
+    def dataset_tasks(self) -> dict[int, str]:
+        """Each offered dataset's task: the page offers the networks made for it."""
+        queryset = cast(forms.ModelChoiceField, self.fields["dataset"]).queryset
+        return dict(queryset.values_list("pk", "task")) if queryset is not None else {}
 
     def _placement_fields(self, user: User | AnonymousUser | None) -> None:
         """Each device labelled with what runs on it and what waits for it (DIGITS users
@@ -220,12 +226,15 @@ class ModelForm(forms.ModelForm):
         return [(title, [self[name] for name in names]) for title, names in self.SECTIONS]
 
 
-def network_choices() -> list[tuple[str, str]]:
-    """The standard networks labelled with their intended input size, then custom code."""
+def network_choices() -> list[Any]:
+    """The standard networks labelled with their intended input size, grouped by what they
+    are for (the page shows the group of the chosen dataset's task), then custom code."""
     from .authoring import network_catalogue
 
-    standard = [(n["name"], f"{n['label']} ({n['intended_input'][1]}x{n['intended_input'][0]})") for n in network_catalogue()]
-    return [*standard, (Network.CUSTOM, Network.CUSTOM.label)]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for n in network_catalogue():
+        groups.setdefault(n["task"], []).append((n["name"], f"{n['label']} ({n['intended_input'][1]}x{n['intended_input'][0]})"))
+    return [*((task.capitalize(), choices) for task, choices in groups.items()), (Network.CUSTOM, Network.CUSTOM.label)]
 
 
 class ClassifyForm(forms.Form):

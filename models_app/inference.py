@@ -9,6 +9,7 @@ answer through `network_views.analyse`.
 """
 from __future__ import annotations
 
+import base64
 import io
 import tempfile
 import threading
@@ -97,6 +98,29 @@ def segmentation_views(model: TrainedModel, ids: np.ndarray, confidence: list[fl
     }
 
 
+def detection_views(model: TrainedModel, detections: list[dict[str, Any]], resized: np.ndarray) -> dict[str, Any]:
+    """What a page shows of one image's detections: the boxes drawn on the image, and each
+    object found (class, score, box in the resized image's pixels), surest first; as
+    "predictions", the classes found with their best score."""
+    from datasets.selectors import draw_boxes
+
+
+    labels = model.dataset.labels
+    objects = sorted(
+        ({"label": labels[d["index"]] if 0 <= d["index"] < len(labels) else str(d["index"]), **d} for d in detections),
+        key=lambda d: -d["score"],
+    )
+    scale = max(1, 256 // max(resized.shape[:2]))
+    drawn = draw_boxes(resized, [{**o, "label": f"{o['label']} {o['score']:.0%}"} for o in objects], scale=scale)
+    best: dict[int, dict[str, Any]] = {}
+    for o in objects:
+        best.setdefault(o["index"], o)
+    return {
+        "detection": {"drawn": "data:image/png;base64," + base64.b64encode(drawn).decode(), "objects": objects},
+        "predictions": [{"label": o["label"], "index": o["index"], "probability": o["score"]} for o in best.values()],
+    }
+
+
 # -- one request ----------------------------------------------------------------------------
 
 
@@ -133,6 +157,10 @@ def classify(model: TrainedModel, snapshot: Snapshot, image: bytes, *, top_k: in
         reply = analyse(load_network(snapshot), x, resized, crop_size=model.crop_size, views=views, task=task)
     if model.dataset.is_segmentation:
         reply.update(segmentation_views(model, np.asarray(reply.pop("label_ids"), dtype=np.uint8), reply.pop("confidence"), resized))
+        reply["seconds"] = round(time.perf_counter() - started, 4)
+        return reply
+    if model.dataset.is_detection:
+        reply.update(detection_views(model, reply.pop("detections"), resized))
         reply["seconds"] = round(time.perf_counter() - started, 4)
         return reply
     probabilities = np.asarray(reply.pop("probabilities"))

@@ -26,6 +26,11 @@ class Network(models.TextChoices):
     DEEPLABV3_MOBILENET = "deeplabv3_mobilenet_v3_large", "DeepLabV3 MobileNetV3-Large (segmentation)"
     DEEPLABV3_RESNET50 = "deeplabv3_resnet50", "DeepLabV3 ResNet-50 (segmentation)"
     LRASPP_MOBILENET = "lraspp_mobilenet_v3_large", "LR-ASPP MobileNetV3-Large (segmentation)"
+    FCOS_SMALL = "fcos_small", "Small FCOS (detection)"
+    FASTERRCNN_RESNET50 = "fasterrcnn_resnet50_fpn", "Faster R-CNN ResNet-50 FPN (detection)"
+    RETINANET_RESNET50 = "retinanet_resnet50_fpn", "RetinaNet ResNet-50 FPN (detection)"
+    FCOS_RESNET50 = "fcos_resnet50_fpn", "FCOS ResNet-50 FPN (detection)"
+    SSDLITE_MOBILENET = "ssdlite320_mobilenet_v3_large", "SSDlite320 MobileNetV3-Large (detection)"
     CUSTOM = "custom", "Custom (PyTorch code)"
 
 

@@ -151,6 +151,10 @@ def _grad_cam(net: torch.nn.Module, x: torch.Tensor, target: int, picture: np.nd
     return {"layer": name, "overlay": png_uri(overlay), "heatmap": png_uri((heat * 255).astype(np.uint8))}
 
 
+# Detections shown and returned: those at least this sure.
+DETECTION_SCORE = 0.3
+
+
 def analyse(
     net: torch.nn.Module, x: torch.Tensor, resized: np.ndarray, *, crop_size: int | None, views: bool, task: str = "classification",
 ) -> dict[str, Any]:
@@ -159,6 +163,17 @@ def analyse(
     Segmentation: instead of probabilities, each pixel's class ("label_ids", an HxW uint8
     array as a list of rows) and its probability's mean per class ("confidence")."""
     net.eval()
+    if task == "detection":  # a list of {boxes, labels, scores}; no per-layer views of a detector yet
+        with torch.no_grad():
+            (found,) = net(list(x))
+        keep = found["scores"] >= DETECTION_SCORE
+        return {
+            "input": {"resized": png_uri(resized), "network": png_uri(_to_uint8(x[0].permute(1, 2, 0).numpy()))},
+            "detections": [
+                {"box": [round(float(v), 2) for v in box], "index": int(label) - 1, "score": float(score)}
+                for box, label, score in zip(found["boxes"][keep], found["labels"][keep], found["scores"][keep])
+            ],
+        }
     seen = centre_crop(torch.from_numpy(resized).permute(2, 0, 1), crop_size).permute(1, 2, 0).numpy() if crop_size else resized
     reply: dict[str, Any] = {
         "input": {"resized": png_uri(resized), "network": png_uri(_to_uint8(x[0].permute(1, 2, 0).numpy()))}

@@ -83,8 +83,16 @@ def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dic
             f"The crop size must fit in the dataset's {dataset.image_width}x{dataset.image_height} images.", field="crop_size"
         )
     shape = input_size(dataset, crop)
+    if dataset.is_detection:
+        moved = [name for name in ("crop_size", "rotate90", "rotation", "scale_jitter") if params.get(name)]
+        if moved:
+            raise JobError(
+                "Detection trains with flips and colour jitter; crops, quarter turns, rotation and zoom are not "
+                "applied to boxes yet: leave them off.", field=moved[0],
+            )
     if network != Network.CUSTOM and network_task(network) != dataset.task:
-        wanted = "a segmentation network (its name says so)" if dataset.is_segmentation else "a classification network"
+        wanted = (f"a {dataset.task} network (its name says so)" if dataset.task != "classification"
+                  else "a classification network")
         raise JobError(
             f"{Network(network).label} is for {network_task(network)}, and {dataset.job.name!r} is a {dataset.task} "
             f"dataset: pick {wanted}.", field="network",
@@ -280,6 +288,8 @@ def model_train_spec(model: TrainedModel) -> TrainSpec:
         val_db=str(dataset.split_path("val")),
         train_labels_db=str(dataset.label_split_path("train")) if dataset.is_segmentation else "",
         val_labels_db=str(dataset.label_split_path("val")) if dataset.is_segmentation else "",
+        train_objects=str(dataset.objects_path("train")) if dataset.is_detection else "",
+        val_objects=str(dataset.objects_path("val")) if dataset.is_detection else "",
         mean_path=str(dataset.mean_path),
         output_dir=str(model.directory),
         num_workers=settings.TRAIN_LOADER_WORKERS,

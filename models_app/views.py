@@ -126,7 +126,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots], initial={"epoch": chosen}),
             "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits, initial={"epoch": chosen}),
             # Top-5 says nothing with 5 classes or fewer (it is always 100 %), nor per pixel.
-            "show_top5": model.dataset.num_classes > 5 and not model.dataset.is_segmentation,
+            "show_top5": model.dataset.num_classes > 5 and model.dataset.task == "classification",
             # Segmentation charts name and colour each class's IoU.
             "class_names_json": json.dumps(model.dataset.labels),
             "class_colours_json": json.dumps(model.dataset.label_colours),

@@ -239,10 +239,15 @@ def test_fine_tune_from_a_snapshot_survives_deleting_the_base(celery_worker_proc
 
 def test_network_catalogue_source_and_lr_preview(api):
     catalogue = api.get("/api/networks/").json()
-    assert [n["name"] for n in catalogue] == [
-        "lenet", "alexnet", "googlenet", "resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "vit_b_16",
-    ]
-    assert catalogue[0]["intended_input"] == [28, 28] and catalogue[-1]["intended_input"] == [224, 224]
+    by_task: dict[str, list[str]] = {}
+    for n in catalogue:
+        by_task.setdefault(n["task"], []).append(n["name"])
+    assert by_task == {
+        "classification": ["lenet", "alexnet", "googlenet", "resnet18", "resnet50", "mobilenet_v3", "efficientnet_b0", "vit_b_16"],
+        "segmentation": ["unet_small", "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"],
+        "detection": ["fcos_small", "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"],
+    }
+    assert catalogue[0]["intended_input"] == [28, 28] and catalogue[7]["intended_input"] == [224, 224]
     source = api.get("/api/networks/resnet18/").json()["source"]
     assert "def build(input_shape" in source and "resnet18" in source
     assert api.get("/api/networks/nope/").status_code == 404

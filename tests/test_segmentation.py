@@ -127,7 +127,7 @@ def test_segmentation_requests_are_checked_field_by_field(api, seg_folder, tmp_p
         assert field in body["errors"] and words in body["detail"], (change, body)
     # And a classification request does not take segmentation's fields.
     response = api.post("/api/datasets/", {"name": "c", "folder": str(seg_folder), "class_list": base["class_list"]}, format="json")
-    assert response.status_code == 400 and "for segmentation datasets" in response.json()["detail"]
+    assert response.status_code == 400 and "for segmentation or detection datasets" in response.json()["detail"]
     assert not Dataset.objects.exists()
 
 

@@ -94,8 +94,3 @@ def page_query(context: dict, page: int) -> str:
     params["page"] = page
     return params.urlencode()
 
-
-@register.filter
-def pairs(text: str) -> list[tuple[str, str]]:
-    """"a:A,b:B" -> [("a", "A"), ("b", "B")]: a small fixed list of choices in a template."""
-    return [tuple(item.split(":", 1)) for item in text.split(",")]  # type: ignore[misc]

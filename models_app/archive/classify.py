@@ -5,7 +5,9 @@
 
 A segmentation model (info.json "task") gives a class per pixel: each image's class map is
 written as IMAGE_labels.png (in FOLDER with --out), in the classes' colours, and the share
-of the pixels of each class found is printed.
+of the pixels of each class found is printed. A detection model (torch only) prints each
+object found (class, score, box in the resized image's pixels) and writes the image with
+its boxes as IMAGE_boxes.png; --min-score sets how sure (default 0.3).
 
 Two runtimes, same preprocessing (imaging.py, the code used in training) and same answers:
   - torch: model.pt (weights) with network.py (`build(input_shape, num_classes)`);
@@ -86,6 +88,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
+def detect(path: str, x: np.ndarray, info: dict, labels: list[str], out: str | None, min_score: float) -> dict:
+    """The objects found in one image (a torchvision detector: a list of boxes, labels
+    counted from 1, scores), and the image with their boxes drawn."""
+    import torch
+    from PIL import ImageDraw
+
+    import network
+
+    if not hasattr(detect, "net"):
+        net = network.build(tuple(info["input_shape"]), info["num_classes"])
+        net.load_state_dict(torch.load(HERE / "model.pt", map_location="cpu", weights_only=True))
+        detect.net = net.eval()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        (found,) = detect.net(list(torch.from_numpy(x)))  # type: ignore[attr-defined]
+    objects = [
+        {"label": labels[int(c) - 1], "score": float(s), "box": [round(float(v), 2) for v in b]}
+        for b, c, s in zip(found["boxes"], found["labels"], found["scores"]) if float(s) >= min_score
+    ]
+    channels, height, width = info["input_shape"]
+    image = imaging.resize_image(imaging.load_image(path, channels), width, height, info["resize_mode"]).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for o in objects:
+        draw.rectangle(o["box"], outline=(255, 40, 40))
+    target = Path(out or Path(path).parent) / (Path(path).stem + "_boxes.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target)
+    return {"objects": objects, "boxes_png": str(target)}
+
+
 def segment(path: str, logits: np.ndarray, info: dict, labels: list[str], out: str | None) -> dict:
     """Each pixel's class, saved as a PNG in the classes' colours; each class's share."""
     from PIL import Image
@@ -108,13 +139,26 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto")
-    parser.add_argument("--out", help="segmentation: the folder for the class maps (default: next to each image)")
+    parser.add_argument("--out", help="segmentation and detection: the folder for the pictures (default: next to each image)")
+    parser.add_argument("--min-score", type=float, default=0.3, help="detection: the objects at least this sure")
     args = parser.parse_args()
     info = json.loads((HERE / "info.json").read_text())
     labels = (HERE / "labels.txt").read_text().splitlines()
     mean_path = HERE / "mean.npy"
     mean = np.load(mean_path) if mean_path.exists() else None
     runtime = args.runtime if args.runtime != "auto" else ("torch" if torch_available() else "onnx")
+    if info.get("task") == "detection":
+        if runtime != "torch":
+            raise SystemExit("A detection model runs with torch (and torchvision) only: pip install torch torchvision.")
+        for path in args.images:
+            result = detect(path, preprocess(path, info, mean), info, labels, args.out, args.min_score)
+            if args.json:
+                print(json.dumps({"image": path, "runtime": runtime, **result}))
+            else:
+                print(f"{path} -> {result['boxes_png']}")
+                for o in result["objects"]:
+                    print(f"  {o['score'] * 100:6.2f}%  {o['label']}  {o['box']}")
+        return 0
     run = load_torch(info) if runtime == "torch" else load_onnx(info)
     for path in args.images:
         if info.get("task") == "segmentation":

@@ -41,6 +41,12 @@ STANDARD_NETWORKS = {
     "deeplabv3_mobilenet_v3_large": "models_app.networks.deeplabv3_mobilenet_v3_large",
     "deeplabv3_resnet50": "models_app.networks.deeplabv3_resnet50",
     "lraspp_mobilenet_v3_large": "models_app.networks.lraspp_mobilenet_v3_large",
+    # Detection (TASK = "detection"): torchvision detection models.
+    "fcos_small": "models_app.networks.fcos_small",
+    "fasterrcnn_resnet50_fpn": "models_app.networks.fasterrcnn_resnet50_fpn",
+    "retinanet_resnet50_fpn": "models_app.networks.retinanet_resnet50_fpn",
+    "fcos_resnet50_fpn": "models_app.networks.fcos_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large": "models_app.networks.ssdlite320_mobilenet_v3_large",
 }
 # How tracebacks name custom code, so an error can point at the user's line.
 CUSTOM_FILENAME = "network.py"
@@ -92,7 +98,8 @@ def network_constants(name: str) -> dict[str, object]:
 
 
 def network_task(name: str) -> str:
-    """What a standard network is for: "classification" or "segmentation" (its TASK)."""
+    """What a standard network is for: "classification", "segmentation" or "detection"
+    (its TASK)."""
     return str(network_constants(name).get("TASK", "classification"))
 
 

@@ -205,6 +205,32 @@ class BatchTransform:
             both = random_rot90(both, g)
         return both[:, :-1].div(255.0), both[:, -1].round().long()
 
+    def train_boxes(
+        self, images: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Detection: colour jitter, mean subtraction and flips, each image's boxes
+        ((K, 4) left, top, right, bottom) flipped with it. (Crops, turns, rotation and zoom
+        are refused for detection when the model is made.)"""
+        s, g = self.spec, self.generator
+        x = self._prepare(images)
+        if s.hsv_jitter and x.shape[1] == 3:
+            x = random_hsv(x, s.hsv_jitter, g)
+        x = self._subtract_mean(x)
+        height, width = x.shape[-2:]
+        boxes = [b.to(self.device, torch.float32) for b, _ in targets]
+        for axis, wanted in ((-1, ("h", "hv")), (-2, ("v", "hv"))):
+            if s.flip not in wanted:
+                continue
+            flip = torch.rand(x.shape[0], generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None].to(x.device), x.flip(axis), x)
+            for i in flip.nonzero().flatten().tolist():
+                b = boxes[i]
+                if axis == -1:
+                    boxes[i] = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
+                else:
+                    boxes[i] = torch.stack([b[:, 0], height - b[:, 3], b[:, 2], height - b[:, 1]], dim=1)
+        return x.div_(255.0), [{"boxes": b, "labels": t[1].to(self.device)} for b, t in zip(boxes, targets)]
+
     def eval_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Segmentation: the label images as `eval` crops their images."""
         y = labels.to(self.device, non_blocking=True).long()

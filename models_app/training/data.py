@@ -124,3 +124,23 @@ def chunk(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 def per_rank_count(count: int, world_size: int) -> int:
     return math.ceil(count / world_size)
+
+
+class Objects:
+    """Detection: the boxes of each record of a split, as (boxes (K, 4) float32, labels
+    (K,) int64) with the labels counted from 1 (0 is the background for torchvision's
+    detectors)."""
+
+    def __init__(self, path: Path | str) -> None:
+        with np.load(path) as data:
+            boxes, labels, offsets = data["boxes"], data["labels"], data["offsets"]
+        self.items = [
+            (torch.from_numpy(boxes[offsets[i] : offsets[i + 1]].copy()), torch.from_numpy(labels[offsets[i] : offsets[i + 1]] + 1))
+            for i in range(len(offsets) - 1)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, indices: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.items[i] for i in indices.tolist()]

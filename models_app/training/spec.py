@@ -19,13 +19,16 @@ class TrainSpec:
     # The data and where to write (set by the worker for each run).
     num_classes: int = 2
     input_shape: tuple[int, int, int] = (3, 28, 28)
-    # "classification" or "segmentation" (the dataset's task): a segmentation run reads
-    # each split's label images from its own database, aligned with the images'.
+    # "classification", "segmentation" or "detection" (the dataset's task): a segmentation
+    # run reads each split's label images from its own database, aligned with the images'.
     task: str = "classification"
     train_db: str = ""
     val_db: str = ""
     train_labels_db: str = ""
     val_labels_db: str = ""
+    # Detection ("detection"): each split's boxes (datasets/build.py, <split>_objects.npz).
+    train_objects: str = ""
+    val_objects: str = ""
     mean_path: str = ""
     output_dir: str = ""
     num_workers: int = 2

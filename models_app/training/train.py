@@ -60,7 +60,7 @@ from workers import protocol
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
 from .augment import IGNORE_INDEX, BatchTransform, TransformSpec
-from .data import Split, chunk, epoch_order, per_rank_count, shard
+from .data import Objects, Split, chunk, epoch_order, per_rank_count, shard
 from .lr_policy import LrSchedule
 from .solvers import make_optimizer
 from .spec import TrainSpec
@@ -236,6 +236,15 @@ class Trainer:
                 self.val_labels = Split(spec.val_labels_db, cache_bytes=cache, workers=workers)
             if len(self.train_labels) != len(self.train_set):
                 raise TrainingError("The dataset's label images do not match its images; build the dataset again.")
+        # Detection: each image's boxes.
+        self.detection = spec.task == "detection"
+        self.train_objects = self.val_objects = None
+        if self.detection:
+            self.train_objects = Objects(spec.train_objects)
+            if self.val_set is not None and spec.val_objects:
+                self.val_objects = Objects(spec.val_objects)
+            if len(self.train_objects) != len(self.train_set):
+                raise TrainingError("The dataset's boxes do not match its images; build the dataset again.")
         if self.device.type == "cuda":
             # Up to a quarter of the GPU's memory may hold the dataset itself.
             budget = torch.cuda.get_device_properties(self.device).total_memory // 4
@@ -391,6 +400,7 @@ class Trainer:
             used = batches[first_step * plan.accumulation :]
             steps = [used[i : i + plan.accumulation] for i in range(0, len(used), plan.accumulation)]
             stream = self._batches(self.train_set, self.train_labels, used)
+            index_stream = iter(used)
             self.net.train()
             for group in steps:
                 if self.iteration >= plan.total_iterations:
@@ -399,14 +409,25 @@ class Trainer:
                 loss_sum = torch.zeros((), device=self.device)
                 for j, _ in enumerate(group):
                     images, targets = next(stream)
+                    indices = next(index_stream)
+                    # DDP: only the last batch of an accumulation group all-reduces gradients.
+                    sync = j == len(group) - 1 or self.world_size == 1
+                    ctx = cast(nn.parallel.DistributedDataParallel, self.net).no_sync() if not sync else contextlib.nullcontext()
+                    if self.detection:  # torchvision's detectors compute their own losses
+                        assert self.train_objects is not None
+                        x, boxes = self.transform.train_boxes(images, self.train_objects.batch(indices))
+                        with ctx, self._autocast():
+                            loss = sum(self.net(list(x), boxes).values()) * (len(boxes) / group_size)
+                        self.scaler.scale(loss).backward()
+                        loss_sum += loss.detach()
+                        images_since += len(boxes)
+                        images_total += len(boxes)
+                        continue
                     if self.segmentation:  # the label images move with their images
                         x, targets = self.transform.train_pair(images, targets)
                     else:
                         targets = targets.to(self.device, non_blocking=True)
                         x = self.transform.train(images)
-                    # DDP: only the last batch of an accumulation group all-reduces gradients.
-                    sync = j == len(group) - 1 or self.world_size == 1
-                    ctx = cast(nn.parallel.DistributedDataParallel, self.net).no_sync() if not sync else contextlib.nullcontext()
                     with ctx, self._autocast():
                         # Weighted so k accumulated batches give the gradient of one k-times batch.
                         loss = self.criterion(self.net(x), targets) * (len(targets) / group_size)
@@ -580,7 +601,8 @@ class Trainer:
             "epoch %.2f/%g  iteration %d/%d  train loss %s  val loss %.4f  val accuracy %.2f%%%s  lr %.4g  %s images/s  ETA %s",
             plan.epoch_of(iteration), self.spec.epochs, iteration, plan.total_iterations,
             f"{self.last_loss:.4f}" if self.last_loss is not None else "-", metrics["val_loss"], 100 * metrics["val_accuracy"],
-            f"  mean IoU {100 * metrics['val_miou']:.2f}%" if "val_miou" in metrics else "",
+            f"  mean IoU {100 * metrics['val_miou']:.2f}%" if "val_miou" in metrics else
+            f"  mAP@0.5 {100 * metrics['val_map50']:.2f}%  mAP@0.5:0.95 {100 * metrics['val_map']:.2f}%" if "val_map" in metrics else "",
             self.last_lr if self.last_lr is not None else self.optimizer.param_groups[0]["lr"],
             f"{self.last_throughput:.0f}" if self.last_throughput is not None else "-",
             f"{eta:.0f}s" if eta is not None else "-",
@@ -632,10 +654,57 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
+    def evaluate_detection(self) -> dict[str, float]:
+        """mAP over IoU 0.5:0.95 and at 0.5, overall and per class (COCO's evaluation,
+        through torchmetrics), and the loss (the detector's own, in training mode with its
+        normalisation layers frozen). Every rank evaluates the whole split, so they all
+        agree without gathering variable-length detections."""
+        from torchmetrics.detection import MeanAveragePrecision
+
+        assert self.val_set is not None and self.val_objects is not None
+        net = self.bare
+        coco = MeanAveragePrecision(iou_type="bbox", class_metrics=True)
+        at_half = MeanAveragePrecision(iou_type="bbox", iou_thresholds=[0.5], class_metrics=True)
+        loss_sum = count = 0.0
+        for indices in chunk(torch.arange(len(self.val_set)), self.batch_size):
+            images, _ = next(self.val_set.batches([indices]))
+            x = self.transform.eval(images)
+            truth = [{"boxes": b.to(self.device), "labels": c.to(self.device)} for b, c in self.val_objects.batch(indices)]
+            net.train()
+            for module in net.modules():  # the loss without touching running statistics
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            with self._autocast():
+                loss_sum += float(sum(net(list(x), truth).values())) * len(truth)
+            net.eval()
+            with self._autocast():
+                found = net(list(x))
+            found = [{k: v.float() if k != "labels" else v for k, v in d.items()} for d in found]
+            coco.update(found, truth)
+            at_half.update(found, truth)
+            count += len(truth)
+        self.net.train()
+        overall, half = coco.compute(), at_half.compute()
+        metrics = {
+            "val_loss": loss_sum / max(count, 1.0),
+            "val_accuracy": float(overall["map_50"]),  # what "best" and sweeps go by: mAP@0.5
+            "val_map50": float(overall["map_50"]),
+            "val_map": float(overall["map"]),
+        }
+        classes = overall["classes"].reshape(-1).tolist()
+        for name, result in (("val_ap", overall), ("val_ap50", half)):
+            for label, value in zip(classes, result["map_per_class"].reshape(-1).tolist()):
+                if value >= 0:  # -1: a class with no object in the split
+                    metrics[f"{name}/{int(label) - 1}"] = float(value)
+        return {k: (0.0 if not math.isfinite(v) or v < 0 else v) if k != "val_loss" else v for k, v in metrics.items()}
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         assert self.val_set is not None
         if self.segmentation:
             return self.evaluate_segmentation()
+        if self.detection:
+            return self.evaluate_detection()
         self.net.eval()
         order = shard(torch.arange(len(self.val_set)), self.rank, self.world_size)
         loss_sum = correct1 = correct5 = count = 0.0

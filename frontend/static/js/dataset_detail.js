@@ -12,7 +12,8 @@
   const colourEl = document.getElementById("label-colours-data");
   const classColours = colourEl ? JSON.parse(colourEl.textContent) : [];
   const pixels = classColours.length > 0;
-  const unit = pixels ? "pixels" : "images";
+  const unitEl = document.getElementById("count-unit");
+  const unit = unitEl ? unitEl.textContent : "images";
   document.querySelectorAll("canvas.class-chart").forEach(function (canvas) {
     const split = canvas.dataset.split;
     const fill = pixels ? classColours.map((c) => "rgb(" + c.join(",") + ")") : colors[split] || "#888";

@@ -25,18 +25,18 @@
 
   // --- what the dataset is for: a segmentation dataset has label images and a class
   // list instead of class subfolders and separate validation and test folders.
+  // A detection dataset has KITTI label files or a COCO file, and maybe a class list.
   function showTask() {
-    const segmentation = el("task").value === "segmentation";
-    ["label_folder", "class_list"].forEach(function (name) {
+    const task = el("task").value;
+    const labelled = task !== "classification";
+    const show = { label_folder: labelled, class_list: labelled, annotations_file: task === "detection",
+                   val_folder: !labelled, test_folder: !labelled, min_per_class: !labelled, max_per_class: !labelled };
+    Object.keys(show).forEach(function (name) {
       const field = document.getElementById("field-" + name);
-      if (field) field.hidden = !segmentation;
-    });
-    ["val_folder", "test_folder", "min_per_class", "max_per_class"].forEach(function (name) {
-      const field = document.getElementById("field-" + name);
-      if (field) field.hidden = segmentation;
+      if (field) field.hidden = !show[name];
     });
     const folderLabel = form.querySelector("label[for=id_folder]");
-    if (folderLabel) folderLabel.firstChild.textContent = segmentation ? "Images folder" : "Training images folder";
+    if (folderLabel) folderLabel.firstChild.textContent = labelled ? "Images folder" : "Training images folder";
   }
   el("task").addEventListener("change", showTask);
   showTask();

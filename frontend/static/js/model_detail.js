@@ -13,6 +13,8 @@
   const showTop5 = controls.dataset.top5 === "1";  // top-5 says nothing with 5 classes or fewer
   // Segmentation: pixel accuracy, mean IoU (the best epoch's measure) and each class's IoU.
   const segmentation = controls.dataset.task === "segmentation";
+  // Detection: mAP@0.5 (the best epoch's measure), mAP@0.5:0.95 and each class's AP@0.5.
+  const detection = controls.dataset.task === "detection";
   const classNames = JSON.parse(controls.dataset.classes || "[]");
   const classColours = JSON.parse(controls.dataset.colours || "[]");
 
@@ -57,10 +59,11 @@
       { label: "val loss", data: points("val_loss"), borderColor: "#ef4444", pointRadius: 3 },
     ], "loss"),
     accuracy: lineChart("accuracy-chart", [
-      { label: segmentation ? "val pixel accuracy (%)" : "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
+      { label: segmentation ? "val pixel accuracy (%)" : detection ? "val mAP@0.5 (%)" : "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
       { label: "best", data: [], borderColor: "#f59e0b", backgroundColor: "#f59e0b", pointStyle: "star", pointRadius: 10, showLine: false },
     ].concat(showTop5 ? [{ label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 }] : [])
-     .concat(segmentation ? [{ label: "val mean IoU (%)", data: points("val_miou", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : []),
+     .concat(segmentation ? [{ label: "val mean IoU (%)", data: points("val_miou", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : [])
+     .concat(detection ? [{ label: "val mAP@0.5:0.95 (%)", data: points("val_map", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : []),
     "accuracy %", { scales: { x: { type: "linear", min: 0, max: plannedEpochs, title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
     lr: lineChart("lr-chart", [{ label: "learning rate", data: points("lr"), borderColor: "#f59e0b" }], "learning rate"),
     throughput: lineChart("throughput-chart", [
@@ -95,15 +98,18 @@
   };
   if (showTop5) where.val_top5 = [charts.accuracy, 2, 100];
   if (segmentation) where.val_miou = [charts.accuracy, 2, 100];
+  if (detection) where.val_map = [charts.accuracy, 2, 100];
 
   // A class's IoU ("val_iou/<class id>"): a thin dashed line in the class's colour.
+  // Detection: a class's AP@0.5 ("val_ap50/<class index>") likewise.
+  const CLASS_LINE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"];
   function iouTarget(name) {
-    const match = /^val_iou\/(\d+)$/.exec(name);
-    if (!match || !segmentation) return null;
+    const match = segmentation ? /^val_iou\/(\d+)$/.exec(name) : detection ? /^val_ap50\/(\d+)$/.exec(name) : null;
+    if (!match) return null;
     const id = Number(match[1]);
-    const colour = classColours[id] ? "rgb(" + classColours[id].join(",") + ")" : "#94a3b8";
+    const colour = classColours[id] ? "rgb(" + classColours[id].join(",") + ")" : CLASS_LINE_COLOURS[id % CLASS_LINE_COLOURS.length];
     charts.accuracy.data.datasets.push({
-      label: "IoU " + (classNames[id] || "class " + id) + " (%)", data: [], borderColor: colour, borderDash: [4, 3], borderWidth: 1, pointRadius: 2,
+      label: (segmentation ? "IoU " : "AP@0.5 ") + (classNames[id] || "class " + id) + " (%)", data: [], borderColor: colour, borderDash: [4, 3], borderWidth: 1, pointRadius: 2,
     });
     where[name] = [charts.accuracy, charts.accuracy.data.datasets.length - 1, 100];
     return where[name];

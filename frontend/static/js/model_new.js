@@ -32,6 +32,27 @@
   });
   setMode($("base_model").value ? "previous" : $("network").value === "custom" ? "custom" : "standard");
 
+  // -- the networks made for the chosen dataset's task (classification, segmentation,
+  // detection): the other groups are hidden, and a network of another task is replaced.
+  const tasksEl = document.getElementById("dataset-tasks");
+  const datasetTasks = tasksEl ? JSON.parse(tasksEl.textContent) : {};
+  function showNetworksFor() {
+    const task = datasetTasks[$("dataset").value] || "classification";
+    const wanted = task.charAt(0).toUpperCase() + task.slice(1);
+    let firstShown = null;
+    $("network").querySelectorAll("optgroup").forEach(function (group) {
+      group.hidden = group.label !== wanted;
+      if (!group.hidden && !firstShown && group.options.length) firstShown = group.options[0];
+    });
+    const chosen = $("network").selectedOptions[0];
+    if (chosen && chosen.parentElement.tagName === "OPTGROUP" && chosen.parentElement.hidden && firstShown) {
+      $("network").value = firstShown.value;
+      $("network").dispatchEvent(new Event("change"));
+    }
+  }
+  $("dataset").addEventListener("change", showNetworksFor);
+  showNetworksFor();
+
   // Snapshot epochs of the chosen base model, as a select.
   const epochInput = $("base_epoch");
   const epochSelect = document.createElement("select");
