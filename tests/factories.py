@@ -47,3 +47,22 @@ def make_segmentation_dataset(owner, folder, name: str = "seg", size: tuple[int,
                     "height": size[1], "val_percent": 25, "workers": 1})
     dataset_store_result(dataset, result)
     return dataset
+
+
+def make_detection_dataset(owner, folder, name: str = "det", size: tuple[int, int] = (48, 48)) -> Dataset:
+    """A detection dataset really built (by the build child's code, in this process) from
+    `folder` as written by datasets.synthetic.write_shapes (its KITTI labels)."""
+    from datasets.build import build
+    from datasets.services import dataset_store_result
+
+    job = Job.objects.create(kind="dataset", name=name, owner=owner, status=JobStatus.DONE)
+    JobEvent.objects.create(job=job, status=JobStatus.DONE)
+    job.directory.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset.objects.create(
+        job=job, task="detection", folder=str(folder / "images"), label_folder=str(folder / "labels"),
+        image_width=size[0], image_height=size[1], val_percent=25,
+    )
+    result = build({"task": "detection", "folder": dataset.folder, "label_folder": dataset.label_folder,
+                    "output_dir": str(job.directory), "width": size[0], "height": size[1], "val_percent": 25, "workers": 1})
+    dataset_store_result(dataset, result)
+    return dataset

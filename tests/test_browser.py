@@ -666,3 +666,27 @@ def test_a_segmentation_dataset_page_and_its_gallery_of_labels(live_url, page, o
     page.wait_for_url("**show=labels**")
     page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 48)")
     assert "show=labels" in page.locator("#gallery img").first.get_attribute("src")
+
+
+def test_a_detection_dataset_page_and_its_gallery_of_boxes(live_url, page, owner, tmp_path):
+    from datasets.synthetic import write_shapes
+    from tests.factories import make_detection_dataset
+
+    write_shapes(tmp_path / "shapes", 24, 48, seed=6)
+    dataset = make_detection_dataset(owner, tmp_path / "shapes")
+    _login(page, live_url)
+    page.goto(f"{live_url}/datasets/{dataset.pk}/")
+    assert page.locator("h2", has_text="Objects per class").count() == 1
+    page.wait_for_function("Chart.getChart(document.querySelector('.class-chart')) !== undefined")
+    title = page.evaluate("Chart.getChart(document.querySelector('.class-chart')).options.plugins.title.text")
+    assert title.endswith(" objects)")
+    page.click("#explore")
+    page.wait_for_selector("#gallery img")
+    # Each image drawn with its boxes, enlarged so that the class names can be read.
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 240)")
+    assert "show=boxes" in page.locator("#gallery img").first.get_attribute("src")
+    _keep(page, "detection-gallery")
+    page.select_option("select[name=show]", "image")
+    page.click("#gallery-filter button[type=submit]")
+    page.wait_for_url("**show=image**")
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 48)")
