@@ -153,7 +153,8 @@ def login(
 def dataset_create(
     name: str,
     folder: str = typer.Option(None, help="A server folder of class subfolders (segmentation: of images)."),
-    task: str = typer.Option(None, help="classification, segmentation or detection (default: segmentation with --label-folder)."),
+    dataset_task: str = typer.Option(None, "--task", help="classification, segmentation or detection (default: segmentation "
+                                     "with --label-folder, detection with --annotations-file)."),
     label_folder: str = typer.Option(None, help="Segmentation: a server folder of label images of the same names; "
                                      "detection: of KITTI label files."),
     annotations_file: str = typer.Option(None, help="Detection: a server COCO JSON file (instead of --label-folder)."),
@@ -186,8 +187,8 @@ def dataset_create(
     })
     if train_list:
         fields["source"] = "textfile"
-    if task:
-        fields["task"] = task
+    if dataset_task:
+        fields["task"] = dataset_task
     elif annotations_file:
         fields["task"] = "detection"
     elif label_folder or class_list:

@@ -262,3 +262,37 @@ def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, 
     assert with_torch[0]["classes"] == without_torch[0]["classes"]
     triton = _untar(api.get(f"/api/models/{done['id']}/download/triton/?epoch=6"), tmp_path / "triton")
     assert "dims: [ 4, 32, 32 ]" in (triton / "config.pbtxt").read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_segmentation_and_detection_train_on_two_ranks(celery_worker_process, api, data_root):
+    """DDP (gloo, two CPU device workers) for both new kinds: the run completes, reports
+    once per step, and its validation agrees across ranks (one figure per validation)."""
+    folder = data_root / "ddp-shapes"
+    write_shapes(folder, 48, 32, seed=21)
+    try:
+        ids = {}
+        for task, extra in (("segmentation", {"label_folder": str(folder / "masks"), "class_list": str(folder / "classes.txt")}),
+                            ("detection", {"label_folder": str(folder / "labels")})):
+            body = {"name": task, "task": task, "folder": str(folder / "images"), "image_width": 32, "image_height": 32,
+                    "val_percent": 25, **extra}
+            response = api.post("/api/datasets/", body, format="json")
+            assert response.status_code == 201, response.content
+            ids[task] = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
+        for task, network, measure in (("segmentation", "unet_small", "val_miou"), ("detection", "fcos_small", "val_map50")):
+            response = api.post("/api/models/", {
+                "name": f"{task}-ddp", "dataset": ids[task], "network": network, "epochs": 2, "batch_size": 8,
+                "solver": "adam", "learning_rate": 0.002, "devices": 2, "seed": 4,
+            }, format="json")
+            assert response.status_code == 201, response.content
+            done = wait_for_status(api, f"/api/models/{response.json()['id']}/", {"done", "error"}, timeout=300)
+            assert done["job"]["status"] == "done", (task, done["job"])
+            running = [e for e in done["job"]["timeline"] if e["status"] == "running"][-1]
+            assert "2 ranks meet at" in running["message"]
+            metrics = api.get(f"/api/models/{done['id']}/metrics/").json()
+            iterations = [p["iteration"] for p in metrics["train_loss"]]
+            assert iterations == list(range(1, len(iterations) + 1)) and len(iterations) == 2 * 5  # 36 images / batch 8
+            assert [p["epoch"] for p in metrics[measure]] == [1, 2]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
