@@ -35,6 +35,7 @@ test: install-test
 bench: install
 	$(PY) -m bench.dataset_build
 	$(PY) -m bench.training
+	$(PY) -m bench.tasks
 	$(PY) -m bench.scheduler
 	$(PY) -m bench.fairshare
 	$(PY) -m bench.preemption

@@ -148,6 +148,7 @@ def dataset_label_view(dataset: Dataset, split: str, index: int, show: str) -> b
     if show == "boxes":
         if not dataset.is_detection:
             raise JobError("Only a detection dataset has boxes.", field="show")
+        _check_split(dataset, split)
         meta = read_meta(dataset.split_path(split))
         with open_readonly(dataset.split_path(split)).begin() as txn:
             try:

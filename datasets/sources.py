@@ -239,11 +239,17 @@ def extract_archive(
 
 # -- segmentation: images paired with label images, and the class list --------------------
 
-# Colours for classes that the class list names without one (background black first).
-DEFAULT_PALETTE = (
-    (0, 0, 0), (220, 20, 60), (30, 144, 255), (50, 205, 50), (255, 165, 0), (148, 0, 211), (0, 206, 209),
-    (255, 20, 147), (128, 128, 0), (70, 130, 180), (210, 105, 30), (0, 128, 0), (128, 0, 0), (0, 0, 128),
-)
+def default_colour(class_id: int) -> tuple[int, int, int]:
+    """The colour of a class the class list names without one: PASCAL VOC's colour map
+    (background black, then distinct colours for every id up to 255)."""
+    r = g = b = 0
+    c = class_id
+    for shift in range(7, -1, -1):
+        r |= ((c >> 0) & 1) << shift
+        g |= ((c >> 1) & 1) << shift
+        b |= ((c >> 2) & 1) << shift
+        c >>= 3
+    return r, g, b
 
 
 def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -270,7 +276,7 @@ def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tupl
             colours.append((rgb[0], rgb[1], rgb[2]))
         else:
             names.append(" ".join(parts))
-            colours.append(DEFAULT_PALETTE[(number - 1) % len(DEFAULT_PALETTE)])
+            colours.append(default_colour(number - 1))
     if len(names) < at_least:
         raise SourceError(
             f"The class list {path.name} lists {len(names)} class(es); segmentation needs two (the background counts)."
@@ -278,7 +284,8 @@ def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tupl
         )
     if len(names) > 255:
         raise SourceError(f"The class list {path.name} lists {len(names)} classes; at most 255 (label 255 means 'ignore').")
-    if len(set(colours)) < len(colours):
+    given = [c for c, line in zip(colours, lines) if len(line.split()) >= 4 and all(p.isdigit() for p in line.split()[-3:])]
+    if len(set(given)) < len(given):
         raise SourceError(f"Two classes of {path.name} have the same colour; each needs its own.")
     return names, colours
 
@@ -367,8 +374,8 @@ def pair_label_files(images: Path, labels: Path) -> tuple[list[tuple[str, str]],
     for dirpath, dirnames, filenames in os.walk(labels, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
-            if name.endswith(".txt"):
-                path = os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if name.endswith(".txt") and not os.path.islink(path):  # links are not followed, as for images
                 label_files[os.path.splitext(os.path.relpath(path, labels))[0]] = path
     pairs = [(image_files[k], label_files.get(k, "")) for k in sorted(image_files)]
     skipped += [{"path": f"[labels] {_rel(Path(label_files[k]), labels)}", "reason": "no image of that name"}

@@ -179,7 +179,14 @@ def _database(url: str) -> dict[str, Any]:
             },
         }
         return config
-    return dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    parsed: dict[str, Any] = {**dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)}
+    if str(parsed["ENGINE"]).endswith("postgresql"):
+        # A network that drops packets silently must fail in seconds, not in TCP's
+        # minutes, so that workers ride it out as an outage (workers/outage.py).
+        options: dict[str, Any] = {**(parsed.get("OPTIONS") or {})}
+        options.update(connect_timeout=5, keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+        parsed["OPTIONS"] = options
+    return parsed
 
 
 DATABASES = {"default": _database(env.str("DATABASE_URL", default=""))}

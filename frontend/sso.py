@@ -1,10 +1,12 @@
 """Single sign-on through an OpenID Connect provider (mozilla-django-oidc), optional: on
 when DIGITS_OIDC_CLIENT_ID is set (digits_site/settings.py, README "Single sign-on").
 
-Users are matched by username (the provider's `preferred_username`, else the local part
-of the e-mail): an account made here before keeps its models when its owner starts to
-log in through the provider. With DIGITS_OIDC_TEAMS_CLAIM, the teams (existing Django
-groups) a user is in follow that claim at every login; admins still create the teams."""
+Users are found by their identity at the provider (issuer and subject: SsoIdentity), never
+by a name or an e-mail, which a provider may let anyone choose: a first login creates an
+account named after `preferred_username` (else the e-mail's local part), unless an account
+of that name exists here, which an admin links first (admin → Single sign-on identities).
+With DIGITS_OIDC_TEAMS_CLAIM, the teams (existing Django groups) a user is in follow that
+claim at every login; admins still create the teams."""
 from __future__ import annotations
 
 import logging
@@ -17,10 +19,13 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import SuspiciousOperation
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+
+from .models import SsoIdentity
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,39 @@ class OidcBackend(OIDCAuthenticationBackend):
         return bool(username_of(claims))
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> QuerySet[Any]:
-        return self.UserModel.objects.filter(username=username_of(claims))
+        return self.UserModel.objects.none()  # never by name or e-mail: get_or_create_user
+
+    def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> AbstractBaseUser | None:
+        """The user of this identity (issuer, subject); at its first login, a new account,
+        unless one of its name exists here (an admin links them, or it is someone else's)."""
+        claims = self.get_userinfo(access_token, id_token, payload)
+        issuer, subject = str(payload.get("iss", "")), str(payload.get("sub", ""))
+        if not subject or claims.get("sub", subject) != subject:
+            raise SuspiciousOperation("the user info is not about the ID token's subject")
+        identity = SsoIdentity.objects.filter(issuer=issuer, subject=subject).select_related("user").first()
+        if identity is not None:
+            return self.update_user(identity.user, claims)
+        if not self.verify_claims(claims):
+            raise SuspiciousOperation("the provider gave no user name or e-mail")
+        name = username_of(claims)
+        if self.UserModel.objects.filter(username=name).exists():
+            self._say(
+                f"An account named {name!r} exists on this site, and single sign-on does not take an account over by "
+                "its name. If it is yours, ask an admin to link it to your sign-on identity (admin → Single sign-on "
+                f"identities: subject {subject!r}); then log in with single sign-on again."
+            )
+            log.warning("single sign-on refused: %s at %s would take over the existing account %r", subject, issuer, name)
+            return None
+        with transaction.atomic():
+            user: Any = self.create_user(claims)
+            SsoIdentity.objects.create(user=user, issuer=issuer, subject=subject)
+        return user
+
+    def _say(self, message: str) -> None:
+        """Why the login failed, for the login page (the session outlives the redirect)."""
+        request = getattr(self, "request", None)
+        if request is not None and hasattr(request, "session"):
+            request.session["sso_error"] = message
 
     def create_user(self, claims: dict[str, Any]) -> AbstractBaseUser:
         user = self.UserModel.objects.create_user(username_of(claims), email=claims.get("email", ""))  # no password
@@ -96,4 +133,5 @@ class LoginView(auth_views.LoginView):
         context = super().get_context_data(**kwargs)
         context["sso_name"] = settings.OIDC_PROVIDER_NAME if settings.OIDC_ENABLED else ""
         context["sso_failed"] = settings.OIDC_ENABLED and self.request.GET.get("sso") == "failed"
+        context["sso_error"] = self.request.session.pop("sso_error", "") if context["sso_failed"] else ""
         return context

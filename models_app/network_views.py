@@ -166,7 +166,7 @@ def analyse(
     if task == "detection":  # a list of {boxes, labels, scores}; no per-layer views of a detector yet
         with torch.no_grad():
             (found,) = net(list(x))
-        keep = found["scores"] >= DETECTION_SCORE
+        keep = (found["scores"] >= DETECTION_SCORE) & (found["labels"] > 0)  # 0: the background
         return {
             "input": {"resized": png_uri(resized), "network": png_uri(_to_uint8(x[0].permute(1, 2, 0).numpy()))},
             "detections": [

@@ -83,6 +83,15 @@ def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dic
             f"The crop size must fit in the dataset's {dataset.image_width}x{dataset.image_height} images.", field="crop_size"
         )
     shape = input_size(dataset, crop)
+    if dataset.task != "classification" and int(params.get("batch_size") or 2) < 2 * int(params.get("devices") or 1):
+        raise JobError(
+            "Segmentation and detection networks normalise over the images of a batch: give each device at least "
+            "two (a batch size of at least twice the number of devices).", field="batch_size",
+        )
+    if dataset.is_detection and network == Network.CUSTOM:
+        raise JobError(
+            "Custom code is not available for detection yet: pick one of the detection networks.", field="network",
+        )
     if dataset.is_detection:
         moved = [name for name in ("crop_size", "rotate90", "rotation", "scale_jitter") if params.get(name)]
         if moved:

@@ -20,6 +20,8 @@ import requests
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from frontend.models import SsoIdentity
+
 pytestmark = pytest.mark.django_db
 
 CLIENT_ID, SECRET, ISSUER = "digits", "a-client-secret-of-32-bytes-ok!!", "https://idp.example"
@@ -153,9 +155,22 @@ def test_single_sign_on_creates_matches_and_syncs_teams(provider):
     assert list(User.objects.get(username="alice").groups.all()) == [audio]
     assert vision.user_set.count() == 0
 
-    # A local account of the same name is the one the provider's user logs in to.
-    bob = User.objects.create_user("bob", "old@example.org", "pw-bob")
+    # The provider's account, not its name, is who logs in: a renamed account is still alice.
+    provider.user["preferred_username"] = "alice-renamed"
+    assert sign_in(Client()).status_code == 302 and not User.objects.filter(username="alice-renamed").exists()
+
+    # A local account of the same name is never taken over by its name (a provider may let
+    # anyone pick "admin"): the login is refused, saying what to do...
+    bob = User.objects.create_user("bob", "old@example.org", "pw-bob", is_superuser=True, is_staff=True)
     provider.user = {"sub": "u-2", "preferred_username": "bob", "email": "bob@example.org"}
+    client = Client()
+    refused = sign_in(client)
+    assert refused.status_code == 302 and refused["Location"] == "/accounts/login/?sso=failed"
+    page = client.get(refused["Location"]).content.decode()
+    assert "An account named &#x27;bob&#x27; exists on this site" in page and "ask an admin to link it" in page
+    assert client.get("/models/").status_code == 302 and User.objects.get(username="bob").email == "old@example.org"
+    # ... until an admin links that identity to it.
+    SsoIdentity.objects.create(user=bob, issuer=ISSUER, subject="u-2")
     assert sign_in(Client()).status_code == 302
     bob.refresh_from_db()
     assert bob.email == "bob@example.org" and bob.check_password("pw-bob")  # the password still works too

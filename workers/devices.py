@@ -119,7 +119,8 @@ class Heartbeat(threading.Thread):
                 if heartbeat(self.device_id, self.info) is None:
                     self.device_id = register(self.info, self.worker).pk
                 now = time.monotonic()
-                if last_ok is None or now - last_ok > settings.DEVICE_DEAD_SECONDS:
+                # (Half the dead time: a live peer's last beat may be a heartbeat older than ours.)
+                if last_ok is None or now - last_ok > settings.DEVICE_DEAD_SECONDS / 2:
                     # After a database outage (or this process being stopped or starved),
                     # every device's last heartbeat is old, the live ones' too: reap only
                     # once they have all had the time to heartbeat again.

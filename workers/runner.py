@@ -130,8 +130,12 @@ def _store(
         wanted, stop, stop_at = _still_wanted(job)
     if wanted and not finished and not stop and time_limit and job.started_at:
         if timezone.now() >= job.started_at + timedelta(seconds=time_limit):
-            stop, stop_at = StopReason.TIMEOUT, timezone.now()
-            job_request_stop(job, StopReason.TIMEOUT)
+            try:
+                job_request_stop(job, StopReason.TIMEOUT)
+            except UNREACHABLE:  # the batch is stored: ask again at the next wake-up
+                forget_connection()
+            else:
+                stop, stop_at = StopReason.TIMEOUT, timezone.now()
     return wanted, stop, stop_at
 
 

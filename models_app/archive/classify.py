@@ -104,7 +104,8 @@ def detect(path: str, x: np.ndarray, info: dict, labels: list[str], out: str | N
         (found,) = detect.net(list(torch.from_numpy(x)))  # type: ignore[attr-defined]
     objects = [
         {"label": labels[int(c) - 1], "score": float(s), "box": [round(float(v), 2) for v in b]}
-        for b, c, s in zip(found["boxes"], found["labels"], found["scores"]) if float(s) >= min_score
+        # Label 0 is the background (sigmoid-scored detectors can still return it): not an object.
+        for b, c, s in zip(found["boxes"], found["labels"], found["scores"]) if float(s) >= min_score and int(c) > 0
     ]
     channels, height, width = info["input_shape"]
     image = imaging.resize_image(imaging.load_image(path, channels), width, height, info["resize_mode"]).convert("RGB")

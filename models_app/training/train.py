@@ -189,7 +189,10 @@ class Plan:
 
     @classmethod
     def make(cls, spec: TrainSpec, train_count: int, world_size: int) -> Plan:
-        batches = math.ceil(per_rank_count(train_count, world_size) / rank_batch_size(spec, world_size))
+        per_rank, size = per_rank_count(train_count, world_size), rank_batch_size(spec, world_size)
+        batches = math.ceil(per_rank / size)
+        if spec.task != "classification" and batches > 1 and per_rank % size == 1:
+            batches -= 1  # the last image joins the batch before (Trainer._epoch_batches)
         accumulation = max(1, spec.batch_accumulation)
         per_epoch = math.ceil(batches / accumulation)
         return cls(
@@ -355,7 +358,12 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         order = shard(epoch_order(len(self.train_set), self.seed, epoch), self.rank, self.world_size)
-        return chunk(order, self.batch_size)
+        batches = chunk(order, self.batch_size)
+        if self.spec.task != "classification" and len(batches) > 1 and len(batches[-1]) == 1:
+            # A last batch of one image joins the one before: the pooled branches of
+            # DeepLabV3 and SSDlite normalise 1x1 maps, which needs two images.
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def record(self) -> dict[str, Any]:
         """What this run needs to be reproduced: the versions it ran with, its devices, its
@@ -645,10 +653,13 @@ class Trainer:
         iou = torch.where(union > 0, hits / union.clamp(min=1), torch.full_like(union, float("nan")))
         pixels = max(float(matrix.sum()), 1.0)
         present = iou[~iou.isnan()]
+        miou = float(present.mean()) if len(present) else 0.0
         metrics = {
             "val_loss": loss_sum / pixels,
-            "val_accuracy": float(hits.sum()) / pixels,  # pixel accuracy
-            "val_miou": float(present.mean()) if len(present) else 0.0,
+            # What the best snapshot, the star and sweeps go by: the mean IoU.
+            "val_accuracy": miou,
+            "val_miou": miou,
+            "val_pixel_accuracy": float(hits.sum()) / pixels,
         }
         metrics.update({f"val_iou/{i}": float(v) for i, v in enumerate(iou.tolist()) if not math.isnan(v)})
         return metrics
@@ -666,8 +677,8 @@ class Trainer:
         coco = MeanAveragePrecision(iou_type="bbox", class_metrics=True)
         at_half = MeanAveragePrecision(iou_type="bbox", iou_thresholds=[0.5], class_metrics=True)
         loss_sum = count = 0.0
-        for indices in chunk(torch.arange(len(self.val_set)), self.batch_size):
-            images, _ = next(self.val_set.batches([indices]))
+        batches = chunk(torch.arange(len(self.val_set)), self.batch_size)
+        for indices, (images, _) in zip(batches, self.val_set.batches(batches)):
             x = self.transform.eval(images)
             truth = [{"boxes": b.to(self.device), "labels": c.to(self.device)} for b, c in self.val_objects.batch(indices)]
             net.train()
@@ -696,7 +707,14 @@ class Trainer:
             for label, value in zip(classes, result["map_per_class"].reshape(-1).tolist()):
                 if value >= 0:  # -1: a class with no object in the split
                     metrics[f"{name}/{int(label) - 1}"] = float(value)
-        return {k: (0.0 if not math.isfinite(v) or v < 0 else v) if k != "val_loss" else v for k, v in metrics.items()}
+        metrics = {k: (0.0 if not math.isfinite(v) or v < 0 else v) if k != "val_loss" else v for k, v in metrics.items()}
+        if self.world_size > 1:
+            # The loss pass samples (Faster R-CNN's proposals) with each rank's own seed:
+            # every rank takes rank 0's figures, so that they all decide alike (early stopping).
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
+        return metrics
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -11,7 +11,7 @@
   const controls = document.getElementById("chart-controls");
   const plannedEpochs = Number(controls.dataset.epochs) || undefined;  // the x-axis spans the whole run from the start
   const showTop5 = controls.dataset.top5 === "1";  // top-5 says nothing with 5 classes or fewer
-  // Segmentation: pixel accuracy, mean IoU (the best epoch's measure) and each class's IoU.
+  // Segmentation: mean IoU (the best epoch's measure), pixel accuracy and each class's IoU.
   const segmentation = controls.dataset.task === "segmentation";
   // Detection: mAP@0.5 (the best epoch's measure), mAP@0.5:0.95 and each class's AP@0.5.
   const detection = controls.dataset.task === "detection";
@@ -59,10 +59,10 @@
       { label: "val loss", data: points("val_loss"), borderColor: "#ef4444", pointRadius: 3 },
     ], "loss"),
     accuracy: lineChart("accuracy-chart", [
-      { label: segmentation ? "val pixel accuracy (%)" : detection ? "val mAP@0.5 (%)" : "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
+      { label: segmentation ? "val mean IoU (%)" : detection ? "val mAP@0.5 (%)" : "val accuracy (top-1, %)", data: points("val_accuracy", 100), borderColor: "#10b981", pointRadius: 3 },
       { label: "best", data: [], borderColor: "#f59e0b", backgroundColor: "#f59e0b", pointStyle: "star", pointRadius: 10, showLine: false },
     ].concat(showTop5 ? [{ label: "val accuracy (top-5, %)", data: points("val_top5", 100), borderColor: "#8b5cf6", pointRadius: 3 }] : [])
-     .concat(segmentation ? [{ label: "val mean IoU (%)", data: points("val_miou", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : [])
+     .concat(segmentation ? [{ label: "val pixel accuracy (%)", data: points("val_pixel_accuracy", 100), borderColor: "#7c3aed", pointRadius: 3 }] : [])
      .concat(detection ? [{ label: "val mAP@0.5:0.95 (%)", data: points("val_map", 100), borderColor: "#7c3aed", pointRadius: 3, borderWidth: 2.5 }] : []),
     "accuracy %", { scales: { x: { type: "linear", min: 0, max: plannedEpochs, title: { display: true, text: "epoch" } }, y: { min: 0, max: 100 } } }),
     lr: lineChart("lr-chart", [{ label: "learning rate", data: points("lr"), borderColor: "#f59e0b" }], "learning rate"),
@@ -97,7 +97,7 @@
     throughput: [charts.throughput, 0, 1],
   };
   if (showTop5) where.val_top5 = [charts.accuracy, 2, 100];
-  if (segmentation) where.val_miou = [charts.accuracy, 2, 100];
+  if (segmentation) where.val_pixel_accuracy = [charts.accuracy, 2, 100];
   if (detection) where.val_map = [charts.accuracy, 2, 100];
 
   // A class's IoU ("val_iou/<class id>"): a thin dashed line in the class's colour.
@@ -115,9 +115,9 @@
     return where[name];
   }
 
-  // The best validation accuracy (segmentation: mean IoU) so far, starred on the chart.
+  // The best validation accuracy (segmentation: mean IoU; detection: mAP@0.5) so far, starred.
   function markBest() {
-    const data = charts.accuracy.data.datasets[segmentation ? 2 : 0].data;
+    const data = charts.accuracy.data.datasets[0].data;
     let best = null;
     data.forEach(function (p) { if (!best || p.y > best.y) best = p; });
     charts.accuracy.data.datasets[1].data = best ? [{ x: best.x, y: best.y }] : [];
