@@ -163,12 +163,22 @@ class BatchTransform:
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
         s, g = self.spec, self.generator
-        x = self._prepare(images)
-        if s.hsv_jitter and x.shape[1] == 3:
-            x = random_hsv(x, s.hsv_jitter, g)
-        x = self._subtract_mean(x)
+        x = self._colour(images)
         if s.rotation or s.scale_jitter:
             x, _ = random_affine(x, s.rotation, s.scale_jitter, g)
+        return self._geometry(x).div_(255.0)
+
+    def _colour(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images with colour jitter and the mean subtracted."""
+        x = self._prepare(images)
+        if self.spec.hsv_jitter and x.shape[1] == 3:
+            x = random_hsv(x, self.spec.hsv_jitter, self.generator)
+        return self._subtract_mean(x)
+
+    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop, flips and quarter turns, drawn in this order (a run's augmentation
+        depends on it: resumed runs repeat it exactly)."""
+        s, g = self.spec, self.generator
         if s.crop_size:
             x = random_crop(x, s.crop_size, g)
         if s.flip in ("h", "hv"):
@@ -177,32 +187,21 @@ class BatchTransform:
             x = random_flip(x, -2, g)
         if s.rotate90 and x.shape[-1] == x.shape[-2]:
             x = random_rot90(x, g)
-        return x.div_(255.0)
+        return x
 
     def train_pair(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Segmentation: the training transform of `train`, with every geometric step
         (rotation and zoom, crop, flips, quarter turns) applied to the label images too.
         labels: (N, H, W) class ids."""
         s, g = self.spec, self.generator
-        x = self._prepare(images)
+        x = self._colour(images)
         y = labels.to(self.device, non_blocking=True).long()
-        if s.hsv_jitter and x.shape[1] == 3:
-            x = random_hsv(x, s.hsv_jitter, g)
-        x = self._subtract_mean(x)
         if s.rotation or s.scale_jitter:
             x, moved = random_affine(x, s.rotation, s.scale_jitter, g, y)
             assert moved is not None
             y = moved
         # The label image as one more channel: crops, flips and turns index both alike.
-        both = torch.cat([x, y[:, None].to(x.dtype)], dim=1)
-        if s.crop_size:
-            both = random_crop(both, s.crop_size, g)
-        if s.flip in ("h", "hv"):
-            both = random_flip(both, -1, g)
-        if s.flip in ("v", "hv"):
-            both = random_flip(both, -2, g)
-        if s.rotate90 and both.shape[-1] == both.shape[-2]:
-            both = random_rot90(both, g)
+        both = self._geometry(torch.cat([x, y[:, None].to(x.dtype)], dim=1))
         return both[:, :-1].div(255.0), both[:, -1].round().long()
 
     def train_boxes(
@@ -212,10 +211,7 @@ class BatchTransform:
         ((K, 4) left, top, right, bottom) flipped with it. (Crops, turns, rotation and zoom
         are refused for detection when the model is made.)"""
         s, g = self.spec, self.generator
-        x = self._prepare(images)
-        if s.hsv_jitter and x.shape[1] == 3:
-            x = random_hsv(x, s.hsv_jitter, g)
-        x = self._subtract_mean(x)
+        x = self._colour(images)
         height, width = x.shape[-2:]
         boxes = [b.to(self.device, torch.float32) for b, _ in targets]
         for axis, wanted in ((-1, ("h", "hv")), (-2, ("v", "hv"))):
