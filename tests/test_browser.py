@@ -690,3 +690,20 @@ def test_a_detection_dataset_page_and_its_gallery_of_boxes(live_url, page, owner
     page.click("#gallery-filter button[type=submit]")
     page.wait_for_url("**show=image**")
     page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 48)")
+
+
+def test_the_model_form_offers_the_networks_of_the_datasets_task(live_url, page, owner):
+    from datasets.models import Dataset
+
+    classification = make_dataset(owner, name="classes")
+    segmentation = make_dataset(owner, name="pixels")
+    Dataset.objects.filter(pk=segmentation.pk).update(task="segmentation", image_width=64, image_height=64)
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/new/?dataset={classification.pk}")
+    visible = "[...document.querySelectorAll('#id_network optgroup')].filter(g => !g.hidden).map(g => g.label)"
+    assert page.evaluate(visible) == ["Classification"]
+    page.select_option("#id_dataset", str(segmentation.pk))
+    assert page.evaluate(visible) == ["Segmentation"]
+    assert page.input_value("#id_network") == "unet_small"  # a classification network was chosen: replaced
+    page.select_option("#id_dataset", str(classification.pk))
+    assert page.evaluate(visible) == ["Classification"] and page.input_value("#id_network") == "lenet"

@@ -42,7 +42,7 @@
     let firstShown = null;
     $("network").querySelectorAll("optgroup").forEach(function (group) {
       group.hidden = group.label !== wanted;
-      if (!group.hidden && !firstShown && group.options.length) firstShown = group.options[0];
+      if (!group.hidden && !firstShown) firstShown = group.querySelector("option");
     });
     const chosen = $("network").selectedOptions[0];
     if (chosen && chosen.parentElement.tagName === "OPTGROUP" && chosen.parentElement.hidden && firstShown) {
