@@ -135,9 +135,9 @@ def test_boxes_move_with_every_resize_mode():
 @pytest.mark.django_db(transaction=True)
 def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, api, owner, data_root, tmp_path):
     det_folder = data_root / "det-train"
-    write_shapes(det_folder, 160, 48, seed=12)
+    write_shapes(det_folder, 160, 64, seed=12)
     body = {"name": "det", "task": "detection", "folder": str(det_folder), "annotations_file": str(det_folder / "annotations.json"),
-            "image_width": 48, "image_height": 48, "val_percent": 25}
+            "image_width": 64, "image_height": 64, "val_percent": 25}
     response = api.post("/api/datasets/", body, format="json")
     assert response.status_code == 201, response.content
     dataset_id = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
@@ -147,19 +147,19 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
     assert refused.status_code == 400 and "rotation" in refused.json()["errors"]
 
     model = api.post("/api/models/", {
-        "name": "fcos", "dataset": dataset_id, "network": "fcos_small", "epochs": 24, "batch_size": 16, "solver": "adam",
-        "learning_rate": 0.003, "val_interval": 12, "snapshot_interval": 24, "flip": "h", "seed": 2,
+        "name": "fcos", "dataset": dataset_id, "network": "fcos_small", "epochs": 16, "batch_size": 8, "solver": "adam",
+        "learning_rate": 0.001, "lr_policy": "cosine", "val_interval": 8, "snapshot_interval": 16, "flip": "h", "seed": 2,
     }, format="json")
     assert model.status_code == 201, model.content
     done = wait_for_status(api, f"/api/models/{model.json()['id']}/", {"done", "error"}, timeout=300)
     assert done["job"]["status"] == "done", done["job"]
     metrics = api.get(f"/api/models/{done['id']}/metrics/").json()
-    assert [p["epoch"] for p in metrics["val_map50"]] == [12, 24]
+    assert [p["epoch"] for p in metrics["val_map50"]] == [8, 16]
     for p in metrics["val_map50"] + metrics["val_map"]:
         assert 0 <= p["value"] <= 1
     assert metrics["val_map"][-1]["value"] <= metrics["val_map50"][-1]["value"]  # a stricter overlap can only lower it
     # "Best" goes by mAP@0.5; it learns (from nothing: no weights were downloaded).
-    assert metrics["val_map50"][-1]["value"] == metrics["val_accuracy"][-1]["value"] > 0
+    assert metrics["val_map50"][-1]["value"] == metrics["val_accuracy"][-1]["value"] >= 0.3  # 0.57 here, from scratch
     losses = [p["value"] for p in metrics["train_loss"]]
     assert sum(losses[-10:]) < sum(losses[:10])
     per_class = [name for name in metrics if name.startswith("val_ap50/")]
@@ -173,9 +173,10 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
     result = reply.json()
     assert result["detection"]["drawn"].startswith("data:image/png;base64,")
     scores = [o["score"] for o in result["detection"]["objects"]]
+    assert scores  # the image's shapes are found
     assert scores == sorted(scores, reverse=True) and all(s >= 0.3 for s in scores)
     for o in result["detection"]["objects"]:
-        assert o["label"] in CLASSES and len(o["box"]) == 4 and 0 <= o["box"][0] <= o["box"][2] <= 48
+        assert o["label"] in CLASSES and len(o["box"]) == 4 and 0 <= o["box"][0] <= o["box"][2] <= 64
     client = Client()
     client.force_login(owner)
     with open(det_folder / "images" / "00007.png", "rb") as image:

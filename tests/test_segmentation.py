@@ -283,7 +283,7 @@ def test_segmentation_and_detection_train_on_two_ranks(celery_worker_process, ap
         for task, network, measure in (("segmentation", "unet_small", "val_miou"), ("detection", "fcos_small", "val_map50")):
             response = api.post("/api/models/", {
                 "name": f"{task}-ddp", "dataset": ids[task], "network": network, "epochs": 2, "batch_size": 8,
-                "solver": "adam", "learning_rate": 0.002, "devices": 2, "seed": 4,
+                "solver": "adam", "learning_rate": 0.001, "devices": 2, "seed": 4,
             }, format="json")
             assert response.status_code == 201, response.content
             done = wait_for_status(api, f"/api/models/{response.json()['id']}/", {"done", "error"}, timeout=300)
