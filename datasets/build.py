@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,39 @@ def _gather_lists(spec: BuildSpec) -> Gathered:
     return Gathered(labels, splits, image_folder, skipped, requested=tuple(requested))
 
 
+def _from_archive(spec: BuildSpec, workdir: Path) -> tuple[BuildSpec, list[Skip]]:
+    """A segmentation or detection dataset uploaded as an archive, extracted: the spec
+    with its folders. The layout: images/; masks/ (segmentation: label images), or labels/
+    (detection: KITTI .txt files) or annotations.json (detection: COCO, its file names
+    under the archive's top or under images/); classes.txt (the class list: needed for
+    segmentation unless given on the server, optional for detection)."""
+    emit(protocol.Progress(progress=0.0, phase="extracting"))
+    root, skipped = extract_archive(Path(spec.archive), workdir / "source", spec.max_extract_bytes)
+    layout = "images/, masks/ and classes.txt" if spec.task == "segmentation" else "images/ with labels/ (KITTI) or annotations.json (COCO)"
+    if not (root / "images").is_dir():
+        raise BuildError(f"The archive has no images/ folder: a {spec.task} archive holds {layout}.")
+    fields: dict[str, Any] = {"source": "folder", "folder": str(root / "images")}
+    classes = root / "classes.txt"
+    if not spec.class_list and classes.is_file():
+        fields["class_list"] = str(classes)
+    if spec.task == "segmentation":
+        masks = next((root / name for name in ("masks", "labels") if (root / name).is_dir()), None)
+        if masks is None:
+            raise BuildError(f"The archive has no masks/ folder of label images: a segmentation archive holds {layout}.")
+        fields["label_folder"] = str(masks)
+        if "class_list" not in fields and not spec.class_list:
+            raise BuildError("The archive has no classes.txt (line i: the name of class i, optionally `r g b`): add it, "
+                             "or give a class list on the server.")
+    elif (root / "annotations.json").is_file():
+        fields["annotations_file"] = str(root / "annotations.json")
+        fields["folder"] = str(root)  # COCO file names are taken under the archive's top (or images/)
+    elif (root / "labels").is_dir():
+        fields["label_folder"] = str(root / "labels")
+    else:
+        raise BuildError(f"The archive has neither labels/ nor annotations.json: a detection archive holds {layout}.")
+    return replace(spec, **fields), skipped
+
+
 def _gather_segmentation(spec: BuildSpec) -> Gathered:
     """Images paired with their label images, split at random by the percentages."""
     if spec.source != "folder":
@@ -216,9 +249,14 @@ def gather(spec: BuildSpec, workdir: Path) -> Gathered:
     source = spec.source
     if spec.task in ("segmentation", "detection"):
         try:
-            return _gather_segmentation(spec) if spec.task == "segmentation" else _gather_detection(spec)
+            extracted: list[Skip] = []
+            if spec.source == "upload":
+                spec, extracted = _from_archive(spec, workdir)
+            gathered = _gather_segmentation(spec) if spec.task == "segmentation" else _gather_detection(spec)
         except SourceError as exc:
             raise BuildError(str(exc)) from exc
+        gathered.skipped = extracted + gathered.skipped
+        return gathered
     try:
         if source == "folder":
             gathered = _gather_folders(spec, Path(spec.folder))

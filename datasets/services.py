@@ -146,6 +146,20 @@ def _check_segmentation(p: Dataset) -> dict[str, Any]:
     return {"folder": str(folder), "label_folder": str(label_folder), "class_list": str(class_list)}
 
 
+def _check_labelled_upload(p: Dataset, upload: str, owner: User) -> dict[str, Any]:
+    """A segmentation or detection dataset from an uploaded archive: its layout (images/,
+    masks/ or labels/, annotations.json, classes.txt) is checked by the build."""
+    out: dict[str, Any] = {"upload": upload_for_build(upload, owner), "class_list": ""}
+    if p.class_list:
+        path = resolve_data_file(p.class_list, "class_list")
+        try:
+            read_class_list(path, at_least=2 if p.task == Task.SEGMENTATION else 1)
+        except SourceError as exc:
+            raise JobError(str(exc), field="class_list") from None
+        out["class_list"] = str(path)
+    return out
+
+
 def _check_detection(p: Dataset) -> dict[str, Any]:
     """A folder of images with KITTI label files (a folder of them) or a COCO file, and
     optionally the class list to keep."""
@@ -181,9 +195,9 @@ def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, Uplo
     if p.task == Task.SEGMENTATION:
         if p.annotations_file:
             raise JobError("A COCO annotations file is for detection datasets.", field="annotations_file")
-        return _check_segmentation(p)
+        return _check_labelled_upload(p, upload, owner) if p.source == Source.UPLOAD else _check_segmentation(p)
     if p.task == Task.DETECTION:
-        return _check_detection(p)
+        return _check_labelled_upload(p, upload, owner) if p.source == Source.UPLOAD else _check_detection(p)
     if p.label_folder or p.class_list or p.annotations_file:
         raise JobError("A labels folder, a class list and an annotations file are for segmentation or detection datasets.",
                        field="label_folder")
@@ -280,7 +294,12 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
 def dataset_build_spec(dataset: Dataset) -> BuildSpec:
     """What the build child is asked to do: the source, the options, where to write."""
     source: dict[str, Any] = {}
-    if dataset.task in (Task.SEGMENTATION, Task.DETECTION):
+    if dataset.task in (Task.SEGMENTATION, Task.DETECTION) and dataset.source == Source.UPLOAD:
+        if dataset.upload is None or not dataset.upload.path.exists():
+            raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
+        source = {"archive": str(dataset.upload.path), "max_extract_bytes": settings.MAX_ARCHIVE_EXTRACT_BYTES,
+                  "class_list": dataset.class_list}
+    elif dataset.task in (Task.SEGMENTATION, Task.DETECTION):
         source = {"folder": dataset.folder, "label_folder": dataset.label_folder, "class_list": dataset.class_list,
                   "annotations_file": dataset.annotations_file}
     elif dataset.source == Source.FOLDER:

@@ -408,6 +408,8 @@ def read_coco(path: Path, images: Path) -> tuple[list[str], list[tuple[str, list
     found, skipped = [], []
     for image_id, name in files:
         file = (images / name).resolve()
+        if not file.is_file() and (images / "images" / name).is_file():  # names relative to images/
+            file = (images / "images" / name).resolve()
         if not file.is_relative_to(root):
             skipped.append({"path": name, "reason": "outside the image folder"})
         elif not file.is_file():

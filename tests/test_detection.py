@@ -198,3 +198,45 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
         assert np.allclose(mine["box"], theirs["box"], atol=0.05)
     assert Path(run["boxes_png"]).exists()
     shutil.rmtree(det_folder, ignore_errors=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_segmentation_and_detection_datasets_from_uploaded_archives(celery_worker_process, api, owner, tmp_path):
+    import zipfile
+
+    write_shapes(tmp_path / "shapes", 20, 32, seed=3)
+
+    def upload(name: str, members: list[str]) -> str:
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w") as zf:
+            for folder in members:
+                for path in sorted((tmp_path / "shapes" / folder).rglob("*") if (tmp_path / "shapes" / folder).is_dir()
+                                   else [tmp_path / "shapes" / folder]):
+                    zf.write(path, f"shapes/{path.relative_to(tmp_path / 'shapes')}")  # a wrapping folder
+        with archive.open("rb") as fh:
+            response = api.post("/api/uploads/", {"file": fh}, format="multipart")
+        assert response.status_code == 201, response.content
+        return response.json()["id"]
+
+    cases = [
+        ("segmentation", ["images", "masks", "classes.txt"], None),
+        ("detection", ["images", "labels"], None),
+        ("detection", ["images", "annotations.json"], None),
+        ("segmentation", ["images", "masks"], "The archive has no classes.txt"),
+        ("detection", ["images"], "neither labels/ nor annotations.json"),
+    ]
+    for task, members, error in cases:
+        body = {"name": f"{task}-zip", "task": task, "source": "upload", "upload": upload(f"{task}.zip", members),
+                "image_width": 32, "image_height": 32, "val_percent": 25}
+        response = api.post("/api/datasets/", body, format="json")
+        assert response.status_code == 201, response.content
+        data = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done", "error"})
+        if error:
+            assert data["job"]["status"] == "error" and error in data["job"]["error"], (members, data["job"])
+            continue
+        assert data["job"]["status"] == "done", (members, data["job"])
+        assert data["counts"] == {"train": 15, "val": 5} and data["skipped"] == []
+        assert data["labels"] == (list(CLASSES) if task == "segmentation" else
+                                  sorted(CLASSES[1:]) if "labels" in members else list(CLASSES[1:]))
+        assert sum(data["class_counts"]["train"]) > 0
