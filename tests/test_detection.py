@@ -105,7 +105,8 @@ def test_detection_requests_are_checked(api, det_folder):
          "label_folder", "either the folder"),
         ({"annotations_file": "/etc/passwd"}, "annotations_file", "outside the allowed data roots"),
         ({"label_folder": str(det_folder / "labels"), "class_list": str(det_folder / "nothing.txt")}, "class_list", "does not exist"),
-        ({"label_folder": str(det_folder / "labels"), "source": "upload"}, "source", "made from server folders"),
+        ({"label_folder": str(det_folder / "labels"), "source": "upload"}, "upload", "Upload an archive first"),
+        ({"label_folder": str(det_folder / "labels"), "source": "textfile"}, "source", "made from server folders"),
     ]
     for change, field, words in cases:
         response = api.post("/api/datasets/", {**base, **change}, format="json")

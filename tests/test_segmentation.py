@@ -117,7 +117,8 @@ def test_segmentation_requests_are_checked_field_by_field(api, seg_folder, tmp_p
         ({"label_folder": ""}, "label_folder", "Give the folder of label images"),
         ({"label_folder": str(tmp_path)}, "label_folder", "outside the allowed data roots"),
         ({"class_list": str(seg_folder / "images" / "00000.png")}, "class_list", "Cannot read the class list"),
-        ({"source": "upload"}, "source", "made from server folders"),
+        ({"source": "upload"}, "upload", "Upload an archive first"),  # an archive holds the labels then
+        ({"source": "textfile"}, "source", "made from server folders"),
         ({"val_folder": str(seg_folder / "images")}, "val_folder", "by percentage"),
     ]
     for change, field, words in cases:
