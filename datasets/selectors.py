@@ -148,13 +148,7 @@ def dataset_label_view(dataset: Dataset, split: str, index: int, show: str) -> b
     if show == "boxes":
         if not dataset.is_detection:
             raise JobError("Only a detection dataset has boxes.", field="show")
-        _check_split(dataset, split)
-        meta = read_meta(dataset.split_path(split))
-        with open_readonly(dataset.split_path(split)).begin() as txn:
-            try:
-                pixels, _ = read_record(txn, index, meta)
-            except IndexError:
-                raise NotFound(f"The {split} split has no image {index}.") from None
+        pixels = dataset_pixels(dataset, split, index)
         # Enlarged to about 256 pixels, so that the names of the classes can be read.
         return draw_boxes(pixels, dataset_objects(dataset, split, index), scale=max(1, 256 // max(pixels.shape[:2])))
     if not dataset.is_segmentation:
@@ -168,17 +162,36 @@ def dataset_label_view(dataset: Dataset, split: str, index: int, show: str) -> b
         except IndexError:
             raise NotFound(f"The {split} split has no image {index}.") from None
     ids = ids[:, :, 0]
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(dataset.label_colours)] = np.asarray(dataset.label_colours, dtype=np.uint8).reshape(-1, 3)
-    coloured = palette[ids]
     if show == "overlay":
-        image_meta = read_meta(dataset.split_path(split))
-        with open_readonly(dataset.split_path(split)).begin() as txn:
-            pixels, _ = read_record(txn, index, image_meta)
-        base = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-        blend = (0.45 * base + 0.55 * coloured).round().astype(np.uint8)
-        coloured = np.where((ids == IGNORE_LABEL)[:, :, None], base, blend)
-    return encode(coloured, "png")
+        return encode(overlay_labels(dataset_pixels(dataset, split, index), ids, dataset.label_colours), "png")
+    return encode(palette(dataset.label_colours)[ids], "png")
+
+
+def dataset_pixels(dataset: Dataset, split: str, index: int) -> np.ndarray:
+    """Record `index` of a split as stored (HxWxC uint8)."""
+    _check_split(dataset, split)
+    meta = read_meta(dataset.split_path(split))
+    with open_readonly(dataset.split_path(split)).begin() as txn:
+        try:
+            pixels, _ = read_record(txn, index, meta)
+        except IndexError:
+            raise NotFound(f"The {split} split has no image {index}.") from None
+    return pixels
+
+
+def palette(colours: list[list[int]]) -> np.ndarray:
+    """(256, 3) uint8: each class id's colour ([r, g, b] per class); black beyond."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+    return table
+
+
+def overlay_labels(pixels: np.ndarray, ids: np.ndarray, colours: list[list[int]]) -> np.ndarray:
+    """The label image `ids` in its classes' colours blended over the image (HxWxC uint8);
+    ignored pixels show the image alone."""
+    base = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+    blend = (0.45 * base + 0.55 * palette(colours)[ids]).round().astype(np.uint8)
+    return np.where((ids == IGNORE_LABEL)[:, :, None], base, blend)
 
 
 def data_folders(limit: int = 500, depth: int = 3) -> list[str]:

@@ -514,7 +514,15 @@ def model_evaluate(
         fail(str(exc))
     if not as_json and data["job"]["status"] == "done":
         m = data["metrics"]
-        out.print(f"{m['images']} images ({m.get('labeled', m['images'])} with ground truth): top-1 {pct(m['top1'])}, top-5 {pct(m['top5'])}")
+        if m.get("task") == "segmentation":
+            out.print(f"{m['images']} images: mean IoU {pct(m['miou'])}, pixel accuracy {pct(m['pixel_accuracy'])}, "
+                      f"{m['images_below_half']} images under 50 %")
+        elif m.get("task") == "detection":
+            out.print(f"{m['images']} images: mAP@0.5 {pct(m['map50'])}, mAP@0.5:0.95 {pct(m['map'])}; {m['found']} objects "
+                      f"found, {m['missed']} missed, {m['false_alarms']} false alarms")
+        else:
+            out.print(f"{m['images']} images ({m.get('labeled', m['images'])} with ground truth): top-1 {pct(m['top1'])}, "
+                      f"top-5 {pct(m['top5'])}")
         for problem in m.get("problems", [])[:20]:
             err.print(f"  line {problem['line'] or '-'}: {problem['text']}: {problem['reason']}", highlight=False)
     finish(data, as_json)

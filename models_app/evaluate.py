@@ -64,6 +64,11 @@ class EvalSpec:
     channels: int = 3
     resize_mode: str = "squash"
     max_extract_bytes: int = 16 << 30
+    # Segmentation and detection (models_app/evaluate_spatial.py), on a split only: its
+    # label images' LMDB, or its objects' file.
+    task: str = "classification"
+    labels_db: str = ""
+    objects: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSpec:
@@ -211,6 +216,8 @@ def _predict_files(spec: EvalSpec, predict: Predictor) -> tuple[np.ndarray, np.n
 def evaluate(spec: EvalSpec) -> dict[str, Any]:
     from .metrics import summarise
 
+    if spec.task != "classification":
+        return _evaluate_spatial(spec)
     predict = Predictor(spec)
     if spec.source == "split":
         probabilities, labels, extra, progress = _predict_split(spec, predict)
@@ -240,6 +247,19 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
     result.update({k: v for k, v in extra.items() if not isinstance(v, np.ndarray)})
     result["seconds"] = round(loop_seconds, 3)
     result["images_per_second"] = round(len(labels) / max(loop_seconds, 1e-9), 1)
+    return result
+
+
+def _evaluate_spatial(spec: EvalSpec) -> dict[str, Any]:
+    from .evaluate_spatial import evaluate_detection, evaluate_segmentation
+
+    out_dir = Path(spec.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    run = evaluate_segmentation if spec.task == "segmentation" else evaluate_detection
+    result = run(spec, Progress, out_dir, PREDICTIONS)
+    seconds = time.monotonic() - started
+    result.update(source=spec.source, seconds=round(seconds, 3), images_per_second=round(result["images"] / max(seconds, 1e-9), 1))
     return result
 
 

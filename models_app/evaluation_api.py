@@ -35,6 +35,7 @@ from .evaluations import (
 )
 from .models import Evaluation, EvaluationSource
 from .selectors import model_list
+from .spatial_results import SHOWS, is_spatial, spatial_csv, spatial_image, spatial_images
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
@@ -43,8 +44,11 @@ class EvaluationSerializer(serializers.ModelSerializer):
     model = serializers.IntegerField(source="model_id")
     labels = serializers.ListField(child=serializers.CharField())
     metrics = serializers.JSONField(
-        help_text="images, top1, top5, confusion (rows: given class, columns: predicted), per_class (precision, "
-        "recall, f1, support), calibration (ece, 15 bins), suspects (confident-learning label issues), seconds."
+        help_text="Classification: images, top1, top5, confusion (rows: given class, columns: predicted), per_class "
+        "(precision, recall, f1, support), calibration (ece, 15 bins), suspects (confident-learning label issues), "
+        "seconds. Segmentation (task): images, miou, pixel_accuracy, iou and pixels per class, confusion (pixels). "
+        "Detection (task): images, map50, map, ap50 and ap per class, objects per class, found, missed and "
+        "false_alarms at IoU 0.5 for detections scoring at least shown_score."
     )
 
     class Meta:
@@ -146,11 +150,21 @@ _IMAGE_ROW = inline_serializer("EvaluationImage", {
     "path": serializers.CharField(
         allow_null=True, help_text="The image's file in the dataset's source (relative to its folder), or its name in the list or upload."
     ),
-    "label": serializers.IntegerField(help_text="-1: no ground truth"), "label_name": serializers.CharField(allow_null=True),
-    "predicted": serializers.IntegerField(), "predicted_name": serializers.CharField(),
-    "confidence": serializers.FloatField(help_text="The probability of the predicted class."),
-    "score": serializers.FloatField(allow_null=True, help_text="view=top: the probability of the asked class."),
+    "label": serializers.IntegerField(required=False, help_text="Classification; -1: no ground truth"),
+    "label_name": serializers.CharField(required=False, allow_null=True),
+    "predicted": serializers.IntegerField(required=False), "predicted_name": serializers.CharField(required=False),
+    "confidence": serializers.FloatField(required=False, help_text="The probability of the predicted class."),
+    "score": serializers.FloatField(
+        allow_null=True, help_text="view=top: the probability of the asked class; segmentation: the image's mean IoU; "
+        "detection: the F1 of its boxes."
+    ),
+    "pixel_accuracy": serializers.FloatField(required=False, help_text="Segmentation."),
+    "found": serializers.IntegerField(required=False, help_text="Detection: objects found (IoU >= 0.5)."),
+    "missed": serializers.IntegerField(required=False, help_text="Detection: objects not found."),
+    "false_alarms": serializers.IntegerField(required=False, help_text="Detection: boxes matching no object."),
+    "has_prediction": serializers.BooleanField(required=False, help_text="Segmentation: its predicted mask was kept."),
     "image_url": serializers.CharField(),
+    "truth_url": serializers.CharField(required=False, help_text="Segmentation and detection: the ground truth drawn."),
 })
 
 
@@ -158,11 +172,12 @@ class EvaluationImagesApi(APIView):
     """A page of the evaluated images: `view=all` (every image, in order), `view=mistakes` (misclassified, most confident first;
     optionally of one `label` or `predicted` class), `view=cell` (one confusion-matrix cell:
     `label` given, `predicted` predicted) or `view=top` (the images scoring highest for
-    class `label`, DIGITS' top-N per category)."""
+    class `label`, DIGITS' top-N per category). Segmentation and detection: `view=worst`
+    (the lowest scores first, the default) or `view=all`."""
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("view", str, enum=["all", "mistakes", "cell", "top"]),
+            OpenApiParameter("view", str, enum=["all", "mistakes", "cell", "top", "worst"]),
             OpenApiParameter("label", int), OpenApiParameter("predicted", int),
             OpenApiParameter("page", int), OpenApiParameter("per_page", int),
         ],
@@ -175,6 +190,15 @@ class EvaluationImagesApi(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        if is_spatial(evaluation):
+            page = spatial_images(
+                evaluation, view=request.query_params.get("view", "worst"),
+                page=_int_param(request, "page") or 1, per_page=_int_param(request, "per_page") or 48,
+            )
+            for row in page["images"]:
+                row["image_url"] = image_url(evaluation, row["index"], api=True, show="prediction")
+                row["truth_url"] = image_url(evaluation, row["index"], api=True, show="truth")
+            return Response(page)
         page = evaluation_images(
             evaluation, view=request.query_params.get("view", "mistakes"),
             label=_int_param(request, "label"), predicted=_int_param(request, "predicted"),
@@ -185,7 +209,16 @@ class EvaluationImagesApi(APIView):
         return Response(page)
 
 
-def image_url(evaluation: Evaluation, index: int, *, api: bool) -> str:
+def evaluation_image(evaluation: Evaluation, index: int, show: str) -> bytes:
+    """The PNG behind an image URL of `image_url`."""
+    if is_spatial(evaluation):
+        return spatial_image(evaluation, index, show or "prediction")
+    return evaluation_input_image(evaluation, index)
+
+
+def image_url(evaluation: Evaluation, index: int, *, api: bool, show: str = "") -> str:
+    if show:  # segmentation and detection: the image with the predicted or the true masks or boxes
+        return reverse("api_evaluation_image" if api else "evaluation_image", args=[evaluation.pk, index]) + f"?show={show}"
     if evaluation.source == EvaluationSource.SPLIT:
         name = "api_dataset_image" if api else "dataset_image"
         return reverse(name, args=[evaluation.model.dataset_id, evaluation.split, index])
@@ -194,23 +227,30 @@ def image_url(evaluation: Evaluation, index: int, *, api: bool) -> str:
 
 class EvaluationImageApi(APIView):
     """One classified file of a "classify many" run (a list or an upload), at the dataset's
-    image size, as PNG. (A split's images are the dataset's: /api/datasets/ID/images/...)"""
+    image size, as PNG. (A split's images are the dataset's: /api/datasets/ID/images/...)
+    Segmentation and detection: image `index` of the split with the predicted masks or
+    boxes drawn (`show=prediction`) or its ground truth (`show=truth`)."""
 
-    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY, 404: ErrorSerializer}, operation_id="evaluations_image")
+    @extend_schema(
+        parameters=[OpenApiParameter("show", str, enum=list(SHOWS))],
+        responses={(200, "image/png"): OpenApiTypes.BINARY, 404: ErrorSerializer}, operation_id="evaluations_image",
+    )
     def get(self, request: Request, pk: int, index: int) -> HttpResponse:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
-        response = HttpResponse(evaluation_input_image(evaluation, index), content_type="image/png")
+        response = HttpResponse(evaluation_image(evaluation, index, request.query_params.get("show", "")), content_type="image/png")
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
 
 class EvaluationCsvApi(APIView):
-    """Every image's given label and top-5 predictions with probabilities, as CSV."""
+    """Every image's given label and top-5 predictions with probabilities, as CSV;
+    segmentation and detection: every image's score (and its detections)."""
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request, pk: int) -> HttpResponse:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
-        response = HttpResponse(evaluation_csv(evaluation), content_type="text/csv")
+        text = spatial_csv(evaluation) if is_spatial(evaluation) else evaluation_csv(evaluation)
+        response = HttpResponse(text, content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}.csv"'
         return response
 

@@ -12,25 +12,27 @@ from workers.errors import JobError
 from workers.permissions import can_modify, check_modify, current_user, visible_q
 from workers.services import job_abort, job_delete
 
-from .evaluation_api import image_url
+from .evaluation_api import evaluation_image, image_url
 from .evaluations import (
     evaluation_compare,
     evaluation_create,
     evaluation_images,
-    evaluation_input_image,
     evaluation_list,
     evaluation_predictions,
     image_names,
 )
 from .forms import EvaluateForm
+from .models import Evaluation
 from .selectors import model_list
+from .spatial_results import is_spatial, spatial_images
 
 
 @require_POST
 def evaluation_new(request: HttpRequest, pk: int) -> HttpResponse:
     model = get_object_or_404(model_list(), pk=pk)
     form = EvaluateForm(
-        request.POST, request.FILES, epochs=list(model.snapshots.values_list("epoch", flat=True)), splits=model.dataset.splits
+        request.POST, request.FILES, epochs=list(model.snapshots.values_list("epoch", flat=True)), splits=model.dataset.splits,
+        task=model.dataset.task,
     )
     if not form.is_valid():
         messages.error(request, "Not evaluated: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
@@ -56,7 +58,9 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = get_object_or_404(evaluation_list().prefetch_related("job__events"), pk=pk)
     context: dict[str, object] = {"evaluation": evaluation, "job": evaluation.job, "can_modify": can_modify(request.user, evaluation)}
     metrics = evaluation.metrics
-    if metrics:
+    if metrics and is_spatial(evaluation):
+        context.update(_spatial_context(request, evaluation))
+    elif metrics:
         labels = evaluation.labels
         matrix = metrics["confusion"]
         per = metrics["per_class"]
@@ -90,10 +94,36 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "models/evaluation.html", context)
 
 
+def _spatial_context(request: HttpRequest, evaluation: Evaluation) -> dict[str, object]:
+    """A segmentation or detection evaluation: the per-class table and chart, and its
+    images worst first, each with the prediction and the ground truth drawn."""
+    metrics, labels = evaluation.metrics, evaluation.labels
+    page_number = request.GET.get("page", "")
+    view = request.GET.get("view", "worst")
+    try:
+        page = spatial_images(evaluation, view=view, page=int(page_number) if page_number.isdigit() else 1, per_page=24)
+    except JobError as exc:
+        messages.error(request, str(exc))
+        page = spatial_images(evaluation, per_page=24)
+    for row in page["images"]:
+        row["image_url"] = image_url(evaluation, row["index"], api=False, show="prediction")
+        row["truth_url"] = image_url(evaluation, row["index"], api=False, show="truth")
+    rows: list[tuple[object, ...]]
+    if metrics["task"] == "segmentation":
+        rows = [(name, metrics["iou"][i], metrics["pixels"][i]) for i, name in enumerate(labels)]
+        chart = {"labels": labels, "series": [{"label": "IoU", "values": metrics["iou"]}]}
+    else:
+        rows = [(name, metrics["ap50"][i], metrics["ap"][i], metrics["objects"][i]) for i, name in enumerate(labels)]
+        chart = {"labels": labels, "series": [{"label": "AP@0.5", "values": metrics["ap50"]},
+                                              {"label": "AP@0.5:0.95", "values": metrics["ap"]}]}
+    legend = list(zip(labels, evaluation.model.dataset.label_colours)) if metrics["task"] == "segmentation" else []
+    return {"page": page, "class_rows": rows, "class_chart": chart, "label_names": labels, "legend": legend}
+
+
 def evaluation_image_view(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     evaluation = get_object_or_404(evaluation_list(), pk=pk)
     try:
-        data = evaluation_input_image(evaluation, index)
+        data = evaluation_image(evaluation, index, request.GET.get("show", ""))
     except JobError as exc:
         raise Http404(str(exc)) from None
     response = HttpResponse(data, content_type="image/png")

@@ -59,12 +59,11 @@ def evaluation_create(
     `image_folder`; or uploaded `files` (images and archives) and a finished resumable
     `upload` (an archive). Exactly one kind of source."""
     snapshot = snapshot_for(model, epoch, field="epoch")
-    if model.dataset.task != "classification":
-        # Their metrics (mean IoU, mAP) are charted at every validation; a run over many
-        # images with the worst first is to come.
+    if model.dataset.task != "classification" and not split:
         raise JobError(
-            f"Classify many is for classification models; a {model.dataset.task} model's validation metrics are on its "
-            "page, and Classify one image shows its output on any image.", field="split",
+            f"A {model.dataset.task} model is evaluated on a split of its dataset, whose "
+            f"{'label images' if model.dataset.is_segmentation else 'boxes'} are the ground truth; to see its output on "
+            "images of your own, use Classify one image.", field="split",
         )
     chosen = [name for name, given in (("split", split), ("image_list", image_list is not None or list_path),
                                         ("images", files or upload)) if given]
@@ -206,6 +205,9 @@ def evaluation_spec(evaluation: Evaluation) -> EvalSpec:
         channels=dataset.channels,
         resize_mode=dataset.resize_mode,
         max_extract_bytes=settings.MAX_ARCHIVE_EXTRACT_BYTES,
+        task=dataset.task,
+        labels_db=str(dataset.label_split_path(evaluation.split)) if dataset.is_segmentation else "",
+        objects=str(dataset.objects_path(evaluation.split)) if dataset.is_detection else "",
     )
 
 
@@ -372,6 +374,9 @@ def evaluation_compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
     """Two evaluations side by side (two snapshots, or two models on the same classes):
     their summaries, the per-class deltas (b - a) and the confusion-matrix difference."""
     for evaluation in (a, b):
+        if evaluation.metrics.get("task", "classification") != "classification":
+            raise JobError("Side-by-side comparison is for classification evaluations; compare segmentation and detection "
+                           "runs on the models' Compare page, by their validation metrics.", field="a" if evaluation is a else "b")
         if not evaluation.metrics:
             raise JobError(f"Evaluation #{evaluation.pk} has no results yet.", field="a" if evaluation is a else "b")
         if evaluation.metrics.get("top1") is None:

@@ -289,11 +289,21 @@ class EvaluateForm(forms.Form):
         help_text="Image files, or .zip/.tar archives; files in folders named like a class are scored against it.",
     )
 
-    def __init__(self, *args: Any, epochs: list[float] | None = None, splits: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, epochs: list[float] | None = None, splits: list[str] | None = None, task: str = "classification",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["epoch"]).choices = [("", "latest")] + [(e, f"epoch {e:g}") for e in (epochs or [])]
         if splits is not None:
             cast(forms.ChoiceField, self.fields["split"]).choices = [(v, label) for v, label in self.SPLITS if v in splits]
+        if task != "classification":
+            # The ground truth of segmentation and detection is the split's label images or
+            # boxes: a split only (one image of one's own: Classify one image).
+            cast(forms.ChoiceField, self.fields["source"]).choices = self.SOURCES[:1]
+            self.fields["source"].widget = forms.HiddenInput()
+            for name in ("image_list_file", "list_path", "image_folder", "images"):
+                del self.fields[name]
 
     def clean_image_list_file(self) -> str | None:
         upload = self.cleaned_data.get("image_list_file")

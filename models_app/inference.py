@@ -69,17 +69,17 @@ def segmentation_views(model: TrainedModel, ids: np.ndarray, confidence: list[fl
     alone and over the image (as the network saw it: cropped like it), and each class
     found, with its share of the pixels and its mean probability ("predictions", largest
     first)."""
+    from datasets.selectors import overlay_labels, palette
+
     from .network_views import png_uri
 
     dataset = model.dataset
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(dataset.label_colours)] = np.asarray(dataset.label_colours, dtype=np.uint8).reshape(-1, 3)
+    colours = palette(dataset.label_colours)
     seen = resized
     if model.crop_size:
         top, left = (resized.shape[0] - model.crop_size) // 2, (resized.shape[1] - model.crop_size) // 2
         seen = resized[top : top + model.crop_size, left : left + model.crop_size]
-    base = np.repeat(seen, 3, axis=2) if seen.shape[2] == 1 else seen
-    coloured = palette[ids]
+    coloured = colours[ids]
     counts = np.bincount(ids.reshape(-1), minlength=len(dataset.labels))
     total = max(int(counts.sum()), 1)
     labels = dataset.labels
@@ -87,8 +87,8 @@ def segmentation_views(model: TrainedModel, ids: np.ndarray, confidence: list[fl
     return {
         "segmentation": {
             "labels": png_uri(coloured),
-            "overlay": png_uri((0.45 * base + 0.55 * coloured).round().astype(np.uint8)),
-            "legend": [{"label": labels[i], "colour": list(map(int, palette[i]))} for i in range(len(labels))],
+            "overlay": png_uri(overlay_labels(seen, ids, dataset.label_colours)),
+            "legend": [{"label": labels[i], "colour": list(map(int, colours[i]))} for i in range(len(labels))],
         },
         "predictions": [
             {"label": labels[i] if i < len(labels) else str(i), "index": int(i), "probability": float(counts[i] / total),

@@ -130,6 +130,12 @@ class ModelEvaluation(Kind):
         metrics = Evaluation.objects.get(pk=job.pk).metrics
         if not metrics:
             raise JobError("The evaluation ended without reporting its metrics; see the log.")
+        if metrics.get("task") == "segmentation":
+            return (f"Mean IoU {metrics['miou']:.2%}, pixel accuracy {metrics['pixel_accuracy']:.2%} on "
+                    f"{metrics['images']} images.")
+        if metrics.get("task") == "detection":
+            return (f"mAP@0.5 {metrics['map50']:.2%}, mAP@0.5:0.95 {metrics['map']:.2%} on {metrics['images']} images: "
+                    f"{metrics['found']} objects found, {metrics['missed']} missed, {metrics['false_alarms']} false alarms.")
         problems = metrics.get("problem_count", 0)
         noted = f"; {problems} line(s) or file(s) not used or without ground truth, listed on its page" if problems else ""
         if metrics["top1"] is None:

@@ -107,3 +107,81 @@ def summarise(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         "calibration": calibration(probabilities, labels),
         "suspects": suspect_labels(probabilities, labels),
     }
+
+
+# -- segmentation and detection --------------------------------------------------------------
+
+
+def segmentation_summary(confusion: np.ndarray) -> dict[str, Any]:
+    """From a (C, C) pixel confusion matrix (row: the labelled class, column: the
+    predicted one; ignored pixels left out): the intersection over union of each class
+    (None for a class neither labelled nor predicted anywhere), their mean over the
+    classes that have one, and the pixel accuracy."""
+    matrix = confusion.astype(np.float64)
+    hits, truth, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    union = truth + predicted - hits
+    iou = [float(h / u) if u > 0 else None for h, u in zip(hits, union)]
+    present = [v for v in iou if v is not None]
+    return {
+        "miou": float(np.mean(present)) if present else 0.0,
+        "pixel_accuracy": float(hits.sum() / matrix.sum()) if matrix.sum() else 0.0,
+        "iou": iou,
+        "pixels": [int(t) for t in truth],
+    }
+
+
+def image_iou(truth: np.ndarray, predicted: np.ndarray, ignore: int = 255) -> tuple[float, float]:
+    """One image's (mean IoU over the classes labelled or predicted in it, pixel
+    accuracy), ignoring the pixels labelled `ignore`. An image with every pixel ignored
+    scores 1 (nothing to get wrong)."""
+    valid = truth != ignore
+    t, p = truth[valid].astype(np.int64), predicted[valid].astype(np.int64)
+    if not len(t):
+        return 1.0, 1.0
+    classes = int(max(t.max(), p.max())) + 1
+    matrix = np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
+    summary = segmentation_summary(matrix)
+    return summary["miou"], summary["pixel_accuracy"]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection over union of boxes given as [left, top, right, bottom]."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    left = np.maximum(a[:, None, 0], b[None, :, 0])
+    top = np.maximum(a[:, None, 1], b[None, :, 1])
+    right = np.minimum(a[:, None, 2], b[None, :, 2])
+    bottom = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_detections(
+    boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, truth_boxes: np.ndarray, truth_labels: np.ndarray,
+    *, iou: float = 0.5, min_score: float = 0.5,
+) -> tuple[int, int, int]:
+    """One image's (found, false alarms, missed): the detections scoring at least
+    `min_score` are matched to the labelled objects of their class greedily, surest first,
+    each object at most once, when they overlap it by at least `iou` (COCO's matching at
+    one threshold)."""
+    keep = scores >= min_score
+    boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    overlaps = box_iou(boxes, truth_boxes)
+    taken = np.zeros(len(truth_boxes), dtype=bool)
+    found = 0
+    for i in order:
+        candidates = np.where((truth_labels == labels[i]) & ~taken, overlaps[i], -1.0)
+        if len(candidates) and candidates.max() >= iou:
+            taken[int(candidates.argmax())] = True
+            found += 1
+    return found, len(boxes) - found, len(truth_boxes) - found
+
+
+def detection_score(found: int, false_alarms: int, missed: int) -> float:
+    """One image's F1 at the matching above: 1 when every object is found and nothing
+    else is; an image with neither objects nor detections scores 1."""
+    total = 2 * found + false_alarms + missed
+    return 2 * found / total if total else 1.0

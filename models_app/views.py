@@ -124,7 +124,9 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "job": model.job,
             "snapshots": snapshots,
             "classify_form": ClassifyForm(epochs=[s.epoch for s in snapshots], initial={"epoch": chosen}),
-            "evaluate_form": EvaluateForm(epochs=[s.epoch for s in snapshots], splits=model.dataset.splits, initial={"epoch": chosen}),
+            "evaluate_form": EvaluateForm(
+                epochs=[s.epoch for s in snapshots], splits=model.dataset.splits, task=model.dataset.task, initial={"epoch": chosen}
+            ),
             # Top-5 says nothing with 5 classes or fewer (it is always 100 %), nor per pixel.
             "show_top5": model.dataset.num_classes > 5 and model.dataset.task == "classification",
             # Segmentation charts name and colour each class's IoU.

@@ -66,3 +66,32 @@ def make_detection_dataset(owner, folder, name: str = "det", size: tuple[int, in
                     "output_dir": str(job.directory), "width": size[0], "height": size[1], "val_percent": 25, "workers": 1})
     dataset_store_result(dataset, result)
     return dataset
+
+
+def make_spatial_evaluation(owner, dataset: Dataset, network: str, split: str = "val"):
+    """A segmentation or detection model with one snapshot of its untrained network (real
+    weights, written as the trainer writes them), evaluated on `split` by the evaluation
+    child's own code in this process: the rows, `predictions.npz` and metrics the pages read."""
+    import torch
+
+    from models_app.evaluate import evaluate
+    from models_app.evaluations import evaluation_spec, evaluation_store_result
+    from models_app.models import Evaluation
+    from models_app.networks import build_network
+
+    model = make_model(owner, dataset, name=f"{network}-model", epochs=1)
+    TrainedModel.objects.filter(pk=model.pk).update(network=network)
+    model.refresh_from_db()
+    shape = (dataset.channels, dataset.image_height, dataset.image_width)
+    torch.manual_seed(0)
+    net = build_network(network, "", shape, dataset.num_classes)
+    snapshot = model.snapshots.get()
+    torch.save({"model": net.state_dict(), "network": network, "input_shape": list(shape),
+                "num_classes": dataset.num_classes}, snapshot.path)
+    job = Job.objects.create(kind="evaluation", name=f"{network} · {split}", owner=owner, status=JobStatus.DONE)
+    JobEvent.objects.create(job=job, status=JobStatus.DONE)
+    job.directory.mkdir(parents=True, exist_ok=True)
+    evaluation = Evaluation.objects.create(job=job, model=model, epoch=snapshot.epoch, split=split)
+    evaluation_store_result(evaluation.pk, evaluate(evaluation_spec(evaluation)))
+    evaluation.refresh_from_db()
+    return evaluation

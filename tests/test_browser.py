@@ -707,3 +707,43 @@ def test_the_model_form_offers_the_networks_of_the_datasets_task(live_url, page,
     assert page.input_value("#id_network") == "unet_small"  # a classification network was chosen: replaced
     page.select_option("#id_dataset", str(classification.pk))
     assert page.evaluate(visible) == ["Classification"] and page.input_value("#id_network") == "lenet"
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_a_segmentation_or_detection_evaluation_shows_its_worst_images_first(live_url, page, owner, tmp_path, task):
+    """The evaluation page of a segmentation or detection model: its figures, a per-class
+    chart, and its images worst first, each drawn with the prediction beside the truth."""
+    from datasets.synthetic import write_shapes
+    from tests.factories import make_detection_dataset, make_segmentation_dataset, make_spatial_evaluation
+
+    write_shapes(tmp_path / "shapes", 24, 48, seed=8)
+    if task == "segmentation":
+        dataset = make_segmentation_dataset(owner, tmp_path / "shapes", size=(48, 48))
+        evaluation = make_spatial_evaluation(owner, dataset, "unet_small")
+    else:
+        dataset = make_detection_dataset(owner, tmp_path / "shapes")
+        evaluation = make_spatial_evaluation(owner, dataset, "fcos_small")
+    m = evaluation.metrics
+    _login(page, live_url)
+    page.goto(f"{live_url}/evaluations/{evaluation.pk}/")
+    figure = "#miou" if task == "segmentation" else "#map50"
+    assert page.locator(figure).inner_text().startswith(f"{100 * (m['miou'] if task == 'segmentation' else m['map50']):.2f}%")
+    page.wait_for_function("Chart.getChart(document.getElementById('class-chart')) !== undefined")
+    bars = page.evaluate("Chart.getChart(document.getElementById('class-chart')).data.datasets.length")
+    assert bars == (1 if task == "segmentation" else 2)
+    figures = page.locator("#gallery figure")
+    assert figures.count() == m["images"]
+    scores = [float(s) for s in page.eval_on_selector_all("#gallery figure", "fs => fs.map(f => f.dataset.score)")]
+    assert scores == sorted(scores)  # the worst first
+    # Every image arrives twice, prediction and ground truth, drawn at the same size.
+    size = 48 if task == "segmentation" else 240
+    page.wait_for_function(
+        f"[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === {size})"
+    )
+    assert page.locator("#gallery img.prediction").count() == page.locator("#gallery img.truth").count() == m["images"]
+    assert page.locator("#legend .swatch").count() == (4 if task == "segmentation" else 0)
+    _keep(page, f"{task}-evaluation")
+    page.click("#images .pager a[href*='view=all']")
+    page.wait_for_url("**view=all**")
+    indices = page.eval_on_selector_all("#gallery figure", "fs => fs.map(f => Number(f.dataset.index))")
+    assert indices == list(range(m["images"]))

@@ -198,6 +198,36 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
         assert np.allclose(mine["box"], theirs["box"], atol=0.05)
     assert Path(run["boxes_png"]).exists()
+
+    # Evaluate on the validation split: the mAP of its last validation, every object
+    # counted as found or missed, the worst images first.
+    response = api.post(f"/api/models/{done['id']}/evaluations/", {"split": "val"}, format="json")
+    assert response.status_code == 201, response.content
+    evaluation = wait_for_status(api, f"/api/evaluations/{response.json()['id']}/", {"done", "error"})
+    assert evaluation["job"]["status"] == "done", evaluation["job"]
+    m = evaluation["metrics"]
+    dataset = api.get(f"/api/datasets/{dataset_id}/").json()
+    assert m["task"] == "detection" and m["images"] == dataset["counts"]["val"]
+    assert m["map50"] == pytest.approx(metrics["val_map50"][-1]["value"], abs=0.01)
+    assert m["map"] == pytest.approx(metrics["val_map"][-1]["value"], abs=0.01)
+    assert m["objects"] == dataset["class_counts"]["val"]
+    assert m["found"] + m["missed"] == sum(m["objects"]) and m["found"] > 0
+    assert [v is not None for v in m["ap50"]] == [n > 0 for n in m["objects"]]
+    worst = api.get(f"/api/evaluations/{evaluation['id']}/images/?per_page=200").json()
+    assert worst["total"] == m["images"]
+    rows = worst["images"]
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    assert sum(r["found"] for r in rows) == m["found"] and sum(r["false_alarms"] for r in rows) == m["false_alarms"]
+    for r in rows:  # each image's F1 over its found, missed and false boxes
+        total = 2 * r["found"] + r["missed"] + r["false_alarms"]
+        assert r["score"] == pytest.approx(2 * r["found"] / total if total else 1.0)
+    drawn = api.get(rows[0]["image_url"])
+    assert drawn.status_code == 200 and Image.open(io.BytesIO(drawn.content)).size == (256, 256)  # enlarged to read the names
+    assert api.get(rows[0]["truth_url"]).status_code == 200
+    lines = api.get(f"/api/evaluations/{evaluation['id']}/csv/").content.decode().splitlines()
+    assert lines[0] == "index,image,f1,found,missed,false_alarms,detections" and len(lines) == m["images"] + 1
+    page = client.get(f"/evaluations/{evaluation['id']}/").content.decode()
+    assert 'id="map50"' in page and f"{m['found']} object" in page and "class-chart-data" in page
     shutil.rmtree(det_folder, ignore_errors=True)
 
 

@@ -264,6 +264,48 @@ def test_train_a_segmenter_and_watch_its_iou(celery_worker_process, api, owner, 
     triton = _untar(api.get(f"/api/models/{done['id']}/download/triton/?epoch=6"), tmp_path / "triton")
     assert "dims: [ 4, 32, 32 ]" in (triton / "config.pbtxt").read_text()
 
+    # Evaluate the snapshot on the validation split: the figures of its last validation,
+    # and its images worst first, prediction beside ground truth.
+    refused = api.post(f"/api/models/{done['id']}/evaluations/", {"image_list": "a.png\n"}, format="json")
+    assert refused.status_code == 400 and "on a split of its dataset" in refused.json()["detail"]
+    response = api.post(f"/api/models/{done['id']}/evaluations/", {"split": "val", "epoch": 6}, format="json")
+    assert response.status_code == 201, response.content
+    evaluation = wait_for_status(api, f"/api/evaluations/{response.json()['id']}/", {"done", "error"})
+    assert evaluation["job"]["status"] == "done", evaluation["job"]
+    m = evaluation["metrics"]
+    val_count = api.get(f"/api/datasets/{dataset_id}/").json()["counts"]["val"]
+    assert m["task"] == "segmentation" and m["images"] == val_count
+    # The same weights on the same images: the same mean IoU as the validation at epoch 6
+    # (up to a pixel whose two best classes tie differently in another batch size).
+    assert m["miou"] == pytest.approx(miou[-1], abs=0.01)
+    assert m["iou"][0] == pytest.approx(per_class[0], abs=0.01) and len(m["iou"]) == 4
+    assert sum(m["pixels"]) == sum(sum(row) for row in m["confusion"]) <= val_count * 32 * 32
+    worst = api.get(f"/api/evaluations/{evaluation['id']}/images/?per_page=5").json()
+    assert worst["view"] == "worst" and worst["total"] == val_count
+    scores = [row["score"] for row in worst["images"]]
+    assert scores == sorted(scores) and all(0 <= v <= 1 for v in scores)
+    every = api.get(f"/api/evaluations/{evaluation['id']}/images/?view=all&per_page=200").json()["images"]
+    assert scores[0] == min(row["score"] for row in every)
+    assert [row["index"] for row in every] == list(range(val_count))
+    first = worst["images"][0]
+    assert first["has_prediction"] and first["path"]
+    predicted = api.get(first["image_url"])
+    truth = api.get(first["truth_url"])
+    assert predicted.status_code == truth.status_code == 200 and predicted["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(predicted.content)).size == (32, 32)
+    # The drawn prediction is the network's: the inference worker draws the same overlay for that image's file.
+    with open(seg_folder / "images" / first["path"], "rb") as image:
+        again = api.post(f"/api/models/{done['id']}/classify/", {"image": image, "epoch": 6}, format="multipart").json()
+    overlay = Image.open(io.BytesIO(base64.b64decode(again["segmentation"]["overlay"].split(",", 1)[1])))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(predicted.content))), np.asarray(overlay))
+    rows = api.get(f"/api/evaluations/{evaluation['id']}/csv/").content.decode().splitlines()
+    assert rows[0] == "index,image,mean_iou,pixel_accuracy" and len(rows) == val_count + 1
+    compared = api.get(f"/api/evaluations/compare/?a={evaluation['id']}&b={evaluation['id']}")
+    assert compared.status_code == 400 and "for classification evaluations" in compared.json()["detail"]
+    page = client.get(f"/evaluations/{evaluation['id']}/").content.decode()
+    assert 'id="miou"' in page and "The worst images first" in page and "show=prediction" in page
+    assert f"{100 * m['miou']:.2f}%" in page
+
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)

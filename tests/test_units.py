@@ -145,3 +145,56 @@ def test_the_forms_input_rule_matches_what_build_accepts(name):
         except ValueError:
             build_ok = False
         assert form_ok == build_ok, (name, shape)
+
+
+def test_a_kinds_unexpected_failure_at_the_end_fails_its_job_instead_of_escaping():
+    """A bug in a kind's `complete` (e.g. a missing key in its results) becomes the job's
+    error message; a JobError stays as it was; the database being away is raised for the
+    caller to wait on it."""
+    from django.db import OperationalError
+
+    from workers import kinds
+    from workers.errors import JobError
+    from workers.models import Job
+
+    class Broken(kinds.Kind):
+        name = "broken"
+
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def complete(self, job):
+            raise self.error
+
+    job = Job(pk=7, kind="broken", name="x")
+    with pytest.raises(JobError, match=r"recording its results failed \(KeyError: 'top1'\)"):
+        kinds.complete(Broken(KeyError("top1")), job)
+    with pytest.raises(JobError, match="^no metrics$"):
+        kinds.complete(Broken(JobError("no metrics")), job)
+    with pytest.raises(OperationalError):
+        kinds.complete(Broken(OperationalError("gone")), job)
+    assert kinds.complete(kinds.Kind(), job) == ""
+
+
+def test_per_image_scores_of_masks_and_boxes():
+    from models_app.metrics import detection_score, image_iou, match_detections, segmentation_summary
+
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    predicted = np.array([[0, 1, 1, 1], [0, 0, 1, 0]])
+    # (the ignored pixel left out) background: 3 of its 4 pixels found -> 3/4; class 1: its 3 pixels and one more -> 3/4
+    miou, accuracy = image_iou(truth, predicted)
+    assert miou == pytest.approx(0.75) and accuracy == pytest.approx(6 / 7)
+    assert image_iou(np.full((2, 2), 255), predicted[:2, :2]) == (1.0, 1.0)
+    summary = segmentation_summary(np.array([[5, 1, 0], [0, 2, 0], [0, 0, 0]]))
+    assert summary["iou"] == [pytest.approx(5 / 6), pytest.approx(2 / 3), None] and summary["pixels"] == [6, 2, 0]
+    assert summary["miou"] == pytest.approx((5 / 6 + 2 / 3) / 2) and summary["pixel_accuracy"] == pytest.approx(7 / 8)
+
+    truth_boxes, truth_labels = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([0, 1])
+    boxes = np.array([[1, 1, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], float)
+    labels = np.array([0, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.95, 0.3])
+    # The surest box of class 0 takes the object; the second is a false alarm; the class-0 box
+    # on the class-1 object matches nothing; the unsure one is not counted.
+    assert match_detections(boxes, labels, scores, truth_boxes, truth_labels) == (1, 2, 1)
+    assert match_detections(boxes[:1], labels[:1], scores[:1], truth_boxes[:1], truth_labels[:1]) == (1, 0, 0)
+    assert detection_score(1, 2, 1) == pytest.approx(2 / 5) and detection_score(0, 0, 0) == 1.0

@@ -28,6 +28,7 @@ Who calls what:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from django.db.models import QuerySet
 
     from .models import Job
+
+log = logging.getLogger(__name__)
 
 
 class UnknownKind(LookupError):
@@ -154,3 +157,21 @@ def device_kinds() -> list[str]:
 def stoppable_device_kinds() -> list[str]:
     """Of those, the kinds whose runs stop gracefully (time limits, preemption)."""
     return [k.name for k in _registry.values() if k.uses_devices and k.stoppable]
+
+
+def complete(kind: Kind, job: Job) -> str:
+    """`kind.complete(job)`, with an unexpected failure (a kind's bug) turned into a
+    JobError that fails the job, instead of an exception that leaves it running forever.
+    The database being unreachable is not a failure: it is raised for the caller to wait."""
+    from .outage import UNREACHABLE
+
+    try:
+        return kind.complete(job)
+    except (JobError, *UNREACHABLE):
+        raise
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback; the job says what happened
+        log.exception("job %s: recording the end of its %s run failed", job.pk, kind.name)
+        raise JobError(
+            f"The run ended, but recording its results failed ({type(exc).__name__}: {exc}). "
+            "This is a bug of the server: the worker's log has the details."
+        ) from exc

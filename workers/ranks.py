@@ -281,7 +281,7 @@ def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> Alloc
     if result.returncode == 0:
         if reporter:
             try:
-                message = kind.complete(job)
+                message = kinds.complete(kind, job)
             except JobError as exc:
                 job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
                 return AllocationOutcome.ERROR

@@ -364,7 +364,7 @@ def _finish_run(job: Job, result: ChildResult) -> ChildResult:
         return result
     if not result.stopped and result.returncode == 0:
         try:
-            message = kind.complete(job)
+            message = kinds.complete(kind, job)
         except JobError as exc:
             job_fail(job_id, str(exc))
         else:

@@ -57,6 +57,7 @@ from torch.nn import functional as F  # noqa: N812 - as torch's own docs name it
 
 from workers import protocol
 
+from models_app.metrics import segmentation_summary
 from models_app.networks import NetworkCodeError, build_network, describe_code_error, user_line
 
 from .augment import IGNORE_INDEX, BatchTransform, TransformSpec
@@ -647,21 +648,15 @@ class Trainer:
             dist.all_reduce(confusion)
         (loss_sum,) = reduce_sum([loss_sum], self.device, self.world_size)
         self.net.train()
-        matrix = confusion.view(classes, classes).double().cpu()
-        hits, truth, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
-        union = truth + predicted - hits
-        iou = torch.where(union > 0, hits / union.clamp(min=1), torch.full_like(union, float("nan")))
-        pixels = max(float(matrix.sum()), 1.0)
-        present = iou[~iou.isnan()]
-        miou = float(present.mean()) if len(present) else 0.0
+        summary = segmentation_summary(confusion.view(classes, classes).cpu().numpy())
         metrics = {
-            "val_loss": loss_sum / pixels,
+            "val_loss": loss_sum / max(float(sum(summary["pixels"])), 1.0),
             # What the best snapshot, the star and sweeps go by: the mean IoU.
-            "val_accuracy": miou,
-            "val_miou": miou,
-            "val_pixel_accuracy": float(hits.sum()) / pixels,
+            "val_accuracy": summary["miou"],
+            "val_miou": summary["miou"],
+            "val_pixel_accuracy": summary["pixel_accuracy"],
         }
-        metrics.update({f"val_iou/{i}": float(v) for i, v in enumerate(iou.tolist()) if not math.isnan(v)})
+        metrics.update({f"val_iou/{i}": v for i, v in enumerate(summary["iou"]) if v is not None})
         return metrics
 
     @torch.no_grad()

@@ -22,3 +22,20 @@
     }
   });
 })();
+
+// Segmentation and detection: per-class IoU, or AP@0.5 and AP@0.5:0.95, as bars.
+(function () {
+  var data = document.getElementById("class-chart-data");
+  var canvas = document.getElementById("class-chart");
+  if (!data || !canvas || typeof Chart === "undefined") return;
+  var chart = JSON.parse(data.textContent);
+  var colours = ["#4a6fd1", "#d1884a"];
+  new Chart(canvas, {
+    type: "bar",
+    data: {
+      labels: chart.labels,
+      datasets: chart.series.map(function (s, i) { return { label: s.label, data: s.values, backgroundColor: colours[i % colours.length] }; })
+    },
+    options: { animation: false, maintainAspectRatio: false, scales: { y: { min: 0, max: 1 } } }
+  });
+})();
