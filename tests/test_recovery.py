@@ -59,3 +59,32 @@ def test_a_lost_rank_seen_by_two_detectors_is_requeued_once(owner) -> None:
     assert (job.status, job.interruptions) == ("queued", 1)
     assert JobEvent.objects.filter(job_id=model.pk, message__startswith="Interrupted: ").count() == 1
     assert Allocation.objects.get(pk=allocation.pk).outcome == "lost"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_rank_that_crashes_after_finishing_does_not_fail_its_job(owner, finished) -> None:
+    """A non-reporting rank whose process aborts in teardown (gloo's threads at exit) after
+    saying it had finished its work: its worker counts it as done, and the job stays with
+    rank 0, which completes it. The same crash before finishing fails the job."""
+    from tests.factories import make_model
+    from workers.models import Allocation, Device
+    from workers.ranks import _finish_rank
+    from workers.runner import ChildResult
+
+    model = make_model(owner, make_dataset(owner), name=f"teardown-{finished}", status="running")
+    Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now())
+    device = Device.objects.create(
+        uuid=f"cpu-teardown-{finished}", host=settings.HOST_NAME, address="127.0.0.1", kind="cpu", index=0, name="cpu"
+    )
+    allocation = Allocation.objects.create(
+        job_id=model.pk, job_name=model.job.name, owner=owner, device=device, attempt=1, rank=1, world_size=2,
+        started_at=timezone.now(), pid=dead_pid(),
+    )
+    result = ChildResult(returncode=-6, stopped=False, finished=finished)  # SIGABRT: "terminate called ..."
+    outcome = _finish_rank(allocation, Job.objects.get(pk=model.pk), result)
+    job = Job.objects.get(pk=model.pk)
+    if finished:
+        assert (outcome, job.status) == ("done", "running")
+    else:
+        assert (outcome, job.status) == ("error", "error")
+        assert job.error.startswith("Rank 1 on ")

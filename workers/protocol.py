@@ -150,13 +150,23 @@ class Stopped(Event):
     epoch: float
 
 
+@dataclass(frozen=True)
+class Finished(Event):
+    """Every rank, once its last step is taken and its snapshots are written, before it
+    tears the process group down: a crash after this (in a library's teardown) loses
+    nothing, and its worker does not fail the job for it."""
+
+    name: ClassVar[str] = "finished"
+    iteration: int
+
+
 # The signal a worker sends its child to ask for a graceful stop: snapshot, then exit.
 STOP_SIGNAL = "SIGUSR1"
 
 
 EVENTS: dict[str, type[Event]] = {
     cls.name: cls
-    for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Record, Summary, Result, Stopped)
+    for cls in (Progress, TrainRows, Metrics, Snapshot, Notice, Log, Error, Telemetry, Record, Summary, Result, Stopped, Finished)
 }
 
 

@@ -60,6 +60,7 @@ class ChildResult:
     stop_reason: str = ""
     stopped_early: bool = False
     stop_killed: bool = False
+    finished: bool = False  # the child said it had finished its work (protocol.Finished)
 
 
 def write_spec(job: Job, spec: dict[str, Any], name: str = "spec.json") -> Path:
@@ -219,6 +220,8 @@ def run_child(
                         result.peer_lost = event.peer_lost
                     elif isinstance(event, protocol.Stopped):
                         result.stopped_early = True
+                    elif isinstance(event, protocol.Finished):
+                        result.finished = True
                 batch, pending = pending + fresh, []
                 if down_since is not None and time.monotonic() < next_try:
                     pending = batch  # not every wake-up: once a second is enough to notice it is back

@@ -20,6 +20,7 @@ Events on stdout (rank 0 only), one versioned JSON line each (workers/protocol.p
   {"event": "notice", "message"}                                  shown on the model page
   {"event": "summary", "startup_seconds", "train_seconds", "validation_seconds",
    "snapshot_seconds", "images", "images_per_second"}            where the time went
+  {"event": "finished", "iteration"}                              every rank, its work done
   {"event": "error", "message"}                                   why the run failed
 Everything else (logging) goes to stderr, which the worker keeps as the job log.
 
@@ -472,6 +473,7 @@ class Trainer:
                 if stop:
                     break
         self.wait_for_snapshots()
+        emit(protocol.Finished(iteration=self.iteration))  # every rank: see the event's comment
         if self.report:
             loop = time.monotonic() - started
             train_seconds = loop - self.validation_seconds
@@ -485,6 +487,12 @@ class Trainer:
                 images_per_second=round(seen / train_seconds, 1) if train_seconds > 0 else None,
             ))
         if self.world_size > 1:
+            # Together: a rank that tore its group down while another still used it made
+            # that one abort in gloo's threads at exit.
+            try:
+                dist.barrier()
+            except (RuntimeError, dist.DistError) as exc:
+                log.warning("the other ranks left before the last barrier (%s); nothing is lost", exc)
             dist.destroy_process_group()
 
     def _flush(self, pending: list[tuple[int, torch.Tensor, float, Any]], throughput: float) -> None:
