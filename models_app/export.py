@@ -44,6 +44,46 @@ torch:
     pip install onnxruntime numpy pillow
     python classify.py --runtime onnx some_image.png
 """
+DETECTION_ONNX_README = """
+model.onnx is the same detector exported to ONNX, one image at a time (input "input",
+1 x C x H x W float32; outputs "boxes" (K x 4: left, top, right, bottom in the input's
+pixels), "labels" (K, counted from 1: label i is line i of labels.txt) and "scores" (K),
+surest first), its detections checked against PyTorch's when it was made (info["exports"]).
+Without torch:
+
+    pip install onnxruntime numpy pillow
+    python classify.py --runtime onnx some_image.png
+"""
+TRITON_DETECTION_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [
+  {{
+    name: "{input}"
+    data_type: TYPE_FP32
+    dims: [ 1, {channels}, {height}, {width} ]
+  }}
+]
+output [
+  {{
+    name: "boxes"
+    data_type: TYPE_FP32
+    dims: [ -1, 4 ]
+  }},
+  {{
+    name: "labels"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+  }},
+  {{
+    name: "scores"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }}
+]
+# One image per request. Inputs: resize to the dataset's size, subtract the mean (mean.npy,
+# see info.json), divide by 255, channels first. Labels count from 1 (line 1 of labels.txt).
+"""
 TRITON_CONFIG = """name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: 64
@@ -124,7 +164,11 @@ def archive_info(model: TrainedModel, snapshot: Snapshot, export: Export | None,
         # How each export compared with PyTorch when it was made (export job #export_id).
         "export_id": export.pk if export is not None else None,
         "exports": checks,
-        "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME} if checks.get("onnx", {}).get("status") == "passed" else None,
+        "onnx": (
+            {"file": "model.onnx", "input": INPUT_NAME,
+             **({"outputs": ["boxes", "labels", "scores"]} if dataset.is_detection else {"output": OUTPUT_NAME})}
+            if checks.get("onnx", {}).get("status") == "passed" else None
+        ),
         "exported_at": timezone.now().isoformat(),
     }
 
@@ -183,7 +227,7 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
         tar.add_bytes(f"{folder}/info.json", json.dumps(info, indent=2).encode())
         readme = README.format(requirements=" ".join(info["requirements"]))
         if onnx is not None:
-            readme += ONNX_README
+            readme += DETECTION_ONNX_README if model.dataset.is_detection else ONNX_README
         tar.add_bytes(f"{folder}/README.txt", readme.encode())
     except BaseException:
         tar.discard()
@@ -196,6 +240,8 @@ def triton_config(name: str, model: TrainedModel) -> str:
     max_batch_size), one FP32 input in CHW, logits out, labels attached."""
     channels, height, width = input_size(model.dataset, model.crop_size)
     classes = model.dataset.num_classes
+    if model.dataset.is_detection:
+        return TRITON_DETECTION_CONFIG.format(name=name, channels=channels, height=height, width=width, input=INPUT_NAME)
     config = TRITON_CONFIG.format(
         name=name, channels=channels, height=height, width=width, classes=classes, input=INPUT_NAME, output=OUTPUT_NAME,
     )

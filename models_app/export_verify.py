@@ -15,6 +15,14 @@ whose logits are in the hundreds is held to the same relative precision), top-1 
 (must be 100 %), and latency at batch 1 (`warmup` runs, then the p50 and p95 of `runs`).
 The verification batch goes through whole, so the dynamic batch is exercised too.
 
+A detector (torchvision's: a list of images in, per image boxes, labels and scores out,
+with its own post-processing and non-maximum suppression) is exported to ONNX only, one
+image at a time (input "input", 1 x C x H x W; outputs "boxes" (K x 4, in the input's
+pixels), "labels" (K, counted from 1: 0 is the background) and "scores" (K)), by the
+TorchScript exporter, which keeps its data-dependent post-processing. It is verified image
+by image: the detections at least `agree_score` sure must be the same objects (count and
+classes; that is the agreement), their boxes and scores within the tolerance.
+
 A format that fails to export or to verify is reported with its error and its file is
 removed: only checked files are offered for download. JSON lines on stdout (workers/protocol.py).
 """
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 WEIGHTS = "model.pt"
 FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class ExportSpec:
     tolerance: float = 1e-4
     warmup: int = 10
     runs: int = 100
+    task: str = "classification"
+    agree_score: float = 0.3  # detection: the detections compared (what the archive's script shows)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportSpec:
@@ -182,6 +193,101 @@ def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
+def detector_outputs(net: torch.nn.Module) -> torch.nn.Module:
+    """A torchvision detector as a network of one tensor in (one image), three tensors out."""
+    import torch
+
+    class DetectorOutputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            found = self.net(list(x))[0]
+            return found["boxes"], found["labels"], found["scores"]
+
+    return DetectorOutputs().eval()
+
+
+def export_detector_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        detector_outputs(net), (example[:1],), str(path), dynamo=False, opset_version=17,
+        input_names=[INPUT_NAME], output_names=list(DETECTION_OUTPUTS),
+        dynamic_axes={name: {0: "objects"} for name in DETECTION_OUTPUTS},
+    )
+
+
+def compare_detections(
+    reference: list[tuple[np.ndarray, ...]], outputs: list[tuple[np.ndarray, ...]], tolerance: float, agree_score: float,
+) -> tuple[float, float, float]:
+    """(max abs difference of the boxes and scores compared, the tolerance it is held to,
+    the share of images whose detections at least `agree_score` sure are the same objects)."""
+    diff, agree, largest = 0.0, 0, 1.0
+    for (boxes, labels, scores), (o_boxes, o_labels, o_scores) in zip(reference, outputs):
+        keep, o_keep = scores >= agree_score, o_scores >= agree_score
+        if keep.sum() != o_keep.sum() or not np.array_equal(labels[keep], o_labels[o_keep]):
+            continue
+        agree += 1
+        if keep.any():
+            largest = max(largest, float(np.abs(boxes[keep]).max()))
+            diff = max(diff, float(np.abs(boxes[keep] - o_boxes[o_keep]).max()), float(np.abs(scores[keep] - o_scores[o_keep]).max()))
+    return diff, tolerance * largest, agree / max(1, len(reference))
+
+
+def verify_detector(spec: ExportSpec, net: torch.nn.Module, inputs: torch.Tensor, out_dir: Path, threads: int,
+                    results: dict[str, FormatResult]) -> None:
+    """The ONNX export of a detector, checked image by image (see the module's docstring)."""
+    import torch
+
+    import onnxruntime as ort
+
+    images = inputs[: min(len(inputs), 16)]  # one at a time: a few dozen seconds at most
+    wrapped = detector_outputs(net)
+    with torch.no_grad():
+        reference = [tuple(t.float().numpy() if t.is_floating_point() else t.numpy() for t in wrapped(x[None]))
+                     for x in images]
+        one = images[:1]
+        results["pytorch"].p50_ms, results["pytorch"].p95_ms = latency(lambda: net(list(one)), spec.warmup, spec.runs)
+    result = results["onnx"] = FormatResult("onnx", file=FILES["onnx"])
+    final = out_dir / FILES["onnx"]
+    partial = out_dir / (FILES["onnx"] + ".tmp.onnx")
+    started = time.monotonic()
+    try:
+        export_detector_onnx(net, images, partial)
+        result.export_seconds = round(time.monotonic() - started, 3)
+        emit(protocol.Progress(progress=0.6, phase="verifying onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(partial), options, providers=["CPUExecutionProvider"])
+        outputs = [tuple(session.run(list(DETECTION_OUTPUTS), {INPUT_NAME: x[None].numpy()})) for x in images]
+        result.max_abs_diff, result.tolerance, result.top1_agreement = compare_detections(
+            reference, outputs, spec.tolerance * 10, spec.agree_score  # boxes go through more arithmetic than logits
+        )
+        single = images[:1].numpy()
+        result.p50_ms, result.p95_ms = latency(lambda: session.run(None, {INPUT_NAME: single}), spec.warmup, spec.runs)
+        result.details = {"images": len(images), "agree_score": spec.agree_score,
+                          "objects": int(sum((r[2] >= spec.agree_score).sum() for r in reference))}
+        problems = []
+        if result.top1_agreement < 1:
+            problems.append(f"the detections agree with PyTorch's on {result.top1_agreement:.1%} of the images, not all")
+        if result.max_abs_diff > result.tolerance:
+            problems.append(f"boxes or scores differ from PyTorch's by {result.max_abs_diff:.3g} (allowed {result.tolerance:.3g})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        os.replace(partial, final)
+        result.bytes = final.stat().st_size
+        result.status = "passed"
+    except Exception as exc:  # noqa: BLE001 - reported with its reason; only checked files are kept
+        traceback.print_exc()
+        result.error = short_error(exc)
+        result.status = "failed"
+        final.unlink(missing_ok=True)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
     import torch
 
@@ -203,6 +309,12 @@ def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
 
     inputs = _inputs(spec)
     x = inputs.numpy()
+    if spec.task == "detection":
+        found: dict[str, FormatResult] = {"pytorch": FormatResult("pytorch", status="reference", file=WEIGHTS, bytes=(out_dir / WEIGHTS).stat().st_size)}
+        emit(protocol.Progress(progress=0.1, phase="exporting onnx"))
+        verify_detector(spec, net, inputs, out_dir, threads, found)
+        return {"formats": {name: asdict(r) for name, r in found.items()}, "images": found["onnx"].details.get("images", 0),
+                "threads": threads, "torch": torch.__version__, "warmup": spec.warmup, "runs": spec.runs}
     with torch.no_grad():
         reference = net(inputs).float().numpy().astype(np.float64)
         one = inputs[:1]

@@ -38,13 +38,6 @@ def verification_split(model: TrainedModel) -> str:
 def export_create(*, owner: User, model: TrainedModel, epoch: float | None) -> Export:
     """Queue an export of the snapshot of `epoch` (None: the latest) to every format."""
     snapshot = snapshot_for(model, epoch, field="epoch")
-    if model.dataset.is_detection:
-        # torchvision's detectors post-process in Python (anchors, NMS over a variable
-        # number of boxes): their ONNX export needs work of its own, not done yet.
-        raise JobError(
-            "Exports to ONNX and PT2 are not available for detection models yet; download the archive "
-            "(PyTorch weights with classify.py) instead.", field="epoch",
-        )
     verification_split(model)
     name = f"{model.job.name} · epoch {snapshot.epoch:g} · export"
     job = job_create(kind=EXPORT_KIND, name=name, owner=owner, group=model.job.group, visibility=model.job.visibility)
@@ -67,6 +60,9 @@ def export_spec(export: Export) -> ExportSpec:
         mean=str(dataset.mean_path),
         crop_size=model.crop_size or 0,
         mean_subtraction=model.mean_subtraction,
+        task=dataset.task,
+        # A detector goes to ONNX only (torch.export cannot take its post-processing).
+        formats=("onnx",) if dataset.is_detection else ("onnx", "pt2"),
     )
 
 

@@ -137,6 +137,7 @@ def _run_custom(model: TrainedModel, snapshot: Snapshot, resized: np.ndarray, x:
                     "task": "classify", "network": "custom", "code": model.custom_code, "input_shape": list(x.shape[1:]),
                     "num_classes": model.dataset.num_classes, "weights": str(snapshot.path), "input": tmp.name,
                     "crop_size": model.crop_size, "views": views, "segmentation": model.dataset.is_segmentation,
+                    "detection": model.dataset.is_detection,
                 }
             )
         except SandboxError as exc:

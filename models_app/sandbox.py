@@ -6,7 +6,8 @@ custom network both come here; `python -m models_app.sandbox` is the child side.
 
 Requests: {"task": "visualize", "network", "code", "input_shape", "num_classes"}
           {"task": "classify", "network", "code", "input_shape", "num_classes", "weights",
-           "input" (an .npz of the preprocessed input and the resized image), "crop_size", "views"}
+           "input" (an .npz of the preprocessed input and the resized image), "crop_size", "views",
+           "segmentation" or "detection": the model's task when it is not classification}
           {"task": "import", "network", "code", "input_shape", "num_classes", "weights", "out"}:
            load uploaded weights into the network (every layer, same shapes), run it once,
            and write them as a snapshot at "out"
@@ -110,7 +111,7 @@ def _classify(net: Any, request: dict[str, Any]) -> dict[str, Any]:
     net.load_state_dict(state.get("model", state))
     with np.load(request["input"]) as data:
         x, resized = torch.from_numpy(data["x"]), data["resized"]
-    task = "segmentation" if request.get("segmentation") else "classification"
+    task = "segmentation" if request.get("segmentation") else "detection" if request.get("detection") else "classification"
     return analyse(net, x, resized, crop_size=request.get("crop_size"), views=bool(request.get("views")), task=task)
 
 

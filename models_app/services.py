@@ -88,17 +88,14 @@ def validate_params(user: User, dataset: Dataset, params: dict[str, Any]) -> dic
             "Segmentation and detection networks normalise over the images of a batch: give each device at least "
             "two (a batch size of at least twice the number of devices).", field="batch_size",
         )
-    if dataset.is_detection and network == Network.CUSTOM:
+    if dataset.is_detection and crop:
+        # Validation and inference see the centre crop: objects at the sides would be
+        # scored as missed. Boxes do move with training's random crops (augment.train_boxes).
         raise JobError(
-            "Custom code is not available for detection yet: pick one of the detection networks.", field="network",
+            "A crop size is not offered for detection: validation would cut off the objects near the sides. Resize "
+            "the dataset instead; zoom (scale jitter), rotation, quarter turns and flips move the boxes with the image.",
+            field="crop_size",
         )
-    if dataset.is_detection:
-        moved = [name for name in ("crop_size", "rotate90", "rotation", "scale_jitter") if params.get(name)]
-        if moved:
-            raise JobError(
-                "Detection trains with flips and colour jitter; crops, quarter turns, rotation and zoom are not "
-                "applied to boxes yet: leave them off.", field=moved[0],
-            )
     if network != Network.CUSTOM and network_task(network) != dataset.task:
         wanted = (f"a {dataset.task} network (its name says so)" if dataset.task != "classification"
                   else "a classification network")

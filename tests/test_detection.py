@@ -144,8 +144,8 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
     dataset_id = wait_for_status(api, f"/api/datasets/{response.json()['id']}/", {"done"})["id"]
     refused = api.post("/api/models/", {"name": "m", "dataset": dataset_id, "network": "unet_small"}, format="json")
     assert refused.status_code == 400 and "pick a detection network" in refused.json()["detail"]
-    refused = api.post("/api/models/", {"name": "m", "dataset": dataset_id, "network": "fcos_small", "rotation": 10}, format="json")
-    assert refused.status_code == 400 and "rotation" in refused.json()["errors"]
+    refused = api.post("/api/models/", {"name": "m", "dataset": dataset_id, "network": "fcos_small", "crop_size": 48}, format="json")
+    assert refused.status_code == 400 and "crop_size" in refused.json()["errors"]
 
     model = api.post("/api/models/", {
         "name": "fcos", "dataset": dataset_id, "network": "fcos_small", "epochs": 16, "batch_size": 8, "solver": "adam",
@@ -186,17 +186,33 @@ def test_train_a_detector_watch_its_map_and_find_boxes(celery_worker_process, ap
     page = client.get(f"/models/{done['id']}/").content.decode()
     assert 'data-task="detection"' in page
 
-    # No ONNX export for detectors yet (said so); the archive's script finds the same boxes.
+    # ONNX export, checked image by image against PyTorch's detections; the archive's
+    # script finds the same boxes as the inference worker, with torch and with onnxruntime alone.
     export = api.post(f"/api/models/{done['id']}/exports/", {}, format="json")
-    assert export.status_code == 400 and "not available for detection models" in export.json()["detail"]
+    assert export.status_code == 201, export.content
+    export = wait_for_status(api, f"/api/exports/{export.json()['id']}/", {"done", "error"})
+    assert export["job"]["status"] == "done", export["job"]
+    checks = {c["format"]: c for c in export["checks"]}
+    assert set(checks) == {"pytorch", "onnx"}  # torch.export cannot take a detector's post-processing
+    assert checks["onnx"]["status"] == "passed" and checks["onnx"]["top1_agreement"] == 1.0, checks["onnx"]
+    assert checks["onnx"]["max_abs_diff"] <= checks["onnx"]["tolerance"]
     from tests.test_export import _run_script, _untar
 
     folder = _untar(api.get(f"/api/models/{done['id']}/download/"), tmp_path / "archive")
-    (run,) = _run_script(folder, [str(det_folder / "images" / "00007.png")], "--json", "--out", str(tmp_path / "out"))
+    assert (folder / "model.onnx").exists() and '"boxes" (K x 4' in (folder / "README.txt").read_text()
+    image = str(det_folder / "images" / "00007.png")
+    (run,) = _run_script(folder, [image], "--json", "--out", str(tmp_path / "out"))
+    (onnx_run,) = _run_script(folder, [image], "--json", "--out", str(tmp_path / "onnx"), block_torch=True)
+    assert (run["runtime"], onnx_run["runtime"]) == ("torch", "onnx")
     assert [o["label"] for o in run["objects"]] == [o["label"] for o in result["detection"]["objects"]]
-    for mine, theirs in zip(run["objects"], result["detection"]["objects"]):
+    assert [o["label"] for o in onnx_run["objects"]] == [o["label"] for o in run["objects"]]
+    for mine, onnx_one, theirs in zip(run["objects"], onnx_run["objects"], result["detection"]["objects"]):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
         assert np.allclose(mine["box"], theirs["box"], atol=0.05)
+        assert onnx_one["score"] == pytest.approx(mine["score"], abs=1e-3)
+        assert np.allclose(onnx_one["box"], mine["box"], atol=0.05)
+    triton = _untar(api.get(f"/api/models/{done['id']}/download/triton/"), tmp_path / "triton")
+    assert 'name: "boxes"' in (triton / "config.pbtxt").read_text()
     assert Path(run["boxes_png"]).exists()
 
     # Evaluate on the validation split: the mAP of its last validation, every object
@@ -271,3 +287,44 @@ def test_segmentation_and_detection_datasets_from_uploaded_archives(celery_worke
         assert data["labels"] == (list(CLASSES) if task == "segmentation" else
                                   sorted(CLASSES[1:]) if "labels" in members else list(CLASSES[1:]))
         assert sum(data["class_counts"]["train"]) > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_custom_detector_trains_finds_boxes_and_is_evaluated(celery_worker_process, api, owner, data_root):
+    """Custom code for detection, for a user with the permission: the small FCOS's own
+    source, edited, trains in the child, finds boxes in the sandbox, and
+    is evaluated on its split."""
+    from models_app.networks import network_source
+    from tests.test_model_api import grant_code_permission
+
+    folder = data_root / "det-custom"
+    write_shapes(folder, 48, 64, seed=21)
+    body = {"name": "det", "task": "detection", "folder": str(folder / "images"), "label_folder": str(folder / "labels"),
+            "image_width": 64, "image_height": 64, "val_percent": 25}
+    dataset_id = wait_for_status(api, f"/api/datasets/{api.post('/api/datasets/', body, format='json').json()['id']}/", {"done"})["id"]
+    code = network_source("fcos_small")
+    code = code.replace("FCOS(", "FCOS(  # mine\n        ", 1)
+    request = {"name": "mine", "dataset": dataset_id, "network": "custom", "custom_code": code, "epochs": 2, "batch_size": 8,
+               "solver": "adam", "learning_rate": 0.001, "seed": 3,
+               # The boxes move with every geometric augmentation (tests/test_units.py checks how).
+               "flip": "hv", "rotate90": True, "rotation": 10, "scale_jitter": 0.2}
+    refused = api.post("/api/models/", request, format="json")
+    assert refused.status_code == 400 and "permission" in refused.json()["detail"]
+    grant_code_permission(owner)
+    model = api.post("/api/models/", request, format="json")
+    assert model.status_code == 201, model.content
+    done = wait_for_status(api, f"/api/models/{model.json()['id']}/", {"done", "error"}, timeout=300)
+    assert done["job"]["status"] == "done", done["job"]
+    metrics = api.get(f"/api/models/{done['id']}/metrics/").json()
+    assert 0 <= metrics["val_map50"][-1]["value"] <= 1
+    with open(folder / "images" / "00003.png", "rb") as image:  # user code runs in the sandbox child
+        reply = api.post(f"/api/models/{done['id']}/classify/", {"image": image}, format="multipart")
+    assert reply.status_code == 200, reply.content
+    assert reply.json()["detection"]["drawn"].startswith("data:image/png;base64,")
+    assert all(o["label"] in CLASSES for o in reply.json()["detection"]["objects"])
+    response = api.post(f"/api/models/{done['id']}/evaluations/", {"split": "val"}, format="json")
+    evaluation = wait_for_status(api, f"/api/evaluations/{response.json()['id']}/", {"done", "error"})
+    assert evaluation["job"]["status"] == "done", evaluation["job"]
+    assert evaluation["metrics"]["map50"] == pytest.approx(metrics["val_map50"][-1]["value"], abs=0.01)
+    shutil.rmtree(folder, ignore_errors=True)

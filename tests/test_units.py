@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -198,3 +199,43 @@ def test_per_image_scores_of_masks_and_boxes():
     assert match_detections(boxes, labels, scores, truth_boxes, truth_labels) == (1, 2, 1)
     assert match_detections(boxes[:1], labels[:1], scores[:1], truth_boxes[:1], truth_labels[:1]) == (1, 0, 0)
     assert detection_score(1, 2, 1) == pytest.approx(2 / 5) and detection_score(0, 0, 0) == 1.0
+
+
+@pytest.mark.parametrize("rotation", [0, 30])
+def test_boxes_move_with_their_image_under_every_training_transform(rotation):
+    """Detection's training transform: a filled box drawn in the image, and the box given
+    with it, come out together through zoom, crop, flips, quarter turns (and rotation):
+    the box returned is the drawn one's bounding box, or it is dropped when most of it
+    left the image. How far the drawn pixels may reach past the box: bilinear sampling
+    gives a value to input positions less than a pixel from a filled pixel's centre on
+    each axis (the filled square grown by half a pixel), which the zoom (up to 1.3) and a
+    turn (cos + sin of its angle) stretch, and a pixel counts from its centre: half a pixel
+    more. Inside: without rotation the sides stay on pixel edges, half a pixel; a rotated
+    box ends in wedges, whose last pixel rows may hold no pixel centre: a pixel and a half."""
+    from models_app.training.augment import KEEP_VISIBLE, BatchTransform, TransformSpec
+
+    images = torch.zeros(32, 3, 64, 64, dtype=torch.uint8)
+    images[:, :, 20:44, 10:30] = 255  # rows 20..43, columns 10..29
+    box = torch.tensor([[10.0, 20.0, 30.0, 44.0]])
+    spec = TransformSpec(crop_size=48, mean_subtraction="none", flip="hv", rotate90=True, rotation=rotation, scale_jitter=0.3)
+    transform = BatchTransform(spec, None, torch.device("cpu"), seed=5)
+    x, targets = transform.train_boxes(images, [(box, torch.tensor([2]))] * 32)
+    assert x.shape == (32, 3, 48, 48)
+    angle = math.radians(rotation)
+    outside = 0.5 * 1.3 * (math.cos(angle) + math.sin(angle)) + 0.5
+    inside = 1.5 if rotation else 0.5
+    kept = 0
+    for image, target in zip(x, targets):
+        drawn = (image[0] > 0).nonzero()
+        if not len(target["boxes"]):
+            # Dropped: what is left of the box in the image is small.
+            assert len(drawn) < KEEP_VISIBLE * 20 * 24 * 1.35**2
+            continue
+        kept += 1
+        assert target["labels"].tolist() == [2]
+        top, left = drawn.min(dim=0).values.tolist()
+        bottom, right = (drawn.max(dim=0).values + 1).tolist()
+        got = target["boxes"][0].tolist()
+        assert all(got[i] - outside <= v <= got[i] + inside for i, v in enumerate((left, top))), (got, left, top)
+        assert all(got[i] - inside <= v <= got[i] + outside for i, v in zip((2, 3), (right, bottom))), (got, right, bottom)
+    assert kept >= 20  # most of the draws keep the box

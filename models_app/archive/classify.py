@@ -5,9 +5,9 @@
 
 A segmentation model (info.json "task") gives a class per pixel: each image's class map is
 written as IMAGE_labels.png (in FOLDER with --out), in the classes' colours, and the share
-of the pixels of each class found is printed. A detection model (torch only) prints each
-object found (class, score, box in the resized image's pixels) and writes the image with
-its boxes as IMAGE_boxes.png; --min-score sets how sure (default 0.3).
+of the pixels of each class found is printed. A detection model prints each object found
+(class, score, box in the resized image's pixels) and writes the image with its boxes as
+IMAGE_boxes.png; --min-score sets how sure (default 0.3).
 
 Two runtimes, same preprocessing (imaging.py, the code used in training) and same answers:
   - torch: model.pt (weights) with network.py (`build(input_shape, num_classes)`);
@@ -88,24 +88,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
-def detect(path: str, x: np.ndarray, info: dict, labels: list[str], out: str | None, min_score: float) -> dict:
-    """The objects found in one image (a torchvision detector: a list of boxes, labels
-    counted from 1, scores), and the image with their boxes drawn."""
+def load_detector(info: dict, runtime: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(1, C, H, W) input -> (boxes, labels counted from 1, scores): the torchvision
+    detector itself, or its ONNX export."""
+    if runtime == "onnx":
+        import onnxruntime as ort
+
+        if not (HERE / "model.onnx").exists():
+            raise SystemExit("This archive has no model.onnx (its ONNX export did not pass, or was not made): use --runtime torch.")
+        session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = (info.get("onnx") or {}).get("outputs") or ["boxes", "labels", "scores"]
+        return lambda x: tuple(session.run(names, {(info.get("onnx") or {}).get("input", "input"): x}))  # type: ignore[return-value]
     import torch
-    from PIL import ImageDraw
 
     import network
 
-    if not hasattr(detect, "net"):
-        net = network.build(tuple(info["input_shape"]), info["num_classes"])
-        net.load_state_dict(torch.load(HERE / "model.pt", map_location="cpu", weights_only=True))
-        detect.net = net.eval()  # type: ignore[attr-defined]
-    with torch.no_grad():
-        (found,) = detect.net(list(torch.from_numpy(x)))  # type: ignore[attr-defined]
+    net = network.build(tuple(info["input_shape"]), info["num_classes"])
+    net.load_state_dict(torch.load(HERE / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            (found,) = net(list(torch.from_numpy(x)))
+        return found["boxes"].numpy(), found["labels"].numpy(), found["scores"].numpy()
+
+    return run
+
+
+def detect(path: str, found: tuple[np.ndarray, np.ndarray, np.ndarray], info: dict, labels: list[str], out: str | None,
+           min_score: float) -> dict:
+    """The objects found in one image (boxes, labels counted from 1, scores), and the
+    image with their boxes drawn."""
+    from PIL import ImageDraw
+
+    boxes, classes, scores = found
     objects = [
         {"label": labels[int(c) - 1], "score": float(s), "box": [round(float(v), 2) for v in b]}
         # Label 0 is the background (sigmoid-scored detectors can still return it): not an object.
-        for b, c, s in zip(found["boxes"], found["labels"], found["scores"]) if float(s) >= min_score and int(c) > 0
+        for b, c, s in zip(boxes, classes, scores) if float(s) >= min_score and int(c) > 0
     ]
     channels, height, width = info["input_shape"]
     image = imaging.resize_image(imaging.load_image(path, channels), width, height, info["resize_mode"]).convert("RGB")
@@ -149,10 +169,9 @@ def main() -> int:
     mean = np.load(mean_path) if mean_path.exists() else None
     runtime = args.runtime if args.runtime != "auto" else ("torch" if torch_available() else "onnx")
     if info.get("task") == "detection":
-        if runtime != "torch":
-            raise SystemExit("A detection model runs with torch (and torchvision) only: pip install torch torchvision.")
+        find = load_detector(info, runtime)
         for path in args.images:
-            result = detect(path, preprocess(path, info, mean), info, labels, args.out, args.min_score)
+            result = detect(path, find(preprocess(path, info, mean)), info, labels, args.out, args.min_score)
             if args.json:
                 print(json.dumps({"image": path, "runtime": runtime, **result}))
             else:

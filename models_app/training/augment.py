@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from .spec import TrainSpec
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -73,11 +75,19 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
-def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A different window per image, gathered in one indexing operation."""
+def crop_offsets(x: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's random window: (top, left), on the CPU."""
+    batch, _, height, width = x.shape
+    top = torch.randint(0, height - size + 1, (batch,), generator=generator)
+    left = torch.randint(0, width - size + 1, (batch,), generator=generator)
+    return top, left
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator,
+                offsets: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """A different window per image (or at `offsets`), gathered in one indexing operation."""
     batch, channels, height, width = x.shape
-    top = torch.randint(0, height - size + 1, (batch,), generator=generator).to(x.device)
-    left = torch.randint(0, width - size + 1, (batch,), generator=generator).to(x.device)
+    top, left = (t.to(x.device) for t in (offsets or crop_offsets(x, size, generator)))
     steps = torch.arange(size, device=x.device)
     rows = (top[:, None] + steps)[:, None, :, None]
     cols = (left[:, None] + steps)[:, None, None, :]
@@ -89,8 +99,8 @@ def random_flip(x: torch.Tensor, dim: int, generator: torch.Generator) -> torch.
     return torch.where(mask[:, None, None, None], x.flip(dim), x)
 
 
-def random_rot90(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    turns = torch.randint(0, 4, (x.shape[0],), generator=generator).to(x.device)
+def random_rot90(x: torch.Tensor, generator: torch.Generator, turns: torch.Tensor | None = None) -> torch.Tensor:
+    turns = (turns if turns is not None else torch.randint(0, 4, (x.shape[0],), generator=generator)).to(x.device)
     out = x.clone()
     for k in (1, 2, 3):
         chosen = turns == k
@@ -99,18 +109,27 @@ def random_rot90(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def random_affine(
-    x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator, labels: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotate and zoom each image by a random amount; `labels` (N, H, W class ids) move
-    with their image, sampled nearest (no class blended into another), IGNORE outside."""
-    batch = x.shape[0]
+def affine_theta(batch: int, max_degrees: float, max_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """(N, 2, 3): for each image a random rotation and zoom, as affine_grid's matrix (from
+    an output position to the input position it samples, in -1..1 coordinates)."""
     angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(max_degrees)
     # Zoom in by `scale`: sample a window 1/scale as large.
     scale = 1.0 + (torch.rand(batch, generator=generator) * 2 - 1) * max_scale
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    return theta
+
+
+def random_affine(
+    x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator, labels: torch.Tensor | None = None,
+    theta: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate and zoom each image by a random amount (or by `theta`'s); `labels` (N, H, W
+    class ids) move with their image, sampled nearest (no class blended into another),
+    IGNORE outside."""
+    if theta is None:
+        theta = affine_theta(x.shape[0], max_degrees, max_scale, generator)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if labels is None:
@@ -138,6 +157,34 @@ def random_hsv(x: torch.Tensor, amount: float, generator: torch.Generator) -> to
     x = grey + saturation.to(x.device, x.dtype)[:, None, None, None] * (x - grey)
     x = x * value.to(x.device, x.dtype)[:, None, None, None]
     return x.clamp_(0.0, 255.0)
+
+
+# Detection: a box keeps its object after a crop or a zoom when at least this share of it
+# is still inside the image.
+KEEP_VISIBLE = 0.3
+
+
+def _move_corners(boxes: torch.Tensor, move: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The boxes around each box's four corners after `move` ((K, 4, 2) -> (K, 4, 2))."""
+    if not len(boxes):
+        return boxes
+    corners = torch.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]], boxes[:, [2, 3]]], dim=1)
+    moved = move(corners)
+    return torch.cat([moved.min(dim=1).values, moved.max(dim=1).values], dim=1)
+
+
+def _through(points: torch.Tensor, matrix: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pixel positions (edges: 0..width) through a 3x3 matrix of -1..1 coordinates."""
+    size = torch.tensor([width, height], dtype=points.dtype)
+    normal = points / size * 2 - 1
+    moved = normal @ matrix[:2, :2].T + matrix[:2, 2]
+    return (moved + 1) / 2 * size
+
+
+def _turn(points: torch.Tensor, turns: int, size: int) -> torch.Tensor:
+    for _ in range(turns):
+        points = torch.stack([points[..., 1], size - points[..., 0]], dim=-1)
+    return points
 
 
 # Label pixels that count for nothing (datasets.imaging.IGNORE_LABEL; not imported: this
@@ -207,13 +254,26 @@ class BatchTransform:
     def train_boxes(
         self, images: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-        """Detection: colour jitter, mean subtraction and flips, each image's boxes
-        ((K, 4) left, top, right, bottom) flipped with it. (Crops, turns, rotation and zoom
-        are refused for detection when the model is made.)"""
+        """Detection: the training transform of `train` (colour jitter, mean subtraction,
+        rotation and zoom, random crop, flips, quarter turns, drawn in the same order),
+        each image's boxes ((K, 4) left, top, right, bottom) moved with it: the box around
+        a box's moved corners, clipped to the image. A box less than `KEEP_VISIBLE` inside
+        the image after its move is dropped (its object is mostly cut away)."""
         s, g = self.spec, self.generator
         x = self._colour(images)
+        boxes = [b.to(torch.float32).cpu() for b, _ in targets]
+        if s.rotation or s.scale_jitter:
+            theta = affine_theta(x.shape[0], s.rotation, s.scale_jitter, g)
+            x, _ = random_affine(x, s.rotation, s.scale_jitter, g, theta=theta)
+            height, width = x.shape[-2:]
+            # affine_grid's matrix maps output to input positions: boxes move by its inverse.
+            inverse = torch.linalg.inv(torch.cat([theta, torch.tensor([[[0.0, 0.0, 1.0]]]).expand(len(theta), 1, 3)], dim=1))
+            boxes = [_move_corners(b, partial(_through, matrix=m, width=width, height=height)) for b, m in zip(boxes, inverse)]
+        if s.crop_size:
+            top, left = crop_offsets(x, s.crop_size, g)
+            x = random_crop(x, s.crop_size, g, (top, left))
+            boxes = [b - torch.tensor([l, t, l, t], dtype=b.dtype) for b, t, l in zip(boxes, top.tolist(), left.tolist())]
         height, width = x.shape[-2:]
-        boxes = [b.to(self.device, torch.float32) for b, _ in targets]
         for axis, wanted in ((-1, ("h", "hv")), (-2, ("v", "hv"))):
             if s.flip not in wanted:
                 continue
@@ -225,7 +285,21 @@ class BatchTransform:
                     boxes[i] = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
                 else:
                     boxes[i] = torch.stack([b[:, 0], height - b[:, 3], b[:, 2], height - b[:, 1]], dim=1)
-        return x.div_(255.0), [{"boxes": b, "labels": t[1].to(self.device)} for b, t in zip(boxes, targets)]
+        if s.rotate90 and height == width:
+            turns = torch.randint(0, 4, (x.shape[0],), generator=g)
+            x = random_rot90(x, g, turns)
+            # torch.rot90 by one turn takes the pixel at (row r, column c) to (size - 1 - c, r):
+            # a position (x, y) goes to (y, size - x).
+            boxes = [_move_corners(b, partial(_turn, turns=int(k), size=width)) for b, k in zip(boxes, turns)]
+        out = []
+        for b, (_, labels) in zip(boxes, targets):
+            area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+            clipped = torch.stack([b[:, 0].clamp(0, width), b[:, 1].clamp(0, height), b[:, 2].clamp(0, width),
+                                   b[:, 3].clamp(0, height)], dim=1)
+            w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+            keep = (w >= 1) & (h >= 1) & (w * h >= KEEP_VISIBLE * area)
+            out.append({"boxes": clipped[keep].to(self.device), "labels": labels[keep].to(self.device)})
+        return x.div_(255.0), out
 
     def eval_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Segmentation: the label images as `eval` crops their images."""
