@@ -12,8 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed plugins/digits-dicom/pyproject.toml plugins/digits-mask-outline/pyproject.toml
 	$(PIP) install -q -e '.[test]'
+	# The two plugins shipped as separate packages (README "Plugins"); the tests use them.
+	$(PIP) install -q -e plugins/digits-dicom -e plugins/digits-mask-outline
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,6 +8,7 @@ from django.http import HttpResponse
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -20,24 +21,75 @@ from workers.errors import JobError
 from workers.models import Visibility
 from workers.permissions import current_user, visible_q
 from workers.listing import job_prefetches
+from workers.schema import ErrorSerializer
 from workers.services import job_abort, job_update
 
 from .filters import DatasetFilter
 from .models import PARAM_FIELDS, Dataset, Upload
 from .selectors import LABEL_VIEWS, dataset_gallery, dataset_image, dataset_label_view, dataset_list, dataset_objects
 from .services import dataset_clone_params, dataset_create, dataset_delete
+from .credentials import credential_create, credential_delete, credential_list
+from .models import S3Credential
+from .plugins import data_plugins
 from .uploads import upload_append, upload_delete, upload_get, upload_start, upload_whole
+
+
+class PluginOptionsField(serializers.JSONField):
+    """source=plugin: the options of the data plugin named by `plugin` (its schema is one of
+    the installed plugins' declared fields, below)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if isinstance(value, str):  # multipart: a JSON object as text
+            import json
+
+            try:
+                value = json.loads(value or "{}")
+            except ValueError:
+                raise serializers.ValidationError("Give the plugin's options as a JSON object.") from None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Give the plugin's options as an object.")
+        return value
+
+
+class PluginOptionsSchema(OpenApiSerializerFieldExtension):
+    """The API schema of `plugin_options`: one object per installed data plugin, built from
+    the fields it declares (found when the schema is made)."""
+
+    target_class = "datasets.api.PluginOptionsField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        kinds: dict[str, dict[str, Any]] = {
+            "text": {"type": "string"}, "path": {"type": "string", "description": "A server path under a data root."},
+            "int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"}, "choice": {"type": "string"},
+        }
+        variants = []
+        for name, plugin in sorted(data_plugins().plugins.items()):
+            properties = {
+                f.name: {**kinds[f.kind], "title": f.label, **({"description": f.help} if f.help else {}),
+                         **({"enum": list(f.choices)} if f.choices else {}), **({"default": f.default} if f.default is not None else {})}
+                for f in plugin.fields
+            }
+            variants.append({"type": "object", "title": f"{name} options", "description": plugin.label,
+                             "properties": properties, "additionalProperties": False,
+                             "required": [f.name for f in plugin.fields if f.required and f.default is None]})
+        if not variants:
+            return {"type": "object", "description": "source=plugin: no data plugin is installed."}
+        return {"oneOf": variants, "description": "source=plugin: the options of the plugin named by `plugin`."}
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
     id = serializers.IntegerField(source="pk")
     job = JobSerializer()
     upload = serializers.CharField(source="upload_id", allow_null=True)
+    s3_credential = serializers.CharField(source="s3_credential.name", allow_null=True, default=None,
+                                          help_text="The name of the owner's S3 credential (source=s3).")
 
     class Meta:
         model = Dataset
         fields = [
-            "id", "job", "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file",
+            "id", "job", "task", "source", "s3_credential", "s3_bucket", "s3_prefix", "s3_val_prefix", "s3_test_prefix",
+            "plugin", "plugin_options", "folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file",
             "train_list", "val_list", "test_list",
             "labels_file", "image_folder", "shuffle", "upload", "image_width", "image_height", "image_mode",
             "resize_mode", "encoding", "jpeg_quality", "val_percent", "test_percent", "min_per_class", "max_per_class",
@@ -57,6 +109,10 @@ class DatasetInputSerializer(serializers.ModelSerializer):
     notes = serializers.CharField(required=False, allow_blank=True, default="")
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False, default=Visibility.TEAM, help_text="Who may see it: private (you and admins), team (your teams; everyone if you are in none), public.")
     upload = serializers.CharField(required=False, allow_blank=True, default="", help_text="Upload id (source=upload).")
+    s3_credential = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="source=s3: the name of one of your S3 credentials.",
+    )
+    plugin_options = PluginOptionsField(required=False, default=dict)
     train_list_upload = serializers.FileField(required=False, help_text="Multipart: the training list itself.")
     val_list_upload = serializers.FileField(required=False)
     test_list_upload = serializers.FileField(required=False)
@@ -65,7 +121,7 @@ class DatasetInputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "name", "group", "notes", "visibility", *PARAM_FIELDS, "upload",
+            "name", "group", "notes", "visibility", *PARAM_FIELDS, "upload", "s3_credential", "plugin_options",
             "train_list_upload", "val_list_upload", "test_list_upload", "labels_file_upload",
         ]
 
@@ -260,4 +316,52 @@ class UploadDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, pk: str) -> Response:
         upload_delete(upload_get(pk, request.user))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class S3CredentialSerializer(serializers.ModelSerializer):
+    """A stored credential as anyone sees it: never its secret."""
+
+    class Meta:
+        model = S3Credential
+        fields = ["id", "name", "endpoint_url", "region", "access_key_id", "created_at"]
+
+
+@extend_schema_serializer(component_name="S3CredentialInput")
+class S3CredentialInputSerializer(serializers.ModelSerializer):
+    secret_access_key = serializers.CharField(write_only=True, trim_whitespace=False, help_text="Stored encrypted; never returned.")
+
+    class Meta:
+        model = S3Credential
+        fields = ["name", "endpoint_url", "region", "access_key_id", "secret_access_key"]
+        # Names are unique per owner, checked by the service (409 Conflict).
+        validators: list[Any] = []
+
+
+class S3CredentialListApi(generics.ListAPIView):
+    """Your S3 credentials (endpoint, access key id; never the secret); POST adds one."""
+
+    serializer_class = S3CredentialSerializer
+
+    def get_queryset(self) -> QuerySet[S3Credential]:
+        if getattr(self, "swagger_fake_view", False):  # the schema generator has no user
+            return S3Credential.objects.none()
+        return credential_list(current_user(self.request.user)).order_by("name", "pk")
+
+    @extend_schema(operation_id="s3_credentials_list")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(request=S3CredentialInputSerializer, responses={201: S3CredentialSerializer, 409: ErrorSerializer})
+    def post(self, request: Request) -> Response:
+        data = S3CredentialInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        credential = credential_create(owner=current_user(request.user), **data.validated_data)
+        return Response(S3CredentialSerializer(credential).data, status=status.HTTP_201_CREATED)
+
+
+class S3CredentialDetailApi(APIView):
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, pk: int) -> Response:
+        credential_delete(get_object_or_404(credential_list(current_user(request.user)), pk=pk))
         return Response(status=status.HTTP_204_NO_CONTENT)

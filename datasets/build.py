@@ -90,6 +90,8 @@ class Gathered:
     colours: list[tuple[int, int, int]] = field(default_factory=list)
     # Detection: each item's objects (class index, left, top, right, bottom), aligned.
     objects: dict[str, list[list[tuple[Any, ...]]]] = field(default_factory=dict)
+    # What reports call an item, where its file's path would say nothing (a plugin's entries).
+    names: dict[str, str] = field(default_factory=dict)
 
 
 def _gather_folders(spec: BuildSpec, root: Path) -> Gathered:
@@ -119,6 +121,152 @@ def _gather_folders(spec: BuildSpec, root: Path) -> Gathered:
             skipped += [{**s, "path": f"[{split}] {s['path']}"} for s in extra_skipped]
     requested = ("train", "val") + (("test",) if test_folder or test_percent > 0 else ())
     return Gathered(labels, splits, root, skipped, requested=requested)
+
+
+def _gather_s3(spec: BuildSpec, workdir: Path) -> Gathered:
+    """Class subfolders under S3 prefixes: listed, fetched in parallel into the build's
+    folder (at their keys' paths, so every report names the key), then gathered as a
+    folder source. The endpoint going away or a refused credential fails the build (the
+    build folder goes with it); an object that vanished is reported and left out."""
+    from . import s3
+
+    store = s3.Store(
+        spec.s3_endpoint, os.environ.get("DIGITS_S3_ACCESS_KEY_ID", ""), os.environ.get("DIGITS_S3_SECRET_ACCESS_KEY", ""),
+        spec.s3_region, spec.s3_connect_timeout, spec.s3_read_timeout,
+    )
+    emit(protocol.Progress(progress=0.0, phase="listing"))
+    root = workdir / "source"
+    listed: dict[str, dict[str, list[tuple[str, int]]]] = {}
+    skipped: list[Skip] = []
+    for split, prefix in (("train", spec.s3_prefix), ("val", spec.s3_val_prefix), ("test", spec.s3_test_prefix)):
+        if split == "train" or prefix:
+            try:
+                listed[split], left_out = s3.class_objects(store, spec.s3_bucket, prefix)
+            except s3.S3Error as exc:
+                raise BuildError(str(exc)) from exc
+            skipped += [Skip(**item) for item in left_out]
+            if not listed[split]:
+                raise BuildError(f"No images in class subfolders under s3://{spec.s3_bucket}/{s3.normal_prefix(prefix)}.")
+    keys = [item for classes in listed.values() for items in classes.values() for item in items]
+    total_bytes = sum(size for _, size in keys)
+    if total_bytes > spec.max_extract_bytes:
+        raise BuildError(f"The {len(keys)} images under these prefixes add up to {total_bytes / 2**30:.1f} GiB; the server "
+                         f"fetches at most {spec.max_extract_bytes / 2**30:.1f} GiB for a build (DIGITS_MAX_ARCHIVE_EXTRACT_BYTES).")
+    started, last = time.monotonic(), [0.0]
+
+    def progress(done: int, count: int) -> None:
+        now = time.monotonic()
+        if done == count or now - last[0] > 0.5:
+            last[0] = now
+            rate = done / max(now - started, 1e-6)
+            emit(protocol.Progress(progress=done / count, eta=(count - done) / rate if rate else None,
+                                   phase=f"fetching {done}/{count} objects ({total_bytes >> 20} MiB)"))
+
+    try:
+        vanished = s3.download(store, spec.s3_bucket, keys, root, threads=spec.s3_threads, progress=progress)
+    except s3.S3Error as exc:
+        raise BuildError(f"{exc} (while fetching {len(keys)} objects from s3://{spec.s3_bucket}/)") from exc
+    folders = {split: str(root / s3.normal_prefix(prefix)) for split, prefix in
+               (("train", spec.s3_prefix), ("val", spec.s3_val_prefix), ("test", spec.s3_test_prefix)) if split in listed}
+    local = BuildSpec.from_dict({**spec.to_dict(), "source": "folder", "folder": folders["train"],
+                                 "val_folder": folders.get("val", ""), "test_folder": folders.get("test", "")})
+    gathered = _gather_folders(local, Path(folders["train"]))
+    # Reports name each object by its key (its path under the download folder).
+    gathered.skipped = skipped + [Skip(path=v["path"], reason=v["reason"]) for v in vanished] + [
+        {**item, "path": s3.normal_prefix(spec.s3_prefix) + item["path"]} if not item["path"].startswith("[") else item
+        for item in gathered.skipped
+    ]
+    gathered.root = root
+    return gathered
+
+
+_PLUGIN: Any = None  # the data plugin of this build, in each process of the pool
+
+
+def _plugin_init(name: str, options: dict[str, Any]) -> None:
+    from .plugins import data_plugin
+
+    global _PLUGIN
+    _PLUGIN = data_plugin(name)(options)
+
+
+def _plugin_entry(job: tuple[int, Any, str]) -> tuple[int, str, str, str]:
+    """Entry `index` loaded by the plugin and written as PNG (its label image too):
+    (index, image file, label: a class index or the label image's file, why not: "")."""
+    index, entry, root = job
+    try:
+        pixels, label = _PLUGIN.load(entry)
+        pixels = np.asarray(pixels)
+        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+            raise ValueError(f"the plugin gave a {pixels.dtype} array of {pixels.ndim} dimensions, not an HxW(xC) uint8 image")
+        image = Path(root) / "images" / f"{index:07d}.png"
+        Image.fromarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(image)
+        if isinstance(label, np.ndarray):
+            if label.shape != pixels.shape[:2]:
+                raise ValueError(f"its label image is {label.shape[1]}x{label.shape[0]}, its image {pixels.shape[1]}x{pixels.shape[0]}")
+            mask = Path(root) / "masks" / f"{index:07d}.png"
+            Image.fromarray(label.astype(np.uint8), "L").save(mask)
+            return index, str(image), str(mask), ""
+        return index, str(image), str(int(label)), ""
+    except Exception as exc:  # noqa: BLE001 - one entry's problem, reported with its name
+        return index, "", "", f"the plugin could not load it ({type(exc).__name__}: {exc})"
+
+
+def _gather_plugin(spec: BuildSpec, workdir: Path) -> Gathered:
+    """A data plugin's entries (datasets/plugins.py), loaded in parallel by the plugin in
+    every process and written as PNG files, then split and built as a folder source."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .plugins import data_plugin
+    from .sources import default_colour
+
+    try:
+        plugin = data_plugin(spec.plugin)(spec.plugin_options)
+        labels = list(plugin.labels())
+        entries = list(plugin.entries())
+        colours = [(int(c[0]), int(c[1]), int(c[2])) for c in plugin.colours()] or [default_colour(i) for i in range(len(labels))]
+    except Exception as exc:  # noqa: BLE001 - the plugin's own failure, said with its name
+        raise BuildError(f"The {spec.plugin} plugin failed: {type(exc).__name__}: {exc}") from exc
+    if not entries:
+        raise BuildError(f"The {spec.plugin} plugin found nothing to build from with these options.")
+    root = workdir / "plugin"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    names = {str(root / "images" / f"{i:07d}.png"): plugin.describe(e) for i, e in enumerate(entries)}
+    results: list[tuple[int, str, str, str]] = []
+    skipped: list[Skip] = []
+    emit(protocol.Progress(progress=0.0, phase=f"loading {len(entries)} entries with the {spec.plugin} plugin"))
+    started = last = time.monotonic()
+    processes = max(1, spec.workers or os.cpu_count() or 1)
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_plugin_init,
+                             initargs=(spec.plugin, spec.plugin_options)) as pool:
+        for done, result in enumerate(pool.map(_plugin_entry, [(i, e, str(root)) for i, e in enumerate(entries)],
+                                               chunksize=16), 1):
+            results.append(result)
+            if result[3]:
+                skipped.append({"path": plugin.describe(entries[result[0]]), "reason": result[3]})
+            now = time.monotonic()
+            if now - last > 0.5:
+                last = now
+                rate = done / (now - started)
+                emit(protocol.Progress(progress=done / len(entries), eta=(len(entries) - done) / rate,
+                                       phase=f"loading entries with the {spec.plugin} plugin"))
+    loaded = [r for r in results if not r[3]]
+    if spec.task == "segmentation":
+        parts = _random_split(len(loaded), spec)
+        splits: Splits = {split: [(loaded[i][1], 0) for i in parts[split]] for split in SPLITS}
+        label_images = {split: [loaded[i][2] for i in parts[split]] for split in SPLITS}
+        requested = ("train", "val") + (("test",) if spec.test_percent > 0 else ())
+        gathered = Gathered(labels, splits, None, skipped, requested=requested, label_images=label_images, colours=colours)
+    else:
+        bad = [r for r in loaded if not 0 <= int(r[2]) < len(labels)]
+        skipped += [{"path": names[r[1]], "reason": f"label {r[2]} is not a class (0-{len(labels) - 1})"} for r in bad]
+        items = [(r[1], int(r[2])) for r in loaded if 0 <= int(r[2]) < len(labels)]
+        splits = split_stratified(items, spec.val_percent, spec.test_percent, spec.seed)
+        requested = ("train", "val") + (("test",) if spec.test_percent > 0 else ())
+        gathered = Gathered(labels, splits, None, skipped, requested=requested)
+    gathered.names = names
+    return gathered
 
 
 def _gather_lists(spec: BuildSpec) -> Gathered:
@@ -247,6 +395,11 @@ def _gather_detection(spec: BuildSpec) -> Gathered:
 def gather(spec: BuildSpec, workdir: Path) -> Gathered:
     """Collect (path, label) items per split from the spec's source and apply the rules."""
     source = spec.source
+    if spec.source == "plugin" and spec.task == "segmentation":
+        try:
+            return _gather_plugin(spec, workdir)
+        except SourceError as exc:
+            raise BuildError(str(exc)) from exc
     if spec.task in ("segmentation", "detection"):
         try:
             extracted: list[Skip] = []
@@ -271,6 +424,10 @@ def gather(spec: BuildSpec, workdir: Path) -> Gathered:
             gathered.skipped = skipped + gathered.skipped
         elif source == "textfile":
             gathered = _gather_lists(spec)
+        elif source == "s3":
+            gathered = _gather_s3(spec, workdir)
+        elif source == "plugin":
+            gathered = _gather_plugin(spec, workdir)
         else:
             raise BuildError(f"Unknown source {source!r}.")
     except SourceError as exc:
@@ -481,6 +638,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
         raise BuildError(f"No usable image files were found. Supported: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
 
     def report_path(path: str) -> str:
+        if path in gathered.names:
+            return gathered.names[path]
         if gathered.root is not None:
             try:
                 return str(Path(path).relative_to(gathered.root))

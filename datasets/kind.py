@@ -12,7 +12,13 @@ from workers.protocol import Event, Result
 from workers.models import Job
 
 from .models import DATASET_KIND, Dataset
-from .services import dataset_before_delete, dataset_build_spec, dataset_remove_partial, dataset_store_result
+from .services import (
+    dataset_before_delete,
+    dataset_build_environment,
+    dataset_build_spec,
+    dataset_remove_partial,
+    dataset_store_result,
+)
 
 
 class DatasetBuild(Kind):
@@ -24,6 +30,9 @@ class DatasetBuild(Kind):
 
     def spec(self, job: Job) -> dict[str, Any]:
         return dataset_build_spec(Dataset.objects.get(pk=job.pk)).to_dict()
+
+    def env(self, job: Job) -> dict[str, str]:
+        return dataset_build_environment(Dataset.objects.select_related("s3_credential").get(pk=job.pk))
 
     def apply(self, job_id: int, events: list[Event]) -> None:
         # The child reports its result once, as its last event; store it with the row.

@@ -43,6 +43,33 @@ class Source(models.TextChoices):
     FOLDER = "folder", "Server folder"
     TEXTFILE = "textfile", "Text files"
     UPLOAD = "upload", "Uploaded archive"
+    S3 = "s3", "S3 bucket"
+    PLUGIN = "plugin", "A data plugin"
+
+
+class S3Credential(models.Model):
+    """A person's access to an S3-compatible object store, reusable by name: the endpoint,
+    the access key id, and the secret key encrypted (datasets/credentials.py; never shown
+    again, never written to a log or a job spec: the build child gets it in its
+    environment)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="s3_credentials")
+    name = models.CharField(max_length=100, help_text="What you call it; datasets name it by this.")
+    endpoint_url = models.CharField(
+        "endpoint URL", max_length=500, blank=True,
+        help_text="The S3 API's address, e.g. https://s3.eu-west-1.amazonaws.com or http://minio.lan:9000; empty: AWS.",
+    )
+    region = models.CharField(max_length=50, blank=True, help_text="e.g. us-east-1; empty: the endpoint's default.")
+    access_key_id = models.CharField("access key id", max_length=200)
+    secret_encrypted = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="one_s3_credential_name_per_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.endpoint_url or 'AWS'})"
 
 
 class Upload(models.Model):
@@ -123,6 +150,20 @@ class Dataset(models.Model):
     shuffle = models.BooleanField(default=DEFAULTS.shuffle, help_text="Shuffle the order of each list.")
     # Upload source.
     upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets")
+    # S3 source: class subfolders under `s3_prefix` in `s3_bucket` (DIGITS' layout:
+    # prefix/<class>/<image>), optionally separate validation and test prefixes; read with
+    # the owner's credential (given by name when the dataset is made).
+    s3_credential = models.ForeignKey(S3Credential, null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets")
+    s3_bucket = models.CharField("bucket", max_length=255, blank=True)
+    s3_prefix = models.CharField(
+        "prefix", max_length=1000, blank=True,
+        help_text="The training images: one subfolder (key prefix) per class under it, e.g. `shapes/train/`.",
+    )
+    s3_val_prefix = models.CharField("separate validation prefix (optional)", max_length=1000, blank=True)
+    s3_test_prefix = models.CharField("separate test prefix (optional)", max_length=1000, blank=True)
+    # Plugin source (datasets/plugins.py): an installed data plugin and its options.
+    plugin = models.CharField(max_length=100, blank=True, help_text="The data plugin's name (its entry point).")
+    plugin_options = models.JSONField(default=dict, blank=True)
     image_width = models.PositiveIntegerField(
         "width", default=DEFAULTS.width, validators=[MinValueValidator(1), MaxValueValidator(MAX_IMAGE_SIDE)]
     )
@@ -238,6 +279,7 @@ class Dataset(models.Model):
 PARAM_FIELDS = (
     "task", "source", "folder", "val_folder", "test_folder", "label_folder", "class_list", "annotations_file",
     "train_list", "val_list", "test_list", "labels_file", "image_folder", "shuffle",
+    "s3_bucket", "s3_prefix", "s3_val_prefix", "s3_test_prefix", "plugin",
     "image_width", "image_height", "image_mode", "resize_mode", "encoding", "jpeg_quality",
     "val_percent", "test_percent", "min_per_class", "max_per_class", "seed",
 )

@@ -20,7 +20,10 @@ from workers.services import job_create, job_delete, job_enqueue
 from .build import OUTPUTS
 from .imaging import IMAGE_EXTENSIONS
 from .lmdb_store import forget
-from .models import DATASET_KIND, PARAM_FIELDS, Dataset, Source, Task, param_field
+from . import s3
+from .credentials import check_endpoint, credential_environment, credential_get, decrypt
+from .models import DATASET_KIND, PARAM_FIELDS, Dataset, S3Credential, Source, Task, param_field
+from .plugins import DataPlugin, PluginInputError, data_plugin
 from .sources import SourceError, is_under, read_class_list
 from .spec import BuildSpec
 from .uploads import upload_delete, upload_for_build
@@ -190,8 +193,16 @@ def _check_detection(p: Dataset) -> dict[str, Any]:
     return out
 
 
-def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, UploadedFile]) -> dict[str, Any]:
+def _check_source(
+    p: Dataset, upload: str, owner: User, uploaded: dict[str, UploadedFile], s3_credential: str = "",
+    plugin_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Validate the source and return the resolved fields to store."""
+    if p.source == Source.PLUGIN:
+        return _check_plugin(p, plugin_options or {})
+    if p.source == Source.S3 and p.task != Task.CLASSIFICATION:
+        raise JobError("An S3 bucket is a source of classification datasets (class subfolders); for segmentation or "
+                       "detection, fetch the images to a server folder or upload an archive.", field="source")
     if p.task == Task.SEGMENTATION:
         if p.annotations_file:
             raise JobError("A COCO annotations file is for detection datasets.", field="annotations_file")
@@ -229,10 +240,110 @@ def _check_source(p: Dataset, upload: str, owner: User, uploaded: dict[str, Uplo
         return out
     if p.source == Source.UPLOAD:
         return {"upload": upload_for_build(upload, owner)}
+    if p.source == Source.S3:
+        return _check_s3(p, owner, s3_credential)
     raise JobError(f"Source must be one of {', '.join(Source.values)}.", field="source")
 
 
-@transaction.atomic
+def plugin_option_values(plugin: type[DataPlugin], given: dict[str, Any]) -> dict[str, Any]:
+    """A plugin's options as its fields declare them: each one typed, defaults filled in, a
+    path resolved under the data roots; a field error (`plugin_options.NAME`) otherwise."""
+    unknown = set(given) - {f.name for f in plugin.fields}
+    if unknown:
+        raise JobError(f"The {plugin.name} plugin has no option {', '.join(sorted(unknown))}.", field="plugin_options")
+    values: dict[str, Any] = {}
+    for f in plugin.fields:
+        name = f"plugin_options.{f.name}"
+        raw = given.get(f.name)
+        if raw in (None, ""):
+            if f.required and f.default is None:
+                raise JobError(f"{f.label}: give a value.", field=name)
+            values[f.name] = f.default
+            continue
+        try:
+            if f.kind == "int":
+                values[f.name] = int(raw)
+            elif f.kind == "float":
+                values[f.name] = float(raw)
+            elif f.kind == "bool":
+                values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "on", "yes")
+            else:
+                values[f.name] = str(raw)
+        except (TypeError, ValueError):
+            raise JobError(f"{f.label}: {raw!r} is not a {'whole number' if f.kind == 'int' else 'number'}.", field=name) from None
+        if f.kind == "choice" and values[f.name] not in f.choices:
+            raise JobError(f"{f.label}: one of {', '.join(f.choices)}.", field=name)
+        if f.kind == "path":
+            target = Path(values[f.name])
+            resolved = resolve_data_folder(str(target), field=name) if target.is_dir() else resolve_data_file(str(target), name)
+            values[f.name] = str(resolved)
+    return values
+
+
+def _check_plugin(p: Dataset, given: dict[str, Any]) -> dict[str, Any]:
+    """An installed data plugin, its options checked by their declarations and by the plugin."""
+    try:
+        plugin = data_plugin(p.plugin)
+    except KeyError as exc:
+        raise JobError(str(exc.args[0]), field="plugin") from None
+    if plugin.task != p.task:
+        raise JobError(f"The {plugin.name} plugin makes {plugin.task} datasets: choose that task.", field="task")
+    values = plugin_option_values(plugin, given)
+    try:
+        plugin(values).check()
+    except PluginInputError as exc:
+        raise JobError(str(exc), field=f"plugin_options.{exc.field}" if exc.field else "plugin_options") from None
+    except Exception as exc:  # noqa: BLE001 - the plugin's bug, said with its name rather than a server error
+        raise JobError(f"The {plugin.name} plugin failed checking its options: {type(exc).__name__}: {exc}",
+                       field="plugin_options") from None
+    return {"plugin": plugin.name, "plugin_options": values}
+
+
+def s3_store(credential: S3Credential) -> s3.Store:
+    """The store of a credential, its endpoint checked again (an address may have moved)."""
+    try:
+        check_endpoint(credential.endpoint_url)
+    except JobError as exc:
+        raise JobError(str(exc), field="s3_credential") from None
+    return s3.Store(
+        credential.endpoint_url, credential.access_key_id, decrypt(credential.secret_encrypted), credential.region,
+        settings.S3_CONNECT_TIMEOUT, settings.S3_READ_TIMEOUT,
+    )
+
+
+def _check_s3(p: Dataset, owner: User, credential_name: str) -> dict[str, Any]:
+    """The bucket can be read with the owner's credential and holds class subfolders under
+    each prefix: said now, on the form, rather than when the build runs."""
+    if not credential_name:
+        raise JobError("Choose the S3 credential to read the bucket with.", field="s3_credential")
+    if not p.s3_bucket.strip():
+        raise JobError("Give the bucket's name.", field="s3_bucket")
+    # One split's objects must not also be under another's prefix (the whole bucket, "",
+    # holds every other prefix).
+    what = {"s3_prefix": "training", "s3_val_prefix": "validation", "s3_test_prefix": "test"}
+    given = [(name, s3.normal_prefix(getattr(p, name))) for name in what if name == "s3_prefix" or getattr(p, name)]
+    for i, (first, first_prefix) in enumerate(given):
+        for second, second_prefix in given[i + 1 :]:
+            if first_prefix.startswith(second_prefix) or second_prefix.startswith(first_prefix):
+                raise JobError(
+                    f"The {what[second]} prefix ({second_prefix or 'the whole bucket'}) and the {what[first]} prefix "
+                    f"({first_prefix or 'the whole bucket'}) overlap: give each split a prefix of its own, e.g. "
+                    "shapes/train/ and shapes/val/.", field=second,
+                )
+    credential = credential_get(owner, credential_name)
+    store = s3_store(credential)
+    for name in ("s3_prefix", "s3_val_prefix", "s3_test_prefix"):
+        prefix = getattr(p, name)
+        if name == "s3_prefix" or prefix:
+            try:
+                s3.check_source(store, p.s3_bucket.strip(), prefix)
+            except s3.S3Error as exc:
+                fields = {"endpoint": "s3_credential", "credential": "s3_credential", "bucket": "s3_bucket"}
+                raise JobError(str(exc), field=fields.get(exc.what, name)) from None
+    return {"s3_credential": credential, "s3_bucket": p.s3_bucket.strip(),
+            **{name: s3.normal_prefix(getattr(p, name)) for name in ("s3_prefix", "s3_val_prefix", "s3_test_prefix")}}
+
+
 def dataset_create(
     *,
     owner: User,
@@ -242,18 +353,31 @@ def dataset_create(
     upload: str = "",
     uploaded: dict[str, UploadedFile] | None = None,
     visibility: str = Visibility.TEAM,
+    s3_credential: str = "",
+    plugin_options: dict[str, Any] | None = None,
     **params: Any,
 ) -> Dataset:
     """Validate a dataset request, store it and queue its build (after commit).
 
     `params` are Dataset fields named in PARAM_FIELDS; what is left out takes the model's
     default. `upload` is an Upload id (source=upload); `uploaded` holds list files sent
-    with the request, by field name."""
+    with the request, by field name; `s3_credential` names one of the owner's S3
+    credentials (source=s3); `plugin_options` are the options of the data plugin named by
+    `plugin` (source=plugin)."""
     if not name.strip():
         raise JobError("Give the dataset a name.", field="name")
     candidate = _candidate(params)
     _check_options(candidate)
-    source_fields = _check_source(candidate, upload, owner, uploaded or {})
+    # Checked before any transaction opens: an S3 source is asked over the network.
+    source_fields = _check_source(candidate, upload, owner, uploaded or {}, s3_credential, plugin_options)
+    with transaction.atomic():
+        return _store_dataset(owner, name, group, notes, visibility, candidate, source_fields)
+
+
+def _store_dataset(
+    owner: User, name: str, group: str, notes: str, visibility: str, candidate: Dataset, source_fields: dict[str, Any],
+) -> Dataset:
+    """The job, its row and its uploaded lists, in the caller's transaction; queued on commit."""
     job = job_create(kind=DATASET_KIND, name=name.strip(), owner=owner, group=group, notes=notes, visibility=visibility)
     for name in LIST_FIELDS:
         file = source_fields.get(name)
@@ -284,6 +408,8 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
     data = {name: getattr(dataset, name) for name in PARAM_FIELDS}
     data.update(name=f"{dataset.job.name} (clone)", group=dataset.job.group, notes=dataset.job.notes)
     data["upload"] = str(dataset.upload_id or "")
+    data["s3_credential"] = dataset.s3_credential.name if dataset.s3_credential else ""
+    data["plugin_options"] = dataset.plugin_options
     for name in LIST_FIELDS:
         path = data.get(name) or ""
         if path and not is_under(Path(path), settings.DATA_ROOTS):
@@ -294,7 +420,9 @@ def dataset_clone_params(dataset: Dataset) -> dict[str, Any]:
 def dataset_build_spec(dataset: Dataset) -> BuildSpec:
     """What the build child is asked to do: the source, the options, where to write."""
     source: dict[str, Any] = {}
-    if dataset.task in (Task.SEGMENTATION, Task.DETECTION) and dataset.source == Source.UPLOAD:
+    if dataset.source == Source.PLUGIN:
+        source = {"plugin": dataset.plugin, "plugin_options": dataset.plugin_options}
+    elif dataset.task in (Task.SEGMENTATION, Task.DETECTION) and dataset.source == Source.UPLOAD:
         if dataset.upload is None or not dataset.upload.path.exists():
             raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
         source = {"archive": str(dataset.upload.path), "max_extract_bytes": settings.MAX_ARCHIVE_EXTRACT_BYTES,
@@ -306,6 +434,15 @@ def dataset_build_spec(dataset: Dataset) -> BuildSpec:
         source = {"folder": dataset.folder, "val_folder": dataset.val_folder, "test_folder": dataset.test_folder}
     elif dataset.source == Source.TEXTFILE:
         source = {name: getattr(dataset, name) for name in (*LIST_FIELDS, "image_folder", "shuffle")}
+    elif dataset.source == Source.S3:
+        credential = dataset.s3_credential
+        if credential is None:
+            raise JobError("The S3 credential of this dataset was deleted; add it again and make a new dataset.")
+        check_endpoint(credential.endpoint_url)
+        source = {"s3_endpoint": credential.endpoint_url, "s3_region": credential.region, "s3_bucket": dataset.s3_bucket,
+                  "s3_prefix": dataset.s3_prefix, "s3_val_prefix": dataset.s3_val_prefix,
+                  "s3_test_prefix": dataset.s3_test_prefix, "s3_connect_timeout": settings.S3_CONNECT_TIMEOUT,
+                  "s3_read_timeout": settings.S3_READ_TIMEOUT, "max_extract_bytes": settings.MAX_ARCHIVE_EXTRACT_BYTES}
     else:
         if dataset.upload is None or not dataset.upload.path.exists():
             raise JobError("The uploaded archive of this dataset was deleted; upload it again in a new dataset.")
@@ -328,6 +465,13 @@ def dataset_build_spec(dataset: Dataset) -> BuildSpec:
         data_roots=[str(r) for r in settings.DATA_ROOTS],
         **source,
     )
+
+
+def dataset_build_environment(dataset: Dataset) -> dict[str, str]:
+    """The build child's secrets: an S3 source's keys (in its environment, never its spec)."""
+    if dataset.source == Source.S3 and dataset.s3_credential is not None:
+        return credential_environment(dataset.s3_credential)
+    return {}
 
 
 def dataset_store_result(dataset: Dataset, result: dict[str, Any]) -> None:

@@ -38,6 +38,20 @@ class BuildSpec:
     shuffle: bool = True
     archive: str = ""
     max_extract_bytes: int = 8 << 30
+    # S3: class subfolders under each prefix (datasets/s3.py). The keys come in the child's
+    # environment (DIGITS_S3_ACCESS_KEY_ID, DIGITS_S3_SECRET_ACCESS_KEY), never in this file.
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_val_prefix: str = ""
+    s3_test_prefix: str = ""
+    s3_threads: int = 16
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 30.0
+    # A data plugin (datasets/plugins.py): its entry point's name and its options.
+    plugin: str = ""
+    plugin_options: dict[str, Any] = field(default_factory=dict)
     # The options a person chooses.
     width: int = 28
     height: int = 28

@@ -13,7 +13,8 @@ from workers.permissions import can_modify, check_modify, current_user, visible_
 from workers.services import job_abort, job_update
 
 from .filters import DatasetFilter
-from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm
+from .credentials import credential_create, credential_delete, credential_list
+from .forms import RESIZE_HELP, DatasetEditForm, DatasetForm, S3CredentialForm
 from .models import Dataset, ImageMode, Source
 from .preview import first_image_in_folder, first_image_in_upload, resize_preview
 from .selectors import data_folders, dataset_gallery, dataset_image, dataset_label_view, dataset_list
@@ -42,7 +43,11 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
         initial = dataset_clone_params(get_object_or_404(dataset_list().filter(visible_q(request.user, "job__")), pk=int(clone_of)))
-    form = DatasetForm(request.POST or None, request.FILES or None, initial=initial)
+        # The plugin's options go to its own fields on the form.
+        for key, value in (initial.pop("plugin_options", None) or {}).items():
+            initial[f"plugin_options__{initial.get('plugin')}__{key}"] = value
+    credentials = list(credential_list(current_user(request.user)).values_list("name", flat=True))
+    form = DatasetForm(request.POST or None, request.FILES or None, initial=initial, credentials=credentials)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -51,7 +56,10 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
                 visibility=data["visibility"] or Visibility.TEAM, upload=data["upload"], uploaded=form.uploaded_lists(), **form.params(),
             )
         except JobError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+            field = exc.field or ""
+            if field.startswith("plugin_options."):  # the chosen plugin's own field
+                field = f"plugin_options__{data['plugin']}__{field.split('.', 1)[1]}"
+            form.add_error(field if field in form.fields else None, str(exc))
         else:
             return redirect("dataset_detail", pk=dataset.pk)
     return render(
@@ -178,3 +186,27 @@ def dataset_remove(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("dataset_detail", pk=pk)
     messages.success(request, f"Dataset {dataset.job.name} deleted.")
     return redirect("home")
+
+
+def s3_credentials(request: HttpRequest) -> HttpResponse:
+    """Your S3 credentials: add one (its secret is stored encrypted and never shown again),
+    see them, delete them."""
+    user = current_user(request.user)
+    form = S3CredentialForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            credential = credential_create(owner=user, **form.cleaned_data)
+        except JobError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        else:
+            messages.success(request, f"Credential {credential.name!r} added; its secret key is stored encrypted.")
+            return redirect("s3_credentials")
+    return render(request, "datasets/s3_credentials.html", {"form": form, "credentials": credential_list(user)})
+
+
+@require_POST
+def s3_credential_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    credential = get_object_or_404(credential_list(current_user(request.user)), pk=pk)
+    credential_delete(credential)
+    messages.success(request, f"Credential {credential.name!r} deleted.")
+    return redirect("s3_credentials")

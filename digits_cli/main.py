@@ -30,10 +30,15 @@ datasets_app = typer.Typer(help="Datasets: create, list, show, wait, delete.", n
 models_app = typer.Typer(help="Models: create, follow, evaluate, export, download.", no_args_is_help=True)
 queue_app = typer.Typer(help="The device queue (admins steer it).", no_args_is_help=True)
 sweeps_app = typer.Typer(help="Sweeps: many models over a search space (grid, random, Optuna).", no_args_is_help=True)
+s3_app = typer.Typer(help="S3-compatible object stores: upload a folder, manage your credentials.", no_args_is_help=True)
+credentials_app = typer.Typer(help="Your S3 credentials on the server (secrets stored encrypted, never shown).",
+                              no_args_is_help=True)
+s3_app.add_typer(credentials_app, name="credentials")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(queue_app, name="queue")
 app.add_typer(sweeps_app, name="sweeps")
+app.add_typer(s3_app, name="s3")
 
 out = Console()
 err = Console(stderr=True)
@@ -164,6 +169,11 @@ def dataset_create(
     labels_file: str = typer.Option(None),
     image_folder: str = typer.Option(None, help="Relative list paths are under it."),
     archive: Path = typer.Option(None, exists=True, dir_okay=False, help="A local .zip/.tar(.gz) of class folders, uploaded with progress."),
+    s3_credential: str = typer.Option(None, help="S3 source: the name of one of your credentials (`digits s3 credentials`)."),
+    bucket: str = typer.Option(None, help="S3 source: the bucket."),
+    prefix: str = typer.Option(None, help="S3 source: class subfolders under this prefix."),
+    val_prefix: str = typer.Option(None, help="S3 source: a separate validation prefix."),
+    test_prefix: str = typer.Option(None, help="S3 source: a separate test prefix."),
     width: int = typer.Option(None, help="Image width (default 256)."),
     height: int = typer.Option(None, help="Image height (default 256)."),
     mode: str = typer.Option(None, help="color or grayscale."),
@@ -176,8 +186,9 @@ def dataset_create(
     wait: bool = typer.Option(False, "--wait", help="Wait until it is built (exit status: its outcome)."),
     as_json: bool = JSON,
 ) -> None:
-    """Create a dataset from a server folder, server text lists, or a local archive; with
-    --label-folder and --class-list, a segmentation dataset."""
+    """Create a dataset from a server folder, server text lists, a local archive, or an S3
+    bucket (--s3-credential, --bucket, --prefix); with --label-folder and --class-list, a
+    segmentation dataset."""
     client = api()
     fields = drop_none({
         "name": name, "folder": folder, "label_folder": label_folder, "class_list": class_list,
@@ -187,6 +198,9 @@ def dataset_create(
     })
     if train_list:
         fields["source"] = "textfile"
+    if bucket or s3_credential:
+        fields.update(drop_none({"source": "s3", "s3_credential": s3_credential, "s3_bucket": bucket, "s3_prefix": prefix,
+                                 "s3_val_prefix": val_prefix, "s3_test_prefix": test_prefix}))
     if dataset_task:
         fields["task"] = dataset_task
     elif annotations_file:
@@ -752,6 +766,78 @@ def queue_drain(device_id: int, undo: bool = typer.Option(False, "--undo", help=
         fail(str(exc))
     if not emit(data, as_json):
         out.print(f"Device {data['label']}: {'enabled' if data['enabled'] else 'drained'}.")
+
+
+
+
+@s3_app.command("upload")
+def s3_upload(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="A local folder (e.g. of class subfolders)."),
+    bucket: str = typer.Option(..., help="The bucket (it must exist)."),
+    prefix: str = typer.Option("", help="Where under the bucket: each file goes to PREFIX/<its path under FOLDER>."),
+    endpoint: str = typer.Option(None, help="The S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS)."),
+    access_key_id: str = typer.Option(None, help="Default: $AWS_ACCESS_KEY_ID."),
+    region: str = typer.Option(None),
+    threads: int = typer.Option(16, help="Files sent at once."),
+    as_json: bool = JSON,
+) -> None:
+    """Put a local folder into a bucket (DIGITS' upload_s3_data.py): train/<class>/... under
+    a prefix makes an S3 dataset source. Files already there with the same size are kept,
+    so running it again resumes an interrupted upload. The secret key comes from
+    $AWS_SECRET_ACCESS_KEY (or is asked for, not echoed): never from the command line,
+    where the shell's history would keep it."""
+    from .s3upload import UploadError, client, from_environment, normal_prefix, upload_folder
+
+    endpoint, key, secret, region = from_environment(endpoint, access_key_id, region)
+    if not key:
+        fail("Give --access-key-id, or set AWS_ACCESS_KEY_ID.")
+    secret = secret or typer.prompt("Secret access key", hide_input=True)
+    try:
+        with Progress(TextColumn("uploading"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
+                      TimeRemainingColumn(), console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task("upload", total=None)
+            sent, kept = upload_folder(client(endpoint, key, secret, region), endpoint or "AWS S3", bucket, prefix, folder,
+                                       threads=threads, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except UploadError as exc:
+        fail(str(exc))
+    result = {"bucket": bucket, "prefix": normal_prefix(prefix), "uploaded": sent, "kept": kept}
+    if not emit(result, as_json):
+        out.print(f"{sent} file(s) uploaded, {kept} already there, to s3://{bucket}/{normal_prefix(prefix)}")
+
+
+@credentials_app.command("add")
+def s3_credentials_add(
+    name: str,
+    access_key_id: str = typer.Option(..., help="The access key id."),
+    endpoint: str = typer.Option("", help="The S3 endpoint URL (empty: AWS)."),
+    region: str = typer.Option(""),
+    as_json: bool = JSON,
+) -> None:
+    """Store a credential on the server under NAME. The secret key is read from
+    $DIGITS_S3_SECRET (or asked for, not echoed): never from the command line, where the
+    shell's history would keep it."""
+    import os
+
+    secret = os.environ.get("DIGITS_S3_SECRET") or typer.prompt("Secret access key", hide_input=True)
+    try:
+        row = api().post("/api/s3/credentials/", {"name": name, "access_key_id": access_key_id, "endpoint_url": endpoint,
+                                                  "region": region, "secret_access_key": secret})
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(row, as_json):
+        out.print(f"Credential {row['name']!r} stored (#{row['id']}); its secret is kept encrypted.")
+
+
+@credentials_app.command("list")
+def s3_credentials_list(as_json: bool = JSON) -> None:
+    """Your credentials: name, endpoint, access key id (never the secret)."""
+    try:
+        rows = list(api().pages("/api/s3/credentials/"))
+    except ApiError as exc:
+        fail(str(exc))
+    if not emit(rows, as_json):
+        for r in rows:
+            out.print(f"{r['name']}\t{r['endpoint_url'] or 'AWS S3'}\t{r['access_key_id']}")
 
 
 def main() -> None:

@@ -45,6 +45,15 @@ SECRET_KEY_FILE = DATA_DIR / "secret_key"
 # No key set and none written yet (a command run before the first `make run`): a key for
 # this process only. Sessions need the persistent one, which serve writes before the web starts.
 SECRET_KEY = env.str("SECRET_KEY", default="") or read_secret(SECRET_KEY_FILE) or "unset-" + os.urandom(24).hex()
+# Encrypts stored S3 secrets (datasets/credentials.py); SECRET_KEY's digest when not set.
+CREDENTIALS_KEY = env.str("DIGITS_CREDENTIALS_KEY", default="")
+# S3 sources: how long to wait for an endpoint, and how many objects are fetched at once.
+S3_CONNECT_TIMEOUT = env.float("DIGITS_S3_CONNECT_TIMEOUT", default=5.0)
+S3_READ_TIMEOUT = env.float("DIGITS_S3_READ_TIMEOUT", default=30.0)
+# S3 endpoints on private, loopback or link-local addresses (a MinIO inside the network) are
+# refused unless they start with one of these comma-separated URL prefixes: a person's
+# endpoint must not make the server probe the machines around it.
+S3_ALLOWED_ENDPOINTS = [e.strip() for e in env.str("DIGITS_S3_ALLOWED_ENDPOINTS", default="").split(",") if e.strip()]
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = [h for h in env.str("ALLOWED_HOSTS", default="*").split(",") if h]
 CSRF_FAILURE_VIEW = "frontend.views.csrf_failure"  # back to the form, not Django's bare 403

@@ -18,6 +18,8 @@ os.environ.setdefault("DIGITS_CPU_DEVICE_THREADS", "1")
 os.environ.setdefault("DIGITS_DEVICE_HEARTBEAT_SECONDS", "0.5")
 os.environ.setdefault("DIGITS_DEVICE_DEAD_SECONDS", "4")
 os.environ.setdefault("DIGITS_RENDEZVOUS_SECONDS", "30")
+# The tests' S3 server (tests/s3server.py) listens on this machine's loopback.
+os.environ.setdefault("DIGITS_S3_ALLOWED_ENDPOINTS", "http://127.0.0.1:")
 
 from .settings import *  # noqa: E402,F403
 

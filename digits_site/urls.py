@@ -12,7 +12,7 @@ from datasets import views as datasets_views
 from frontend import sso
 from frontend import views as frontend_views
 from models_app import api as models_api
-from models_app import evaluation_api, evaluation_views, export_api, export_views, sweep_api, sweep_views
+from models_app import evaluation_api, evaluation_views, export_api, export_views, plugin_api, sweep_api, sweep_views
 from models_app import views as models_views
 from workers import api as workers_api
 from workers import views as workers_views
@@ -48,6 +48,9 @@ api_patterns = [
         name="api_dataset_image",
     ),
     path("uploads/", datasets_api.UploadListApi.as_view(), name="api_uploads"),
+    path("s3/credentials/", datasets_api.S3CredentialListApi.as_view(), name="api_s3_credentials"),
+    path("plugins/", plugin_api.PluginsApi.as_view(), name="api_plugins"),
+    path("s3/credentials/<id:pk>/", datasets_api.S3CredentialDetailApi.as_view(), name="api_s3_credential"),
     path("uploads/<str:pk>/", datasets_api.UploadDetailApi.as_view(), name="api_upload"),
     path("models/", models_api.ModelListApi.as_view(), name="api_models"),
     path("models/import/", models_api.ModelImportApi.as_view(), name="api_model_import"),
@@ -106,6 +109,8 @@ urlpatterns = [
     path("profile/token/", frontend_views.profile_token, name="profile_token"),
     path("datasets/", datasets_views.dataset_list_view, name="dataset_list"),
     path("datasets/new/", datasets_views.dataset_new, name="dataset_new"),
+    path("s3/credentials/", datasets_views.s3_credentials, name="s3_credentials"),
+    path("s3/credentials/<id:pk>/delete/", datasets_views.s3_credential_delete, name="s3_credential_delete"),
     path("datasets/<id:pk>/", datasets_views.dataset_detail, name="dataset_detail"),
     path("datasets/preview/", datasets_views.dataset_preview, name="dataset_preview"),
     path("datasets/<id:pk>/mean.png", datasets_views.dataset_mean_image, name="dataset_mean_image"),

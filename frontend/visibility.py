@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # DRF loads this module (a default permission class) while it
 
 # URLs whose `pk` is not a job's.
 SWEEP_URLS = {"api_sweep", "api_sweep_abort", "sweep_detail", "sweep_abort"}
-OTHER_IDS = {"api_upload", "api_device", "cluster_device"}  # the owner's uploads; devices (everyone)
+OTHER_IDS = {"api_upload", "api_device", "cluster_device", "api_s3_credential", "s3_credential_delete"}
+# (the owner's uploads and S3 credentials, checked by their views; devices: everyone)
 HIDDEN = "No such page or object; check the address (ids are whole numbers)."
 
 

@@ -411,6 +411,13 @@ class ModelClassifyApi(APIView):
                 "gradcam": inline_serializer("GradCam", {
                     "layer": serializers.CharField(), "overlay": serializers.CharField(), "heatmap": serializers.CharField(),
                 }, required=False, allow_null=True),
+                "plugin_views": inline_serializer("PluginView", {
+                    "plugin": serializers.CharField(help_text="The visualization plugin's name."),
+                    "label": serializers.CharField(),
+                    "image": serializers.CharField(required=False, help_text="PNG data URI."),
+                    "text": serializers.CharField(required=False),
+                    "error": serializers.CharField(required=False, help_text="Why this plugin could not render it."),
+                }, many=True, required=False, help_text="Views of installed visualization plugins (models_app/view_plugins.py)."),
             },
         ),
     )

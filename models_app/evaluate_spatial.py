@@ -127,7 +127,9 @@ def evaluate_detection(spec: EvalSpec, progress_for: type[Progress], out_dir: Pa
     with torch.no_grad():
         for indices, (images, _) in zip(batches, split.batches(batches)):
             truth = [{"boxes": b, "labels": c} for b, c in objects.batch(indices)]
-            found = [{k: v.float() if k != "labels" else v for k, v in d.items()} for d in net(list(transform.eval(images)))]
+            # Label 0 is the background (a custom detector may still return it): not an object.
+            found = [{k: (v.float() if k != "labels" else v)[d["labels"] > 0] for k, v in d.items()}
+                     for d in net(list(transform.eval(images)))]
             coco.update(found, truth)
             at_half.update(found, truth)
             for position, d, t in zip(indices.tolist(), found, truth):

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from datasets.uploads import upload_get
 from workers.api import JobSerializer
 from workers.errors import JobError
-from workers.permissions import current_user, visible_q
+from workers.permissions import AnyUser, current_user, visible_q
 from workers.schema import ErrorSerializer
 from workers.services import job_delete
 
@@ -35,7 +35,7 @@ from .evaluations import (
 )
 from .models import Evaluation, EvaluationSource
 from .selectors import model_list
-from .spatial_results import SHOWS, is_spatial, spatial_csv, spatial_image, spatial_images
+from .spatial_results import SHOWS, check_dataset_visible, is_spatial, spatial_csv, spatial_image, spatial_images
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
@@ -191,6 +191,7 @@ class EvaluationImagesApi(APIView):
     def get(self, request: Request, pk: int) -> Response:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
         if is_spatial(evaluation):
+            check_dataset_visible(request.user, evaluation)
             page = spatial_images(
                 evaluation, view=request.query_params.get("view", "worst"),
                 page=_int_param(request, "page") or 1, per_page=_int_param(request, "per_page") or 48,
@@ -209,9 +210,10 @@ class EvaluationImagesApi(APIView):
         return Response(page)
 
 
-def evaluation_image(evaluation: Evaluation, index: int, show: str) -> bytes:
+def evaluation_image(evaluation: Evaluation, index: int, show: str, user: AnyUser) -> bytes:
     """The PNG behind an image URL of `image_url`."""
     if is_spatial(evaluation):
+        check_dataset_visible(user, evaluation)
         return spatial_image(evaluation, index, show or "prediction")
     return evaluation_input_image(evaluation, index)
 
@@ -237,7 +239,8 @@ class EvaluationImageApi(APIView):
     )
     def get(self, request: Request, pk: int, index: int) -> HttpResponse:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
-        response = HttpResponse(evaluation_image(evaluation, index, request.query_params.get("show", "")), content_type="image/png")
+        response = HttpResponse(evaluation_image(evaluation, index, request.query_params.get("show", ""), request.user),
+                                content_type="image/png")
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
@@ -249,6 +252,8 @@ class EvaluationCsvApi(APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request, pk: int) -> HttpResponse:
         evaluation = get_object_or_404(evaluation_list(), pk=pk)
+        if is_spatial(evaluation):
+            check_dataset_visible(request.user, evaluation)
         text = spatial_csv(evaluation) if is_spatial(evaluation) else evaluation_csv(evaluation)
         response = HttpResponse(text, content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}.csv"'

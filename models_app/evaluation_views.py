@@ -3,13 +3,15 @@ matrix whose cells open their images, per-class table, mistakes, suspect labels,
 per class, calibration), over the same services as the API."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from workers.errors import JobError
-from workers.permissions import can_modify, check_modify, current_user, visible_q
+from workers.permissions import can_modify, can_view, check_modify, current_user, visible_q
 from workers.services import job_abort, job_delete
 
 from .evaluation_api import evaluation_image, image_url
@@ -98,16 +100,18 @@ def _spatial_context(request: HttpRequest, evaluation: Evaluation) -> dict[str, 
     """A segmentation or detection evaluation: the per-class table and chart, and its
     images worst first, each with the prediction and the ground truth drawn."""
     metrics, labels = evaluation.metrics, evaluation.labels
-    page_number = request.GET.get("page", "")
-    view = request.GET.get("view", "worst")
-    try:
-        page = spatial_images(evaluation, view=view, page=int(page_number) if page_number.isdigit() else 1, per_page=24)
-    except JobError as exc:
-        messages.error(request, str(exc))
-        page = spatial_images(evaluation, per_page=24)
-    for row in page["images"]:
-        row["image_url"] = image_url(evaluation, row["index"], api=False, show="prediction")
-        row["truth_url"] = image_url(evaluation, row["index"], api=False, show="truth")
+    page: dict[str, Any] | None = None
+    if can_view(request.user, evaluation.model.dataset_id):  # its images are the dataset's
+        page_number = request.GET.get("page", "")
+        view = request.GET.get("view", "worst")
+        try:
+            page = spatial_images(evaluation, view=view, page=int(page_number) if page_number.isdigit() else 1, per_page=24)
+        except JobError as exc:
+            messages.error(request, str(exc))
+            page = spatial_images(evaluation, per_page=24)
+        for row in page["images"]:
+            row["image_url"] = image_url(evaluation, row["index"], api=False, show="prediction")
+            row["truth_url"] = image_url(evaluation, row["index"], api=False, show="truth")
     rows: list[tuple[object, ...]]
     if metrics["task"] == "segmentation":
         rows = [(name, metrics["iou"][i], metrics["pixels"][i]) for i, name in enumerate(labels)]
@@ -123,7 +127,7 @@ def _spatial_context(request: HttpRequest, evaluation: Evaluation) -> dict[str, 
 def evaluation_image_view(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     evaluation = get_object_or_404(evaluation_list(), pk=pk)
     try:
-        data = evaluation_image(evaluation, index, request.GET.get("show", ""))
+        data = evaluation_image(evaluation, index, request.GET.get("show", ""), request.user)
     except JobError as exc:
         raise Http404(str(exc)) from None
     response = HttpResponse(data, content_type="image/png")

@@ -146,6 +146,21 @@ def _run_custom(model: TrainedModel, snapshot: Snapshot, resized: np.ndarray, x:
     return reply
 
 
+def _add_plugin_views(model: TrainedModel, reply: dict[str, Any], resized: np.ndarray) -> None:
+    """Installed visualization plugins' views of this output (models_app/view_plugins.py),
+    over the image as the network saw it."""
+    from .view_plugins import plugin_views
+
+    seen = resized
+    if model.crop_size:
+        top, left = (resized.shape[0] - model.crop_size) // 2, (resized.shape[1] - model.crop_size) // 2
+        seen = resized[top : top + model.crop_size, left : left + model.crop_size]
+    output: dict[str, Any] = {k: reply[k] for k in ("probabilities", "label_ids", "confidence", "detections") if k in reply}
+    views = plugin_views(model.dataset.task, seen, output, list(model.dataset.labels), list(model.dataset.label_colours))
+    if views:
+        reply["plugin_views"] = views
+
+
 def classify(model: TrainedModel, snapshot: Snapshot, image: bytes, *, top_k: int = 5, views: bool = False) -> dict[str, Any]:
     """Top-k labels with probabilities for one image (and, with `views`, what every layer
     did). Raises ValueError for a bad image."""
@@ -156,6 +171,7 @@ def classify(model: TrainedModel, snapshot: Snapshot, image: bytes, *, top_k: in
         reply = _run_custom(model, snapshot, resized, x, views)
     else:
         reply = analyse(load_network(snapshot), x, resized, crop_size=model.crop_size, views=views, task=task)
+    _add_plugin_views(model, reply, resized)
     if model.dataset.is_segmentation:
         reply.update(segmentation_views(model, np.asarray(reply.pop("label_ids"), dtype=np.uint8), reply.pop("confidence"), resized))
         reply["seconds"] = round(time.perf_counter() - started, 4)

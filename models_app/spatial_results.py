@@ -15,6 +15,7 @@ from datasets.selectors import dataset_label_view, dataset_pixels, draw_boxes, o
 from datasets.source_paths import read_paths
 from workers.errors import JobError, NotFound
 from workers.models import JobStatus
+from workers.permissions import AnyUser, can_view
 
 from .evaluate import PREDICTIONS
 from .models import Evaluation
@@ -24,6 +25,13 @@ SHOWS = ("prediction", "truth")
 
 def is_spatial(evaluation: Evaluation) -> bool:
     return evaluation.model.dataset.task != "classification"
+
+
+def check_dataset_visible(user: AnyUser, evaluation: Evaluation) -> None:
+    """Its images are the dataset's: seen only by who may see the dataset too (seeing the
+    model is not enough when the dataset is private)."""
+    if not can_view(user, evaluation.model.dataset_id):
+        raise NotFound("This evaluation's images are those of a dataset you may not see.")
 
 
 def _load(evaluation: Evaluation) -> dict[str, np.ndarray]:
@@ -118,7 +126,7 @@ def spatial_csv(evaluation: Evaluation) -> str:
             found, false_alarms, missed = (int(v) for v in data["tallies"][i])
             start, end = int(data["offsets"][i]), int(data["offsets"][i + 1])
             detections = "; ".join(
-                f"{labels[int(c)]} {s:.4f} " + " ".join(f"{v:.1f}" for v in box)
+                f"{labels[int(c)] if 0 <= c < len(labels) else c} {s:.4f} " + " ".join(f"{v:.1f}" for v in box)
                 for box, c, s in zip(data["boxes"][start:end], data["labels"][start:end], data["box_scores"][start:end])
                 if s >= threshold
             )

@@ -7,6 +7,7 @@ bring it back.
     proxy.port          # the port it listens on (picked when 0 was asked)
     proxy.cut()         # stop listening and reset every forwarded connection: new ones are refused
     proxy.restore()     # listen again, on the same port
+    proxy.delay = 0.1   # wait this long before forwarding each piece (a slow network)
     proxy.close()       # for good (also on leaving a `with` block)
 
 Every thread is a daemon thread; `cut` and `close` return once the listener and every
@@ -18,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 
 CHUNK = 256 * 1024
@@ -83,6 +85,8 @@ class _Connection:
     def _copy(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(CHUNK):
+                if self.proxy.delay:
+                    time.sleep(self.proxy.delay)
                 sink.sendall(data)
         except OSError:  # reset, or shut down by the other direction or by `abort`
             pass
@@ -103,6 +107,7 @@ class TcpProxy:
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self._control = threading.Lock()  # one start, cut or close at a time
+        self.delay = 0.0
 
     # -- the public side -------------------------------------------------------------
 

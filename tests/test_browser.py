@@ -747,3 +747,40 @@ def test_a_segmentation_or_detection_evaluation_shows_its_worst_images_first(liv
     page.wait_for_url("**view=all**")
     indices = page.eval_on_selector_all("#gallery figure", "fs => fs.map(f => Number(f.dataset.index))")
     assert indices == list(range(m["images"]))
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_classify_one_image_with_a_segmentation_or_detection_model(celery_worker_process, live_url, page, owner, tmp_path, task):
+    """Classify one image on the model page, through the inference worker: the masks over
+    the image with their legend and the classes' shares, or the boxes drawn with their
+    table; a segmentation model also gets the installed mask-outline plugin's view."""
+    from datasets.synthetic import write_shapes
+    from tests.factories import make_detection_dataset, make_segmentation_dataset, make_spatial_evaluation
+
+    write_shapes(tmp_path / "shapes", 16, 48, seed=9)
+    if task == "segmentation":
+        dataset = make_segmentation_dataset(owner, tmp_path / "shapes", size=(48, 48))
+        model = make_spatial_evaluation(owner, dataset, "unet_small").model
+    else:
+        dataset = make_detection_dataset(owner, tmp_path / "shapes")
+        model = make_spatial_evaluation(owner, dataset, "fcos_small").model
+    _login(page, live_url)
+    page.goto(f"{live_url}/models/{model.pk}/")
+    page.set_input_files("#classify input[name=image]", str(tmp_path / "shapes" / "images" / "00003.png"))
+    page.click("#classify button[type=submit]")
+    page.wait_for_selector("#classify-result")
+    loaded = "el => el.complete && el.naturalWidth > 0"
+    if task == "segmentation":
+        assert page.locator("#segmentation-overlay").evaluate(loaded) and page.locator("#segmentation-labels").evaluate(loaded)
+        assert page.locator("#legend .swatch").count() == 4
+        shares = [float(t.split("%")[0]) for t in page.locator("#predictions tbody td:nth-child(3)").all_inner_texts()]
+        assert shares and abs(sum(shares) - 100) < 0.1  # every pixel is one class's
+        outline = page.locator('#plugin-views figure[data-plugin="mask-outline"] img')
+        assert outline.evaluate(loaded) and outline.evaluate("el => el.naturalWidth") == 240
+    else:
+        assert page.locator("#detection-boxes").evaluate(loaded)
+        assert page.locator("#detection-boxes").evaluate("el => el.naturalWidth") == 240
+        rows = page.locator("#detections tbody tr").count()
+        assert rows >= 1  # objects found, or the row saying none was
+        assert page.locator("#plugin-views").count() == 0  # the outline view is for segmentation only
+    _keep(page, f"{task}-classify-one")

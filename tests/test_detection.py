@@ -328,3 +328,27 @@ def test_a_custom_detector_trains_finds_boxes_and_is_evaluated(celery_worker_pro
     assert evaluation["job"]["status"] == "done", evaluation["job"]
     assert evaluation["metrics"]["map50"] == pytest.approx(metrics["val_map50"][-1]["value"], abs=0.01)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_evaluation_images_of_a_private_dataset_stay_private(owner, teammate, tmp_path):
+    """A teammate who may see a model and its evaluation, but not its (private) dataset,
+    sees the figures and none of the dataset's images, drawn or listed."""
+    from tests.conftest import token_client
+    from tests.factories import make_detection_dataset, make_spatial_evaluation
+    from workers.models import Job
+
+    write_shapes(tmp_path / "shapes", 12, 48, seed=3)
+    dataset = make_detection_dataset(owner, tmp_path / "shapes")
+    evaluation = make_spatial_evaluation(owner, dataset, "fcos_small")
+    Job.objects.filter(pk=dataset.pk).update(visibility="private")
+    mine, theirs = token_client(owner), token_client(teammate)
+    assert theirs.get(f"/api/evaluations/{evaluation.pk}/").json()["metrics"]["images"] == 3
+    for url in (f"/api/evaluations/{evaluation.pk}/images/", f"/api/evaluations/{evaluation.pk}/images/0/?show=truth",
+                f"/api/evaluations/{evaluation.pk}/images/0/?show=prediction", f"/api/evaluations/{evaluation.pk}/csv/"):
+        assert theirs.get(url).status_code == 404, url
+        assert mine.get(url).status_code == 200, url
+    page = Client()
+    page.force_login(teammate)
+    shown = page.get(f"/evaluations/{evaluation.pk}/").content.decode()
+    assert 'id="map50"' in shown and "a dataset you may not see" in shown and "show=truth" not in shown
+    assert page.get(f"/evaluations/{evaluation.pk}/images/0.img?show=truth").status_code == 404

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django import template
 from django.utils import timezone
@@ -94,3 +95,11 @@ def page_query(context: dict, page: int) -> str:
     params["page"] = page
     return params.urlencode()
 
+
+
+@register.inclusion_tag("partials/plugin_report.html")
+def plugin_report() -> dict[str, Any]:
+    """The installed plugins and those that failed to load (the admin index shows it)."""
+    from models_app.view_plugins import installed_plugins
+
+    return {"plugins": installed_plugins()}
