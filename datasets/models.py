@@ -266,6 +266,10 @@ class Dataset(models.Model):
             return self.upload.filename if self.upload else "(upload deleted)"
         if self.source == Source.TEXTFILE:
             return self.train_list
+        if self.source == Source.S3:
+            return f"s3://{self.s3_bucket}/{self.s3_prefix}"
+        if self.source == Source.PLUGIN:
+            return f"{self.plugin} plugin"
         return self.folder
 
     def class_count_rows(self) -> list[tuple[str, list[int]]]:

@@ -93,7 +93,7 @@ def describe(exc: BaseException, store: Store, bucket: str) -> S3Error:
         ("botocore", "urllib3")
     ):
         return S3Error(f"Cannot reach the S3 endpoint {store.where} ({type(exc).__name__}: {exc}). Check its URL and "
-                       "that it is running, then build again.", "endpoint")
+                       "that it is running, then try again.", "endpoint")
     return S3Error(f"S3 at {store.where}: {type(exc).__name__}: {exc}", "endpoint")
 
 

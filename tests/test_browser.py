@@ -784,3 +784,33 @@ def test_classify_one_image_with_a_segmentation_or_detection_model(celery_worker
         assert rows >= 1  # objects found, or the row saying none was
         assert page.locator("#plugin-views").count() == 0  # the outline view is for segmentation only
     _keep(page, f"{task}-classify-one")
+
+
+def test_an_s3_credential_is_added_on_its_page_and_chosen_on_the_dataset_form(live_url, page, owner):
+    """The S3 credentials page keeps the secret to itself; the new-dataset form's S3 source
+    offers one's credentials and says, on the field, why a bucket cannot be read."""
+    _login(page, live_url)
+    page.goto(f"{live_url}/s3/credentials/")
+    page.fill("#id_name", "lab")
+    page.fill("#id_endpoint_url", "http://127.0.0.1:9")  # nothing listens there
+    page.fill("#id_access_key_id", "AKIAEXAMPLEKEY1")
+    page.fill("#id_secret_access_key", "very-secret-value")
+    page.click("#credential-form button[type=submit]")
+    page.wait_for_selector("#credentials td:has-text('AKIAEXAMPLEKEY1')")
+    assert "very-secret-value" not in page.content()
+    assert page.locator("#id_secret_access_key").input_value() == ""
+    page.goto(f"{live_url}/datasets/new/")
+    page.check("input[name=source][value=s3]")
+    assert page.locator('.source-group[data-source="s3"]').is_visible()
+    assert page.locator('.source-group[data-source="folder"]').is_hidden()
+    assert "lab" in page.locator("#id_s3_credential option").all_inner_texts()
+    page.fill("#id_name", "from-s3")
+    page.select_option("#id_s3_credential", "lab")
+    page.fill("#id_s3_bucket", "images")
+    page.fill("#id_s3_prefix", "shapes/train")
+    page.click("#dataset-form button[type=submit]")
+    page.wait_for_selector(".has-error")
+    error = page.locator(".has-error").first.inner_text()
+    assert "Cannot reach the S3 endpoint http://127.0.0.1:9" in error and "S3 credential" in error
+    assert page.locator("#id_s3_bucket").input_value() == "images"  # the form is kept as filled in
+    _keep(page, "dataset-form-s3")

@@ -156,5 +156,7 @@ def test_a_dicom_dataset_through_its_plugin_trained_and_viewed_through_another(c
     client.force_login(owner)
     page = client.get("/datasets/new/").content.decode()
     assert 'name="plugin_options__dicom-segmentation__image_folder"' in page
+    shown = client.get(f"/datasets/{data['id']}/").content.decode()
+    assert 'id="plugin-source">dicom-segmentation<' in shown and "class_name: <code>ventricle</code>" in shown
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(empty, ignore_errors=True)

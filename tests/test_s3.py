@@ -103,6 +103,10 @@ def test_a_dataset_from_an_s3_bucket_and_a_model_trained_on_it(celery_worker_pro
         assert s3.secret_access_key not in (directory / name).read_text()
     assert s3.secret_access_key not in str(data)
     assert not (directory / "build.tmp").exists()  # the fetched copies went with the build folder
+    page = Client()
+    page.force_login(owner)
+    shown = page.get(f"/datasets/{data['id']}/").content.decode()
+    assert 'id="s3-source">s3://images/shapes/train/<' in shown and "with lab" in shown
 
     model = api.post("/api/models/", {"name": "lenet", "dataset": data["id"], "network": "lenet", "epochs": 1,
                                       "batch_size": 16}, format="json")
