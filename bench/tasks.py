@@ -3,6 +3,7 @@ torchvision loop, and what the small networks reach on the synthetic shapes.
 
     .venv/bin/python -m bench.tasks            # U-Net and FCOS on 600 shapes of 64x64
     .venv/bin/python -m bench.tasks --quick    # fewer images and epochs
+    .venv/bin/python -m bench.tasks --throughput-only   # the ratios alone, without the quality runs
 
 For each task, in the same run and on the same datasets (built by the worker from
 datasets/synthetic.py's shapes):
@@ -96,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the longer quality runs")
     args = parser.parse_args()
     call_command("prepare")
     owner = get_user_model().objects.create_user("bench", password="bench-only")
@@ -107,7 +109,7 @@ def main() -> None:
             run_case(owner, "segmentation", "unet_small", datasets["segmentation"], epochs, 16, 0.01),
             run_case(owner, "detection", "fcos_small", datasets["detection"], epochs, 16, 0.01),
         ]
-        reached = {
+        reached = {} if args.throughput_only else {
             "segmentation": quality(owner, "segmentation", "unet_small", datasets["segmentation"], long_epochs, "val_miou", 0.003),
             # The small FCOS collapses (predicts nothing) with Adam at 0.003; 0.001 learns.
             "detection": quality(owner, "detection", "fcos_small", datasets["detection"], long_epochs // 2, "val_map50", 0.001),

@@ -291,6 +291,10 @@ class BatchTransform:
             # torch.rot90 by one turn takes the pixel at (row r, column c) to (size - 1 - c, r):
             # a position (x, y) goes to (y, size - x).
             boxes = [_move_corners(b, partial(_turn, turns=int(k), size=width)) for b, k in zip(boxes, turns)]
+        if not (s.rotation or s.scale_jitter or s.crop_size or s.rotate90):
+            # Flips alone keep every box inside the image, whole: nothing to clip or drop
+            # (and this is the common case, per image per step).
+            return x.div_(255.0), [{"boxes": b.to(self.device), "labels": t[1].to(self.device)} for b, t in zip(boxes, targets)]
         out = []
         for b, (_, labels) in zip(boxes, targets):
             area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
