@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db.models import QuerySet
 
+from workers import storage
 from workers.errors import JobError, NotFound
 from workers.models import JobStatus
 
@@ -62,6 +63,7 @@ def _check_split(dataset: Dataset, split: str) -> None:
     if split not in dataset.counts:
         splits = ", ".join(dataset.splits) or "none"
         raise NotFound(f"This dataset has no {split} split (it has: {splits}).")
+    storage.fetch(dataset.directory)  # from the artifact store, when this host has not got it
 
 
 def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, page: int = 1, per_page: int = 60) -> GalleryPage:

@@ -7,6 +7,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from workers import storage
 from workers.errors import JobError
 from workers.models import JobStatus, Visibility
 from workers.permissions import can_modify, check_modify, current_user, visible_q
@@ -136,7 +137,7 @@ def dataset_image_view(request: HttpRequest, pk: int, split: str, index: int) ->
 
 def dataset_mean_image(request: HttpRequest, pk: int) -> FileResponse:
     dataset = get_object_or_404(dataset_list(), pk=pk)
-    path = dataset.directory / "mean.png"
+    path = storage.fetch(dataset.directory / "mean.png") if dataset.job.status == JobStatus.DONE else dataset.directory / "mean.png"
     if not path.exists():
         raise Http404("No mean image yet.")
     return FileResponse(path.open("rb"), content_type="image/png")

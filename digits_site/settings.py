@@ -45,6 +45,13 @@ SECRET_KEY_FILE = DATA_DIR / "secret_key"
 # No key set and none written yet (a command run before the first `make run`): a key for
 # this process only. Sessions need the persistent one, which serve writes before the web starts.
 SECRET_KEY = env.str("SECRET_KEY", default="") or read_secret(SECRET_KEY_FILE) or "unset-" + os.urandom(24).hex()
+# Job artifacts in an S3-compatible store (workers/storage.py); off when empty.
+ARTIFACTS_S3 = env.str("DIGITS_ARTIFACTS_S3", default="")
+ARTIFACTS_S3_ENDPOINT = env.str("DIGITS_ARTIFACTS_S3_ENDPOINT", default="")
+ARTIFACTS_S3_REGION = env.str("DIGITS_ARTIFACTS_S3_REGION", default="")
+ARTIFACTS_S3_ACCESS_KEY_ID = env.str("DIGITS_ARTIFACTS_S3_ACCESS_KEY_ID", default="")
+ARTIFACTS_S3_SECRET_ACCESS_KEY = env.str("DIGITS_ARTIFACTS_S3_SECRET_ACCESS_KEY", default="")
+ARTIFACTS_CACHE_BYTES = env.int("DIGITS_ARTIFACTS_CACHE_BYTES", default=50 << 30)
 # Encrypts stored S3 secrets (datasets/credentials.py); SECRET_KEY's digest when not set.
 CREDENTIALS_KEY = env.str("DIGITS_CREDENTIALS_KEY", default="")
 # S3 sources: how long to wait for an endpoint, and how many objects are fetched at once.

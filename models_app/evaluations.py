@@ -25,6 +25,7 @@ from datasets.services import resolve_data_file, resolve_data_folder
 from datasets.source_paths import read_paths
 from datasets.sources import ARCHIVE_SUFFIXES, is_under
 from datasets.imaging import load_image, resize_image
+from workers import storage
 from workers.errors import JobError, NotFound
 from workers.models import JobStatus
 from workers.services import job_create, job_delete, job_enqueue
@@ -242,6 +243,8 @@ class Predictions:
 
 def evaluation_predictions(evaluation: Evaluation) -> Predictions:
     path = evaluation.directory / PREDICTIONS
+    if evaluation.job.status == JobStatus.DONE:
+        storage.fetch(path)  # from the artifact store, when it ran on another host
     if evaluation.job.status != JobStatus.DONE or not path.exists():
         raise JobError("This evaluation has no results yet.")
     with np.load(path) as data:
@@ -261,6 +264,8 @@ def evaluation_input_image(evaluation: Evaluation, index: int) -> bytes:
     """One classified file (classify many), at the dataset's size, as PNG. Served only from
     the evaluation's own folder (uploads) or the data roots (a list)."""
     path = evaluation.directory / PREDICTIONS
+    if evaluation.source != EvaluationSource.SPLIT and evaluation.job.status == JobStatus.DONE:
+        storage.fetch(evaluation.directory)  # its predictions and uploaded inputs, when it ran elsewhere
     if evaluation.source == EvaluationSource.SPLIT or not path.exists():
         raise NotFound("This evaluation has no such image.")
     with np.load(path) as data:

@@ -14,6 +14,7 @@ from typing import Any
 from django.utils import timezone
 
 import datasets.imaging
+from workers import storage
 from workers.inference import ask
 
 from .export_verify import INPUT_NAME, OUTPUT_NAME, WEIGHTS
@@ -125,10 +126,10 @@ def requirements(code: str) -> list[str]:
 def weights_for(model: TrainedModel, snapshot: Snapshot, export: Export | None) -> tuple[Path, str]:
     """(the weights alone, the torch version that wrote them): from the snapshot's export
     when there is one, else written once by the inference worker (the web never loads torch)."""
-    if export is not None and (export.directory / WEIGHTS).exists():
+    if export is not None and (storage.fetch(export.directory) / WEIGHTS).exists():
         return export.directory / WEIGHTS, str(export.results.get("torch", ""))
     reply = ask("models_app.weights_file", model_id=model.pk, epoch=snapshot.epoch)
-    return Path(reply["path"]), reply["torch"]
+    return storage.fetch(model.directory / reply["relative"]), reply["torch"]
 
 
 def archive_info(model: TrainedModel, snapshot: Snapshot, export: Export | None, torch_version: str, code: str) -> dict[str, Any]:
@@ -210,6 +211,7 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
     labels, mean, info.json, and model.onnx when this snapshot's ONNX export passed."""
     export = export_for(model, snapshot)
     weights, torch_version = weights_for(model, snapshot, export)
+    storage.fetch(model.dataset.mean_path)
     onnx = export_file(export, "onnx")
     code = network_code(model)
     info = archive_info(model, snapshot, export, torch_version, code)
@@ -254,6 +256,7 @@ def build_triton(model: TrainedModel, snapshot: Snapshot) -> Path:
     """A Triton model repository entry: <name>/config.pbtxt, <name>/1/model.onnx, labels.
     Only from an ONNX export that passed its check (raises Conflict otherwise)."""
     export, onnx = require_export_file(model, snapshot, "onnx")
+    storage.fetch(model.dataset.mean_path)
     name = archive_name(model, snapshot).removesuffix(".tar.gz").replace(".", "_")
     info = archive_info(model, snapshot, export, str(export.results.get("torch", "")), network_code(model))
     tar = _Tar(model.directory)

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 
+from workers import storage
 from workers.errors import Conflict, JobError
 from workers.models import JobStatus
 from workers.services import job_create, job_enqueue
@@ -117,7 +118,7 @@ def export_file(export: Export | None, fmt: str) -> Path | None:
     """The checked file of `fmt` (onnx, pt2), when that export passed."""
     if export is None or not export.passed(fmt):
         return None
-    path = export.directory / FILES[fmt]
+    path = storage.fetch(export.directory / FILES[fmt])
     return path if path.exists() else None
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from datasets.imaging import load_image, resize_image, to_array
+from workers import storage
 
 from .models import Network, Snapshot, TrainedModel
 from .networks import network_module
@@ -34,7 +35,7 @@ _LOCK = threading.Lock()
 
 def load_network(snapshot: Snapshot) -> torch.nn.Module:
     """Rebuild a standard network from a snapshot; a few recent ones stay loaded."""
-    path = snapshot.path
+    path = storage.fetch(snapshot.path)  # from the artifact store, when this host has not got it
     key = (str(path), path.stat().st_mtime)
     with _LOCK:
         if key in _CACHE:
@@ -61,6 +62,7 @@ def preprocess(model: TrainedModel, image: bytes) -> tuple[np.ndarray, torch.Ten
     resized = to_array(img).copy()
     images = torch.from_numpy(resized).permute(2, 0, 1)[None]
     spec = TransformSpec(crop_size=model.crop_size, mean_subtraction=model.mean_subtraction)
+    storage.fetch(dataset.mean_path)  # from the artifact store, when this host has not got it
     return resized, BatchTransform(spec, dataset.load_mean(), torch.device("cpu")).eval(images)
 
 

@@ -3,6 +3,8 @@
 bench swaps), waiting for its dataset. Registered by ModelsAppConfig."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -12,16 +14,33 @@ from django.urls import reverse
 from datasets.models import Dataset
 from workers.errors import JobError
 from workers.kinds import Blocked, Kind
+from workers import storage
 from workers.protocol import Event, Metrics, Result
+from workers.protocol import Snapshot as SnapshotEvent
 from workers.models import Job, JobStatus
 
 from .evaluations import evaluation_list, evaluation_remove_partial, evaluation_spec, evaluation_store_result
 from .exports import export_list, export_remove_partial, export_spec, export_store_result, export_summary
 from .models import EVALUATION_KIND, EXPORT_KIND, MODEL_KIND, Evaluation, Export, TrainedModel
 from .selectors import model_estimate_seconds
-from .services import latest_snapshot, model_before_delete, model_record_events, model_rewind, model_train_spec
+from .services import (
+    latest_snapshot,
+    model_before_delete,
+    model_record_events,
+    model_rewind,
+    model_train_spec,
+    snapshot_for,
+)
 from .sweeps import sweep_on_trial_end, sweep_on_validation
 from .training import CHILD_ENV
+
+
+log = logging.getLogger(__name__)
+
+
+def _snapshot_inputs(run: Evaluation | Export) -> list[Path]:
+    """An evaluation's or an export's inputs: the model's dataset and its snapshot's file."""
+    return [run.model.dataset.directory, snapshot_for(run.model, run.epoch).path]
 
 
 class ModelTraining(Kind):
@@ -42,7 +61,18 @@ class ModelTraining(Kind):
     def preload_env(self) -> dict[str, str]:
         return dict(CHILD_ENV)
 
+    def inputs(self, job: Job) -> list[Path]:
+        # Its dataset, and its own folder: the snapshots of an earlier attempt to resume from.
+        model = TrainedModel.objects.select_related("dataset__job").get(pk=job.pk)
+        return [model.dataset.directory, job.directory]
+
     def apply(self, job_id: int, events: list[Event]) -> None:
+        for event in events:  # each snapshot reaches the store as soon as it is written
+            if isinstance(event, SnapshotEvent):
+                try:
+                    storage.publish(Job(pk=job_id).directory / event.filename)
+                except Exception:  # noqa: BLE001 - the run goes on; the file is on this host, and published at the end
+                    log.exception("job %s: publishing snapshot %s failed", job_id, event.filename)
         model_record_events(job_id, events)
         validations: dict[str, list[tuple[float, float]]] = {}
         for event in events:
@@ -115,6 +145,9 @@ class ModelEvaluation(Kind):
     queue = "datasets"
     module = "models_app.evaluate"
 
+    def inputs(self, job: Job) -> list[Path]:
+        return _snapshot_inputs(evaluation_list().get(pk=job.pk))
+
     def spec(self, job: Job) -> dict[str, Any]:
         return evaluation_spec(evaluation_list().get(pk=job.pk)).to_dict()
 
@@ -167,6 +200,9 @@ class ModelExport(Kind):
     uses_devices = False
     queue = "datasets"
     module = "models_app.export_verify"
+
+    def inputs(self, job: Job) -> list[Path]:
+        return _snapshot_inputs(export_list().get(pk=job.pk))
 
     def spec(self, job: Job) -> dict[str, Any]:
         return export_spec(export_list().get(pk=job.pk)).to_dict()

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import shared_task
 
+from workers import storage
 from workers.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def weights_file_task(model_id: int, epoch: float) -> dict[str, Any]:
         snapshot = snapshot_for(model, epoch, field="epoch")
     except JobError as exc:
         return {"ok": False, "error": str(exc), "field": exc.field}
+    storage.fetch(snapshot.path)  # from the artifact store, when this host has not got it
     target = model.directory / "weights" / snapshot.filename
     if not target.exists() or target.stat().st_mtime < snapshot.path.stat().st_mtime:
         checkpoint = torch.load(snapshot.path, map_location="cpu", weights_only=True)
@@ -71,4 +73,7 @@ def weights_file_task(model_id: int, epoch: float) -> dict[str, Any]:
         partial = target.with_name(target.name + f".{os.getpid()}.tmp")
         torch.save(checkpoint.get("model", checkpoint), partial)
         os.replace(partial, target)
-    return {"ok": True, "path": str(target), "torch": torch.__version__}
+        storage.publish(target)  # the web process reads it, maybe on another host
+    # Where it is in the model's folder: the web process may be on another host, its job
+    # folders elsewhere (it fetches the file from the artifact store).
+    return {"ok": True, "path": str(target), "relative": str(target.relative_to(model.directory)), "torch": torch.__version__}

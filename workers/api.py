@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
-from . import kinds
+from . import kinds, storage
 from .models import AuditEntry, Job, JobEvent, JobStatus, Priority, Visibility
 from .errors import JobError
 from .listing import JobFilterSet, Pagination, job_ordering, job_prefetches
@@ -87,6 +87,8 @@ class IdRelatedField(serializers.PrimaryKeyRelatedField):
 def job_log_response(job: Job, *, download: bool, offset: int = 0) -> FileResponse:
     """The job's log file from byte `offset` (the whole of it by default), streamed (the
     page and the API both serve it)."""
+    if not job.log_path.exists() and job.status in JobStatus.finished():
+        storage.fetch(job.log_path)  # run on another host: published when it ended
     try:
         handle = job.log_path.open("rb")
     except FileNotFoundError:

@@ -14,6 +14,8 @@ calls the hooks below. Adding a kind is one module in its app and one `register(
 
 Who calls what:
   - `spec`, `env` and `module`: the runner, to start the child process;
+  - `inputs` and `artifacts`: what is fetched from, and published to, the artifact store
+    (workers/storage.py) before the child starts and once the job is done;
   - `apply`: the runner, for every batch of the child's events (typed: workers/protocol.py)
     while the run owns the job (store them, then publish after commit);
   - `complete`: once the child exited 0, before the job is marked done (may raise JobError
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import JobError
@@ -85,6 +88,15 @@ class Kind:
         """Environment the child needs from its very start (read by the C library when the
         process starts), so also given to the zygote that pre-imports `child_module()`."""
         return {}
+
+    def inputs(self, job: Job) -> list[Path]:
+        """Files or folders (under the job folders) the child reads: fetched from the
+        artifact store first, when there is one (workers/storage.py)."""
+        return []
+
+    def artifacts(self, job: Job) -> list[Path]:
+        """Files or folders the job made, published to the artifact store once it is done."""
+        return [job.directory]
 
     def apply(self, job_id: int, events: list[Event]) -> None:
         """Store a batch of the child's events; publish them after commit."""

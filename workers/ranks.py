@@ -26,7 +26,7 @@ from . import kinds, zygote
 from .models import Allocation, AllocationOutcome, Job, JobStatus, StopReason
 from .outage import UNREACHABLE, until_database
 from .procs import process_gone
-from .runner import ChildResult, Event, failure_message, relay_progress, run_child
+from .runner import ChildResult, Event, failure_message, fetch_inputs, publish_log, publish_outputs, relay_progress, run_child
 from .scheduler import schedule, schedule_on_commit
 from .services import allocation_interrupt
 from .transitions import JobError, job_claim, job_transition
@@ -248,6 +248,7 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
 
     attempt = {"attempt": allocation.attempt}
     try:
+        fetch_inputs(kind, job)
         spec = kind.spec(job)
     except JobError as exc:
         job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
@@ -289,6 +290,7 @@ def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> Alloc
         if reporter:
             try:
                 message = kinds.complete(kind, job)
+                publish_outputs(kind, job)  # "done" means readable from every host
             except JobError as exc:
                 job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
                 return AllocationOutcome.ERROR
@@ -317,4 +319,6 @@ def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> Alloc
     job_transition(
         job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=prefix + failure_message(job, result),
     )
+    if reporter:
+        publish_log(job)
     return AllocationOutcome.ERROR

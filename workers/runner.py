@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from . import kinds, protocol, zygote
+from . import kinds, protocol, storage, zygote
 from .models import Job, JobStatus, StopReason
 from .outage import UNREACHABLE, forget_connection, until_database
 from .procs import child_setup, end_group, process_gone, signal_group
@@ -343,6 +343,7 @@ def job_run(job_id: int) -> ChildResult | None:
         kind.apply(job_id, batch)
 
     try:
+        fetch_inputs(kind, job)
         result = run_child(job, kind.child_module(), kind.spec(job), relay, env=kind.env(job))
     except JobError as exc:  # the spec could not be made (an input vanished): say so
         job_fail(job_id, str(exc))
@@ -368,6 +369,7 @@ def _finish_run(job: Job, result: ChildResult) -> ChildResult:
     if not result.stopped and result.returncode == 0:
         try:
             message = kinds.complete(kind, job)
+            publish_outputs(kind, job)  # "done" means readable from every host
         except JobError as exc:
             job_fail(job_id, str(exc))
         else:
@@ -375,8 +377,40 @@ def _finish_run(job: Job, result: ChildResult) -> ChildResult:
                 return result
     elif not result.stopped:
         job_fail(job_id, failure_message(job, result))
+        publish_log(job)
     kind.cleanup(job)
     return result
+
+
+def fetch_inputs(kind: kinds.Kind, job: Job) -> None:
+    """What the child reads, from the artifact store when this host has not got it."""
+    try:
+        for path in kind.inputs(job):
+            storage.fetch(path)
+    except Exception as exc:  # noqa: BLE001 - said on the job; the store's own words
+        raise JobError(f"Could not fetch this job's inputs from the artifact store: {type(exc).__name__}: {exc}") from exc
+
+
+def publish_outputs(kind: kinds.Kind, job: Job) -> None:
+    """What the job made (its log too), to the artifact store, before the job is marked
+    done: "done" means every host can read it. A store that fails here fails the job
+    (its files stay on this host) with the store's own words."""
+    try:
+        for path in kind.artifacts(job):
+            storage.publish(path)
+    except Exception as exc:  # noqa: BLE001 - said on the job
+        log.exception("job %s: publishing its artifacts failed; they stay on %s", job.pk, settings.HOST_NAME)
+        raise JobError(f"The job finished, but its results could not be stored in the artifact store "
+                       f"({type(exc).__name__}: {exc}); they are on {settings.HOST_NAME}. Check the store and resume it.") from exc
+
+
+def publish_log(job: Job) -> None:
+    """A failed run's log, to the artifact store: why it failed, readable from any host."""
+    try:
+        if job.log_path.exists():
+            storage.publish(job.log_path)
+    except Exception:  # noqa: BLE001 - logged; the log stays on this host
+        log.exception("job %s: publishing its log failed", job.pk)
 
 
 def failure_message(job: Job, result: ChildResult) -> str:

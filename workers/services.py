@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import kinds
+from . import kinds, storage
 from .events import publish
 from .models import Allocation, AllocationOutcome, Device, DeviceLimit, Job, JobEvent, JobStatus, Priority, TeamLimit, Visibility
 from .permissions import can_modify, visible_q
@@ -277,6 +277,10 @@ def job_delete(job: Job) -> None:
         publish(job_id, {"type": "deleted"}, broadcast=True)
     # Files go after the rows are gone, so a reader never sees a row without its files.
     shutil.rmtree(directory, ignore_errors=True)
+    try:
+        storage.forget(directory)
+    except Exception:  # noqa: BLE001 - the rows are gone; left-over objects are only space
+        log.exception("job %s: its objects in the artifact store could not be deleted", job_id)
 
 
 BULK_ACTIONS = ("abort", "delete", "group")
