@@ -2,6 +2,7 @@
 behind training), `python -m datasets.build` as its child. Registered by DatasetsConfig."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.urls import reverse
@@ -30,6 +31,9 @@ class DatasetBuild(Kind):
 
     def spec(self, job: Job) -> dict[str, Any]:
         return dataset_build_spec(Dataset.objects.get(pk=job.pk)).to_dict()
+
+    def inputs(self, job: Job) -> list[Path]:
+        return [job.directory]  # uploaded lists, when the web host is another
 
     def env(self, job: Job) -> dict[str, str]:
         return dataset_build_environment(Dataset.objects.select_related("s3_credential").get(pk=job.pk))

@@ -15,6 +15,7 @@ from workers.errors import JobError, NotFound
 from workers.models import JobStatus
 
 from .imaging import IGNORE_LABEL, decode, encode
+from .source_paths import paths_files
 from .lmdb_store import meta_shape, open_readonly, read_labels, read_meta, read_raw, read_record
 from .models import Dataset
 
@@ -63,7 +64,11 @@ def _check_split(dataset: Dataset, split: str) -> None:
     if split not in dataset.counts:
         splits = ", ".join(dataset.splits) or "none"
         raise NotFound(f"This dataset has no {split} split (it has: {splits}).")
-    storage.fetch(dataset.directory)  # from the artifact store, when this host has not got it
+    # From the artifact store, when this host has not got it: this split's files only.
+    for path in (dataset.split_path(split), *paths_files(dataset.directory, split), dataset.mean_path,
+                 *([dataset.label_split_path(split)] if dataset.is_segmentation else []),
+                 *([dataset.objects_path(split)] if dataset.is_detection else [])):
+        storage.fetch(path)
 
 
 def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, page: int = 1, per_page: int = 60) -> GalleryPage:

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
+from workers import storage
 from workers.errors import Conflict, JobError
 from workers.models import JobStatus, Visibility
 from workers.services import job_create, job_delete, job_enqueue
@@ -390,6 +391,7 @@ def _store_dataset(
                 for piece in file.chunks():
                     out.write(piece)
             source_fields[name] = str(target)
+    storage.publish(job.directory)  # uploaded lists: read by the build, maybe on another host
     dataset = Dataset.objects.create(
         job=job,
         task=candidate.task,

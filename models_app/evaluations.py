@@ -173,6 +173,7 @@ def _create(
         except OSError as exc:
             job_delete(job)
             raise JobError(f"Could not store the images to classify ({exc.strerror or exc}). The disk may be full.") from exc
+        storage.publish(evaluation.directory)  # read by the evaluation, maybe on another host
     job_enqueue(job.pk, from_=[JobStatus.INITIALIZED])
     return evaluation
 

@@ -126,7 +126,7 @@ def requirements(code: str) -> list[str]:
 def weights_for(model: TrainedModel, snapshot: Snapshot, export: Export | None) -> tuple[Path, str]:
     """(the weights alone, the torch version that wrote them): from the snapshot's export
     when there is one, else written once by the inference worker (the web never loads torch)."""
-    if export is not None and (storage.fetch(export.directory) / WEIGHTS).exists():
+    if export is not None and storage.fetch(export.directory / WEIGHTS).exists():
         return export.directory / WEIGHTS, str(export.results.get("torch", ""))
     reply = ask("models_app.weights_file", model_id=model.pk, epoch=snapshot.epoch)
     return storage.fetch(model.directory / reply["relative"]), reply["torch"]
@@ -212,6 +212,7 @@ def build_archive(model: TrainedModel, snapshot: Snapshot) -> Path:
     export = export_for(model, snapshot)
     weights, torch_version = weights_for(model, snapshot, export)
     storage.fetch(model.dataset.mean_path)
+    model.directory.mkdir(parents=True, exist_ok=True)  # the archive is made there (another host's model)
     onnx = export_file(export, "onnx")
     code = network_code(model)
     info = archive_info(model, snapshot, export, torch_version, code)
@@ -257,6 +258,7 @@ def build_triton(model: TrainedModel, snapshot: Snapshot) -> Path:
     Only from an ONNX export that passed its check (raises Conflict otherwise)."""
     export, onnx = require_export_file(model, snapshot, "onnx")
     storage.fetch(model.dataset.mean_path)
+    model.directory.mkdir(parents=True, exist_ok=True)
     name = archive_name(model, snapshot).removesuffix(".tar.gz").replace(".", "_")
     info = archive_info(model, snapshot, export, str(export.results.get("torch", "")), network_code(model))
     tar = _Tar(model.directory)

@@ -24,6 +24,7 @@ from django.db import transaction
 
 from datasets.models import Dataset
 from datasets.sources import SourceError, extract_archive
+from workers import storage
 from workers.errors import JobError
 from workers.models import JobStatus, Visibility
 from workers.permissions import can_view
@@ -206,6 +207,7 @@ def _store(
     shutil.rmtree(directory / "import.tmp", ignore_errors=True)
     if params["network"] == Network.CUSTOM:
         (directory / "network.py").write_text(params["custom_code"])
+    storage.publish(directory)  # its snapshot, for every host
     job_transition(model.pk, JobStatus.DONE, from_=[JobStatus.INITIALIZED], message=f"Imported from {model.imported_from}.")
     model.job.refresh_from_db()
     return model

@@ -130,6 +130,8 @@ def _run_custom(model: TrainedModel, snapshot: Snapshot, resized: np.ndarray, x:
     """User code runs in the sandbox child; the preprocessing is done here."""
     from .sandbox import SandboxError, run_sandboxed
 
+    storage.fetch(snapshot.path)  # from the artifact store, when this host has not got it
+    model.directory.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(suffix=".npz", dir=model.directory) as tmp:
         np.savez(tmp, x=x.numpy(), resized=resized)
         tmp.flush()

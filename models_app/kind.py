@@ -3,7 +3,6 @@
 bench swaps), waiting for its dataset. Registered by ModelsAppConfig."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,6 @@ from .services import (
 from .sweeps import sweep_on_trial_end, sweep_on_validation
 from .training import CHILD_ENV
 
-
-log = logging.getLogger(__name__)
 
 
 def _snapshot_inputs(run: Evaluation | Export) -> list[Path]:
@@ -68,11 +65,8 @@ class ModelTraining(Kind):
 
     def apply(self, job_id: int, events: list[Event]) -> None:
         for event in events:  # each snapshot reaches the store as soon as it is written
-            if isinstance(event, SnapshotEvent):
-                try:
-                    storage.publish(Job(pk=job_id).directory / event.filename)
-                except Exception:  # noqa: BLE001 - the run goes on; the file is on this host, and published at the end
-                    log.exception("job %s: publishing snapshot %s failed", job_id, event.filename)
+            if isinstance(event, SnapshotEvent):  # after commit, in a thread: no row lock waits on it
+                storage.publish_later(Job(pk=job_id).directory / event.filename)
         model_record_events(job_id, events)
         validations: dict[str, list[tuple[float, float]]] = {}
         for event in events:
@@ -146,7 +140,8 @@ class ModelEvaluation(Kind):
     module = "models_app.evaluate"
 
     def inputs(self, job: Job) -> list[Path]:
-        return _snapshot_inputs(evaluation_list().get(pk=job.pk))
+        # and its own folder: the images and lists uploaded to classify
+        return [*_snapshot_inputs(evaluation_list().get(pk=job.pk)), job.directory]
 
     def spec(self, job: Job) -> dict[str, Any]:
         return evaluation_spec(evaluation_list().get(pk=job.pk)).to_dict()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import shutil
 from dataclasses import asdict
@@ -20,7 +21,7 @@ from django.db.models import F
 from datasets.models import Dataset
 from workers.errors import JobError
 from workers.inference import ask
-from workers import protocol
+from workers import protocol, storage
 from workers.events import publish
 from workers.models import JobStatus, Priority, Visibility
 from workers.permissions import can_view
@@ -43,6 +44,8 @@ PARAM_FIELDS = [
     "keep_snapshots",
 ]
 CUSTOM_PERMISSION = "models_app.submit_custom_network"
+
+log = logging.getLogger(__name__)
 
 
 def can_submit_code(user: User | AnonymousUser) -> bool:
@@ -161,7 +164,8 @@ def model_create(
         # Copy the weights: the fine-tune keeps working if the base model is deleted.
         snapshot = snapshot_for(model.base_model, model.base_epoch)
         model.pretrained_file = "pretrained.pt"
-        shutil.copyfile(snapshot.path, model.directory / model.pretrained_file)
+        shutil.copyfile(storage.fetch(snapshot.path), model.directory / model.pretrained_file)
+        storage.publish(model.directory / model.pretrained_file)  # read by the training host
         model.save(update_fields=["pretrained_file"])
     # Back of the queue; the scheduler places it when devices are free.
     job_enqueue(model.pk, from_=[JobStatus.INITIALIZED])
@@ -251,6 +255,10 @@ def model_apply_retention(model_id: int) -> int:
             snapshot.path.unlink()
         except FileNotFoundError:
             pass
+        try:
+            storage.remove(snapshot.path)
+        except Exception:  # noqa: BLE001 - the row goes anyway; a left-over object is only space
+            log.exception("snapshot %s could not be removed from the artifact store", snapshot.path)
         snapshot.delete()
     if freed:
         TrainedModel.objects.filter(pk=model_id).update(snapshots_freed_bytes=F("snapshots_freed_bytes") + freed)

@@ -73,7 +73,7 @@ def weights_file_task(model_id: int, epoch: float) -> dict[str, Any]:
         partial = target.with_name(target.name + f".{os.getpid()}.tmp")
         torch.save(checkpoint.get("model", checkpoint), partial)
         os.replace(partial, target)
-        storage.publish(target)  # the web process reads it, maybe on another host
+    storage.publish(target)  # the web process reads it, maybe on another host (sent once)
     # Where it is in the model's folder: the web process may be on another host, its job
     # folders elsewhere (it fetches the file from the artifact store).
     return {"ok": True, "path": str(target), "relative": str(target.relative_to(model.directory)), "torch": torch.__version__}

@@ -112,7 +112,11 @@ def test_workers_without_a_shared_folder_meet_through_the_artifact_store(
         log = api.get(f"/api/jobs/{trained['id']}/log/")
         assert log.status_code == 200 and b"epoch" in b"".join(log.streaming_content)
         # Deleting the model deletes its objects.
+        # (in a thread of the web process: a delete does not wait on the store)
         assert api.delete(f"/api/models/{trained['id']}/").status_code == 204
+        deadline = time.monotonic() + 15
+        while keys(server, f"digits/{trained['id']}/") and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert keys(server, f"digits/{trained['id']}/") == []
     finally:
         cluster.stop()
@@ -124,21 +128,29 @@ def test_workers_without_a_shared_folder_meet_through_the_artifact_store(
         worker_cluster.start_devices()
 
 
-def test_the_local_cache_keeps_to_its_limit_dropping_the_least_recently_used(settings, tmp_path):
+def test_the_local_cache_keeps_to_its_limit_dropping_the_least_recently_fetched(settings, tmp_path):
+    """Fetched files beyond the limit go, the least recently used first; never those of a
+    folder a running job has pinned, nor what this fetch just brought, nor files the host
+    made itself (not in the index)."""
     from workers import storage
 
     settings.JOBS_DIR = tmp_path
+    settings.ARTIFACTS_S3 = "s3://unused/prefix"  # on (nothing here talks to it)
     files = []
-    for n in range(4):
-        path = tmp_path / "7" / f"f{n}.bin"
+    for job, n in [(7, 0), (8, 1), (7, 2), (7, 3), (7, 4)]:
+        path = tmp_path / str(job) / f"f{n}.bin"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"x" * 1000)
         os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))  # f0 the least recently used
         files.append((str(path), 1000))
-    made_here = tmp_path / "7" / "mine.bin"  # not fetched: never evicted
+    made_here = tmp_path / "7" / "mine.bin"
     made_here.write_bytes(b"y" * 5000)
     storage._remember(files)
-    removed = storage.trim_cache(limit=2500)
-    assert [Path(p).name for p in removed] == ["f0.bin", "f1.bin"]
-    assert [p.name for p in sorted((tmp_path / "7").iterdir())] == ["f2.bin", "f3.bin", "mine.bin"]
-    assert storage.trim_cache(limit=2500) == []
+    with storage.pinned([tmp_path / "8"]):  # a job running here reads job 8's folder
+        removed = storage.trim_cache(limit=2500, keep={str(tmp_path / "7" / "f2.bin")})
+    # Oldest first: f0 goes; f1 is pinned and f2 just fetched, so f3 and f4 go: 2000 bytes left.
+    assert [Path(p).name for p in removed] == ["f0.bin", "f3.bin", "f4.bin"]
+    assert sorted(p.name for p in (tmp_path / "7").iterdir()) == ["f2.bin", "mine.bin"]
+    assert (tmp_path / "8" / "f1.bin").exists()
+    assert not list((tmp_path / storage.PINS).iterdir())  # the pin went with its block
+    assert [Path(p).name for p in storage.trim_cache(limit=1500)] == ["f1.bin"]  # unpinned now, and the oldest

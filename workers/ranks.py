@@ -15,14 +15,16 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import kinds, zygote
+from . import kinds, storage, zygote
 from .models import Allocation, AllocationOutcome, Job, JobStatus, StopReason
 from .outage import UNREACHABLE, until_database
 from .procs import process_gone
@@ -248,19 +250,27 @@ def _run_rank(allocation: Allocation, job: Job) -> AllocationOutcome:
 
     attempt = {"attempt": allocation.attempt}
     try:
-        fetch_inputs(kind, job)
+        pins = fetch_inputs(kind, job)
         spec = kind.spec(job)
     except JobError as exc:
         job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
         return AllocationOutcome.ERROR
-    result = run_child(
+    with storage.pinned(pins):
+        result = _run_rank_child(allocation, job, kind, spec, relay, reporter)
+    # The run has ended: its outcome is recorded even if the database is away right now.
+    return until_database(f"finishing job {job.pk}", lambda: _finish_rank(allocation, job, result))
+
+
+def _run_rank_child(
+    allocation: Allocation, job: Job, kind: kinds.Kind, spec: dict[str, Any], relay: Callable[[list[Event]], None],
+    reporter: bool,
+) -> ChildResult:
+    return run_child(
         job, kind.child_module(), spec, relay,
         env={**kind.env(job), **rank_env(allocation, job)}, name="" if reporter else f"rank{allocation.rank}",
         zygote_socket=_zygote_socket(allocation),
         time_limit=job.time_limit_seconds if reporter and kind.stoppable else None,
     )
-    # The run has ended: its outcome is recorded even if the database is away right now.
-    return until_database(f"finishing job {job.pk}", lambda: _finish_rank(allocation, job, result))
 
 
 def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> AllocationOutcome:
@@ -289,8 +299,8 @@ def _finish_rank(allocation: Allocation, job: Job, result: ChildResult) -> Alloc
     if result.returncode == 0:
         if reporter:
             try:
+                publish_outputs(kind, job)  # first: "done" means readable from every host
                 message = kinds.complete(kind, job)
-                publish_outputs(kind, job)  # "done" means readable from every host
             except JobError as exc:
                 job_transition(job.pk, JobStatus.ERROR, from_=JobStatus.active(), where=attempt, message=str(exc))
                 return AllocationOutcome.ERROR

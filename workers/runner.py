@@ -343,8 +343,8 @@ def job_run(job_id: int) -> ChildResult | None:
         kind.apply(job_id, batch)
 
     try:
-        fetch_inputs(kind, job)
-        result = run_child(job, kind.child_module(), kind.spec(job), relay, env=kind.env(job))
+        with storage.pinned(fetch_inputs(kind, job)):
+            result = run_child(job, kind.child_module(), kind.spec(job), relay, env=kind.env(job))
     except JobError as exc:  # the spec could not be made (an input vanished): say so
         job_fail(job_id, str(exc))
         kind.cleanup(job)
@@ -368,8 +368,8 @@ def _finish_run(job: Job, result: ChildResult) -> ChildResult:
         return result
     if not result.stopped and result.returncode == 0:
         try:
+            publish_outputs(kind, job)  # first: "done" means readable from every host
             message = kinds.complete(kind, job)
-            publish_outputs(kind, job)  # "done" means readable from every host
         except JobError as exc:
             job_fail(job_id, str(exc))
         else:
@@ -382,22 +382,28 @@ def _finish_run(job: Job, result: ChildResult) -> ChildResult:
     return result
 
 
-def fetch_inputs(kind: kinds.Kind, job: Job) -> None:
-    """What the child reads, from the artifact store when this host has not got it."""
-    try:
-        for path in kind.inputs(job):
-            storage.fetch(path)
-    except Exception as exc:  # noqa: BLE001 - said on the job; the store's own words
-        raise JobError(f"Could not fetch this job's inputs from the artifact store: {type(exc).__name__}: {exc}") from exc
+def fetch_inputs(kind: kinds.Kind, job: Job) -> list[Path]:
+    """What the child reads, from the artifact store when this host has not got it; the
+    folders to pin while it runs (its inputs and its own). Nothing without a store."""
+    if not storage.enabled():
+        return []
+    inputs = kind.inputs(job)
+    for path in inputs:
+        storage.fetch(path)  # a StorageError says what could not be fetched
+    return [*inputs, job.directory]
 
 
 def publish_outputs(kind: kinds.Kind, job: Job) -> None:
     """What the job made (its log too), to the artifact store, before the job is marked
     done: "done" means every host can read it. A store that fails here fails the job
     (its files stay on this host) with the store's own words."""
+    if not storage.enabled():
+        return
     try:
         for path in kind.artifacts(job):
             storage.publish(path)
+    except UNREACHABLE:
+        raise  # the database, not the store: waited for by the caller
     except Exception as exc:  # noqa: BLE001 - said on the job
         log.exception("job %s: publishing its artifacts failed; they stay on %s", job.pk, settings.HOST_NAME)
         raise JobError(f"The job finished, but its results could not be stored in the artifact store "
