@@ -242,13 +242,19 @@ class Predictions:
         return self.labels != NO_LABEL
 
 
-def evaluation_predictions(evaluation: Evaluation) -> Predictions:
+def predictions_file(evaluation: Evaluation) -> Path:
+    """The finished evaluation's predictions.npz, here (from the artifact store when it ran
+    on another host)."""
     path = evaluation.directory / PREDICTIONS
     if evaluation.job.status == JobStatus.DONE:
-        storage.fetch(path)  # from the artifact store, when it ran on another host
+        storage.fetch(path)
     if evaluation.job.status != JobStatus.DONE or not path.exists():
         raise JobError("This evaluation has no results yet.")
-    with np.load(path) as data:
+    return path
+
+
+def evaluation_predictions(evaluation: Evaluation) -> Predictions:
+    with np.load(predictions_file(evaluation)) as data:
         names = data["names"] if "names" in data.files else None
         return Predictions(data["probabilities"].astype(np.float32), data["labels"], names)
 

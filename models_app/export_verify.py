@@ -193,6 +193,15 @@ def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
+def keep_if_checked(partial: Path, final: Path, result: FormatResult, problems: list[str]) -> None:
+    """A format that passed every check becomes its final file; else the problems are its error."""
+    if problems:
+        raise ValueError("; ".join(problems))
+    os.replace(partial, final)
+    result.bytes = final.stat().st_size
+    result.status = "passed"
+
+
 def detector_outputs(net: torch.nn.Module) -> torch.nn.Module:
     """A torchvision detector as a network of one tensor in (one image), three tensors out."""
     import torch
@@ -283,11 +292,7 @@ def verify_detector(spec: ExportSpec, net: torch.nn.Module, inputs: torch.Tensor
             problems.append(f"boxes differ from PyTorch's by {result.max_abs_diff:.3g} px (allowed {result.tolerance:.3g})")
         if score_diff > score_tolerance:
             problems.append(f"scores differ from PyTorch's by {score_diff:.3g} (allowed {score_tolerance:.3g})")
-        if problems:
-            raise ValueError("; ".join(problems))
-        os.replace(partial, final)
-        result.bytes = final.stat().st_size
-        result.status = "passed"
+        keep_if_checked(partial, final, result, problems)
     except Exception as exc:  # noqa: BLE001 - reported with its reason; only checked files are kept
         traceback.print_exc()
         result.error = short_error(exc)
@@ -357,11 +362,7 @@ def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
                 problems.append(f"outputs differ from PyTorch by {result.max_abs_diff:.3g} (allowed {result.tolerance:.3g})")
             if result.top1_agreement < 1:
                 problems.append(f"top-1 agrees with PyTorch on {result.top1_agreement:.1%} of the images, not all")
-            if problems:
-                raise ValueError("; ".join(problems))
-            os.replace(partial, final)
-            result.bytes = final.stat().st_size
-            result.status = "passed"
+            keep_if_checked(partial, final, result, problems)
         except Exception as exc:  # noqa: BLE001 - one format failing must not stop the others; reported per format
             traceback.print_exc()
             result.error = short_error(exc)

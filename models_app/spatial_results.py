@@ -13,12 +13,10 @@ import numpy as np
 from datasets.imaging import encode
 from datasets.selectors import dataset_label_view, dataset_pixels, draw_boxes, overlay_labels
 from datasets.source_paths import read_paths
-from workers import storage
 from workers.errors import JobError, NotFound
-from workers.models import JobStatus
 from workers.permissions import AnyUser, can_view
 
-from .evaluate import PREDICTIONS
+from .evaluations import predictions_file
 from .models import Evaluation
 
 SHOWS = ("prediction", "truth")
@@ -36,12 +34,7 @@ def check_dataset_visible(user: AnyUser, evaluation: Evaluation) -> None:
 
 
 def _load(evaluation: Evaluation) -> dict[str, np.ndarray]:
-    path = evaluation.directory / PREDICTIONS
-    if evaluation.job.status == JobStatus.DONE:
-        storage.fetch(path)  # from the artifact store, when it ran on another host
-    if evaluation.job.status != JobStatus.DONE or not path.exists():
-        raise JobError("This evaluation has no results yet.")
-    with np.load(path) as data:
+    with np.load(predictions_file(evaluation)) as data:
         return {name: data[name] for name in data.files}
 
 
