@@ -94,15 +94,19 @@ class Discovered:
     failures: list[dict[str, str]] = field(default_factory=list)  # {"name", "value", "error"}
 
 
-_DATA: Discovered | None = None
+_FOUND: dict[str, Discovered] = {}
+
+
+def discovered(group: str, base: type, refresh: bool = False) -> Discovered:
+    """The plugins of `group` (subclasses of `base`), found once per process."""
+    if group not in _FOUND or refresh:
+        _FOUND[group] = discover_group(group, base)
+    return _FOUND[group]
 
 
 def data_plugins(refresh: bool = False) -> Discovered:
-    """The installed data plugins and those that failed to load (found once per process)."""
-    global _DATA
-    if _DATA is None or refresh:
-        _DATA = discover_group(GROUP, DataPlugin)
-    return _DATA
+    """The installed data plugins and those that failed to load."""
+    return discovered(GROUP, DataPlugin, refresh)
 
 
 def discover_group(group: str, base: type) -> Discovered:

@@ -29,11 +29,13 @@ removed: only checked files are offered for download. JSON lines on stdout (work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -202,6 +204,21 @@ def keep_if_checked(partial: Path, final: Path, result: FormatResult, problems: 
     result.status = "passed"
 
 
+@contextlib.contextmanager
+def one_format(partial: Path, final: Path, result: FormatResult) -> Iterator[None]:
+    """Export and check one format: any failure is that format's error (the others go on),
+    and only a checked file stays."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - reported per format, with its reason
+        traceback.print_exc()
+        result.error = short_error(exc)
+        result.status = "failed"
+        final.unlink(missing_ok=True)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def detector_outputs(net: torch.nn.Module) -> torch.nn.Module:
     """A torchvision detector as a network of one tensor in (one image), three tensors out."""
     import torch
@@ -266,7 +283,7 @@ def verify_detector(spec: ExportSpec, net: torch.nn.Module, inputs: torch.Tensor
     final = out_dir / FILES["onnx"]
     partial = out_dir / (FILES["onnx"] + ".tmp.onnx")
     started = time.monotonic()
-    try:
+    with one_format(partial, final, result):
         export_detector_onnx(net, images, partial)
         result.export_seconds = round(time.monotonic() - started, 3)
         emit(protocol.Progress(progress=0.6, phase="verifying onnx"))
@@ -293,13 +310,6 @@ def verify_detector(spec: ExportSpec, net: torch.nn.Module, inputs: torch.Tensor
         if score_diff > score_tolerance:
             problems.append(f"scores differ from PyTorch's by {score_diff:.3g} (allowed {score_tolerance:.3g})")
         keep_if_checked(partial, final, result, problems)
-    except Exception as exc:  # noqa: BLE001 - reported with its reason; only checked files are kept
-        traceback.print_exc()
-        result.error = short_error(exc)
-        result.status = "failed"
-        final.unlink(missing_ok=True)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
@@ -344,7 +354,7 @@ def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
         final = out_dir / FILES[fmt]
         partial = out_dir / (FILES[fmt] + ".tmp" + final.suffix)  # exporters look at the suffix
         started = time.monotonic()
-        try:
+        with one_format(partial, final, result):
             if fmt == "onnx":
                 export_onnx(net, inputs[:2], partial)
                 run = onnx_runner(partial, threads)
@@ -363,13 +373,6 @@ def export_and_verify(spec: ExportSpec) -> dict[str, Any]:
             if result.top1_agreement < 1:
                 problems.append(f"top-1 agrees with PyTorch on {result.top1_agreement:.1%} of the images, not all")
             keep_if_checked(partial, final, result, problems)
-        except Exception as exc:  # noqa: BLE001 - one format failing must not stop the others; reported per format
-            traceback.print_exc()
-            result.error = short_error(exc)
-            result.status = "failed"
-            final.unlink(missing_ok=True)
-        finally:
-            partial.unlink(missing_ok=True)
     return {
         "formats": {name: asdict(r) for name, r in results.items()},
         "images": len(x),

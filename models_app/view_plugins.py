@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from datasets.plugins import Discovered, discover_group
+from datasets.plugins import Discovered, discovered
 
 GROUP = "digits.visualization_plugins"
 
@@ -31,14 +31,9 @@ class VisualizationPlugin:
         raise NotImplementedError
 
 
-_FOUND: Discovered | None = None
-
-
 def view_plugins(refresh: bool = False) -> Discovered:
-    global _FOUND
-    if _FOUND is None or refresh:
-        _FOUND = discover_group(GROUP, VisualizationPlugin)
-    return _FOUND
+    """The installed visualization plugins and those that failed to load."""
+    return discovered(GROUP, VisualizationPlugin, refresh)
 
 
 def plugin_views(task: str, image: np.ndarray, output: dict[str, Any], labels: list[str], colours: list[list[int]]) -> list[dict[str, Any]]:
