@@ -8,6 +8,7 @@ byte offset of every line), so a lookup reads a few lines, not the whole file.""
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,16 +21,17 @@ def paths_files(directory: Path, split: str) -> tuple[Path, Path]:
 
 def write_paths(directory: Path, split: str, paths: Iterable[str]) -> list[Path]:
     text, index = paths_files(directory, split)
-    offsets = []
-    position = 0
+    # One JSON string per line, as json.dumps(path, ensure_ascii=False) writes it, built in
+    # one go: a build writes a line per image. A name that is not UTF-8 (an undecodable
+    # byte in a file name) is shown with a replacement character rather than failing.
+    lines = [(encode_basestring(path) + "\n").encode("utf-8", "replace") for path in paths]
+    offsets = np.zeros(len(lines), dtype=np.int64)
+    if lines:
+        np.cumsum(np.fromiter(map(len, lines[:-1]), dtype=np.int64, count=len(lines) - 1), out=offsets[1:])
     with text.open("wb") as fh:
-        for path in paths:
-            line = (json.dumps(path, ensure_ascii=False) + "\n").encode()
-            offsets.append(position)
-            fh.write(line)
-            position += len(line)
+        fh.write(b"".join(lines))
     with index.open("wb") as fh:
-        np.save(fh, np.asarray(offsets, dtype=np.int64))
+        np.save(fh, offsets)
     return [text, index]
 
 

@@ -498,10 +498,10 @@ def test_a_decoding_process_that_dies_fails_the_build_instead_of_hanging(tmp_pat
     poison = str(sorted(folder.rglob("*.png"))[4])
     original = datasets.build.Encoder.__call__
 
-    def dying(self, chunk):
+    def dying(self, chunk, *args):
         if any(path == poison for _, path, _ in chunk.items):
             os._exit(9)
-        return original(self, chunk)
+        return original(self, chunk, *args)
 
     monkeypatch.setattr(datasets.build, "chunk_size_for", lambda *_: 3)
     monkeypatch.setattr(datasets.build.Encoder, "__call__", dying)
@@ -578,3 +578,37 @@ def test_the_build_spec_is_typed_and_its_defaults_declared_once(tmp_path, capsys
     assert main(["--spec", str(path)]) == 1
     error = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert error["event"] == "error" and "unknown spec field(s): val_precent" in error["message"]
+
+
+def test_a_build_run_again_into_its_folder_replaces_what_it_had_moved(tmp_path):
+    """A retried build job (its worker killed while it moved its outputs into place) runs
+    again into the same folder: it replaces the databases there, with the same content."""
+    from datasets.lmdb_store import content_digest, forget
+
+    folder = make_shapes_folder(tmp_path / "src", per_class=8)
+    spec = spec_for(tmp_path, folder=str(folder), val_percent=25, encoding="png")
+    first = build(spec)
+    for split in ("train", "val"):
+        forget(tmp_path / "out" / f"{split}_db")
+    (tmp_path / "out" / "labels.txt").unlink()  # as if it stopped half-way through the moves
+    again = build(spec)
+    assert again["counts"] == first["counts"] and again["checksums"] == first["checksums"]
+    # The recorded checksum is the database's content digest (what a reader can check).
+    assert again["checksums"]["train"] == content_digest(tmp_path / "out" / "train_db") != again["checksums"]["val"]
+    assert (tmp_path / "out" / "labels.txt").read_text().split() == again["labels"]
+    assert not (tmp_path / "out" / "build.tmp").exists()
+
+
+def test_chunks_cover_every_split_in_order_and_shrink_towards_the_end():
+    from datasets.build import chunk_bounds
+
+    bounds = chunk_bounds([1000, 300, 7], 64, 2)
+    for split_no, size in enumerate([1000, 300, 7]):
+        mine = [(start, end) for s, start, end in bounds if s == split_no]
+        assert mine[0][0] == 0 and mine[-1][1] == size
+        assert all(a[1] == b[0] for a, b in zip(mine, mine[1:]))  # contiguous, no overlap
+    sizes = [end - start for _, start, end in bounds]
+    assert max(sizes) == 64 and sizes[0] == 64
+    # The last chunks of the stream are small: the workers finish close together.
+    assert all(n <= 16 for n in sizes[-4:]) and sizes[-5] < 64
+    assert chunk_bounds([5], 3, 2) == [(0, 0, 3), (0, 3, 5)]
