@@ -472,10 +472,12 @@ class Trainer:
                 last_report += time.monotonic() - paused
                 if stop:
                     break
+        # Training's time ends at its last step: the wait for the last snapshot's file is
+        # the job's end (in its end-to-end time), not its steady state.
+        loop = time.monotonic() - started
         self.wait_for_snapshots()
         emit(protocol.Finished(iteration=self.iteration))  # every rank: see the event's comment
         if self.report:
-            loop = time.monotonic() - started
             train_seconds = loop - self.validation_seconds
             seen = images_total * self.world_size
             emit(protocol.Summary(
