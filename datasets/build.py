@@ -447,7 +447,7 @@ def gather(spec: BuildSpec, workdir: Path) -> Gathered:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A run of consecutive images of one split for one pool worker."""
+    """A run of consecutive images of one split for one worker."""
 
     split: str
     db: str  # the split's database
@@ -476,37 +476,69 @@ class ChunkResult:
 
 class PixelSum:
     """The exact sum of a worker's training images, for the mean image: added up as
-    uint16 (a third of the time of uint32 on large images), moved into uint64 every 257
-    images (255 x 257 = 65535 still fits), and sent to the parent once, at the end."""
+    uint16 (a third of the time of uint32 on large images), folded into a uint32 total
+    every 257 images (255 x 257 = 65535 still fits), which the worker sends to the parent
+    at its end, or before it could overflow. Made at the first image: a worker that only
+    encodes other splits holds none (6 bytes a pixel: 100 MB for a 4096x4096 colour image)."""
 
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.part = np.zeros(shape, np.uint16)
-        self.total = np.zeros(shape, np.uint64)
-        self.count = 0
+    # Images a uint32 total takes (255 each) with room for one more fold of 257.
+    LIMIT = (2**32 - 1) // 255 - 257
+
+    def __init__(self) -> None:
+        self.part: np.ndarray | None = None
+        self.total: np.ndarray | None = None
+        self.in_part = self.in_total = 0
 
     def add(self, pixels: np.ndarray) -> None:
+        if self.part is None:
+            self.part = np.zeros(pixels.shape, np.uint16)
+            self.total = np.zeros(pixels.shape, np.uint32)
         np.add(self.part, pixels, out=self.part)
-        self.count += 1
-        if self.count == 257:
-            self.result()
+        self.in_part += 1
+        if self.in_part == 257:
+            self._fold()
 
-    def result(self) -> np.ndarray:
-        self.total += self.part
-        self.part[:] = 0
-        self.count = 0
-        return self.total
+    def _fold(self) -> None:
+        if self.part is not None and self.total is not None and self.in_part:
+            self.total += self.part
+            self.part[:] = 0
+            self.in_total += self.in_part
+            self.in_part = 0
+
+    def due(self) -> bool:
+        return self.in_total + self.in_part >= self.LIMIT
+
+    def take(self) -> np.ndarray | None:
+        """The sum since the last take (None if no image was added), and start again."""
+        self._fold()
+        total, self.total, self.part = self.total, None, None
+        self.in_total = 0
+        return total
+
+
+@dataclass
+class PixelTotal:
+    """A worker's sum of the training images it wrote (since its previous one), as uint32."""
+
+    pixels: np.ndarray
 
 
 @dataclass
 class WorkerDone:
     """A worker's last message: it has no chunk left."""
 
-    pixel_sum: np.ndarray
+
+@dataclass
+class WorkerFailed:
+    """A worker's unexpected error (not a full disk), with its traceback for the job log."""
+
+    error: str
+    traceback: str
 
 
 @dataclass(frozen=True)
 class Encoder:
-    """What each pool worker does to a chunk: decode, resize and encode every image, and
+    """What each worker does to a chunk: decode, resize and encode every image, and
     write the chunk into the split's database itself, so pixels never pass through the
     parent (on a few cores the parent's share of the CPU is what the workers lose)."""
 
@@ -601,12 +633,15 @@ def chunk_bounds(sizes: list[int], largest: int, processes: int) -> list[tuple[i
     return bounds
 
 
-def _work(encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, taken: Any, pipe: Any) -> None:
+def _work(encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, taken: Any, pipe: Any, inherited: list[Any]) -> None:
     """A worker process: encode chunk after chunk, taken by number from the shared
-    counter, sending each result back; then WorkerDone with the sum of its pixels.
-    An error (a full disk) is sent to the parent, to be raised there, and ends the
-    process; a process that dies says nothing, and its pipe's end tells the parent."""
-    pixel_sum = PixelSum((encoder.height, encoder.width, encoder.channels))
+    counter, sending each result back, and its pixel sum (PixelTotal); then WorkerDone.
+    A full disk is sent as the StoreWriteError it is, any other error as WorkerFailed;
+    either ends the process. A process that dies says nothing: its pipe's end tells the
+    parent."""
+    for reader in inherited:  # the parent's ends, its own and its elder siblings': the
+        reader.close()  # parent's death must be a broken pipe here, not a hang
+    pixel_sum = PixelSum()
     try:
         while True:
             with taken.get_lock():
@@ -615,43 +650,68 @@ def _work(encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, taken:
             if n >= count:
                 break
             pipe.send(encoder(chunk_of(n), pixel_sum))
-        pipe.send(WorkerDone(pixel_sum.result()))
-    except Exception as exc:  # noqa: BLE001 - raised again in the parent
+            if pixel_sum.due():
+                _send_total(pipe, pixel_sum)
+        _send_total(pipe, pixel_sum)
+        pipe.send(WorkerDone())
+    except StoreWriteError as exc:
         pipe.send(exc)
+    except Exception as exc:  # noqa: BLE001 - said in the parent, with the traceback
+        import traceback
+
+        pipe.send(WorkerFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     finally:
         pipe.close()
 
 
-def _start_workers(encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, processes: int) -> dict[Any, Any]:
-    """Fork `processes` workers sharing `count` chunks: {the end of each one's pipe: it}."""
+def _send_total(pipe: Any, pixel_sum: PixelSum) -> None:
+    total = pixel_sum.take()
+    if total is not None:
+        pipe.send(PixelTotal(total))
+
+
+def _start_workers(
+    encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, processes: int, pipes: dict[Any, Any],
+) -> None:
+    """Fork `processes` workers sharing `count` chunks into `pipes`: {the end of each one's
+    pipe: it} (filled as they start, so the caller stops those started if one fails)."""
     context = mp.get_context("fork")
     taken = context.Value("q", 0)
-    pipes: dict[Any, Any] = {}
     for _ in range(processes):
         reader, writer = context.Pipe(duplex=False)
-        process = context.Process(target=_work, args=(encoder, chunk_of, count, taken, writer), daemon=True)
-        process.start()
-        writer.close()  # the worker holds the only writing end: its death is an end of file here
+        process = context.Process(
+            target=_work, args=(encoder, chunk_of, count, taken, writer, [reader, *pipes]), daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            writer.close()  # the worker holds the only writing end: its death is an end of file here
         pipes[reader] = process
-    return pipes
 
 
-def _results(pipes: dict[Any, Any]) -> Iterator[ChunkResult | WorkerDone]:
-    """The workers' results as they come (out of order), and each one's WorkerDone.
-    Raises WorkerDied when one ends without having said it was done (killed, out of
-    memory)."""
+def _results(pipes: dict[Any, Any]) -> Iterator[ChunkResult | PixelTotal]:
+    """The workers' results as they come (out of order), and their pixel sums, until
+    every worker is done. Raises WorkerDied when one ends without having said it was done
+    (killed, out of memory), and what a worker sent as its error."""
     live = dict(pipes)
     while live:
         for reader in wait(list(live)):
             try:
                 message = cast(Connection, reader).recv()
-            except EOFError:
+            except (EOFError, OSError):  # OSError: its end came in the middle of a message
                 raise WorkerDied(live[reader].pid) from None
             if isinstance(message, BaseException):
                 raise message
+            if isinstance(message, WorkerFailed):
+                print(message.traceback, file=sys.stderr)  # in the job log
+                raise BuildError(
+                    f"A decoding process failed ({message.error}). Nothing was kept; build again, and if it happens "
+                    "again, show the job log to an admin."
+                )
             if isinstance(message, WorkerDone):
                 del live[reader]
-            yield cast(ChunkResult | WorkerDone, message)
+            else:
+                yield cast(ChunkResult | PixelTotal, message)
 
 
 def _stop_workers(pipes: dict[Any, Any], *, kill: bool) -> None:
@@ -666,7 +726,7 @@ def _stop_workers(pipes: dict[Any, Any], *, kill: bool) -> None:
 
 def chunk_size_for(width: int, height: int, channels: int) -> int:
     """Chunks of about 4 MB of pixels: few round trips for small images, bounded memory for
-    big ones, and at most 256 images (the pixel sums stay far from uint32's limit)."""
+    big ones, and at most 256 images (a message per chunk is cheap at that size)."""
     return max(4, min(256, 4_000_000 // max(1, width * height * channels)))
 
 
@@ -762,7 +822,7 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
     # and again here at the mean image (15-20 ms each).
     Image.preinit()
     try:
-        workers = _start_workers(encoder, chunk_of, len(bounds), processes)
+        _start_workers(encoder, chunk_of, len(bounds), processes, workers)
         # Opened after the fork: an LMDB environment (or a thread) must not be inherited by a child.
         for split in gathered.requested:
             writers[split] = LmdbWriter(tmp / f"{split}_db", map_size=map_size)
@@ -770,8 +830,8 @@ def build(spec: BuildSpec | dict[str, Any]) -> dict[str, Any]:
                 label_writers[split] = LmdbWriter(tmp / f"{split}_labels_db", map_size=map_size)
         flusher.start()
         for result in _results(workers):
-            if isinstance(result, WorkerDone):
-                mean_sum += result.pixel_sum
+            if isinstance(result, PixelTotal):
+                mean_sum += result.pixels
                 continue
             written[result.split].extend(result.written)
             if segmentation:

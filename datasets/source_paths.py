@@ -22,9 +22,8 @@ def paths_files(directory: Path, split: str) -> tuple[Path, Path]:
 def write_paths(directory: Path, split: str, paths: Iterable[str]) -> list[Path]:
     text, index = paths_files(directory, split)
     # One JSON string per line, as json.dumps(path, ensure_ascii=False) writes it, built in
-    # one go: a build writes a line per image. A name that is not UTF-8 (an undecodable
-    # byte in a file name) is shown with a replacement character rather than failing.
-    lines = [(encode_basestring(path) + "\n").encode("utf-8", "replace") for path in paths]
+    # one go: a build writes a line per image.
+    lines = [_utf8(encode_basestring(path) + "\n") for path in paths]
     offsets = np.zeros(len(lines), dtype=np.int64)
     if lines:
         np.cumsum(np.fromiter(map(len, lines[:-1]), dtype=np.int64, count=len(lines) - 1), out=offsets[1:])
@@ -33,6 +32,13 @@ def write_paths(directory: Path, split: str, paths: Iterable[str]) -> list[Path]
     with index.open("wb") as fh:
         np.save(fh, offsets)
     return [text, index]
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a file name with bytes that are not UTF-8: shown as U+FFFD
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
 
 
 def read_paths(directory: Path, split: str, records: Sequence[int]) -> list[str | None]:

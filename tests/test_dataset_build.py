@@ -612,3 +612,42 @@ def test_chunks_cover_every_split_in_order_and_shrink_towards_the_end():
     # The last chunks of the stream are small: the workers finish close together.
     assert all(n <= 16 for n in sizes[-4:]) and sizes[-5] < 64
     assert chunk_bounds([5], 3, 2) == [(0, 0, 3), (0, 3, 5)]
+
+
+def test_a_decoding_process_that_raises_fails_the_build_with_its_error(tmp_path, monkeypatch, capfd):
+    """An unexpected error in a worker (not a full disk): the build says which, the job log
+    gets its traceback, and nothing is left behind."""
+    import datasets.build
+
+    folder = make_shapes_folder(tmp_path / "src", per_class=6)
+    poison = str(sorted(folder.rglob("*.png"))[4])
+    original = datasets.build.Encoder.__call__
+
+    def failing(self, chunk, *args):
+        if any(path == poison for _, path, _ in chunk.items):
+            raise RuntimeError("a bug in the encoder")
+        return original(self, chunk, *args)
+
+    monkeypatch.setattr(datasets.build, "chunk_size_for", lambda *_: 3)
+    monkeypatch.setattr(datasets.build.Encoder, "__call__", failing)
+    with pytest.raises(BuildError, match=r"A decoding process failed \(RuntimeError: a bug in the encoder\)"):
+        build(spec_for(tmp_path, folder=str(folder), val_percent=25))
+    assert "Traceback" in capfd.readouterr().err
+    assert not any((tmp_path / "out" / name).exists() for name in OUTPUTS)
+
+
+def test_the_pixel_sum_is_exact_across_folds_and_totals(monkeypatch):
+    from datasets.build import PixelSum
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(200, 256, size=(5, 4, 3), dtype=np.uint8) for _ in range(700)]
+    monkeypatch.setattr(PixelSum, "LIMIT", 300)  # a uint32 total "full" after 300 images
+    pixel_sum, totals = PixelSum(), []
+    assert pixel_sum.take() is None  # nothing added: nothing held, nothing sent
+    for image in images:
+        pixel_sum.add(image)
+        if pixel_sum.due():
+            totals.append(pixel_sum.take())
+    totals.append(pixel_sum.take())
+    assert len(totals) == 3 and all(t.dtype == np.uint32 for t in totals)
+    assert (sum(t.astype(np.uint64) for t in totals) == np.sum(images, axis=0, dtype=np.uint64)).all()
