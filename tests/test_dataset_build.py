@@ -651,3 +651,13 @@ def test_the_pixel_sum_is_exact_across_folds_and_totals(monkeypatch):
     totals.append(pixel_sum.take())
     assert len(totals) == 3 and all(t.dtype == np.uint32 for t in totals)
     assert (sum(t.astype(np.uint64) for t in totals) == np.sum(images, axis=0, dtype=np.uint64)).all()
+
+
+def test_a_file_name_that_is_not_utf8_is_built_and_named_with_a_replacement_character(tmp_path):
+    folder = make_shapes_folder(tmp_path / "src", per_class=4)
+    first = sorted((folder / "circle").iterdir())[0]
+    os.rename(os.fsencode(first), os.fsencode(first.parent) + b"/caf\xe9.png")  # Latin-1, not UTF-8
+    result = build(spec_for(tmp_path, folder=str(folder)))
+    assert result["counts"]["train"] == 12 and not result["skipped"]
+    names = read_paths(tmp_path / "out", "train", list(range(12)))
+    assert "circle/caf\ufffd.png" in names
