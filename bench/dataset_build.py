@@ -253,7 +253,9 @@ def main() -> int:
     print(
         "ratio = build images/s / (cores x single-core images/s of the whole per-image work: decode, resize,\n"
         "encode), median of 3 pairs run one after the other (spread: max - min); ratio d+r: against decode+resize\n"
-        "alone. Target: ratio >= 0.9; peak memory of the build's process tree < 1024 MiB."
+        "alone. Target: ratio >= 0.9; peak memory of the build's process tree < 1024 MiB.\n"
+        "loader0/loaderN: one pass of the training split through a DataLoader with 0 and N processes, their start\n"
+        "included (as the trainer loads a split); the trainer reads raw (\"none\") records with 0, where N cost more."
     )
     return 0
 

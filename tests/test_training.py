@@ -28,13 +28,13 @@ from tests.imagegen import make_shapes_folder
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _build(root: Path, classes: tuple[str, ...], size: int = 28) -> Path:
+def _build(root: Path, classes: tuple[str, ...], size: int = 28, **extra: object) -> Path:
     folder = make_shapes_folder(root / "src", per_class=20, classes=classes)
     out = root / "db"
     out.mkdir()
     build({
         "source": "folder", "folder": str(folder), "output_dir": str(out), "width": size, "height": size, "channels": 3,
-        "val_percent": 25, "test_percent": 0, "seed": 0, "workers": 1, "data_roots": [str(root)],
+        "val_percent": 25, "test_percent": 0, "seed": 0, "workers": 1, "data_roots": [str(root)], **extra,
     })
     return out
 
@@ -415,6 +415,21 @@ def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):
     assert not streamed.in_memory and not streamed.move_to(torch.device("cpu"), budget_bytes=1 << 30)
     (s_images, s_labels), = streamed.batches([torch.tensor([3, 1])])
     assert torch.equal(s_images, images) and torch.equal(s_labels, labels)
+
+
+def test_raw_records_are_read_without_loader_processes_and_encoded_ones_with_them(shapes3, tmp_path):
+    """A raw record is one copy: loader processes would cost more than they save there."""
+    from datasets.lmdb_store import read_meta
+    from models_app.training.data import Split
+
+    assert read_meta(shapes3 / "train_db")["encoding"] == "png"
+    encoded = Split(shapes3 / "train_db", cache_bytes=1 << 30, workers=2)
+    raw_db = _build(tmp_path / "raw", ("circle", "square"), encoding="none")
+    raw = Split(raw_db / "train_db", cache_bytes=1 << 30, workers=2)
+    assert encoded.workers == 2 and raw.workers == 0
+    streamed = Split(raw_db / "train_db", cache_bytes=0, workers=2)
+    (images, labels), = streamed.batches([torch.tensor([2, 0])])
+    assert torch.equal(images, raw.images[[2, 0]]) and torch.equal(labels, raw.labels[[2, 0]])
 
 
 def test_a_snapshot_without_optimizer_state_cannot_be_resumed(shapes3, tmp_path):

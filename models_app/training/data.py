@@ -45,7 +45,10 @@ class Split:
         self.path = Path(path)
         self.meta = read_meta(self.path) if (self.path / "data.mdb").exists() else {"count": 0}
         self.count = int(self.meta["count"])
-        self.workers = workers
+        # A raw record is one copy: loader processes would cost more (their start, and
+        # sending every batch back) than they save (measured on 15,000 28x28 images: 0.07 s
+        # in this process, 0.17 s with 2 workers). Encoded records are decoded in parallel.
+        self.workers = workers if self.meta.get("encoding", "png") != "none" else 0
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
         if self.count:
