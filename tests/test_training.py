@@ -417,8 +417,9 @@ def test_in_memory_split_moves_to_a_device_only_within_budget(shapes3):
     assert torch.equal(s_images, images) and torch.equal(s_labels, labels)
 
 
-def test_raw_records_are_read_without_loader_processes_and_encoded_ones_with_them(shapes3, tmp_path):
-    """A raw record is one copy: loader processes would cost more than they save there."""
+def test_raw_records_are_loaded_without_loader_processes_and_encoded_ones_with_them(shapes3, tmp_path):
+    """Into memory, a raw record is one copy: loader processes would cost more than they
+    save there. Streaming keeps them (they read ahead while the device trains)."""
     from datasets.lmdb_store import read_meta
     from models_app.training.data import Split
 
@@ -426,8 +427,9 @@ def test_raw_records_are_read_without_loader_processes_and_encoded_ones_with_the
     encoded = Split(shapes3 / "train_db", cache_bytes=1 << 30, workers=2)
     raw_db = _build(tmp_path / "raw", ("circle", "square"), encoding="none")
     raw = Split(raw_db / "train_db", cache_bytes=1 << 30, workers=2)
-    assert encoded.workers == 2 and raw.workers == 0
+    assert encoded.preload_workers == 2 and raw.preload_workers == 0 and raw.in_memory
     streamed = Split(raw_db / "train_db", cache_bytes=0, workers=2)
+    assert streamed.workers == 2 and not streamed.in_memory
     (images, labels), = streamed.batches([torch.tensor([2, 0])])
     assert torch.equal(images, raw.images[[2, 0]]) and torch.equal(labels, raw.labels[[2, 0]])
 
