@@ -38,6 +38,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -657,8 +658,6 @@ def _work(encoder: Encoder, chunk_of: Callable[[int], Chunk], count: int, taken:
     except StoreWriteError as exc:
         pipe.send(exc)
     except Exception as exc:  # noqa: BLE001 - said in the parent, with the traceback
-        import traceback
-
         pipe.send(WorkerFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     finally:
         pipe.close()

@@ -34,7 +34,6 @@ from .sweeps import sweep_on_trial_end, sweep_on_validation
 from .training import CHILD_ENV
 
 
-
 def _snapshot_inputs(run: Evaluation | Export) -> list[Path]:
     """An evaluation's or an export's inputs: the model's dataset and its snapshot's file."""
     return [run.model.dataset.directory, snapshot_for(run.model, run.epoch).path]
