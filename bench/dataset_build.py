@@ -86,14 +86,18 @@ def _rate_job(args: tuple) -> float:
     return single_core_rate(*args)
 
 
-def concurrent_rate(files: list[Path], width: int, height: int, channels: int, cores: int) -> float:
+def concurrent_rate(
+    files: list[Path], width: int, height: int, channels: int, cores: int, encoding: str | None = None, *, share: bool = False,
+) -> float:
     """`cores` copies of the single-core loop at once, with no coordination at all: what
     this machine gives when every core decodes (shared caches and memory bandwidth make
-    it less than cores × the single-core rate on many machines)."""
+    it less than cores × the single-core rate on many machines). Each copy loops over
+    all of `files`, or with `share` over its own share of them (every `cores`-th), once."""
     import multiprocessing as mp
 
+    jobs = [(files[i::cores] if share else files, width, height, channels, encoding, 1 if share else 3) for i in range(cores)]
     with mp.get_context("fork").Pool(cores) as pool:
-        return sum(pool.map(_rate_job, [(files, width, height, channels, None)] * cores))
+        return sum(pool.map(_rate_job, jobs))
 
 
 def run_build(spec: dict, workdir: Path) -> tuple[dict, float, int]:
@@ -163,10 +167,14 @@ def bench_case(name: str, folder: Path, width: int, height: int, channels: int, 
         # single-core run just before it, over one core's share of the same images (every
         # `cores`-th file: the same work, about as long as the build); three pairs, and
         # the median of their ratios counts.
-        singles, builds = [], []
+        # Each build is also compared with `cores` uncoordinated copies of the same loop
+        # over all the images (each its share): what the build would reach with no
+        # storing, summing or coordination at all, on this machine at that moment.
+        singles, copies, builds = [], [], []
         share = files[::cores]
         for attempt in range(RUNS):
             singles.append(single_core_rate(share, width, height, channels, encoding, tries=1))
+            copies.append(concurrent_rate(files, width, height, channels, cores, encoding, share=True))
             out = work / f"out-{name}-{encoding}-{attempt}"
             out.mkdir()
             spec = {
@@ -179,6 +187,7 @@ def bench_case(name: str, folder: Path, width: int, height: int, channels: int, 
             if attempt < RUNS - 1:
                 shutil.rmtree(out)
         ratios = [b[0] / (cores * single) for b, single in zip(builds, singles)]
+        vs_copies = [b[0] / copy for b, copy in zip(builds, copies)]
         single_full = max(singles)
         build_rate, wall, peak, result = builds[-1]
         mean = np.load(out / "mean.npy")
@@ -195,6 +204,9 @@ def bench_case(name: str, folder: Path, width: int, height: int, channels: int, 
             "ratio_runs": ratios,
             "ratio_median": float(np.median(ratios)),
             "ratio_spread": max(ratios) - min(ratios),
+            "copies_runs": copies,
+            "ratio_vs_copies_runs": vs_copies,
+            "ratio_vs_copies_median": float(np.median(vs_copies)),
             "machine_scaling": ceiling / (cores * single_decode),
             "peak_tree_rss_mib": max(b[2] for b in builds) / 2**20,
             "db_mib": sum(f.stat().st_size for f in out.rglob("*.mdb")) / 2**20,
@@ -236,24 +248,28 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ncores: {cores}")
-    head = ("case", "images", "1core d+r/s", "1core all/s", "build/s", "ratio d+r", "ratio", "spread", "peak MiB",
-            "DB MiB", "loader0/s", f"loader{cores}/s")
+    head = ("case", "images", "1core d+r/s", "1core all/s", "build/s", "ratio d+r", "ratio", "spread", "vs copies",
+            "peak MiB", "DB MiB", "loader0/s", f"loader{cores}/s")
     print(("{:30}" + " {:>11}" * (len(head) - 1)).format(*head))
     for r in rows:
-        print(("{:30}" + " {:>11}" + " {:>11.0f}" * 3 + " {:>11.2f}" * 3 + " {:>11.0f}" * 4).format(
+        print(("{:30}" + " {:>11}" + " {:>11.0f}" * 3 + " {:>11.2f}" * 4 + " {:>11.0f}" * 4).format(
             r["case"], r["images"], r["single_core_decode_resize_per_s"], float(np.median(r["single_core_runs"])),
             float(np.median(r["build_runs"])), r["ratio_vs_decode_resize"], r["ratio_median"], r["ratio_spread"],
-            r["peak_tree_rss_mib"], r["db_mib"], r["loader_per_s_0_workers"], r["loader_per_s_n_workers"],
+            r["ratio_vs_copies_median"], r["peak_tree_rss_mib"], r["db_mib"], r["loader_per_s_0_workers"],
+            r["loader_per_s_n_workers"],
         ))
     for r in rows:
-        print(f"{r['case']}: pairs (single-core img/s, build img/s, ratio) " + "; ".join(
-            f"{s:.0f}, {b:.0f}, {q:.2f}" for s, b, q in zip(r["single_core_runs"], r["build_runs"], r["ratio_runs"])))
+        print(f"{r['case']}: runs (single-core img/s, {cores} copies img/s, build img/s, ratio, vs copies) " + "; ".join(
+            f"{s:.0f}, {c:.0f}, {b:.0f}, {q:.2f}, {v:.2f}" for s, c, b, q, v in zip(
+                r["single_core_runs"], r["copies_runs"], r["build_runs"], r["ratio_runs"], r["ratio_vs_copies_runs"])))
     print("machine scaling (decode+resize in `cores` uncoordinated processes / cores x single-core): "
           + ", ".join(f"{r['case'].split()[0]} {r['machine_scaling']:.2f}" for r in rows[:: 3]))
     print(
         "ratio = build images/s / (cores x single-core images/s of the whole per-image work: decode, resize,\n"
         "encode), median of 3 pairs run one after the other (spread: max - min); ratio d+r: against decode+resize\n"
-        "alone. Target: ratio >= 0.9; peak memory of the build's process tree < 1024 MiB.\n"
+        f"alone; vs copies: build images/s / {cores} uncoordinated copies of that loop, each over its share of the\n"
+        "images, run just before (the build's cost of storing, summing and coordinating, without the machine's\n"
+        "scaling). Target: ratio >= 0.9; peak memory of the build's process tree < 1024 MiB.\n"
         "loader0/loaderN: one pass of the training split through a DataLoader with 0 and N processes, their start\n"
         "included (as the trainer loads a split); the trainer reads raw (\"none\") records with 0, where N cost more."
     )

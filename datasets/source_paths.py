@@ -20,10 +20,18 @@ def paths_files(directory: Path, split: str) -> tuple[Path, Path]:
 
 
 def write_paths(directory: Path, split: str, paths: Iterable[str]) -> list[Path]:
+    return write_lines(directory, split, path_lines(paths))
+
+
+def path_lines(paths: Iterable[str]) -> list[bytes]:
+    """The file's line of each path: one JSON string, as json.dumps(path, ensure_ascii=False)
+    writes it (made with string work: a build makes a line per image)."""
+    return [_utf8(encode_basestring(path) + "\n") for path in paths]
+
+
+def write_lines(directory: Path, split: str, lines: list[bytes]) -> list[Path]:
+    """Write a split's paths file and its index from the lines of `path_lines`, in record order."""
     text, index = paths_files(directory, split)
-    # One JSON string per line, as json.dumps(path, ensure_ascii=False) writes it, built in
-    # one go: a build writes a line per image.
-    lines = [_utf8(encode_basestring(path) + "\n") for path in paths]
     offsets = np.zeros(len(lines), dtype=np.int64)
     if lines:
         np.cumsum(np.fromiter(map(len, lines[:-1]), dtype=np.int64, count=len(lines) - 1), out=offsets[1:])

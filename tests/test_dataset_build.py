@@ -652,6 +652,18 @@ def test_the_pixel_sum_is_exact_across_folds_and_totals(monkeypatch):
     assert len(totals) == 3 and all(t.dtype == np.uint32 for t in totals)
     assert (sum(t.astype(np.uint64) for t in totals) == np.sum(images, axis=0, dtype=np.uint64)).all()
 
+    # Chunks of small images summed at once (up to 257 of 255s fill a uint16), mixed with
+    # images added one by one: the same exact sum.
+    full = [np.full((5, 4, 3), 255, dtype=np.uint8)] * 257
+    pixel_sum = PixelSum()
+    pixel_sum.add(images[0])
+    pixel_sum.add_many(full)
+    pixel_sum.add_many([])
+    pixel_sum.add(images[1])
+    pixel_sum.add_many(images[2:200])
+    expected = np.sum([images[0], *full, *images[1:200]], axis=0, dtype=np.uint64)
+    assert (pixel_sum.take().astype(np.uint64) == expected).all()
+
 
 def test_a_file_name_that_is_not_utf8_is_built_and_named_with_a_replacement_character(tmp_path):
     folder = make_shapes_folder(tmp_path / "src", per_class=4)
