@@ -3,6 +3,7 @@
 worker processes, a killed worker, and a redelivered message."""
 from __future__ import annotations
 
+import signal
 import time
 
 import psutil
@@ -135,11 +136,13 @@ def test_a_killed_worker_leads_to_a_resumed_completed_job(celery_worker_process,
     assert Allocation.objects.filter(job_id=model_id, attempt=attempts[-1], outcome="done").count() == 2
 
 
-def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_process, api, shapes_folder):
-    """kill -9 only the Celery pool process that runs a 1-rank job (its worker lives on):
-    Celery requeues the message, and the redelivered message (or the heartbeat, whichever
-    comes first) sees that the rank's process is gone, so the job is requeued from its last
-    snapshot and completes, instead of staying "running" with its device busy for good."""
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "terminated"])
+def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_process, api, shapes_folder, how):
+    """kill -9 (or terminate) only the Celery pool process that runs a 1-rank job (its
+    worker lives on): Celery requeues the message, and the redelivered message (or the
+    heartbeat, whichever comes first) sees that the rank's process is gone, so the job is
+    requeued from its last snapshot and completes, instead of staying "running" with its
+    device busy for good. Terminated, the rank gives its device back itself as lost."""
     dataset_id = built_dataset(api, shapes_folder)
     model_id = submit(api, dataset_id, name="pool-victim", epochs=40, snapshot_interval=2, val_interval=2)
     wait_until(lambda: api.get(f"/api/models/{model_id}/").json()["snapshots"], 180, "the first snapshot")
@@ -150,7 +153,7 @@ def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_proces
     # The training child was forked from the device worker's pre-imported zygote, and yet
     # it must die with the pool process that asked for it.
     assert "workers.zygote" in " ".join(children_running(model_id)[0].parent().cmdline())
-    pool.kill()
+    pool.send_signal(how)
     wait_until(lambda: not children_running(model_id), 30, "the training child to die with its pool process")
     wait_until(
         lambda: JobEvent.objects.filter(job_id=model_id, status="queued", message__startswith="Interrupted: ").exists(),
@@ -158,7 +161,8 @@ def test_a_killed_pool_process_requeues_and_resumes_its_job(celery_worker_proces
     )
     interrupted = JobEvent.objects.filter(job_id=model_id, message__startswith="Interrupted: ").get()
     assert f"pid {allocation.pid}" not in interrupted.message  # rank wording, not a raw pid
-    assert "was killed" in interrupted.message and "Requeued to resume from the snapshot at epoch" in interrupted.message
+    assert ("was killed" if how == signal.SIGKILL else "was stopped") in interrupted.message
+    assert "Requeued to resume from the snapshot at epoch" in interrupted.message
     assert Allocation.objects.get(pk=allocation.pk).outcome == "lost"
     done = wait_for_status(api, f"/api/models/{model_id}/", {"done", "error"}, timeout=300)
     assert done["job"]["status"] == "done", done["job"]

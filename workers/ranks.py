@@ -231,6 +231,16 @@ def rank_run(allocation_id: int) -> None:
                 message=f"The worker failed while running this job: {type(exc).__name__}: {exc}",
             )
             raise
+        except BaseException:
+            # This process is being stopped under the rank (terminated: SystemExit), and its
+            # child with it: the job resumes from its last snapshot, as when it is killed
+            # (then the redelivered message or the heartbeat sees it; here nothing would).
+            # A job that has ended meanwhile (aborted, done) stays as it is.
+            outcome = AllocationOutcome.LOST
+            until_database(f"requeuing job {job.pk}", lambda: allocation_interrupt(
+                allocation, f"the worker process running rank {allocation.rank} on {allocation.device.label} was stopped",
+            ))
+            raise
     finally:
         until_database(f"giving back {allocation.device.label}", lambda: release(allocation, outcome))
         try:
