@@ -15,24 +15,35 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture
-def page(monkeypatch):
+@pytest.fixture(scope="module")
+def browser():
+    """One browser for a module's tests (starting Playwright and Chromium costs a second
+    or two a test); each test has a context of its own (`page`)."""
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
         pytest.fail("The browser tests need Debian's chromium: apt-get install chromium (.ci/run does this).")
 
-    # Playwright's sync API runs an event loop in this thread; the ORM calls made by
-    # pytest-django's teardown are still synchronous and safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        page = browser.new_page()
-        yield page
-        browser.close()
+    # Playwright's sync API runs an event loop in this thread while it is started; the ORM
+    # calls made by the tests and by pytest-django's teardown are still synchronous and safe.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync"],
+            )
+            yield browser
+            browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    # A context per test: cookies and storage of its own, as in a browser just started.
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
 
 
 def test_login_console_and_model_page(live_url, page, owner, tmp_path):
