@@ -41,10 +41,10 @@ def load_image(source: str | Path | BinaryIO, channels: int, size: tuple[int, in
                 w, h = size
                 file.draft("RGB" if channels == 3 else "L", (h, w) if exif_rotated else (w, h))
             file.load()
-            # In place: no copy when there is nothing to turn (the convert below copies it
-            # out of the file, which closes).
-            ImageOps.exif_transpose(file, in_place=True)
-            img = file
+            # Turned (a copy) only when it says so: otherwise the convert below is the one
+            # copy out of the file, which closes. (Not exif_transpose's in_place: this module
+            # also runs in model archives, on whatever Pillow their users have.)
+            img = ImageOps.exif_transpose(file) if file.getexif().get(0x0112, 1) in range(2, 9) else file
             if img.mode in ("P", "PA"):
                 img = img.convert("RGBA")
             if img.mode in ("RGBA", "LA"):

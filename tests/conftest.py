@@ -46,8 +46,11 @@ def _end_subprocess_connections(django_db_setup, django_db_blocker) -> Iterator[
 def subprocess_env(db_name: str) -> dict[str, str]:
     """Environment for subprocesses (workers, web server) that must use the test database."""
     url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + db_name
+    # Not the browser tests' DJANGO_ALLOW_ASYNC_UNSAFE (set in this process for Playwright's
+    # event loop): the web server and workers keep Django's check, as in production.
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     return {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "digits_site.settings_test",
         "DATABASE_URL": url,
         # One key for every process of the session (as `serve` writes it for `make run`):

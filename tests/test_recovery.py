@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 from django.conf import settings
@@ -59,6 +60,69 @@ def test_a_lost_rank_seen_by_two_detectors_is_requeued_once(owner) -> None:
     assert (job.status, job.interruptions) == ("queued", 1)
     assert JobEvent.objects.filter(job_id=model.pk, message__startswith="Interrupted: ").count() == 1
     assert Allocation.objects.get(pk=allocation.pk).outcome == "lost"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_ranks_lost_together_requeue_their_job_once(owner) -> None:
+    """Both ranks of a job say they were lost at the same moment (their host stopping: each
+    rank's worker process is terminated): the job is requeued once, its loss counted once.
+    The test holds the job's row until both wait for it, so they meet at the same point
+    every time (each releasing its own allocation before taking the job let both requeue it)."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from tests.factories import make_model
+    from workers.models import Allocation, Device
+    from workers.services import allocation_interrupt
+
+    model = make_model(owner, make_dataset(owner), name="lost-together", status="running")
+    Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now())
+    allocations = [
+        Allocation.objects.create(
+            job_id=model.pk, job_name="lost-together", owner=owner, attempt=1, rank=rank, world_size=2,
+            device=Device.objects.create(uuid=f"cpu-together-{rank}", host=settings.HOST_NAME, address="127.0.0.1",
+                                         kind="cpu", index=rank, name="cpu"),
+            started_at=timezone.now(), pid=dead_pid(),
+        )
+        for rank in range(2)
+    ]
+    results: dict[int, bool] = {}
+    waiting = threading.Barrier(3)
+
+    def lock_waiters() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return cursor.fetchone()[0]
+
+    def lose(allocation: Allocation) -> None:
+        try:
+            waiting.wait()
+            results[allocation.rank] = allocation_interrupt(allocation, f"rank {allocation.rank}'s worker was stopped")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=lose, args=(a,)) for a in allocations]
+    with transaction.atomic():
+        Job.objects.select_for_update().get(pk=model.pk)
+        for thread in threads:
+            thread.start()
+        waiting.wait()
+        # Let them go once both wait on a lock (the job's row), so they meet there every time.
+        deadline = time.monotonic() + 30
+        while lock_waiters() < 2:
+            assert time.monotonic() < deadline, "the two ranks never both waited for the job"
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results.values()) == [False, True]
+    job = Job.objects.get(pk=model.pk)
+    assert (job.status, job.interruptions) == ("queued", 1)
+    assert JobEvent.objects.filter(job_id=model.pk, message__startswith="Interrupted: ").count() == 1
+    assert not Allocation.objects.filter(job_id=model.pk, released_at__isnull=True).exists()
 
 
 @pytest.mark.parametrize("finished", [True, False])

@@ -226,13 +226,19 @@ def allocation_interrupt(
     see one loss (the heartbeat and a redelivered message for a killed process, the reaper
     and the surviving rank for a dead host); an allocation that is already released was
     either handed back by its run or released by the interruption that requeued its job,
-    so requeuing again would count the loss twice."""
-    released = Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
-        released_at=timezone.now(), outcome=outcome
-    )
-    if not released or allocation.job_id is None:
-        return False
-    return job_interrupt(allocation.job_id, allocation.attempt, reason, backoff=backoff)
+    so requeuing again would count the loss twice. The job's row is locked first: ranks of
+    one job lost together (their host stopping: each rank says so) or two reapers take
+    turns, and the later ones find their allocation released by the first's interruption
+    (released outside the lock, two of them could each count the loss)."""
+    with transaction.atomic():
+        if allocation.job_id is not None:
+            Job.objects.select_for_update().filter(pk=allocation.job_id).first()
+        released = Allocation.objects.filter(pk=allocation.pk, released_at__isnull=True).update(
+            released_at=timezone.now(), outcome=outcome
+        )
+        if not released or allocation.job_id is None:
+            return False
+        return job_interrupt(allocation.job_id, allocation.attempt, reason, backoff=backoff)
 
 
 def job_abort(job: Job) -> None:
