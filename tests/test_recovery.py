@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -77,7 +78,8 @@ def test_two_ranks_lost_together_requeue_their_job_once(owner) -> None:
     from workers.services import allocation_interrupt
 
     model = make_model(owner, make_dataset(owner), name="lost-together", status="running")
-    Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now())
+    # Not placed again once requeued (this test commits: the session's devices would take it).
+    Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now(), not_before=timezone.now() + timedelta(hours=1))
     allocations = [
         Allocation.objects.create(
             job_id=model.pk, job_name="lost-together", owner=owner, attempt=1, rank=rank, world_size=2,
