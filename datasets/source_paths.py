@@ -19,10 +19,6 @@ def paths_files(directory: Path, split: str) -> tuple[Path, Path]:
     return directory / f"{split}_paths.jsonl", directory / f"{split}_paths.idx.npy"
 
 
-def write_paths(directory: Path, split: str, paths: Iterable[str]) -> list[Path]:
-    return write_lines(directory, split, path_lines(paths))
-
-
 def path_lines(paths: Iterable[str]) -> list[bytes]:
     """The file's line of each path: one JSON string, as json.dumps(path, ensure_ascii=False)
     writes it (made with string work: a build makes a line per image)."""

@@ -376,7 +376,7 @@ def test_the_mistakes_browser_and_the_export_table(live_url, page, owner):
     table's rows (passed with a download, failed with its error)."""
     import numpy as np
 
-    from datasets.source_paths import write_paths
+    from datasets.source_paths import path_lines, write_lines
     from models_app.evaluate import PREDICTIONS
     from models_app.metrics import summarise
     from models_app.models import Evaluation, Export
@@ -385,7 +385,7 @@ def test_the_mistakes_browser_and_the_export_table(live_url, page, owner):
     dataset = make_dataset(owner, name="eval-data")
     dataset.labels, dataset.counts = ["circle", "square", "triangle"], {"train": 30, "val": 6}
     dataset.save()
-    write_paths(dataset.directory, "val", [f"{kind}/{i}.png" for kind in ("circle", "square", "triangle") for i in range(2)])
+    write_lines(dataset.directory, "val", path_lines([f"{kind}/{i}.png" for kind in ("circle", "square", "triangle") for i in range(2)]))
     model = make_model(owner, dataset, name="eval-model")
     job = Job.objects.create(kind="evaluation", name="eval-model · val", owner=owner, status="done")
     JobEvent.objects.create(job=job, status="done")
