@@ -73,6 +73,7 @@ def dataset_new(request: HttpRequest) -> HttpResponse:
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list().prefetch_related("job__events"), pk=pk)
     modifiable = can_modify(request.user, dataset)
+    models = dataset.models.filter(visible_q(request.user, "job__")).select_related("job").order_by("-job__created_at")
     edit_form = DatasetEditForm(initial={"name": dataset.job.name, "group": dataset.job.group, "notes": dataset.job.notes,
                                          "visibility": dataset.job.visibility})
     return render(
@@ -83,7 +84,9 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "job": dataset.job,
             "can_modify": modifiable,
             "edit_form": edit_form if modifiable else None,
-            "models": dataset.models.filter(visible_q(request.user, "job__")).select_related("job").order_by("-job__created_at")[:20],
+            # The newest; the models list, filtered by this dataset, has them all.
+            "models": models[:20],
+            "models_total": models.count(),
         },
     )
 

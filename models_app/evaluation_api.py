@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from datasets.uploads import upload_get
 from workers.api import JobSerializer
 from workers.errors import JobError
+from workers.listing import job_prefetches
 from workers.permissions import AnyUser, current_user, visible_q
 from workers.schema import ErrorSerializer
 from workers.services import job_delete
@@ -90,7 +91,10 @@ class ModelEvaluationsApi(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no pk
             return Evaluation.objects.none()
         model = get_object_or_404(model_list(), pk=self.kwargs["pk"])
-        return evaluation_list().filter(visible_q(self.request.user, "job__"), model=model).order_by("-job__created_at", "-pk")
+        return (
+            evaluation_list().filter(visible_q(self.request.user, "job__"), model=model)
+            .prefetch_related(*job_prefetches("job__")).order_by("-job__created_at", "-pk")
+        )
 
     @extend_schema(operation_id="models_evaluations_list")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -156,12 +156,23 @@ def evaluation_remove(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("model_detail", pk=model_id)
 
 
+COMPARE_CHOICES = 200
+
+
 def evaluation_compare_view(request: HttpRequest) -> HttpResponse:
     """`?a=ID&b=ID`: two evaluations side by side; without them, a form to pick them."""
     visible = evaluation_list().filter(visible_q(request.user, "job__"), visible_q(request.user, "model__job__"))
-    choices = visible.filter(job__status="done").order_by("-job__created_at")[:200]
-    context: dict[str, object] = {"choices": choices}
     a, b = request.GET.get("a", ""), request.GET.get("b", "")
+    # The newest finished evaluations to pick from, and those asked for (a model page's
+    # "compare…" link names one that may be older).
+    done = visible.filter(job__status="done").order_by("-job__created_at", "-pk")
+    choices = list(done[:COMPARE_CHOICES])
+    asked = {int(x) for x in (a, b) if x.isdigit()} - {e.pk for e in choices}
+    choices += list(done.filter(pk__in=asked))
+    context: dict[str, object] = {
+        "choices": choices, "choices_more": max(0, done.count() - COMPARE_CHOICES),
+        "chosen": {"a": int(a) if a.isdigit() else None, "b": int(b) if b.isdigit() else None},
+    }
     if a.isdigit() and b.isdigit():
         first = get_object_or_404(visible, pk=int(a))
         second = get_object_or_404(visible, pk=int(b))

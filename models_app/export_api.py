@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from workers.api import JobSerializer
 from workers.errors import NotFound
+from workers.listing import job_prefetches
 from workers.permissions import current_user, visible_q
 from workers.schema import ErrorSerializer
 from workers.services import job_delete
@@ -80,7 +81,10 @@ class ModelExportsApi(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no pk
             return Export.objects.none()
         model = get_object_or_404(model_list(), pk=self.kwargs["pk"])
-        return export_list().filter(visible_q(self.request.user, "job__"), model=model).order_by("-job__created_at", "-pk")
+        return (
+            export_list().filter(visible_q(self.request.user, "job__"), model=model)
+            .prefetch_related(*job_prefetches("job__")).order_by("-job__created_at", "-pk")
+        )
 
     @extend_schema(operation_id="models_exports_list")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -16,14 +17,15 @@ from .sweeps import sweep_abort, sweep_advance, sweep_list, sweep_summary
 
 
 def sweep_list_view(request: HttpRequest) -> HttpResponse:
-    sweeps = list(sweep_list(request.user)[:200])
-    return render(request, "models/sweeps.html", {"sweeps": [(s, sweep_summary(s)) for s in sweeps]})
+    """Every sweep, newest first, a page at a time."""
+    page = Paginator(sweep_list(request.user), 50).get_page(request.GET.get("page"))
+    return render(request, "models/sweeps.html", {"page": page, "sweeps": [(s, sweep_summary(s)) for s in page]})
 
 
 def sweep_detail(request: HttpRequest, pk: int) -> HttpResponse:
     sweep = get_object_or_404(sweep_list(), pk=pk)
     sweep_advance(sweep.pk)  # a trial cancelled while queued must not stall it
-    sweep.refresh_from_db()
+    sweep = sweep_list().get(pk=pk)  # read again with its trials as they are now
     summary = sweep_summary(sweep)
     order = request.GET.get("order", "best")
     trials = list(summary["trials"])

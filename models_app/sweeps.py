@@ -203,8 +203,12 @@ def should_prune(sweep: Sweep, trial: Trial, others: list[Trial]) -> bool:
 
 
 def sweep_list(user: AnyUser | None = None) -> QuerySet[Sweep]:
-    """Sweeps (those `user` may see: their owner's teams', as a model of "team" visibility)."""
-    sweeps = Sweep.objects.select_related("owner", "dataset", "dataset__job")
+    """Sweeps (those `user` may see: their owner's teams', as a model of "team" visibility),
+    each with its trials in one query for the whole list (`sweep_summary` reads them)."""
+    trials = Trial.objects.select_related("model__job").order_by("number")
+    sweeps = Sweep.objects.select_related("owner", "dataset", "dataset__job").prefetch_related(
+        db_models.Prefetch("trials", queryset=trials, to_attr="listed_trials")
+    )
     if user is not None and not getattr(user, "is_staff", False):
         sweeps = sweeps.filter(shares_team_q(user, "owner_id")) if user.is_authenticated else sweeps.none()
     return sweeps
@@ -400,7 +404,8 @@ def sweep_abort(sweep: Sweep) -> int:
 
 def sweep_summary(sweep: Sweep) -> dict[str, Any]:
     """The sweep page and API: its trials, best first by the metric, the best marked."""
-    trials = list(sweep.trials.select_related("model__job").order_by("number"))
+    listed: list[Trial] | None = getattr(sweep, "listed_trials", None)  # prefetched by sweep_list
+    trials = listed if listed is not None else list(sweep.trials.select_related("model__job").order_by("number"))
     scored = [t for t in trials if t.value is not None and t.state == TrialState.COMPLETE]
     best = None
     if scored:

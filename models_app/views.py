@@ -68,6 +68,7 @@ def model_new(request: HttpRequest) -> HttpResponse:
 
 
 LIST_PAGE_SIZE = 50
+DATASET_CHOICES = 500  # in the models list's dataset filter
 
 
 def model_list_view(request: HttpRequest) -> HttpResponse:
@@ -77,9 +78,16 @@ def model_list_view(request: HttpRequest) -> HttpResponse:
     filters = ModelFilter(request.GET or None, queryset=visible)
     rows = filters.qs if filters.is_bound and filters.is_valid() else visible
     page = Paginator(rows, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    # The dataset filter offers the newest datasets (and the one chosen); any other is
+    # reached from its own page ("all its models"), which links here with ?dataset=.
+    datasets = dataset_list().filter(visible_q(request.user, "job__")).order_by("-job__created_at")
+    offered = list(datasets.values_list("pk", "job__name")[:DATASET_CHOICES])
+    chosen = request.GET.get("dataset", "")
+    if chosen.isdigit() and int(chosen) not in {pk for pk, _ in offered}:
+        offered += list(datasets.filter(pk=int(chosen)).values_list("pk", "job__name"))
     return render(request, "models/list.html", {
         "filters": filters, "page": page, "networks": Network.choices, "statuses": JobStatus.choices,
-        "datasets": dataset_list().filter(visible_q(request.user, "job__")).values_list("pk", "job__name")[:500],
+        "datasets": offered, "datasets_more": max(0, datasets.count() - DATASET_CHOICES),
     })
 
 
@@ -116,6 +124,9 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except ValueError:
         requested = None
     chosen = next((s.epoch for s in snapshots if requested is not None and abs(s.epoch - requested) < 5e-5), None)
+    # The newest evaluations and exports; the page says how many there are, the API lists all.
+    evaluations = evaluation_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at", "-pk")
+    exports = export_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at", "-pk")
     return render(
         request,
         "models/detail.html",
@@ -133,12 +144,11 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "class_names_json": json.dumps(model.dataset.labels),
             "class_colours_json": json.dumps(model.dataset.label_colours),
             "best_snapshot": max((s for s in snapshots if s.val_accuracy is not None), key=lambda s: s.val_accuracy or 0.0, default=None),
-            "evaluations": evaluation_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at")[:20],
+            "evaluations": evaluations[:20],
+            "evaluations_total": evaluations.count(),
             "export_form": ExportForm(epochs=[s.epoch for s in snapshots]),
-            "exports": [
-                (export, export_rows(export))
-                for export in export_list().filter(visible_q(request.user, "job__"), model=model).order_by("-job__created_at", "-pk")[:10]
-            ],
+            "exports": [(export, export_rows(export)) for export in exports[:10]],
+            "exports_total": exports.count(),
             "can_modify": can_modify(request.user, model),
             "visibilities": Visibility.choices,
             "queue": wait_reason(model.job),

@@ -113,3 +113,82 @@ def test_compare_two_runs(runs, owner):
     assert {"network", "epochs"} <= differing and "dataset" not in differing
     assert token_client(owner).get("/api/models/compare/", {"ids": str(runs["alpha"].pk)}).status_code == 400
     assert client.get("/models/compare/", {"ids": "1"}).status_code == 302
+
+
+def test_sweeps_page_goes_a_page_at_a_time_in_constant_queries(owner):
+    """The sweeps page: fifty a page, newest first, with their trials read in one query
+    whatever their number (it had a silent cap of 200 and a query per sweep)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from models_app.models import Sweep, Trial
+
+    dataset = make_dataset(owner)
+    client = Client()
+    client.force_login(owner)
+
+    def add(numbers: range) -> None:
+        for i in numbers:
+            sweep = Sweep.objects.create(owner=owner, name=f"sweep-{i:02d}", dataset=dataset, space={"lr": {"values": [1, 2]}})
+            Trial.objects.bulk_create([Trial(sweep=sweep, number=n, params={"lr": n}, state="complete", value=n) for n in (1, 2)])
+
+    def page(number: int) -> tuple[str, int]:
+        with CaptureQueriesContext(connection) as ctx:
+            html = client.get("/sweeps/", {"page": number}).content.decode()
+        rows = html.split('id="sweep-table"', 1)[1].split("</table>", 1)[0]
+        return rows, len(ctx.captured_queries)
+
+    add(range(5))
+    _, few = page(1)
+    add(range(5, 55))
+    first, many = page(1)
+    second, _ = page(2)
+    assert first.count("/sweeps/") == 50 and "sweep-54" in first and "sweep-04" not in first
+    assert second.count("/sweeps/") == 5 and "sweep-04" in second and "sweep-00" in second
+    assert "2 / 16" in second  # its trials, read from the prefetch
+    assert many == few, f"{few} queries for 5 sweeps, {many} for 50"
+    assert "55 in all" in client.get("/sweeps/").content.decode()
+
+
+def test_short_lists_say_what_they_leave_out_and_lead_to_the_rest(owner, monkeypatch):
+    """No silent caps: a dataset's page shows its newest models and links to all of them
+    in the models list; a model's page says how many evaluations there are; the models
+    list's dataset filter and the evaluation compare form offer the newest and the one
+    asked for, and say how many older ones there are."""
+    import models_app.evaluation_views
+    import models_app.views
+    from models_app.models import Evaluation
+
+    client = Client()
+    client.force_login(owner)
+    datasets = [make_dataset(owner, name=f"data-{i}") for i in range(4)]
+    oldest = datasets[0]
+    models = [make_model(owner, oldest, name=f"on-oldest-{i:02d}") for i in range(22)]
+
+    page = client.get(f"/datasets/{oldest.pk}/").content.decode()
+    assert "Models on this dataset (22)" in page and page.count('<li><a href="/models/') == 20
+    assert f'href="/models/?dataset={oldest.pk}">All 22 in the models list' in page
+    listed = client.get("/models/", {"dataset": oldest.pk}).content.decode()
+    assert "22 in all" in listed
+
+    monkeypatch.setattr(models_app.views, "DATASET_CHOICES", 2)
+    listed = client.get("/models/", {"dataset": oldest.pk}).content.decode()
+    offered = listed.split('aria-label="dataset"', 1)[1].split("</select>", 1)[0]
+    assert "data-3" in offered and "data-2" in offered and "data-1" not in offered
+    assert f'<option value="{oldest.pk}" selected>data-0</option>' in offered
+    assert "2 older" in offered  # data-0 and data-1 are older than the two offered
+
+    scope = models[0]
+    evaluations = []
+    for i in range(21):
+        job = Job.objects.create(kind="evaluation", name=f"eval-{i:02d}", owner=owner, status="done")
+        evaluations.append(Evaluation.objects.create(job=job, model=scope, epoch=1.0, split="val", metrics={"top1": 0.5}))
+    page = client.get(f"/models/{scope.pk}/").content.decode()
+    assert "The 20 newest of 21" in page and f"/api/models/{scope.pk}/evaluations/" in page
+
+    monkeypatch.setattr(models_app.evaluation_views, "COMPARE_CHOICES", 3)
+    first = evaluations[0]
+    form = client.get("/evaluations/compare/", {"a": first.pk}).content.decode()
+    side_a = form.split('name="a"', 1)[1].split("</select>", 1)[0]
+    assert f'<option value="{first.pk}" selected>' in side_a and side_a.count("<option") == 4
+    assert "(18 older)" in form

@@ -76,7 +76,9 @@ def device_board() -> list[dict[str, Any]]:
         a.device_id: a for a in Allocation.objects.filter(released_at__isnull=True).select_related("job", "owner")
     }
     asked: dict[int, list[Job]] = defaultdict(list)
-    for job in queued_jobs().prefetch_related("requested_devices")[:500]:
+    # Only the queued jobs pinned to devices (the few that ask for particular ones), all of them.
+    pinned = queued_jobs().filter(requested_devices__isnull=False).distinct()
+    for job in pinned.prefetch_related("requested_devices"):
         for device in job.requested_devices.all():
             asked[device.pk].append(job)
     devices = list(Device.objects.all())
