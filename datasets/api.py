@@ -213,11 +213,11 @@ class DatasetImagesApi(APIView):
     def get(self, request: Request, pk: int) -> Response:
         dataset = get_object_or_404(dataset_list(), pk=pk)
         q = request.query_params
-        label = int(q["label"]) if q.get("label", "").isdigit() else None
+        label = int(q["label"]) if q.get("label", "").isdecimal() else None
         page = dataset_gallery(
             dataset, q.get("split", "train"), label=label,
-            page=int(q.get("page", 1)) if str(q.get("page", "1")).isdigit() else 1,
-            per_page=int(q.get("per_page", 60)) if str(q.get("per_page", "60")).isdigit() else 60,
+            page=int(q.get("page", 1)) if str(q.get("page", "1")).isdecimal() else 1,
+            per_page=int(q.get("per_page", 60)) if str(q.get("per_page", "60")).isdecimal() else 60,
         )
         return Response({
             "split": page.split, "label": page.label, "page": page.page, "pages": page.pages,

@@ -69,6 +69,11 @@ def _check_split(dataset: Dataset, split: str) -> None:
                  *([dataset.label_split_path(split)] if dataset.is_segmentation else []),
                  *([dataset.objects_path(split)] if dataset.is_detection else [])):
         storage.fetch(path)
+    if not dataset.split_path(split).exists():  # the data folder lost or moved, no store to fetch from
+        raise NotFound(
+            f"This dataset's {split} images are missing from the data folder ({dataset.split_path(split)}): "
+            "restore that folder, or build the dataset again (Clone)."
+        )
 
 
 def dataset_gallery(dataset: Dataset, split: str, *, label: int | None = None, page: int = 1, per_page: int = 60) -> GalleryPage:

@@ -126,7 +126,7 @@ def parse_list(
             continue
         where = f"{path.name}:{lineno}"
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not parts[1].lstrip("-").isdecimal():
             skipped.append({"path": where, "reason": "expected 'path label_index'"})
             continue
         raw, label = parts[0], int(parts[1])
@@ -268,7 +268,7 @@ def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tupl
         if not parts:
             raise SourceError(f"The class list {path.name} has a blank line among its classes (line {number}).")
         tail = parts[-3:]
-        if len(parts) >= 4 and all(p.isdigit() for p in tail):
+        if len(parts) >= 4 and all(p.isdecimal() for p in tail):
             rgb = tuple(int(p) for p in tail)
             if any(v > 255 for v in rgb):
                 raise SourceError(f"Line {number} of {path.name}: colour values go from 0 to 255.")
@@ -284,7 +284,7 @@ def read_class_list(path: Path, at_least: int = 2) -> tuple[list[str], list[tupl
         )
     if len(names) > 255:
         raise SourceError(f"The class list {path.name} lists {len(names)} classes; at most 255 (label 255 means 'ignore').")
-    given = [c for c, line in zip(colours, lines) if len(line.split()) >= 4 and all(p.isdigit() for p in line.split()[-3:])]
+    given = [c for c, line in zip(colours, lines) if len(line.split()) >= 4 and all(p.isdecimal() for p in line.split()[-3:])]
     if len(set(given)) < len(given):
         raise SourceError(f"Two classes of {path.name} have the same colour; each needs its own.")
     return names, colours

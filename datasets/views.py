@@ -42,7 +42,7 @@ def _modifiable(request: HttpRequest, pk: int) -> Dataset:
 def dataset_new(request: HttpRequest) -> HttpResponse:
     initial = {}
     clone_of = request.GET.get("clone")
-    if clone_of and clone_of.isdigit():
+    if clone_of and clone_of.isdecimal():
         initial = dataset_clone_params(get_object_or_404(dataset_list().filter(visible_q(request.user, "job__")), pk=int(clone_of)))
         # The plugin's options go to its own fields on the form.
         for key, value in (initial.pop("plugin_options", None) or {}).items():
@@ -110,9 +110,9 @@ def dataset_explore(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(dataset_list(), pk=pk)
     split = request.GET.get("split", "train")
     label_arg = request.GET.get("label", "")
-    label = int(label_arg) if label_arg.isdigit() and int(label_arg) < len(dataset.labels) else None
+    label = int(label_arg) if label_arg.isdecimal() and int(label_arg) < len(dataset.labels) else None
     page_arg = request.GET.get("page", "1")
-    page = dataset_gallery(dataset, split, label=label, page=int(page_arg) if page_arg.isdigit() else 1)
+    page = dataset_gallery(dataset, split, label=label, page=int(page_arg) if page_arg.isdecimal() else 1)
     items = [(i, dataset.labels[lab]) for i, lab in zip(page.indices, page.labels)]
     # Segmentation: each image with its labels over it (or the labels, or the image alone).
     # Detection: each image with its boxes (or the image alone).

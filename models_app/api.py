@@ -282,8 +282,8 @@ class ModelMetricsApi(APIView):
         model = get_object_or_404(model_list(), pk=pk)
         after = request.query_params.get("after")
         raw = request.query_params.get("max_points", "")
-        max_points = min(20_000, max(2, int(raw))) if raw.isdigit() else MAX_POINTS
-        return Response(model_metrics(model, after_iteration=int(after) if after and after.isdigit() else None, max_points=max_points))
+        max_points = min(20_000, max(2, int(raw))) if raw.isdecimal() else MAX_POINTS
+        return Response(model_metrics(model, after_iteration=int(after) if after and after.isdecimal() else None, max_points=max_points))
 
 
 class ModelMetricPointsApi(APIView):
@@ -308,8 +308,8 @@ class ModelMetricPointsApi(APIView):
         if not name:
             raise JobError("Give the series' name (train_loss, val_accuracy, ...).", field="name")
         after_raw, limit_raw = request.query_params.get("after", ""), request.query_params.get("limit", "")
-        after = int(after_raw) if after_raw.lstrip("-").isdigit() else -1
-        limit = min(10_000, max(1, int(limit_raw))) if limit_raw.isdigit() else 10_000
+        after = int(after_raw) if after_raw.lstrip("-").isdecimal() else -1
+        limit = min(10_000, max(1, int(limit_raw))) if limit_raw.isdecimal() else 10_000
         points = model_metric_points(model, name, after=after, limit=limit)
         return Response({
             "name": name, "points": [list(p) for p in points],

@@ -21,7 +21,7 @@ LEADING = ("dataset", "network", "epochs", "batch_size", "solver", "learning_rat
 
 
 def parse_ids(raw: str) -> list[int]:
-    ids = list(dict.fromkeys(int(part) for part in raw.replace(" ", "").split(",") if part.isdigit()))
+    ids = list(dict.fromkeys(int(part) for part in raw.replace(" ", "").split(",") if part.isdecimal()))
     if len(ids) < 2:
         raise JobError("Choose at least two models to compare (?ids=1,2).", field="ids")
     if len(ids) > MAX_RUNS:

@@ -50,7 +50,7 @@ def evaluation_new(request: HttpRequest, pk: int) -> HttpResponse:
 def _view_args(request: HttpRequest) -> dict[str, int | str | None]:
     def number(name: str) -> int | None:
         raw = request.GET.get(name, "")
-        return int(raw) if raw.lstrip("-").isdigit() else None
+        return int(raw) if raw.lstrip("-").isdecimal() else None
 
     return {"view": request.GET.get("view", ""), "label": number("label"), "predicted": number("predicted"),
             "page": number("page") or 1}
@@ -105,7 +105,7 @@ def _spatial_context(request: HttpRequest, evaluation: Evaluation) -> dict[str, 
         page_number = request.GET.get("page", "")
         view = request.GET.get("view", "worst")
         try:
-            page = spatial_images(evaluation, view=view, page=int(page_number) if page_number.isdigit() else 1, per_page=24)
+            page = spatial_images(evaluation, view=view, page=int(page_number) if page_number.isdecimal() else 1, per_page=24)
         except JobError as exc:
             messages.error(request, str(exc))
             page = spatial_images(evaluation, per_page=24)
@@ -167,13 +167,13 @@ def evaluation_compare_view(request: HttpRequest) -> HttpResponse:
     # "compare…" link names one that may be older).
     done = visible.filter(job__status="done").order_by("-job__created_at", "-pk")
     choices = list(done[:COMPARE_CHOICES])
-    asked = {int(x) for x in (a, b) if x.isdigit()} - {e.pk for e in choices}
+    asked = {int(x) for x in (a, b) if x.isdecimal()} - {e.pk for e in choices}
     choices += list(done.filter(pk__in=asked))
     context: dict[str, object] = {
-        "choices": choices, "choices_more": max(0, done.count() - COMPARE_CHOICES),
-        "chosen": {"a": int(a) if a.isdigit() else None, "b": int(b) if b.isdigit() else None},
+        "choices": choices, "choices_more": done.count() - len(choices),
+        "chosen": {"a": int(a) if a.isdecimal() else None, "b": int(b) if b.isdecimal() else None},
     }
-    if a.isdigit() and b.isdigit():
+    if a.isdecimal() and b.isdecimal():
         first = get_object_or_404(visible, pk=int(a))
         second = get_object_or_404(visible, pk=int(b))
         try:

@@ -38,7 +38,7 @@ class Problem:
 def _label(token: str, labels: list[str]) -> int | None:
     """A ground-truth token: a class index, or a class name. None: it is not one (then the
     token belongs to the path, which may contain spaces)."""
-    if token.lstrip("-").isdigit():
+    if token.lstrip("-").isdecimal():
         return int(token)
     return labels.index(token) if token in labels else None
 

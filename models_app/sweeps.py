@@ -454,7 +454,7 @@ def parse_space_text(text: str) -> dict[str, Any]:
 
 def _number(text: str, lineno: int) -> float | int:
     try:
-        return int(text) if text.lstrip("-").isdigit() else float(text)
+        return int(text) if text.lstrip("-").isdecimal() else float(text)
     except ValueError:
         raise JobError(f"Line {lineno}: {text!r} is not a number.", field="sweep_space") from None
 
@@ -464,6 +464,6 @@ def _scalar(text: str) -> Any:
     if lowered in ("true", "false"):
         return lowered == "true"
     try:
-        return int(text) if text.lstrip("-").isdigit() else float(text)
+        return int(text) if text.lstrip("-").isdecimal() else float(text)
     except ValueError:
         return text

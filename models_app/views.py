@@ -32,13 +32,13 @@ from .services import model_rerun_exactly, can_submit_code, model_classify_uploa
 def model_new(request: HttpRequest) -> HttpResponse:
     initial: dict = {}
     clone_of = request.GET.get("clone")
-    if clone_of and clone_of.isdigit():
+    if clone_of and clone_of.isdecimal():
         initial = model_clone_params(get_object_or_404(model_list().filter(visible_q(request.user, "job__")), pk=int(clone_of)))
         initial["priority"] = Priority[initial["priority"].upper()]
         initial["placement"] = "specific" if initial["device_ids"] else ("count" if initial["devices"] > 1 else "next")
     elif request.GET.get("dataset"):
         initial = {"dataset": request.GET.get("dataset")}
-    if request.GET.get("base_model", "").isdigit():  # "Fine-tune" from a model's page
+    if request.GET.get("base_model", "").isdecimal():  # "Fine-tune" from a model's page
         initial.update(base_model=int(request.GET["base_model"]), base_epoch=request.GET.get("base_epoch") or None)
     form = ModelForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
@@ -83,11 +83,11 @@ def model_list_view(request: HttpRequest) -> HttpResponse:
     datasets = dataset_list().filter(visible_q(request.user, "job__")).order_by("-job__created_at")
     offered = list(datasets.values_list("pk", "job__name")[:DATASET_CHOICES])
     chosen = request.GET.get("dataset", "")
-    if chosen.isdigit() and int(chosen) not in {pk for pk, _ in offered}:
+    if chosen.isdecimal() and int(chosen) not in {pk for pk, _ in offered}:
         offered += list(datasets.filter(pk=int(chosen)).values_list("pk", "job__name"))
     return render(request, "models/list.html", {
         "filters": filters, "page": page, "networks": Network.choices, "statuses": JobStatus.choices,
-        "datasets": offered, "datasets_more": max(0, datasets.count() - DATASET_CHOICES),
+        "datasets": offered, "datasets_more": datasets.count() - len(offered),
     })
 
 

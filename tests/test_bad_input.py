@@ -141,3 +141,34 @@ def test_classify_rejects_a_non_image(api, owner, tmp_path):
         response = api.post(f"/api/models/{model.pk}/classify/", {"image": fh}, format="multipart")
     assert response.status_code == 400
     assert response.json()["detail"].startswith("Could not classify this file: not a readable image")
+
+
+@pytest.mark.django_db
+def test_numbers_in_addresses_that_are_digits_but_not_decimal_are_not_server_errors(owner):
+    """"²" passes str.isdigit() but int() refuses it: every number read from an address is
+    checked with isdecimal(), so such a value is ignored or refused, never a 500."""
+    from django.test import Client
+
+    from tests.conftest import token_client
+
+    dataset = make_dataset(owner)
+    model = make_model(owner, dataset)
+    client = Client()
+    client.force_login(owner)
+    api = token_client(owner)
+    pages = [
+        "/models/?dataset=²", "/evaluations/compare/?a=²", "/evaluations/compare/?a=²&b=1", "/models/compare/?ids=1,²",
+        "/models/new/?clone=²", "/models/new/?base_model=²", "/datasets/new/?clone=²",
+        f"/datasets/{dataset.pk}/explore/?label=²&page=²",
+    ]
+    calls = [
+        f"/api/models/{model.pk}/metrics/?max_points=²&after=²", f"/api/models/{model.pk}/metrics/points/?after=²&limit=²",
+        f"/api/jobs/{model.pk}/log/?offset=²", f"/api/datasets/{dataset.pk}/images/?label=²",
+    ]
+    for url in pages:
+        assert client.get(url).status_code < 500, url
+    for url in calls:
+        assert api.get(url).status_code < 500, url
+    # This dataset's record says "built", but its files are not in the data folder.
+    lost = client.get(f"/datasets/{dataset.pk}/explore/")
+    assert lost.status_code == 404 and "missing from the data folder" in lost.content.decode()

@@ -157,38 +157,43 @@ def test_short_lists_say_what_they_leave_out_and_lead_to_the_rest(owner, monkeyp
     asked for, and say how many older ones there are."""
     import models_app.evaluation_views
     import models_app.views
-    from models_app.models import Evaluation
+    from models_app.models import Evaluation, Export
 
     client = Client()
     client.force_login(owner)
     datasets = [make_dataset(owner, name=f"data-{i}") for i in range(4)]
     oldest = datasets[0]
     models = [make_model(owner, oldest, name=f"on-oldest-{i:02d}") for i in range(22)]
+    make_model(owner, datasets[1], name="elsewhere")
 
     page = client.get(f"/datasets/{oldest.pk}/").content.decode()
     assert "Models on this dataset (22)" in page and page.count('<li><a href="/models/') == 20
     assert f'href="/models/?dataset={oldest.pk}">All 22 in the models list' in page
     listed = client.get("/models/", {"dataset": oldest.pk}).content.decode()
-    assert "22 in all" in listed
+    assert "22 in all" in listed and "elsewhere" not in listed
 
     monkeypatch.setattr(models_app.views, "DATASET_CHOICES", 2)
     listed = client.get("/models/", {"dataset": oldest.pk}).content.decode()
     offered = listed.split('aria-label="dataset"', 1)[1].split("</select>", 1)[0]
     assert "data-3" in offered and "data-2" in offered and "data-1" not in offered
     assert f'<option value="{oldest.pk}" selected>data-0</option>' in offered
-    assert "2 older" in offered  # data-0 and data-1 are older than the two offered
+    assert "1 more" in offered  # data-1: data-0 is offered, being the one asked for
 
     scope = models[0]
     evaluations = []
     for i in range(21):
         job = Job.objects.create(kind="evaluation", name=f"eval-{i:02d}", owner=owner, status="done")
         evaluations.append(Evaluation.objects.create(job=job, model=scope, epoch=1.0, split="val", metrics={"top1": 0.5}))
+    for i in range(11):
+        job = Job.objects.create(kind="export", name=f"export-{i:02d}", owner=owner, status="done")
+        Export.objects.create(job=job, model=scope, epoch=1.0)
     page = client.get(f"/models/{scope.pk}/").content.decode()
     assert "The 20 newest of 21" in page and f"/api/models/{scope.pk}/evaluations/" in page
+    assert page.count('class="export"') == 10 and "The 10 newest of 11 exports" in page
 
     monkeypatch.setattr(models_app.evaluation_views, "COMPARE_CHOICES", 3)
     first = evaluations[0]
     form = client.get("/evaluations/compare/", {"a": first.pk}).content.decode()
     side_a = form.split('name="a"', 1)[1].split("</select>", 1)[0]
     assert f'<option value="{first.pk}" selected>' in side_a and side_a.count("<option") == 4
-    assert "(18 older)" in form
+    assert "4 finished evaluations are offered" in form and "17 more" in form

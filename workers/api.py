@@ -230,7 +230,7 @@ class JobLogApi(APIView):
     )
     def get(self, request: Request, pk: int) -> FileResponse:
         raw = request.query_params.get("offset", "")
-        offset = int(raw) if raw.isdigit() else 0
+        offset = int(raw) if raw.isdecimal() else 0
         return job_log_response(get_object_or_404(Job, pk=pk), download=request.query_params.get("download") == "1", offset=offset)
 
 

@@ -161,7 +161,7 @@ def jobs_bulk_view(request: HttpRequest) -> HttpResponse:
     back = request.POST.get("next", "")
     back = back if back.startswith("/") and not back.startswith("//") else "/"
     try:
-        result = jobs_bulk(current_user(request.user), [int(i) for i in request.POST.getlist("ids") if i.isdigit()],
+        result = jobs_bulk(current_user(request.user), [int(i) for i in request.POST.getlist("ids") if i.isdecimal()],
                            request.POST.get("action", ""), group=request.POST.get("group", "").strip())
     except JobError as exc:
         messages.error(request, str(exc))
