@@ -4,7 +4,8 @@
 
 Creates a fresh database (`digits_bench_lists` on the DATABASE_URL server, default the
 local Postgres), fills it with models (one dataset, two users, every fourth model with two
-snapshots, some queued), then times each request through Django's test client, in this
+snapshots, some queued) and, per hundred models, a dataset of 1,000 classes, a sweep, and
+an evaluation and an export of one model, then times each request through Django's test client, in this
 process: the median and the spread of `--runs` requests, and the queries each makes. The
 baseline, measured in the same run: the same request with 10 models.
 """
@@ -49,24 +50,44 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from datasets.models import Dataset  # noqa: E402
-from models_app.models import Snapshot, TrainedModel  # noqa: E402
+from models_app.models import Evaluation, Export, Snapshot, Sweep, TrainedModel, Trial  # noqa: E402
 from workers.models import Job, JobStatus  # noqa: E402
 
-URLS = ["/api/models/", "/api/models/?page_size=500", "/api/jobs/?page_size=500", "/api/datasets/", "/models/new/",
-        "/cluster/", "/api/usage/", "/api/queue/"]
+URLS = ["/api/models/", "/api/models/?page_size=500", "/api/jobs/?page_size=500", "/api/datasets/", "/models/",
+        "/models/new/", "/cluster/", "/api/usage/", "/api/queue/", "/api/sweeps/?page_size=500", "/sweeps/",
+        "/api/models/{scope}/evaluations/?page_size=500", "/api/models/{scope}/exports/?page_size=500"]
 
 
-def fill(owner, other, dataset: Dataset, start: int, count: int) -> None:  # noqa: ANN001
+def fill(owner, other, dataset: Dataset, scope: TrainedModel, start: int, count: int) -> None:  # noqa: ANN001
+    """`count` models on `dataset`; and for every hundred of them (at least one) a dataset
+    of 1,000 classes, a sweep of two of them, an evaluation and an export of `scope`."""
     jobs = Job.objects.bulk_create(
         Job(kind="model", name=f"run-{i:05d}", owner=owner if i % 2 else other,
             status=JobStatus.QUEUED if i % 50 == 0 else JobStatus.DONE)
         for i in range(start, start + count)
     )
-    TrainedModel.objects.bulk_create(TrainedModel(job=j, dataset=dataset) for j in jobs)
+    models = TrainedModel.objects.bulk_create(TrainedModel(job=j, dataset=dataset) for j in jobs)
     Snapshot.objects.bulk_create(
         Snapshot(model_id=j.pk, epoch=e, iteration=e * 10, filename=f"s{e}.pt", val_accuracy=0.5)
         for j in jobs[::4] for e in (1, 2)
     )
+    extra = max(1, count // 100)
+    kinds = ("dataset",) * extra + ("evaluation",) * extra + ("export",) * extra
+    more = Job.objects.bulk_create(
+        Job(kind=kind, name=f"{kind}-{start}-{i}", owner=owner, status=JobStatus.DONE) for i, kind in enumerate(kinds)
+    )
+    Dataset.objects.bulk_create(
+        Dataset(job=j, folder="/nowhere", labels=[f"class-{c}" for c in range(1000)], counts={"train": 8})
+        for j in more[:extra]
+    )
+    Evaluation.objects.bulk_create(Evaluation(job=j, model=scope, epoch=2.0, metrics={"top1": 0.5}) for j in more[extra:2 * extra])
+    Export.objects.bulk_create(Export(job=j, model=scope, epoch=2.0) for j in more[2 * extra:])
+    for i in range(extra):
+        sweep = Sweep.objects.create(owner=owner, name=f"sweep-{start}-{i}", dataset=dataset, space={"lr": {"values": [0.1, 0.01]}})
+        Trial.objects.bulk_create(
+            Trial(sweep=sweep, number=n, model=models[(2 * i + n) % len(models)], params={"lr": lr}, state="complete", value=0.5)
+            for n, lr in enumerate((0.1, 0.01))
+        )
 
 
 def measure(client: Client, url: str, runs: int) -> tuple[list[float], int]:
@@ -92,18 +113,23 @@ def main() -> int:
     other = User.objects.create_user("bench-other", "", "bench-only")
     dataset_job = Job.objects.create(kind="dataset", name="bench", owner=admin, status=JobStatus.DONE)
     dataset = Dataset.objects.create(job=dataset_job, folder="/nowhere", labels=["a", "b"], counts={"train": 8, "val": 2})
+    scope_job = Job.objects.create(kind="model", name="scope", owner=admin, status=JobStatus.DONE)
+    scope = TrainedModel.objects.create(job=scope_job, dataset=dataset)
+    urls = [url.format(scope=scope.pk) for url in URLS]
     client = Client()
     client.force_login(admin)
-    fill(admin, other, dataset, 0, 10)
-    small = {url: measure(client, url, args.runs) for url in URLS}
-    fill(admin, other, dataset, 10, args.models - 10)
+    fill(admin, other, dataset, scope, 0, 10)
+    small = {url: measure(client, url, args.runs) for url in urls}
+    fill(admin, other, dataset, scope, 10, args.models - 10)
+    with connection.cursor() as cursor:  # as autovacuum would have by now: plans from real statistics
+        cursor.execute("ANALYZE")
     print(f"{args.models} models in Postgres; {args.runs} requests each (baseline: the same request with 10 models)\n")
-    print(f"{'request':32} {'median ms':>10} {'min-max ms':>14} {'queries':>8} {'10 models: ms':>14} {'queries':>8} {'ratio':>6}")
-    for url in URLS:
+    print(f"{'request':46} {'median ms':>10} {'min-max ms':>14} {'queries':>8} {'10 models: ms':>14} {'queries':>8} {'ratio':>6}")
+    for url in urls:
         times, queries = measure(client, url, args.runs)
         base_times, base_queries = small[url]
         median = statistics.median(times)
-        print(f"{url:32} {median * 1000:>10.0f} {min(times) * 1000:>6.0f}-{max(times) * 1000:<7.0f} {queries:>8} "
+        print(f"{url:46} {median * 1000:>10.0f} {min(times) * 1000:>6.0f}-{max(times) * 1000:<7.0f} {queries:>8} "
               f"{statistics.median(base_times) * 1000:>14.0f} {base_queries:>8} {median / statistics.median(base_times):>6.1f}")
     connection.close()
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:

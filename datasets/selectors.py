@@ -24,6 +24,12 @@ def dataset_list() -> QuerySet[Dataset]:
     return Dataset.objects.select_related("job", "job__owner").order_by("-job__created_at")
 
 
+def dataset_names() -> QuerySet[Dataset]:
+    """Datasets, newest first, with nothing but their names loaded (a pick list of
+    hundreds should not read every dataset's labels and counts)."""
+    return Dataset.objects.select_related("job").only("job__name").order_by("-job__created_at")
+
+
 def dataset_usable_list() -> QuerySet[Dataset]:
     """Datasets a model can be trained on: built, or still building (the model waits)."""
     return dataset_list().filter(job__status__in=[JobStatus.DONE, *JobStatus.active()])

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from workers.errors import JobError
+from workers.listing import pick_list
 from workers.permissions import can_modify, can_view, check_modify, current_user, visible_q
 from workers.services import job_abort, job_delete
 
@@ -162,20 +163,15 @@ COMPARE_CHOICES = 200
 def evaluation_compare_view(request: HttpRequest) -> HttpResponse:
     """`?a=ID&b=ID`: two evaluations side by side; without them, a form to pick them."""
     visible = evaluation_list().filter(visible_q(request.user, "job__"), visible_q(request.user, "model__job__"))
-    a, b = request.GET.get("a", ""), request.GET.get("b", "")
+    a, b = (int(raw) if (raw := request.GET.get(side, "")).isdecimal() else None for side in "ab")
     # The newest finished evaluations to pick from, and those asked for (a model page's
     # "compare…" link names one that may be older).
     done = visible.filter(job__status="done").order_by("-job__created_at", "-pk")
-    choices = list(done[:COMPARE_CHOICES])
-    asked = {int(x) for x in (a, b) if x.isdecimal()} - {e.pk for e in choices}
-    choices += list(done.filter(pk__in=asked))
-    context: dict[str, object] = {
-        "choices": choices, "choices_more": done.count() - len(choices),
-        "chosen": {"a": int(a) if a.isdecimal() else None, "b": int(b) if b.isdecimal() else None},
-    }
-    if a.isdecimal() and b.isdecimal():
-        first = get_object_or_404(visible, pk=int(a))
-        second = get_object_or_404(visible, pk=int(b))
+    choices, more = pick_list(done, COMPARE_CHOICES, [a, b])
+    context: dict[str, object] = {"choices": choices, "choices_more": more, "chosen": {"a": a, "b": b}}
+    if a is not None and b is not None:
+        first = get_object_or_404(visible, pk=a)
+        second = get_object_or_404(visible, pk=b)
         try:
             comparison = evaluation_compare(first, second)
         except JobError as exc:

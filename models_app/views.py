@@ -9,11 +9,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from datasets.selectors import dataset_list
+from datasets.selectors import dataset_names
 from workers.models import JobStatus, Priority, Visibility
 from workers.scheduler import wait_reason
 from workers.selectors import job_devices
 from workers.errors import JobError
+from workers.listing import pick_list
 from workers.permissions import can_modify, check_modify, current_user, visible_q
 from workers.services import job_abort, job_update, placement_check
 
@@ -80,14 +81,14 @@ def model_list_view(request: HttpRequest) -> HttpResponse:
     page = Paginator(rows, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     # The dataset filter offers the newest datasets (and the one chosen); any other is
     # reached from its own page ("all its models"), which links here with ?dataset=.
-    datasets = dataset_list().filter(visible_q(request.user, "job__")).order_by("-job__created_at")
-    offered = list(datasets.values_list("pk", "job__name")[:DATASET_CHOICES])
     chosen = request.GET.get("dataset", "")
-    if chosen.isdecimal() and int(chosen) not in {pk for pk, _ in offered}:
-        offered += list(datasets.filter(pk=int(chosen)).values_list("pk", "job__name"))
+    datasets, datasets_more = pick_list(
+        dataset_names().filter(visible_q(request.user, "job__")),
+        DATASET_CHOICES, [int(chosen) if chosen.isdecimal() else None],
+    )
     return render(request, "models/list.html", {
         "filters": filters, "page": page, "networks": Network.choices, "statuses": JobStatus.choices,
-        "datasets": offered, "datasets_more": datasets.count() - len(offered),
+        "datasets": datasets, "datasets_more": datasets_more,
     })
 
 

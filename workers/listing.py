@@ -1,8 +1,12 @@
 """Lists in the API: one pagination, the filters every job list shares, and the prefetches
-that keep a list request at a fixed number of queries whatever its length."""
+that keep a list request at a fixed number of queries whatever its length; and the pick
+lists of forms (`pick_list`)."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from django.db.models import Model
 
 import django_filters
 from django.db.models import DurationField, ExpressionWrapper, F, Prefetch, Q, QuerySet
@@ -10,6 +14,20 @@ from django.db.models.functions import Coalesce, Now
 from rest_framework.pagination import PageNumberPagination
 
 from .models import Allocation, JobStatus
+
+M = TypeVar("M", bound=Model)
+
+
+def pick_list(rows: QuerySet[M], limit: int, chosen: Iterable[int | None]) -> tuple[list[M], int]:
+    """What a form's dropdown offers of a list too long for one: its first `limit` rows and
+    the ones chosen (a link may name an older one), and how many rows it leaves out."""
+    offered = list(rows[:limit])
+    if len(offered) < limit:  # all of them (the chosen ones among them, if they are rows)
+        return offered, 0
+    missing = {pk for pk in chosen if pk is not None} - {row.pk for row in offered}
+    if missing:
+        offered += list(rows.filter(pk__in=missing))
+    return offered, rows.count() - len(offered)
 
 
 class Pagination(PageNumberPagination):
