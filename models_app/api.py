@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, cast
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -234,9 +235,13 @@ class ModelResumeApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         model = get_object_or_404(model_list(), pk=pk)
         self.check_object_permissions(request, model)
-        model_resume(model)
-        model.job.refresh_from_db()
-        return Response(ModelOutputSerializer(model).data)
+        # Read back in the resume's transaction: the answer is the job as the resume left it
+        # (queued); the scheduler, told on commit, may start it a moment later.
+        with transaction.atomic():
+            model_resume(model)
+            model.job.refresh_from_db()
+            data = ModelOutputSerializer(model).data
+        return Response(data)
 
 
 class ModelCloneApi(APIView):
