@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -78,11 +79,14 @@ def test_two_ranks_lost_together_requeue_their_job_once(owner) -> None:
 
     model = make_model(owner, make_dataset(owner), name="lost-together", status="running")
     Job.objects.filter(pk=model.pk).update(attempt=1, started_at=timezone.now())
+    # Devices the session's reaper leaves alone while the test runs (it takes a device never
+    # seen, or silent for DEVICE_DEAD_SECONDS, for dead: it would be a third to lose the ranks).
+    seen = timezone.now() + timedelta(hours=1)
     allocations = [
         Allocation.objects.create(
             job_id=model.pk, job_name="lost-together", owner=owner, attempt=1, rank=rank, world_size=2,
             device=Device.objects.create(uuid=f"cpu-together-{rank}", host=settings.HOST_NAME, address="127.0.0.1",
-                                         kind="cpu", index=rank, name="cpu"),
+                                         kind="cpu", index=rank, name="cpu", last_seen=seen),
             started_at=timezone.now(), pid=dead_pid(),
         )
         for rank in range(2)
